@@ -1,0 +1,211 @@
+"""The adapter seam: everything the runtime needs to know about one model family, and nothing about methods.
+
+An adapter answers model questions: how a prompt with images becomes model inputs (left padded), where the
+visual tokens sit and their grid coordinates, the position ids (3-D M-RoPE for Qwen, 1-D for LLaVA), the
+decoder layers, norm and head, how to run the vision tower. Positions are always carried as a tensor
+``[P, B, L]`` (P = 4 for Qwen: the text row used for masks, then t/h/w; P = 1 for LLaVA) so the runtime can
+cut them without knowing which family it holds. A new family is a new file with a ``@register_adapter``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+
+from vtprune.errors import InputError, UnsupportedModelError
+
+_ADAPTERS: dict[str, type[Adapter]] = {}
+
+
+@dataclass
+class Sample:
+    """One question about zero or more images, or about one video (a list of frames)."""
+
+    question: str
+    images: list[Image.Image] = field(default_factory=list)
+    video: list[Image.Image] | None = None
+    """Frames of one video, in order; Qwen families only."""
+
+
+@dataclass
+class EncodedBatch:
+    """Model-ready inputs for a batch, left padded.
+
+    Attributes:
+        input_ids: ``[B, L]`` long.
+        attention_mask: ``[B, L]`` long, 0 on left padding.
+        model_inputs: the family's extra tensors (``pixel_values``, ``image_grid_thw``, ...).
+        visual_mask: ``[B, L]`` bool, True where a visual placeholder token sits.
+        coords: per sample a ``[Nv_b, 4]`` long tensor (item, t, h, w) of each visual token in sequence order:
+            item = which image/video of the sample, then its temporal, row and column index on the LLM-token grid.
+        grids: per sample the (t, h, w) LLM-token grid of each visual item.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    model_inputs: dict[str, Any]
+    visual_mask: torch.Tensor
+    coords: list[torch.Tensor]
+    grids: list[list[tuple[int, int, int]]]
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+@dataclass
+class Embedded:
+    """The LLM's input: embeddings with visual features scattered in, positions, and vision-side extras."""
+
+    embeds: torch.Tensor  # [B, L, D]
+    positions: torch.Tensor  # [P, B, L]
+    vision: dict[str, Any] = field(default_factory=dict)
+
+
+def register_adapter(cls: type[Adapter]) -> type[Adapter]:
+    """Class decorator: register an adapter under each ``config.model_type`` in ``cls.families``."""
+    for fam in cls.families:
+        if fam in _ADAPTERS:
+            raise ValueError(f"adapter for {fam!r} registered twice")
+        _ADAPTERS[fam] = cls
+    return cls
+
+
+def supported_families() -> list[str]:
+    return sorted(_ADAPTERS)
+
+
+def get_adapter(model: torch.nn.Module, tokenizer: Any, image_processor: Any) -> Adapter:
+    """Pick the adapter for ``model`` from its config's model_type; a clear error for anything else."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    cls = _ADAPTERS.get(str(model_type))
+    if cls is None or not any(type(model).__name__ == n for n in cls.model_classes):
+        raise UnsupportedModelError(
+            f"unsupported model {type(model).__name__} (model_type={model_type!r}); "
+            f"supported families: {', '.join(supported_families())}"
+        )
+    return cls(model, tokenizer, image_processor)
+
+
+class Adapter:
+    """Base adapter. Subclasses set ``families``/``model_classes`` and implement the family specifics."""
+
+    families: ClassVar[tuple[str, ...]] = ()
+    model_classes: ClassVar[tuple[str, ...]] = ()
+    supports_video: ClassVar[bool] = False
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, image_processor: Any) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        attn = getattr(self.text_config, "_attn_implementation", "sdpa")
+        if attn not in ("sdpa", "eager"):
+            raise UnsupportedModelError(f"attention implementation {attn!r} is not supported; use 'sdpa' or 'eager'")
+        if any(t != "full_attention" for t in getattr(self.text_config, "layer_types", None) or []):
+            raise UnsupportedModelError("sliding-window attention layers are not supported")
+
+    # --- structure ------------------------------------------------------------------------------
+    @property
+    def text_model(self) -> torch.nn.Module:
+        return self.model.model.language_model
+
+    @property
+    def text_config(self) -> Any:
+        return self.model.config.text_config
+
+    @property
+    def layers(self) -> torch.nn.ModuleList:
+        return self.text_model.layers
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def lm_head(self) -> torch.nn.Module:
+        return self.model.lm_head
+
+    @property
+    def pad_token_id(self) -> int:
+        pid = self.tokenizer.pad_token_id
+        return int(pid if pid is not None else self.tokenizer.eos_token_id)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    # --- family specifics (implemented by subclasses) -------------------------------------------
+    def encode(self, samples: list[Sample]) -> EncodedBatch:
+        raise NotImplementedError
+
+    def embed(self, batch: EncodedBatch, *, vision_outputs: bool = False) -> Embedded:
+        raise NotImplementedError
+
+    def layer_position_ids(self, positions: torch.Tensor) -> torch.Tensor:
+        """What the decoder layers get as ``position_ids`` (and masks as text positions)."""
+        return positions[0]
+
+    def rope(self, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin for ``positions`` ``[P, B, L]``, via the model's own rotary module."""
+        raise NotImplementedError
+
+    def forward_position_ids(self, positions: torch.Tensor) -> torch.Tensor:
+        """``position_ids`` for the stock model's forward (used for decode steps)."""
+        raise NotImplementedError
+
+    # --- shared helpers -------------------------------------------------------------------------
+    def query_states(self, layer_idx: int, hidden_in: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Post-RoPE attention queries of layer ``layer_idx`` for the given layer-input rows.
+
+        Args:
+            hidden_in: ``[B, Q, D]`` the layer's input hidden states of the query rows.
+            cos, sin: ``[B, Q, dh]`` rotary tables of those rows (already sliced).
+        Returns:
+            ``[B, H, Q, dh]``.
+        """
+        layer = self.layers[layer_idx]
+        attn = layer.self_attn
+        x = layer.input_layernorm(hidden_in)
+        B, Q, _ = x.shape
+        q = attn.q_proj(x).view(B, Q, -1, attn.head_dim)
+        if getattr(attn, "q_norm", None) is not None:  # Qwen3-style
+            q = attn.q_norm(q)
+        q = q.transpose(1, 2)  # [B, H, Q, dh]
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        half = q.shape[-1] // 2
+        rot = torch.cat((-q[..., half:], q[..., :half]), dim=-1)
+        return q * cos + rot * sin
+
+    def check_images(self, samples: list[Sample]) -> None:
+        for s in samples:
+            if s.video is not None and not self.supports_video:
+                raise InputError(f"{type(self.model).__name__} does not take video input")
+            for im in s.images:
+                if not isinstance(im, Image.Image):
+                    raise InputError(f"expected a PIL image, got {type(im).__name__}")
+
+
+def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token id rows; returns ``input_ids`` and ``attention_mask`` ``[B, L]``."""
+    L = max(len(r) for r in rows)
+    ids = torch.full((len(rows), L), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), L), dtype=torch.long)
+    for b, r in enumerate(rows):
+        if r:
+            ids[b, L - len(r) :] = torch.tensor(r, dtype=torch.long)
+            mask[b, L - len(r) :] = 1
+    return ids, mask
+
+
+def grid_coords(item: int, t: int, h: int, w: int) -> torch.Tensor:
+    """``[t*h*w, 4]`` (item, t, h, w) in raster order, the order visual tokens take in the sequence."""
+    tt, hh, ww = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
+    it = torch.full_like(tt, item)
+    return torch.stack([it, tt, hh, ww], dim=-1).reshape(-1, 4)

@@ -1,0 +1,91 @@
+"""Adapter for LLaVA-1.5 (``LlavaForConditionalGeneration``): a CLIP tower, an MLP projector, a Llama LLM.
+
+Prompt: ``USER: <image>\\n{question} ASSISTANT:``; each image becomes a fixed number of placeholder tokens laid
+out on the tower's square patch grid. Positions are 1-D, carried as ``[1, B, L]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from vtprune.adapters.base import Adapter, EncodedBatch, Embedded, Sample, grid_coords, left_pad, register_adapter
+
+
+@register_adapter
+class LlavaAdapter(Adapter):
+    families = ("llava",)
+    model_classes = ("LlavaForConditionalGeneration",)
+
+    @property
+    def grid_side(self) -> int:
+        vc = self.model.config.vision_config
+        return int(vc.image_size) // int(vc.patch_size)
+
+    @property
+    def tokens_per_image(self) -> int:
+        n = self.grid_side**2
+        if self.model.config.vision_feature_select_strategy == "full":
+            n += 1
+        return n
+
+    @property
+    def vision_tower(self) -> torch.nn.Module:
+        return self.model.model.vision_tower
+
+    def encode(self, samples: list[Sample]) -> EncodedBatch:
+        self.check_images(samples)
+        image_id = int(self.model.config.image_token_id)
+        rows, coords, grids, pixels = [], [], [], []
+        side, n = self.grid_side, self.tokens_per_image
+        for s in samples:
+            ids = list(self.tokenizer("USER: ", add_special_tokens=False).input_ids)
+            cs, gs = [], []
+            for i, _ in enumerate(s.images):
+                ids += [image_id] * n + list(self.tokenizer("\n", add_special_tokens=False).input_ids)
+                c = grid_coords(i, 1, side, side)
+                if n > side * side:  # "full" strategy keeps the CLS token first; give it coordinate (-1, -1)
+                    c = torch.cat([torch.tensor([[i, 0, -1, -1]]), c])
+                cs.append(c)
+                gs.append((1, side, side))
+            ids += list(self.tokenizer(f"{s.question} ASSISTANT:", add_special_tokens=False).input_ids)
+            rows.append(ids)
+            coords.append(torch.cat(cs) if cs else torch.zeros(0, 4, dtype=torch.long))
+            grids.append(gs)
+            if s.images:
+                pixels.append(self.image_processor(images=list(s.images), return_tensors="pt")["pixel_values"])
+        input_ids, attention_mask = left_pad(rows, self.pad_token_id)
+        model_inputs: dict[str, Any] = {}
+        if pixels:
+            model_inputs["pixel_values"] = torch.cat(pixels)
+        return EncodedBatch(input_ids, attention_mask, model_inputs, input_ids == image_id, coords, grids)
+
+    def embed(self, batch: EncodedBatch, *, vision_outputs: bool = False) -> Embedded:
+        dev = self.device
+        inner = self.model.model
+        input_ids = batch.input_ids.to(dev)
+        attention_mask = batch.attention_mask.to(dev)
+        embeds = inner.get_input_embeddings()(input_ids)
+        vision: dict[str, Any] = {}
+        if "pixel_values" in batch.model_inputs:
+            pv = batch.model_inputs["pixel_values"].to(dev, self.vision_tower.dtype)
+            out = inner.get_image_features(
+                pixel_values=pv,
+                vision_feature_layer=self.model.config.vision_feature_layer,
+                vision_feature_select_strategy=self.model.config.vision_feature_select_strategy,
+                return_dict=True,
+            )
+            feats = torch.cat(list(out.pooler_output), dim=0).to(embeds.dtype)
+            mask = (input_ids == int(self.model.config.image_token_id)).unsqueeze(-1)
+            embeds = embeds.masked_scatter(mask, feats)
+            if vision_outputs:
+                vision["image"] = out
+        pos = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+        return Embedded(embeds, pos.unsqueeze(0), vision)
+
+    def rope(self, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.text_model.rotary_emb(hidden, positions[0])
+
+    def forward_position_ids(self, positions: torch.Tensor) -> torch.Tensor:
+        return positions[0]

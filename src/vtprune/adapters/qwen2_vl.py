@@ -1,0 +1,159 @@
+"""Adapter for Qwen2-VL and Qwen2.5-VL (``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``).
+
+Positions are ``[4, B, L]``: row 0 is the 1-D text position stock ``generate`` uses for masks, rows 1-3 are the
+M-RoPE (t, h, w) ids from the model's own ``get_rope_index``. Pruned tokens keep their ids, so decoding continues
+exactly where the unpruned prompt would have.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from vtprune.adapters.base import Adapter, EncodedBatch, Embedded, Sample, grid_coords, left_pad, register_adapter
+from vtprune.errors import InputError
+
+
+@register_adapter
+class Qwen2VLAdapter(Adapter):
+    families = ("qwen2_5_vl", "qwen2_vl")
+    model_classes = ("Qwen2_5_VLForConditionalGeneration", "Qwen2VLForConditionalGeneration")
+    supports_video = True
+
+    system_prompt: str | None = None
+
+    @property
+    def merge(self) -> int:
+        return int(self.model.config.vision_config.spatial_merge_size)
+
+    @property
+    def vision_tower(self) -> torch.nn.Module:
+        return self.model.model.visual
+
+    def _tok(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def _special(self, name: str) -> int:
+        return int(self.tokenizer.convert_tokens_to_ids(name))
+
+    def _video_pixels(self, frames: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Qwen's temporal patchify of a frame list: ``pixel_values_videos`` ``[N, C*T*P*P]`` and ``grid_thw`` ``[1, 3]``."""
+        tp = int(self.model.config.vision_config.temporal_patch_size)
+        frames = list(frames)
+        if len(frames) % tp:
+            frames += [frames[-1]] * (tp - len(frames) % tp)
+        out = self.image_processor(images=frames, return_tensors="pt")
+        grid = out["image_grid_thw"]  # [T, 3], each (1, h, w) after repeating a frame tp times
+        h, w = int(grid[0, 1]), int(grid[0, 2])
+        if not bool((grid[:, 1:] == grid[0, 1:]).all()):
+            raise InputError("video frames must all have the same size")
+        per = h * w
+        pv = out["pixel_values"].reshape(len(frames), per, -1)  # [F, h*w, C*tp*P*P] (frame repeated tp times)
+        C = 3
+        P = int(self.model.config.vision_config.patch_size)
+        pv = pv.reshape(len(frames), per, C, tp, P, P)[:, :, :, 0]  # each frame's own patch: [F, hw, C, P, P]
+        pv = pv.reshape(len(frames) // tp, tp, per, C, P, P).permute(0, 2, 3, 1, 4, 5)  # [T', hw, C, tp, P, P]
+        pv = pv.reshape((len(frames) // tp) * per, C * tp * P * P)
+        return pv, torch.tensor([[len(frames) // tp, h, w]])
+
+    def encode(self, samples: list[Sample]) -> EncodedBatch:
+        self.check_images(samples)
+        img_id, vid_id = self._special("<|image_pad|>"), self._special("<|video_pad|>")
+        vs, ve = self._special("<|vision_start|>"), self._special("<|vision_end|>")
+        rows: list[list[int]] = []
+        types: list[list[int]] = []
+        coords: list[torch.Tensor] = []
+        grids: list[list[tuple[int, int, int]]] = []
+        pixel_values, image_grids, video_values, video_grids = [], [], [], []
+        m2 = self.merge * self.merge
+        for s in samples:
+            ids: list[int] = []
+            tt: list[int] = []
+            if self.system_prompt:
+                ids += self._tok(f"<|im_start|>system\n{self.system_prompt}<|im_end|>\n")
+            ids += self._tok("<|im_start|>user\n")
+            sample_coords, sample_grids = [], []
+            items: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+            if s.images:
+                out = self.image_processor(images=list(s.images), return_tensors="pt")
+                offs = 0
+                for g in out["image_grid_thw"]:
+                    n = int(g.prod())
+                    items.append((1, out["pixel_values"][offs : offs + n], g.view(1, 3)))
+                    offs += n
+            if s.video is not None:
+                if len(s.video) == 0:
+                    raise InputError("video has no frames")
+                pv, g = self._video_pixels(s.video)
+                items.append((2, pv, g))
+            tt = [0] * len(ids)
+            for item_idx, (kind, pv, g) in enumerate(items):
+                t, h, w = int(g[0, 0]), int(g[0, 1]) // self.merge, int(g[0, 2]) // self.merge
+                n = int(g.prod()) // m2
+                ids += [vs] + [img_id if kind == 1 else vid_id] * n + [ve]
+                tt += [0] + [kind] * n + [0]
+                sample_coords.append(grid_coords(item_idx, t, h, w))
+                sample_grids.append((t, h, w))
+                (pixel_values if kind == 1 else video_values).append(pv)
+                (image_grids if kind == 1 else video_grids).append(g)
+            q = self._tok(f"{s.question}<|im_end|>\n<|im_start|>assistant\n")
+            ids += q
+            tt += [0] * (len(ids) - len(tt))
+            rows.append(ids)
+            types.append(tt)
+            coords.append(torch.cat(sample_coords) if sample_coords else torch.zeros(0, 4, dtype=torch.long))
+            grids.append(sample_grids)
+        input_ids, attention_mask = left_pad(rows, self.pad_token_id)
+        tt_ids, _ = left_pad(types, 0)
+        model_inputs: dict[str, Any] = {"mm_token_type_ids": tt_ids.to(torch.int)}
+        if pixel_values:
+            model_inputs["pixel_values"] = torch.cat(pixel_values)
+            model_inputs["image_grid_thw"] = torch.cat(image_grids)
+        if video_values:
+            model_inputs["pixel_values_videos"] = torch.cat(video_values)
+            model_inputs["video_grid_thw"] = torch.cat(video_grids)
+        visual_mask = tt_ids > 0
+        return EncodedBatch(input_ids, attention_mask, model_inputs, visual_mask, coords, grids)
+
+    def embed(self, batch: EncodedBatch, *, vision_outputs: bool = False) -> Embedded:
+        dev = self.device
+        inner = self.model.model
+        input_ids = batch.input_ids.to(dev)
+        attention_mask = batch.attention_mask.to(dev)
+        mi = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.model_inputs.items()}
+        embeds = inner.get_input_embeddings()(input_ids)
+        vision: dict[str, Any] = {}
+        for kind, pv_key, grid_key, tok in (
+            ("image", "pixel_values", "image_grid_thw", "<|image_pad|>"),
+            ("video", "pixel_values_videos", "video_grid_thw", "<|video_pad|>"),
+        ):
+            if pv_key not in mi:
+                continue
+            getter = inner.get_image_features if kind == "image" else inner.get_video_features
+            out = getter(mi[pv_key], mi[grid_key], output_hidden_states=vision_outputs, return_dict=True)
+            feats = torch.cat(list(out.pooler_output), dim=0).to(embeds.dtype)
+            mask = (input_ids == self._special(tok)).unsqueeze(-1)
+            embeds = embeds.masked_scatter(mask, feats)
+            if vision_outputs:
+                vision[kind] = out
+        # generate-style positions: text row (cumsum over the mask) + M-RoPE rows
+        text_pos = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+        if "image_grid_thw" in mi or "video_grid_thw" in mi:
+            mrope, _ = inner.get_rope_index(
+                input_ids,
+                mm_token_type_ids=mi["mm_token_type_ids"],
+                image_grid_thw=mi.get("image_grid_thw"),
+                video_grid_thw=mi.get("video_grid_thw"),
+                attention_mask=attention_mask,
+            )
+        else:
+            mrope = text_pos.unsqueeze(0).expand(3, -1, -1)
+        positions = torch.cat([text_pos.unsqueeze(0), mrope.to(text_pos.dtype)], dim=0)
+        return Embedded(embeds, positions, vision)
+
+    def rope(self, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.text_model.rotary_emb(hidden, positions[1:])
+
+    def forward_position_ids(self, positions: torch.Tensor) -> torch.Tensor:
+        return positions

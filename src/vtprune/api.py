@@ -1,0 +1,139 @@
+"""The public face: :func:`load` a model by name, then :meth:`VLM.generate` with a pruning method.
+
+Model names: ``random:<family>`` (tiny random-init, offline), ``zoo:<name>`` (shipped with the package), or a local
+directory holding an HF checkpoint plus its tokenizer and image processor.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vtprune.adapters import Adapter, Sample, get_adapter
+from vtprune.errors import ConfigError, ModelLoadError
+from vtprune.methods import Pruner, pruner
+from vtprune.runtime.executor import PrefillState, Sampling, decode, prefill
+
+
+@dataclass
+class Answer:
+    """One sample's result."""
+
+    text: str
+    visual_tokens: int
+    kept_tokens: int
+    token_layers: int = 0
+    kept_coords: torch.Tensor | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def retention(self) -> float:
+        return self.kept_tokens / self.visual_tokens if self.visual_tokens else 1.0
+
+
+class VLM:
+    """A loaded model with its tokenizer, image processor and adapter."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, image_processor: Any, name: str = "") -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.adapter: Adapter = get_adapter(model, tokenizer, image_processor)
+        self.name = name
+
+    @property
+    def num_layers(self) -> int:
+        return self.adapter.num_layers
+
+    def eos_ids(self) -> list[int]:
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+
+    def prefill(self, samples: list[Sample], method: Pruner | None = None) -> PrefillState:
+        return prefill(self.adapter, self.adapter.encode(samples), method)
+
+    def generate(
+        self,
+        samples: list[Sample],
+        method: Pruner | str | None = None,
+        *,
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+    ) -> list[Answer]:
+        """Answer a batch of samples, pruning with ``method`` (a :class:`Pruner` or a method name)."""
+        if isinstance(method, str):
+            method = pruner(method)
+        if not samples:
+            return []
+        sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+        t0 = time.perf_counter()
+        batch = self.adapter.encode(samples)
+        t_enc = time.perf_counter() - t0
+        state = prefill(self.adapter, batch, method)
+        tokens = decode(self.adapter, state, sampling, self.eos_ids())
+        timings = {"preprocess": t_enc, **state.timings}
+        timings["total"] = time.perf_counter() - t0
+        texts = self.tokenizer.batch_decode(tokens.cpu(), skip_special_tokens=True)
+        return [
+            Answer(
+                text=texts[b].strip(),
+                visual_tokens=state.visual_tokens[b],
+                kept_tokens=state.kept_tokens[b],
+                token_layers=state.token_layers[b],
+                kept_coords=state.kept_coords[b],
+                timings=dict(timings),
+            )
+            for b in range(len(samples))
+        ]
+
+
+def load(name: str, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> VLM:
+    """Load a model by name (see module docstring); fully offline."""
+    if name.startswith("random:"):
+        from vtprune.testbed.random_models import build_random
+
+        model, tok, proc = build_random(name.split(":", 1)[1])
+    elif name.startswith("zoo:"):
+        from vtprune.testbed.zoo import load_zoo_model
+
+        model, tok, proc = load_zoo_model(name.split(":", 1)[1])
+    else:
+        model, tok, proc = _load_local(name)
+    if dtype is not None:
+        model = model.to(dtype)
+    if device is not None:
+        model = model.to(device)
+    return VLM(model, tok, proc, name=name)
+
+
+def _load_local(path: str) -> tuple[torch.nn.Module, Any, Any]:
+    p = Path(path)
+    if not p.is_dir():
+        raise ModelLoadError(
+            f"cannot load model {path!r}: not a local directory (offline: use random:<family>, zoo:<name> or a path)"
+        )
+    import transformers
+
+    try:
+        cfg = transformers.AutoConfig.from_pretrained(p)
+        archs = getattr(cfg, "architectures", None) or []
+        cls = getattr(transformers, archs[0]) if archs else transformers.AutoModelForImageTextToText
+        model = cls.from_pretrained(p, attn_implementation="sdpa")
+        tok = transformers.AutoTokenizer.from_pretrained(p)
+        proc = transformers.AutoImageProcessor.from_pretrained(p)
+    except (OSError, ValueError, AttributeError) as e:
+        raise ModelLoadError(f"cannot load model from {path}: {e}") from e
+    return model, tok, proc
+
+
+def check_keep(keep: float | None) -> None:
+    if keep is not None and not (0 < keep <= 1):
+        raise ConfigError(f"--keep must be in (0, 1], got {keep}")

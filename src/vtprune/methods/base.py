@@ -1,0 +1,207 @@
+"""The method API: a pruning method is a small dataclass that, given a :class:`Context`, says which visual tokens
+of each sample to keep. It never touches tensors of the model; the runtime applies its answer.
+
+A method declares
+- ``sites``: where it can prune (``pre_llm``: after the projector, before the LLM; ``llm``: after decoder layer K;
+  ``vit``: inside the vision encoder) and, through :meth:`Pruner.stages`, where it does for a given model depth;
+- ``requires``: what the runtime must gather for it (``"last_query_attention"``: the last prompt token's
+  attention logits over all keys at the stage's layer; ``"vision_outputs"``: the vision tower's outputs);
+- ``trainable`` and ``modalities``, for listings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from vtprune.errors import ConfigError, UnknownMethodError
+
+SITES = ("vit", "pre_llm", "llm")
+_METHODS: dict[str, type[Pruner]] = {}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pruning point: ``site`` and, for ``llm``/``vit``, the layer/block after which tokens are cut."""
+
+    site: str
+    layer: int = -1
+
+
+@dataclass
+class Context:
+    """What a method sees at one stage. ``B`` batch, ``L`` current sequence length, ``Nv`` max visual tokens
+    currently present in a sample, ``D`` hidden size, ``H`` attention heads.
+
+    Attributes:
+        stage: where we are.
+        hidden: ``[B, L, D]`` hidden states entering the next layer (after the projector at ``pre_llm``).
+        attention_mask: ``[B, L]`` long, 0 on padding.
+        visual_index: ``[B, Nv]`` long positions of each sample's current visual tokens in the sequence.
+        visual_valid: ``[B, Nv]`` bool, False on padding entries.
+        visual_ids: ``[B, Nv]`` long, each token's index among the sample's original visual tokens.
+        coords: ``[B, Nv, 4]`` long original (item, t, h, w) grid coordinates of those tokens.
+        grids: per sample the (t, h, w) LLM-token grid of each of its visual items.
+        visual_total: ``[B]`` long, the sample's visual token count before any pruning (ratios refer to it).
+        text_mask: ``[B, L]`` bool, prompt text tokens (neither visual nor padding).
+        attention: ``[B, H, L]`` attention logits of the last prompt token at the stage's layer, -inf on
+            padding; present when ``"last_query_attention"`` is required.
+        vision: the vision tower outputs keyed by modality; present when ``"vision_outputs"`` is required.
+        num_layers: depth of the LLM.
+    """
+
+    stage: Stage
+    hidden: torch.Tensor
+    attention_mask: torch.Tensor
+    visual_index: torch.Tensor
+    visual_valid: torch.Tensor
+    visual_ids: torch.Tensor
+    coords: torch.Tensor
+    grids: list[list[tuple[int, int, int]]]
+    visual_total: torch.Tensor
+    text_mask: torch.Tensor
+    num_layers: int
+    attention: torch.Tensor | None = None
+    vision: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def visual_hidden(self) -> torch.Tensor:
+        """``[B, Nv, D]`` hidden states of the current visual tokens (padding rows are arbitrary)."""
+        idx = self.visual_index.unsqueeze(-1).expand(-1, -1, self.hidden.shape[-1])
+        return self.hidden.gather(1, idx)
+
+    @property
+    def visual_counts(self) -> torch.Tensor:
+        """``[B]`` visual tokens currently present per sample."""
+        return self.visual_valid.sum(dim=1)
+
+
+def keep_counts(ratio: float, total: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """How many visual tokens to keep per sample: ``round(ratio * total)``, at least 1 where any exist, at most
+    what is present. ``total`` and ``present`` are ``[B]`` long."""
+    n = torch.floor(total.double() * ratio + 0.5).long()
+    n = torch.where(total > 0, n.clamp(min=1), n)
+    return torch.minimum(n, present)
+
+
+def topk_mask(scores: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Keep the ``counts[b]`` highest-scoring valid entries of each row (ties: lower index first).
+
+    Args:
+        scores: ``[B, Nv]`` float. valid: ``[B, Nv]`` bool. counts: ``[B]`` long.
+    Returns:
+        ``[B, Nv]`` bool.
+    """
+    s = scores.float().masked_fill(~valid, float("-inf"))
+    order = torch.sort(s, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return (rank < counts.unsqueeze(1)) & valid
+
+
+def register_method(cls: type[Pruner]) -> type[Pruner]:
+    """Class decorator: register a method under ``cls.name`` (lower case, unique)."""
+    name = getattr(cls, "name", "")
+    if not name or name != name.lower() or not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"method name must be lower-case alphanumeric, got {name!r}")
+    if name in _METHODS:
+        raise ValueError(f"method {name!r} registered twice")
+    bad = [s for s in cls.sites if s not in SITES]
+    if bad:
+        raise ValueError(f"{name}: unknown sites {bad}")
+    _METHODS[name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Pruner]:
+    try:
+        return _METHODS[name]
+    except KeyError:
+        raise UnknownMethodError(f"unknown method {name!r}; available: {', '.join(sorted(_METHODS))}") from None
+
+
+def list_methods() -> list[dict[str, Any]]:
+    """Name, sites, trainable, modalities and summary of every registered method, sorted by name."""
+    out = []
+    for name in sorted(_METHODS):
+        cls = _METHODS[name]
+        doc = (cls.__doc__ or "").strip().splitlines()
+        out.append(
+            {
+                "name": name,
+                "sites": list(cls.sites),
+                "trainable": cls.trainable,
+                "modalities": list(cls.modalities),
+                "summary": doc[0] if doc else "",
+            }
+        )
+    return out
+
+
+@dataclass
+class Pruner:
+    """Base of every method. Subclasses are dataclasses whose fields are their settings.
+
+    Attributes:
+        keep: target fraction of each sample's visual tokens to keep, in (0, 1].
+        layer: for methods that can prune inside the LLM: prune after this decoder layer (0-based).
+            ``None`` means the method's default site.
+    """
+
+    name: ClassVar[str] = ""
+    sites: ClassVar[tuple[str, ...]] = ("pre_llm",)
+    requires: ClassVar[frozenset[str]] = frozenset()
+    trainable: ClassVar[bool] = False
+    modalities: ClassVar[tuple[str, ...]] = ("image", "video")
+
+    keep: float = 1.0
+    layer: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.keep, (int, float)) or not (0.0 < float(self.keep) <= 1.0) or math.isnan(self.keep):
+            raise ConfigError(f"keep must be in (0, 1], got {self.keep}")
+        if self.layer is not None:
+            if "llm" not in self.sites:
+                raise ConfigError(f"method {self.name!r} does not prune inside the LLM; drop the layer setting")
+            if int(self.layer) < 0:
+                raise ConfigError(f"layer must be >= 0, got {self.layer}")
+
+    def stages(self, num_layers: int) -> list[Stage]:
+        """Where this configuration prunes on an LLM of ``num_layers`` layers."""
+        if self.layer is not None:
+            if self.layer >= num_layers:
+                raise ConfigError(f"layer {self.layer} out of range for a {num_layers}-layer LLM (0..{num_layers - 1})")
+            return [Stage("llm", int(self.layer))]
+        return [Stage(self.sites[0], -1)]
+
+    def select(self, ctx: Context) -> torch.Tensor:
+        """Return ``[B, Nv]`` bool: which of each sample's current visual tokens to keep."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.name, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Pruner:
+        d = dict(d)
+        name = d.pop("method", cls.name)
+        target = get_method(name) if cls is Pruner else cls
+        known = {f.name for f in dataclasses.fields(target)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown settings for {name}: {', '.join(unknown)}")
+        return target(**d)
+
+
+def pruner(name: str, **settings: Any) -> Pruner:
+    """Build a registered method by name, e.g. ``pruner("random", keep=0.25, layer=2)``."""
+    cls = get_method(name)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(k for k, v in settings.items() if k not in known and v is not None)
+    if unknown:
+        raise ConfigError(f"method {name!r} has no setting(s) {', '.join(unknown)}")
+    return cls(**{k: v for k, v in settings.items() if k in known and v is not None})

@@ -1,0 +1,273 @@
+"""The prefill executor and decode loop.
+
+Prefill runs the stock decoder layers in our own loop so the sequence can shrink between layers; every cut goes
+through :mod:`vtprune.runtime.ops`. Decoding calls the stock model forward one token at a time with the pruned
+cache, the compacted attention mask and explicit position ids that continue from the unpruned prompt, exactly the
+inputs stock ``generate`` would build, so keep-all is token-identical to it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+from transformers.masking_utils import create_causal_mask
+
+from vtprune.adapters.base import Adapter, EncodedBatch
+from vtprune.errors import ConfigError
+from vtprune.methods.base import Context, Pruner, Stage
+from vtprune.runtime import ops
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class PrefillState:
+    """Everything decoding needs, plus the record of what was pruned.
+
+    Attributes:
+        logits: ``[B, V]`` next-token logits after the prompt (``[B, L', V]`` with ``all_logits``).
+        cache: KV cache holding text + kept visual tokens in every layer.
+        attention_mask: ``[B, L']`` long for the compacted prompt.
+        positions: ``[P, B, L']`` original position ids of the surviving tokens.
+        visual_tokens / kept_tokens: per sample, before and after pruning.
+        token_layers: per sample, visual tokens summed over the LLM layers that processed them.
+        kept_coords: per sample ``[k, 4]`` (item, t, h, w) of the surviving visual tokens.
+        timings: seconds for ``vision`` and ``llm_prefill``.
+    """
+
+    logits: torch.Tensor
+    cache: DynamicCache
+    attention_mask: torch.Tensor
+    positions: torch.Tensor
+    visual_tokens: list[int]
+    kept_tokens: list[int]
+    token_layers: list[int]
+    kept_coords: list[torch.Tensor]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def retention(self) -> list[float]:
+        return [k / v if v else 1.0 for k, v in zip(self.kept_tokens, self.visual_tokens)]
+
+
+class _Seq:
+    """The live prefill sequence: hidden states, mask, positions and, per position, the original visual id."""
+
+    def __init__(self, hidden: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, visual_id: torch.Tensor):
+        self.hidden, self.mask, self.positions, self.visual_id = hidden, mask, positions, visual_id
+
+    def cut(self, keep: torch.Tensor) -> torch.Tensor:
+        index, valid = ops.compact_index(keep & self.mask.bool())
+        self.hidden = ops.gather_seq(self.hidden, index, 1)
+        self.positions = ops.gather_seq(self.positions, index, 2)
+        self.visual_id = self.visual_id.gather(1, index).masked_fill(~valid, -1)
+        self.mask = valid.long()
+        return index
+
+    def visual_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``visual_index``, ``visual_valid``, ``visual_ids``, each ``[B, Nv]``."""
+        is_vis = self.visual_id >= 0
+        rows = [torch.nonzero(r, as_tuple=False).flatten().cpu() for r in is_vis]
+        index, valid = ops.padded_rows(rows)
+        dev = self.hidden.device
+        index, valid = index.to(dev), valid.to(dev)
+        ids = self.visual_id.gather(1, index).masked_fill(~valid, 0)
+        return index, valid, ids
+
+
+def _mask(adapter: Adapter, seq: _Seq) -> Any:
+    return create_causal_mask(
+        config=adapter.text_config,
+        inputs_embeds=seq.hidden,
+        attention_mask=seq.mask,
+        past_key_values=None,
+        position_ids=adapter.layer_position_ids(seq.positions),
+    )
+
+
+def last_query_attention(
+    adapter: Adapter, layer_idx: int, hidden_in: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor],
+    cache: DynamicCache, mask: torch.Tensor,
+) -> torch.Tensor:
+    """Attention logits ``[B, H, L]`` of the last token's query over all keys of layer ``layer_idx``.
+
+    Computed explicitly from the layer input and the cached (post-RoPE) keys, so the model keeps its sdpa kernel.
+    """
+    cos, sin = cos_sin
+    q = adapter.query_states(layer_idx, hidden_in[:, -1:], cos[:, -1:], sin[:, -1:])  # [B, H, 1, dh]
+    k = cache.layers[layer_idx].keys  # [B, Hkv, L, dh]
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    scale = getattr(adapter.layers[layer_idx].self_attn, "scaling", q.shape[-1] ** -0.5)
+    logits = (q.float() @ k.float().transpose(-1, -2)).squeeze(2) * scale  # [B, H, L]
+    return logits.masked_fill(mask[:, None, :] == 0, float("-inf"))
+
+
+def _check_stages(stages: list[Stage], num_layers: int) -> None:
+    for st in stages:
+        if st.site == "vit":
+            raise ConfigError("the 'vit' pruning site needs a ViT-side method (STTS); not available for this run")
+        if st.site == "llm" and not (0 <= st.layer < num_layers):
+            raise ConfigError(f"layer {st.layer} out of range for a {num_layers}-layer LLM (0..{num_layers - 1})")
+
+
+@torch.no_grad()
+def prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, all_logits: bool = False) -> PrefillState:
+    """Run the prompt through the model, pruning where ``method`` says; returns the state decoding continues from."""
+    dev = adapter.device
+    L_layers = adapter.num_layers
+    stages = method.stages(L_layers) if method is not None else []
+    _check_stages(stages, L_layers)
+    pre = [s for s in stages if s.site == "pre_llm"]
+    at_layer = {s.layer: s for s in stages if s.site == "llm"}
+    requires = method.requires if method is not None else frozenset()
+
+    t0 = time.perf_counter()
+    emb = adapter.embed(batch, vision_outputs="vision_outputs" in requires)
+    _sync(dev)
+    t1 = time.perf_counter()
+
+    vis = batch.visual_mask.to(dev)
+    visual_id = torch.where(vis, vis.long().cumsum(1) - 1, torch.full_like(vis, -1, dtype=torch.long))
+    seq = _Seq(emb.embeds, batch.attention_mask.to(dev), emb.positions, visual_id)
+    visual_total = vis.sum(1)
+    coords_pad = torch.nn.utils.rnn.pad_sequence([c for c in batch.coords], batch_first=True).to(dev)
+    if coords_pad.dim() < 3:
+        coords_pad = torch.zeros(batch.batch_size, 0, 4, dtype=torch.long, device=dev)
+    cache = DynamicCache(config=adapter.text_config)
+    token_layers = torch.zeros(batch.batch_size, dtype=torch.long, device=dev)
+
+    def apply(stage: Stage, computed_upto: int, attention: torch.Tensor | None) -> None:
+        index, valid, ids = seq.visual_rows()
+        if not bool(valid.any()):
+            return
+        ctx = Context(
+            stage=stage,
+            hidden=seq.hidden,
+            attention_mask=seq.mask,
+            visual_index=index,
+            visual_valid=valid,
+            visual_ids=ids,
+            coords=coords_pad.gather(1, ids.unsqueeze(-1).expand(-1, -1, 4)) if coords_pad.shape[1] else ids.new_zeros(*ids.shape, 4),
+            grids=batch.grids,
+            visual_total=visual_total,
+            text_mask=(seq.visual_id < 0) & seq.mask.bool(),
+            num_layers=L_layers,
+            attention=attention,
+            vision=emb.vision,
+        )
+        keep_vis = method.select(ctx)  # type: ignore[union-attr]
+        if keep_vis.shape != valid.shape or keep_vis.dtype != torch.bool:
+            raise RuntimeError(f"{method.name}.select returned {tuple(keep_vis.shape)} {keep_vis.dtype}, "  # type: ignore[union-attr]
+                               f"expected {tuple(valid.shape)} bool")
+        keep_seq = ops.scatter_visual(keep_vis, index, valid, seq.hidden.shape[1])
+        idx = seq.cut(keep_seq)
+        if computed_upto >= 0:
+            ops.prune_cache(cache, idx, computed_upto)
+
+    for st in pre:
+        apply(st, -1, None)
+    cos_sin = adapter.rope(seq.hidden, seq.positions)
+    mask = _mask(adapter, seq)
+    for i, layer in enumerate(adapter.layers):
+        h_in = seq.hidden
+        seq.hidden = layer(
+            h_in,
+            attention_mask=mask,
+            position_ids=adapter.layer_position_ids(seq.positions),
+            past_key_values=cache,
+            use_cache=True,
+            position_embeddings=cos_sin,
+        )
+        token_layers += (seq.visual_id >= 0).sum(1)
+        if i in at_layer:
+            attn = None
+            if "last_query_attention" in requires:
+                attn = last_query_attention(adapter, i, h_in, cos_sin, cache, seq.mask)
+            apply(at_layer[i], i, attn)
+            cos_sin = adapter.rope(seq.hidden, seq.positions)
+            mask = _mask(adapter, seq)
+    h = seq.hidden if all_logits else seq.hidden[:, -1:]
+    logits = adapter.lm_head(adapter.text_model.norm(h)).float()
+    _sync(dev)
+    t2 = time.perf_counter()
+
+    kept_ids = [seq.visual_id[b][seq.visual_id[b] >= 0].cpu() for b in range(batch.batch_size)]
+    return PrefillState(
+        logits=logits if all_logits else logits[:, -1],
+        cache=cache,
+        attention_mask=seq.mask,
+        positions=seq.positions,
+        visual_tokens=[int(v) for v in visual_total.tolist()],
+        kept_tokens=[len(k) for k in kept_ids],
+        token_layers=[int(v) for v in token_layers.tolist()],
+        kept_coords=[batch.coords[b][kept_ids[b]] for b in range(batch.batch_size)],
+        timings={"vision": t1 - t0, "llm_prefill": t2 - t1},
+    )
+
+
+@dataclass
+class Sampling:
+    """Decoding settings. ``temperature == 0`` is greedy (the default)."""
+
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0 or not (0 < self.top_p <= 1):
+            raise ConfigError("temperature must be >= 0 and top_p in (0, 1]")
+
+
+def _choose(logits: torch.Tensor, s: Sampling, gen: torch.Generator | None) -> torch.Tensor:
+    if s.temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / s.temperature, dim=-1)
+    if s.top_p < 1:
+        sp, si = probs.sort(-1, descending=True)
+        drop = sp.cumsum(-1) - sp > s.top_p
+        probs = probs.scatter(-1, si, sp.masked_fill(drop, 0))
+    return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
+
+
+@torch.no_grad()
+def decode(adapter: Adapter, state: PrefillState, sampling: Sampling, eos_ids: list[int]) -> torch.Tensor:
+    """Generate up to ``max_new_tokens`` tokens from ``state``; returns ``[B, T]`` (finished rows padded)."""
+    dev = adapter.device
+    B = state.logits.shape[0]
+    gen = torch.Generator().manual_seed(sampling.seed) if sampling.temperature > 0 else None
+    eos = torch.tensor(eos_ids, device=dev)
+    pad = adapter.pad_token_id
+    mask, pos, logits = state.attention_mask, state.positions[..., -1:], state.logits
+    finished = torch.zeros(B, dtype=torch.bool, device=dev)
+    out = []
+    t0 = time.perf_counter()
+    for step in range(sampling.max_new_tokens):
+        nxt = torch.where(finished, torch.full_like(finished, pad, dtype=torch.long), _choose(logits, sampling, gen))
+        out.append(nxt)
+        finished |= torch.isin(nxt, eos)
+        if bool(finished.all()) or step == sampling.max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
+        pos = pos + 1
+        o = adapter.model(
+            input_ids=nxt[:, None],
+            attention_mask=mask,
+            position_ids=adapter.forward_position_ids(pos),
+            past_key_values=state.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        logits = o.logits[:, -1].float()
+    _sync(dev)
+    state.timings["decode"] = time.perf_counter() - t0
+    state.timings["decode_steps"] = float(len(out))
+    return torch.stack(out, dim=1) if out else torch.zeros(B, 0, dtype=torch.long, device=dev)

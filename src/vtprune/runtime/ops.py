@@ -1,0 +1,78 @@
+"""The one place where hidden states, masks, positions and the KV cache are cut.
+
+Every function is pure (tensors in, new tensors out). Sequences are kept left padded: after a cut each sample's
+surviving tokens are packed to the right, in their original order, and the batch is re-padded on the left to the
+longest survivor count.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+
+def compact_index(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather index that packs each row's kept positions to the right, in order.
+
+    Args:
+        keep: ``[B, L]`` bool.
+    Returns:
+        ``index`` ``[B, L']`` long (L' = max kept count) and ``valid`` ``[B, L']`` bool (False on new left padding).
+        Rows with fewer kept positions get dropped positions in their left padding slots (masked by ``valid``).
+    """
+    n_new = int(keep.sum(dim=1).max().item()) if keep.numel() else 0
+    order = torch.sort(keep.to(torch.int8), dim=1, stable=True).indices  # dropped first, then kept, each in order
+    index = order[:, order.shape[1] - n_new :]
+    return index, keep.gather(1, index)
+
+
+def gather_seq(x: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
+    """Gather ``x`` along its sequence dim ``dim`` with a per-sample ``index`` ``[B, L']`` (batch is the dim before
+    ``dim`` for positions ``[P, B, L]`` and caches ``[B, H, L, dh]`` alike: see the callers)."""
+    if dim == 1:  # [B, L, ...]
+        idx = index.view(*index.shape, *([1] * (x.dim() - 2))).expand(*index.shape, *x.shape[2:])
+        return x.gather(1, idx)
+    if dim == 2 and x.dim() == 3:  # positions [P, B, L]
+        return x.gather(2, index.unsqueeze(0).expand(x.shape[0], -1, -1))
+    if dim == 2 and x.dim() == 4:  # cache [B, H, L, dh]
+        idx = index[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[3])
+        return x.gather(2, idx)
+    raise ValueError(f"unsupported gather: shape {tuple(x.shape)} dim {dim}")
+
+
+def prune_cache(cache: DynamicCache, index: torch.Tensor, upto_layer: int) -> None:
+    """Cut layers ``0..upto_layer`` of ``cache`` to ``index`` ``[B, L']``. Mutates ``cache`` in place (the cache is the
+    runtime's own object, created for this prefill)."""
+    for li in range(upto_layer + 1):
+        layer = cache.layers[li]
+        layer.keys = gather_seq(layer.keys, index, 2)
+        layer.values = gather_seq(layer.values, index, 2)
+
+
+def scatter_visual(keep_visual: torch.Tensor, visual_index: torch.Tensor, visual_valid: torch.Tensor, length: int) -> torch.Tensor:
+    """Turn a per-sample visual keep mask into a sequence keep mask for the visual positions.
+
+    Args:
+        keep_visual: ``[B, Nv]`` bool, decisions for each sample's current visual tokens.
+        visual_index: ``[B, Nv]`` long, their positions in the current sequence.
+        visual_valid: ``[B, Nv]`` bool, False on padding entries.
+        length: current sequence length L.
+    Returns:
+        ``[B, L]`` bool: False exactly at visual positions whose token is dropped.
+    """
+    B = keep_visual.shape[0]
+    drop = torch.zeros(B, length, dtype=torch.uint8, device=keep_visual.device)
+    # amax, not plain scatter: padding entries may share an index with a real token and must never undo a drop
+    drop = drop.scatter_reduce(1, visual_index, (visual_valid & ~keep_visual).to(torch.uint8), reduce="amax")
+    return drop == 0
+
+
+def padded_rows(index_rows: list[torch.Tensor], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack ragged 1-D rows into ``[B, N]`` plus a validity mask ``[B, N]``."""
+    n = max((len(r) for r in index_rows), default=0)
+    out = torch.full((len(index_rows), n), pad, dtype=torch.long)
+    valid = torch.zeros(len(index_rows), n, dtype=torch.bool)
+    for b, r in enumerate(index_rows):
+        out[b, : len(r)] = r
+        valid[b, : len(r)] = True
+    return out, valid
