@@ -1,0 +1,156 @@
+"""``vtprune`` command line: each subcommand maps to one typed function; user errors become one stderr line.
+
+Subcommands living elsewhere register here: ``data`` (testbed/command.py), ``bench`` (bench/command.py),
+``train`` (training/command.py), ``demo`` (testbed/demo.py).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from vtprune.errors import VtpruneError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Visual token pruning for HF vision-language models.",
+)
+
+
+def _emit_json(obj: object) -> None:
+    typer.echo(json.dumps(obj, indent=None, default=float))
+
+
+@app.command()
+def methods(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List the pruning methods: name, sites, trainable, modalities."""
+    from vtprune.methods import list_methods
+
+    rows = list_methods()
+    if as_json:
+        _emit_json(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table("name", "sites", "trainable", "modalities", "summary")
+    for r in rows:
+        t.add_row(r["name"], ",".join(r["sites"]), "yes" if r["trainable"] else "no", ",".join(r["modalities"]), r["summary"])
+    Console().print(t)
+
+
+@app.command()
+def ask(
+    model: str = typer.Option(..., "--model", help="random:<family>, zoo:<name> or a local path."),
+    question: str = typer.Option(..., "--question", "-q"),
+    image: list[Path] = typer.Option([], "--image", help="Image file (repeat for several)."),
+    video: Optional[Path] = typer.Option(None, "--video", help="Video file (Qwen families)."),
+    method: str = typer.Option("none", "--method"),
+    keep: Optional[float] = typer.Option(None, "--keep", help="Fraction of visual tokens to keep, in (0, 1]."),
+    layer: Optional[int] = typer.Option(None, "--layer", help="Prune after this LLM layer (0-based)."),
+    pruner_path: Optional[str] = typer.Option(None, "--pruner", help="Trained pruner (zoo:<name> or directory)."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Answer one question about an image (or video), pruning with --method."""
+    from vtprune.api import load
+    from vtprune.data.dataset import load_image, load_video
+    from vtprune.eval.runner import build_method
+
+    vlm = load(model)
+    images = [load_image(p) for p in image]
+    frames = load_video(video) if video is not None else None
+    unpruned = not images and frames is None
+    m = build_method(method, keep=keep, layer=layer, pruner=pruner_path, num_layers=vlm.num_layers)
+    if unpruned:
+        typer.echo("note: no image or video given; running the text-only prompt unpruned", err=True)
+    from vtprune.adapters import Sample
+
+    ans = vlm.generate([Sample(question, images, frames)], None if unpruned else m, max_new_tokens=max_new_tokens)[0]
+    if as_json:
+        _emit_json(
+            {
+                "answer": ans.text,
+                "method": "none" if unpruned else method,
+                "visual_tokens": ans.visual_tokens,
+                "kept_tokens": ans.kept_tokens,
+                "retention": ans.retention,
+                "timings": ans.timings,
+            }
+        )
+    else:
+        typer.echo(ans.text)
+
+
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Option(..., "--model"),
+    data: str = typer.Option(..., "--data", help="JSONL file or testbed:<name>."),
+    method: str = typer.Option("none", "--method"),
+    keep: Optional[float] = typer.Option(None, "--keep"),
+    layer: Optional[int] = typer.Option(None, "--layer"),
+    pruner_path: Optional[str] = typer.Option(None, "--pruner"),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Write (and resume from) this JSONL."),
+    max_new_tokens: int = typer.Option(16, "--max-new-tokens", min=1),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Batched, resumable evaluation over a JSONL dataset; prints accuracy, VQA accuracy, ANLS and retention."""
+    from vtprune.eval.runner import run_eval
+
+    report = run_eval(
+        model=model, data=data, method=method, keep=keep, layer=layer, pruner=pruner_path, batch_size=batch_size,
+        limit=limit, predictions=predictions, max_new_tokens=max_new_tokens, progress=not as_json and sys.stderr.isatty(),
+    )
+    if as_json:
+        _emit_json(report)
+        return
+    from vtprune.eval.runner import print_report
+
+    print_report(report)
+
+
+def _register_optional() -> None:
+    """Attach the subcommands that live in their own modules."""
+    from vtprune.bench.command import bench
+    from vtprune.testbed.command import data_app, demo
+    from vtprune.training.command import train_app
+
+    app.command("bench")(bench)
+    app.command("demo")(demo)
+    app.add_typer(train_app, name="train", help="Train zoo models and learned pruners.")
+    app.add_typer(data_app, name="data", help="Generate and export testbed datasets.")
+
+
+_register_optional()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app; user errors print one line on stderr and exit 2."""
+    import click
+
+    try:
+        app(args=argv, standalone_mode=False)
+    except VtpruneError as e:
+        typer.echo(f"error: {e}", err=True)
+        return 2
+    except click.exceptions.Exit as e:
+        return int(e.exit_code or 0)
+    except click.ClickException as e:
+        e.show()
+        return int(e.exit_code)
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
