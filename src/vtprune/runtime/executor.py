@@ -38,6 +38,7 @@ class PrefillState:
         positions: ``[P, B, L']`` original position ids of the surviving tokens.
         visual_tokens / kept_tokens: per sample, before and after pruning.
         token_layers: per sample, visual tokens summed over the LLM layers that processed them.
+        kept_visual: per sample ``[k]`` long, original visual-token indices of the survivors (sequence order).
         kept_coords: per sample ``[k, 4]`` (item, t, h, w) of the surviving visual tokens.
         timings: seconds for ``vision`` and ``llm_prefill``.
     """
@@ -49,6 +50,7 @@ class PrefillState:
     visual_tokens: list[int]
     kept_tokens: list[int]
     token_layers: list[int]
+    kept_visual: list[torch.Tensor]
     kept_coords: list[torch.Tensor]
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -206,6 +208,7 @@ def prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, all
         visual_tokens=[int(v) for v in visual_total.tolist()],
         kept_tokens=[len(k) for k in kept_ids],
         token_layers=[int(v) for v in token_layers.tolist()],
+        kept_visual=kept_ids,
         kept_coords=[batch.coords[b][kept_ids[b]] for b in range(batch.batch_size)],
         timings={"vision": t1 - t0, "llm_prefill": t2 - t1},
     )

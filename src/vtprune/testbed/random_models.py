@@ -77,9 +77,12 @@ def llava_config(tok: Any, *, hidden: int = 64, layers: int = 4, heads: int = 4,
 
 def image_processor_for(family: str, *, image_size: int = 56, max_tokens: int = 64) -> Any:
     if family == "llava":
-        from transformers import CLIPImageProcessor
+        try:
+            from transformers import CLIPImageProcessorPil as CLIPProc
+        except ImportError:  # pragma: no cover - older transformers
+            from transformers import CLIPImageProcessor as CLIPProc
 
-        return CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+        return CLIPProc(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
     try:
         from transformers import Qwen2VLImageProcessorPil as Proc
     except ImportError:  # pragma: no cover - older transformers

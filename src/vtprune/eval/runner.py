@@ -1,0 +1,179 @@
+"""The batched, resumable evaluator behind ``vtprune eval``.
+
+Predictions are appended to a JSONL file one line per sample as batches finish, next to a ``.meta.json`` holding
+the run's settings; re-running with the same file skips the ids already there (and refuses a file written by a
+different run), so an interrupted evaluation resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from vtprune.errors import ConfigError, InputError
+from vtprune.eval.metrics import anls, exact_match, vqa_accuracy
+from vtprune.methods import Pruner, get_method, pruner as make_pruner
+from vtprune.runtime.executor import _check_stages
+
+
+def build_method(name: str, *, keep: float | None, layer: int | None, pruner: str | None, num_layers: int) -> Pruner:
+    """Build and validate a method for an LLM of ``num_layers`` layers (errors are :class:`ConfigError`)."""
+    cls = get_method(name)
+    if keep is not None and not (0.0 < keep <= 1.0):
+        raise ConfigError(f"--keep must be in (0, 1], got {keep}")
+    if pruner is not None:
+        loader = getattr(cls, "from_pretrained", None)
+        if loader is None:
+            raise ConfigError(f"method {name!r} is training-free and takes no --pruner")
+        m = loader(pruner, keep=keep, layer=layer)
+    elif getattr(cls, "trainable", False) and getattr(cls, "requires_pruner", True):
+        raise ConfigError(f"method {name!r} is learned: pass --pruner (a directory or zoo:<name>)")
+    else:
+        m = make_pruner(name, keep=keep, layer=layer)
+    _check_stages(m.stages(num_layers), num_layers)
+    return m
+
+
+def _sample_for(rec: Any) -> Any:
+    from vtprune.adapters import Sample
+    from vtprune.data.dataset import load_image, load_video
+
+    paths = getattr(rec, "images", None) or getattr(rec, "image", None) or []
+    images = [load_image(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    video = load_video(rec.video) if getattr(rec, "video", None) else None
+    return Sample(rec.question, images, video)
+
+
+def _read_done(path: Path) -> dict[str, dict[str, Any]]:
+    done: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return done
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            done[str(row["id"])] = row
+        except (json.JSONDecodeError, KeyError):
+            raise InputError(f"{path}:{i}: not a prediction line; remove the file or pick another --predictions") from None
+    return done
+
+
+def score_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Aggregate per-sample predictions into the report's metrics."""
+    n = len(rows)
+    def mean(key: str, rs: list[dict[str, Any]]) -> float:
+        return sum(float(r[key]) for r in rs) / len(rs) if rs else 0.0
+    by: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by[str(r.get("type") or "all")].append(r)
+    return {
+        "n": n,
+        "accuracy": mean("exact_match", rows),
+        "vqa_accuracy": mean("vqa_accuracy", rows),
+        "anls": mean("anls", rows),
+        "retention_mean": mean("retention", rows),
+        "prefill_retention_mean": mean("prefill_retention", rows),
+        "by_type": {
+            t: {"n": len(rs), "accuracy": mean("exact_match", rs), "retention": mean("retention", rs)}
+            for t, rs in sorted(by.items())
+        },
+    }
+
+
+def run_eval(
+    *, model: str, data: str, method: str = "none", keep: float | None = None, layer: int | None = None,
+    pruner: str | None = None, batch_size: int = 8, limit: int | None = None, predictions: Path | None = None,
+    max_new_tokens: int = 16, progress: bool = False,
+) -> dict[str, Any]:
+    """Evaluate ``method`` on ``data`` with ``model``; returns the metrics report (see :func:`score_rows`)."""
+    from vtprune.api import load
+    from vtprune.data.dataset import read_jsonl, resolve_data
+
+    if batch_size < 1:
+        raise ConfigError("--batch-size must be >= 1")
+    path = resolve_data(data)
+    records = read_jsonl(path)
+    if limit is not None:
+        records = records[:limit]
+    vlm = load(model)
+    m = build_method(method, keep=keep, layer=layer, pruner=pruner, num_layers=vlm.num_layers)
+    settings = {"model": model, "data": data, "method": m.to_dict(), "max_new_tokens": max_new_tokens}
+
+    done: dict[str, dict[str, Any]] = {}
+    out = None
+    if predictions is not None:
+        meta = predictions.with_suffix(predictions.suffix + ".meta.json")
+        if predictions.exists() and meta.exists():
+            old = json.loads(meta.read_text())
+            if old != json.loads(json.dumps(settings)):
+                raise ConfigError(f"{predictions} holds predictions of a different run ({old}); use another path")
+        done = _read_done(predictions)
+        predictions.parent.mkdir(parents=True, exist_ok=True)
+        meta.write_text(json.dumps(settings, sort_keys=True))
+        out = predictions.open("a")
+
+    todo = [r for r in records if r.id not in done]
+    t0 = time.perf_counter()
+    bar = None
+    if progress:
+        from rich.progress import Progress
+
+        bar = Progress(transient=True)
+        bar.start()
+        task = bar.add_task(f"eval {method}", total=len(records), completed=len(records) - len(todo))
+    try:
+        for i in range(0, len(todo), batch_size):
+            chunk = todo[i : i + batch_size]
+            samples = [_sample_for(r) for r in chunk]
+            answers = vlm.generate(samples, m, max_new_tokens=max_new_tokens)
+            for rec, ans in zip(chunk, answers):
+                row = {
+                    "id": rec.id,
+                    "prediction": ans.text,
+                    "answers": rec.answers,
+                    "type": rec.type,
+                    "visual_tokens": ans.visual_tokens,
+                    "kept_tokens": ans.kept_tokens,
+                    "retention": ans.retention,
+                    "prefill_retention": ans.token_layers / (ans.visual_tokens * vlm.num_layers) if ans.visual_tokens else 1.0,
+                    "exact_match": exact_match(ans.text, rec.answers),
+                    "vqa_accuracy": vqa_accuracy(ans.text, rec.answers),
+                    "anls": anls(ans.text, rec.answers),
+                }
+                done[rec.id] = row
+                if out is not None:
+                    out.write(json.dumps(row) + "\n")
+            if out is not None:
+                out.flush()
+            if bar is not None:
+                bar.update(task, advance=len(chunk))
+    finally:
+        if bar is not None:
+            bar.stop()
+        if out is not None:
+            out.close()
+    rows = [done[r.id] for r in records]
+    report = {"model": model, "data": data, "method": m.to_dict(), **score_rows(rows)}
+    report["seconds"] = time.perf_counter() - t0
+    report["computed"] = len(todo)
+    return report
+
+
+def print_report(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    c = Console()
+    c.print(
+        f"[bold]{report['method']['method']}[/] on {report['data']} with {report['model']}: n={report['n']} "
+        f"accuracy={report['accuracy']:.4f} vqa={report['vqa_accuracy']:.4f} anls={report['anls']:.4f} "
+        f"retention={report['retention_mean']:.4f}"
+    )
+    t = Table("type", "n", "accuracy", "retention")
+    for k, v in report["by_type"].items():
+        t.add_row(k, str(v["n"]), f"{v['accuracy']:.4f}", f"{v['retention']:.4f}")
+    c.print(t)

@@ -1,0 +1,129 @@
+"""Pruning at each site equals an independent reference built from the stock model and the same kept set."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+import vtprune
+from tests.conftest import make_image
+from vtprune.runtime import ops
+from vtprune.runtime.executor import Sampling, decode, prefill
+
+
+def _kept_positions(batch, b: int, kept_visual: torch.Tensor) -> torch.Tensor:
+    """Sequence positions of sample ``b`` (no padding: single-sample batch) that survive: text + kept visual."""
+    vis = batch.visual_mask[b]
+    vid = vis.long().cumsum(0) - 1
+    keep_v = torch.zeros(int(vis.sum()), dtype=torch.bool)
+    keep_v[kept_visual] = True
+    return torch.nonzero(~vis | (vis & keep_v[vid.clamp(min=0)])).flatten()
+
+
+@pytest.mark.parametrize("method", ["random", "uniform"])
+def test_pre_llm_equals_stock_fed_kept_tokens(vlm, method):
+    sample = [vtprune.Sample("what is left of the blue square?", [make_image(112, 84, 1)])]
+    m = vtprune.pruner(method, keep=0.4)
+    batch = vlm.adapter.encode(sample)
+    st = prefill(vlm.adapter, batch, m, all_logits=True)
+    assert st.kept_tokens[0] == round(0.4 * st.visual_tokens[0])
+    emb = vlm.adapter.embed(batch)
+    P = _kept_positions(batch, 0, st.kept_visual[0])
+    E, pos = emb.embeds[:, P], vlm.adapter.forward_position_ids(emb.positions[:, :, P])
+    ones = torch.ones(1, len(P), dtype=torch.long)
+    with torch.no_grad():
+        ref = vlm.model(inputs_embeds=E, attention_mask=ones, position_ids=pos).logits
+    torch.testing.assert_close(st.logits, ref, rtol=1e-4, atol=1e-5)
+    ref_tokens = vlm.model.generate(inputs_embeds=E, attention_mask=ones, position_ids=pos, max_new_tokens=6, do_sample=False)
+    ours = decode(vlm.adapter, prefill(vlm.adapter, batch, m), Sampling(max_new_tokens=6), vlm.eos_ids())
+    assert torch.equal(ours, ref_tokens)
+
+
+@pytest.mark.parametrize("K", [0, 2])
+def test_llm_site_cache_and_first_decode_logits(vlm, K):
+    sample = [vtprune.Sample("count the triangles", [make_image(140, 112, 4)])]
+    m = vtprune.pruner("random", keep=0.25, layer=K, seed=3)
+    batch = vlm.adapter.encode(sample)
+    st = prefill(vlm.adapter, batch, m)
+    P = _kept_positions(batch, 0, st.kept_visual[0])
+    n_text = int((~batch.visual_mask[0]).sum())
+    # the cache holds exactly text + kept visual tokens, in every layer
+    for layer in st.cache.layers:
+        assert layer.keys.shape[2] == layer.values.shape[2] == n_text + st.kept_tokens[0] == len(P)
+
+    # reference by hand: stock full forward, its layer-K output and layers 0..K cache cut to P, then layers K+1.. by hand
+    emb = vlm.adapter.embed(batch)
+    inputs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                  position_ids=vlm.adapter.forward_position_ids(emb.positions), **batch.model_inputs)
+    with torch.no_grad():
+        full = vlm.model(**inputs, use_cache=True, output_hidden_states=True)
+        cache = DynamicCache(config=vlm.adapter.text_config)
+        for li in range(vlm.num_layers):
+            src = full.past_key_values.layers[li]
+            if li <= K:
+                cache.update(src.keys[:, :, P], src.values[:, :, P], li)
+        h = full.hidden_states[K + 1][:, P]
+        pos = emb.positions[:, :, P]
+        cos_sin = vlm.adapter.rope(h, pos)
+        for li in range(K + 1, vlm.num_layers):
+            h = vlm.adapter.layers[li](h, attention_mask=None, position_ids=vlm.adapter.layer_position_ids(pos),
+                                       past_key_values=cache, use_cache=True, position_embeddings=cos_sin)
+        first = vlm.adapter.lm_head(vlm.adapter.text_model.norm(h[:, -1])).argmax(-1)
+        torch.testing.assert_close(st.logits.argmax(-1), first)
+        step = vlm.model(input_ids=first[:, None], attention_mask=torch.ones(1, len(P) + 1, dtype=torch.long),
+                         position_ids=vlm.adapter.forward_position_ids(pos[..., -1:] + 1), past_key_values=cache,
+                         use_cache=True)
+    ours = decode(vlm.adapter, st, Sampling(max_new_tokens=2), [-1])
+    assert ours[0, 0] == first[0]
+    # our second token comes from the same first-decode logits
+    assert ours[0, 1] == step.logits[0, -1].argmax()
+
+
+def test_batch_equals_singles(vlm, three_samples):
+    for m in [vtprune.pruner("random", keep=0.3, layer=1, seed=5), vtprune.pruner("uniform", keep=0.5)]:
+        batched = vlm.generate(three_samples, m, max_new_tokens=6)
+        singles = [vlm.generate([s], m, max_new_tokens=6)[0] for s in three_samples]
+        assert [a.text for a in batched] == [a.text for a in singles]
+        assert [a.kept_tokens for a in batched] == [a.kept_tokens for a in singles]
+        for a, b in zip(batched, singles):
+            assert torch.equal(a.kept_coords, b.kept_coords)
+
+
+def test_batch_with_different_keep_counts_and_a_text_only_sample(vlms):
+    vlm = vlms["qwen2_5_vl"]
+    samples = [vtprune.Sample("q one", [make_image(224, 168, 7)]), vtprune.Sample("just text"),
+               vtprune.Sample("q three", [make_image(56, 56, 8), make_image(84, 56, 9)])]
+    m = vtprune.pruner("random", keep=0.25, layer=1)
+    batched = vlm.generate(samples, m, max_new_tokens=5)
+    assert len({a.kept_tokens for a in batched}) == 3
+    assert batched[1].visual_tokens == 0 and batched[1].kept_tokens == 0
+    singles = [vlm.generate([s], m, max_new_tokens=5)[0] for s in samples]
+    assert [a.text for a in batched] == [a.text for a in singles]
+
+
+def test_decoding_continues_at_unpruned_positions(vlms):
+    vlm = vlms["qwen2_5_vl"]
+    sample = [vtprune.Sample("q", [make_image(112, 112, 1)])]
+    batch = vlm.adapter.encode(sample)
+    full = prefill(vlm.adapter, batch, None)
+    pruned = prefill(vlm.adapter, batch, vtprune.pruner("uniform", keep=0.25, layer=0))
+    assert pruned.positions.shape[-1] < full.positions.shape[-1]
+    assert torch.equal(pruned.positions[..., -1], full.positions[..., -1])
+
+
+def test_ops_compact_and_scatter():
+    keep = torch.tensor([[True, False, True, True], [False, True, False, False]])
+    index, valid = ops.compact_index(keep)
+    assert index.tolist()[0] == [0, 2, 3] and valid.tolist() == [[True, True, True], [False, False, True]]
+    assert index[1, -1] == 1
+    x = torch.arange(8.0).view(2, 4)
+    assert ops.gather_seq(x.unsqueeze(-1), index, 1).squeeze(-1)[0].tolist() == [0.0, 2.0, 3.0]
+    cache = torch.arange(2 * 1 * 4 * 1.0).view(2, 1, 4, 1)
+    assert ops.gather_seq(cache, index, 2)[0, 0, :, 0].tolist() == [0.0, 2.0, 3.0]
+    # padding entries pointing at index 0 must not undo the drop of position 0
+    keep_vis = torch.tensor([[False, True], [True, False]])
+    vidx = torch.tensor([[0, 1], [2, 0]])
+    valid_v = torch.tensor([[True, True], [True, False]])
+    seq_keep = ops.scatter_visual(keep_vis, vidx, valid_v, 4)
+    assert seq_keep.tolist() == [[False, True, True, True], [True, True, True, True]]
