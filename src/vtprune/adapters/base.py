@@ -148,6 +148,10 @@ class Adapter:
     def embed(self, batch: EncodedBatch, *, vision_outputs: bool = False) -> Embedded:
         raise NotImplementedError
 
+    def positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, model_inputs: dict[str, Any]) -> torch.Tensor:
+        """``[P, B, L]`` position ids exactly as stock ``generate`` builds them for this prompt."""
+        raise NotImplementedError
+
     def layer_position_ids(self, positions: torch.Tensor) -> torch.Tensor:
         """What the decoder layers get as ``position_ids`` (and masks as text positions)."""
         return positions[0]

@@ -81,8 +81,12 @@ class LlavaAdapter(Adapter):
             embeds = embeds.masked_scatter(mask, feats)
             if vision_outputs:
                 vision["image"] = out
+        return Embedded(embeds, self.positions(input_ids, attention_mask, {}), vision)
+
+    def positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, model_inputs: dict[str, Any]) -> torch.Tensor:
+        """Generate-style ``[1, B, L]`` positions (cumsum over the mask: left padding is skipped)."""
         pos = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
-        return Embedded(embeds, pos.unsqueeze(0), vision)
+        return pos.unsqueeze(0)
 
     def rope(self, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.text_model.rotary_emb(hidden, positions[0])

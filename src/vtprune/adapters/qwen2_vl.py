@@ -137,10 +137,14 @@ class Qwen2VLAdapter(Adapter):
             embeds = embeds.masked_scatter(mask, feats)
             if vision_outputs:
                 vision[kind] = out
-        # generate-style positions: text row (cumsum over the mask) + M-RoPE rows
+        return Embedded(embeds, self.positions(input_ids, attention_mask, mi), vision)
+
+    def positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, model_inputs: dict[str, Any]) -> torch.Tensor:
+        """Generate-style ``[4, B, L]`` positions: the text row (cumsum over the mask), then M-RoPE t/h/w."""
+        mi = model_inputs
         text_pos = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
         if "image_grid_thw" in mi or "video_grid_thw" in mi:
-            mrope, _ = inner.get_rope_index(
+            mrope, _ = self.model.model.get_rope_index(
                 input_ids,
                 mm_token_type_ids=mi["mm_token_type_ids"],
                 image_grid_thw=mi.get("image_grid_thw"),
@@ -149,8 +153,7 @@ class Qwen2VLAdapter(Adapter):
             )
         else:
             mrope = text_pos.unsqueeze(0).expand(3, -1, -1)
-        positions = torch.cat([text_pos.unsqueeze(0), mrope.to(text_pos.dtype)], dim=0)
-        return Embedded(embeds, positions, vision)
+        return torch.cat([text_pos.unsqueeze(0), mrope.to(text_pos.dtype)], dim=0)
 
     def rope(self, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.text_model.rotary_emb(hidden, positions[1:])

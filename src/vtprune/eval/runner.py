@@ -37,7 +37,8 @@ def build_method(name: str, *, keep: float | None, layer: int | None, pruner: st
     return m
 
 
-def _sample_for(rec: Any) -> Any:
+def sample_for_record(rec: Any) -> Any:
+    """Load a dataset record's image(s)/video into a :class:`Sample` (errors are :class:`InputError`)."""
     from vtprune.adapters import Sample
     from vtprune.data.dataset import load_image, load_video
 
@@ -128,7 +129,7 @@ def run_eval(
     try:
         for i in range(0, len(todo), batch_size):
             chunk = todo[i : i + batch_size]
-            samples = [_sample_for(r) for r in chunk]
+            samples = [sample_for_record(r) for r in chunk]
             answers = vlm.generate(samples, m, max_new_tokens=max_new_tokens)
             for rec, ans in zip(chunk, answers):
                 row = {

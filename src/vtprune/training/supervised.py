@@ -1,0 +1,70 @@
+"""Supervised fine-tuning data path shared by the base-model and learned-pruner recipes.
+
+:func:`encode_with_answers` turns samples + answers into one left-padded batch whose prompt part is exactly what
+inference encodes (the adapter's own ``encode``), followed by the answer tokens and the end-of-turn token; labels
+are -100 everywhere but on the answer. Position ids are the ones stock ``generate`` would use, so training and
+inference see the same positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from vtprune.adapters.base import Adapter, Sample, left_pad
+
+
+@dataclass
+class SupervisedBatch:
+    input_ids: torch.Tensor  # [B, L]
+    attention_mask: torch.Tensor  # [B, L]
+    labels: torch.Tensor  # [B, L], -100 outside the answer
+    model_inputs: dict[str, Any]  # pixel values, grids, mm_token_type_ids (padded to L)
+    visual_mask: torch.Tensor  # [B, L] bool
+    prompt_lengths: list[int]
+
+    def model_kwargs(self, adapter: Adapter) -> dict[str, Any]:
+        """Keyword arguments for the stock model forward (with labels)."""
+        pos = adapter.positions(self.input_ids, self.attention_mask, self.model_inputs)
+        return dict(
+            input_ids=self.input_ids,
+            attention_mask=self.attention_mask,
+            position_ids=adapter.forward_position_ids(pos),
+            labels=self.labels,
+            **{k: v for k, v in self.model_inputs.items()},
+        )
+
+
+def answer_ids(adapter: Adapter, answer: str) -> list[int]:
+    tok = adapter.tokenizer
+    ids = list(tok(answer, add_special_tokens=False).input_ids)
+    return ids + [int(tok.eos_token_id)]
+
+
+def encode_with_answers(adapter: Adapter, samples: list[Sample], answers: list[str]) -> SupervisedBatch:
+    """Encode each sample alone with the adapter, append its answer, then left-pad the batch."""
+    rows, labels, types, visual, prompt_lens = [], [], [], [], []
+    merged: dict[str, list[torch.Tensor]] = {}
+    for s, a in zip(samples, answers):
+        enc = adapter.encode([s])
+        prompt = enc.input_ids[0].tolist()
+        ans = answer_ids(adapter, a)
+        rows.append(prompt + ans)
+        labels.append([-100] * len(prompt) + ans)
+        visual.append(enc.visual_mask[0].long().tolist() + [0] * len(ans))
+        prompt_lens.append(len(prompt))
+        for k, v in enc.model_inputs.items():
+            if k == "mm_token_type_ids":
+                types.append(v[0].tolist() + [0] * len(ans))
+            else:
+                merged.setdefault(k, []).append(v)
+    input_ids, attention_mask = left_pad(rows, adapter.pad_token_id)
+    lab, _ = left_pad(labels, -100)
+    vis, _ = left_pad(visual, 0)
+    model_inputs: dict[str, Any] = {k: torch.cat(v) for k, v in merged.items()}
+    if types:
+        tt, _ = left_pad(types, 0)
+        model_inputs["mm_token_type_ids"] = tt.to(torch.int)
+    return SupervisedBatch(input_ids, attention_mask, lab, model_inputs, vis.bool(), prompt_lens)
