@@ -1,0 +1,245 @@
+"""Synthetic image tasks whose answer lives in a few known regions (the ground-truth ``boxes``).
+
+Five task types, each a builder ``(rng, img) -> _Built`` that draws bright objects on a cluttered canvas and
+returns the question, the answer and the evidence boxes:
+
+- ``lookup``: "What symbol is in the red circle?" -> ``k`` (the circle's glyph; other circles hold other glyphs)
+- ``attribute``: "What color is the shape with K?" -> ``blue``
+- ``spatial``: "What shape is left of the blue square?" -> ``star`` (or its colour)
+- ``counting``: "How many triangles are there?" -> ``3`` (1..6; boxes = every counted shape)
+- ``document``: a key/value table, "What is the value of price?" -> ``47`` (boxes = value cell, key cell)
+
+Objects have a fixed pixel size (44-52 px, glyphs 20x28 px) whatever the image size, so larger images only add
+background: the share of evidence tokens drops as the image grows. Answers are unique by construction
+(distinct colours/glyphs where the question names one, strict spatial relations, unique table keys).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from PIL import Image, ImageDraw
+
+from vtprune.testbed.tasks.render import (
+    COLORS, GLYPH_KINDS, GLYPHS, KINDS, PATCH, Box, Obj, background, draw_shape, draw_text, grid_boxes, text_size,
+)
+
+IMAGE_TASKS = ("lookup", "attribute", "spatial", "counting", "document")
+RELATIONS = ("left of", "right of", "above", "below")
+DOC_KEYS = ("name", "price", "total", "date", "id", "code", "item", "qty", "amount", "size", "age", "tax")
+DOC_WORDS = ("red", "blue", "cyan", "pink", "gray", "yes", "no", "up", "down", "left")
+DOC_SCALE = 3  # table text: 15x21 px characters
+GLYPH_SCALE = 4  # glyphs in shapes: 20x28 px
+
+TEMPLATES = {
+    "lookup": ("What symbol is in the {color} circle?", "Which character is inside the {color} circle?",
+               "Read the symbol in the {color} circle."),
+    "attribute": ("What color is the shape with {glyph}?", "What is the color of the shape holding {glyph}?",
+                  "Which color is the shape that contains {glyph}?"),
+    "spatial_kind": ("What shape is {rel} the {color} square?", "Which shape is {rel} the {color} square?"),
+    "spatial_color": ("What color is the shape {rel} the {color} square?",
+                      "Which color is the shape {rel} the {color} square?"),
+    "counting": ("How many {kind}s are there?", "Count the {kind}s in the image.", "How many {kind}s can you see?"),
+    "document": ("What is the value of {key}?", "What is the {key} in the table?", "Read the {key} value."),
+}
+
+
+@dataclass
+class DocRow:
+    """One table row: its key and value text and the pixel boxes of the two cells."""
+
+    key: str
+    value: str
+    key_box: Box
+    value_box: Box
+
+
+@dataclass
+class ImageSample:
+    """A rendered sample; ``objects`` / ``rows`` describe the scene so answers can be re-derived."""
+
+    type: str
+    question: str
+    answer: str  # normalised: lower case word, digit string or single character
+    image: Image.Image
+    boxes: list[Box]  # evidence, [x0, y0, x1, y1] pixels (x1, y1 exclusive)
+    objects: list[Obj] = field(default_factory=list)
+    rows: list[DocRow] = field(default_factory=list)
+
+
+@dataclass
+class _Built:
+    question: str
+    answer: str
+    boxes: list[Box]
+    objects: list[Obj]
+    rows: list[DocRow] = field(default_factory=list)
+
+
+def _objects(rng: random.Random, img: Image.Image, specs: list[tuple[str, str, str | None]],
+             avoid: Box | None = None) -> list[Obj]:
+    """Place and draw ``(kind, color, glyph)`` specs in distinct grid cells; returns the objects in spec order."""
+    placed = grid_boxes(rng, img.width, img.height, len(specs), avoid=avoid)
+    objs = [Obj(k, c, box, g) for (k, c, g), (box, _) in zip(specs, placed)]
+    for o in objs:
+        draw_shape(img, o, GLYPH_SCALE)
+    return objs
+
+
+def _lookup(rng: random.Random, img: Image.Image) -> _Built:
+    n = rng.randint(3, 5)
+    colors, glyphs = rng.sample(list(COLORS), n), rng.sample(GLYPHS, n)
+    specs = [("circle", c, g) for c, g in zip(colors, glyphs)]
+    specs += [(rng.choice(("triangle", "star")), rng.choice(list(COLORS)), None) for _ in range(rng.randint(0, 2))]
+    objs = _objects(rng, img, specs)
+    target = objs[0]
+    q = rng.choice(TEMPLATES["lookup"]).format(color=target.color)
+    return _Built(q, target.glyph.lower(), [target.box], objs)
+
+
+def _attribute(rng: random.Random, img: Image.Image) -> _Built:
+    n = rng.randint(3, 5)
+    colors, glyphs = rng.sample(list(COLORS), n), rng.sample(GLYPHS, n)
+    specs = [(rng.choice(GLYPH_KINDS), c, g) for c, g in zip(colors, glyphs)]
+    specs += [(rng.choice(("triangle", "star")), rng.choice(list(COLORS)), None) for _ in range(rng.randint(0, 2))]
+    objs = _objects(rng, img, specs)
+    target = objs[0]
+    q = rng.choice(TEMPLATES["attribute"]).format(glyph=target.glyph)
+    return _Built(q, target.color, [target.box], objs)
+
+
+def relation_holds(rel: str, a: Box, b: Box, strict: bool = True) -> bool:
+    """Is box ``a`` ``rel`` box ``b``?
+
+    Loose: ``a`` lies entirely on that side of ``b``. Strict additionally needs a 4 px gap and the two boxes to share
+    at least half of the smaller extent on the other axis (same row or column). Spatial scenes have exactly one
+    object strictly related to the anchor and no other object even loosely related.
+    """
+    gap = 4 if strict else 0
+    side = {"left of": a[2] + gap <= b[0], "right of": a[0] >= b[2] + gap,
+            "above": a[3] + gap <= b[1], "below": a[1] >= b[3] + gap}[rel]
+    if not strict or not side:
+        return side
+    lo, hi = (1, 3) if rel in ("left of", "right of") else (0, 2)
+    shared = min(a[hi], b[hi]) - max(a[lo], b[lo])
+    return shared >= min(a[hi] - a[lo], b[hi] - b[lo]) / 2
+
+
+def _spatial(rng: random.Random, img: Image.Image) -> _Built:
+    """Anchor square with one object on the asked side (same row/column) and distractors only on the other sides."""
+    rel = rng.choice(RELATIONS)
+    cells = grid_boxes(rng, img.width, img.height, (img.width // 56) * (img.height // 56))
+    by_cell = {rc: box for box, rc in cells}
+    horiz = rel in ("left of", "right of")
+    sign = -1 if rel in ("left of", "above") else 1  # sign of (target - anchor) along the asked axis
+
+    def along(rc: tuple[int, int]) -> int:
+        return rc[1] if horiz else rc[0]
+
+    def across(rc: tuple[int, int]) -> int:
+        return rc[0] if horiz else rc[1]
+
+    def targets(a: tuple[int, int]) -> list[tuple[int, int]]:
+        return [rc for rc in by_cell if across(rc) == across(a) and (along(rc) - along(a)) * sign > 0]
+
+    anchors = sorted(rc for rc in by_cell if targets(rc))
+    a_rc = rng.choice(anchors)
+    t_rc = rng.choice(sorted(targets(a_rc)))
+    others = sorted(rc for rc in by_cell if rc != a_rc and (along(rc) - along(a_rc)) * sign <= 0)
+    d_rcs = rng.sample(others, min(len(others), rng.randint(1, 3)))
+
+    a_color = rng.choice(list(COLORS))
+    anchor = Obj("square", a_color, by_cell[a_rc])
+    target = Obj(rng.choice(KINDS), rng.choice([c for c in COLORS if c != a_color]), by_cell[t_rc])
+    objs = [target, anchor]
+    for rc in d_rcs:
+        while True:  # any shape but another square of the anchor's colour
+            kind, color = rng.choice(KINDS), rng.choice(list(COLORS))
+            if (kind, color) != ("square", a_color):
+                break
+        objs.append(Obj(kind, color, by_cell[rc]))
+    for o in objs:
+        draw_shape(img, o)
+    ask = rng.choice(("kind", "color"))
+    q = rng.choice(TEMPLATES[f"spatial_{ask}"]).format(rel=rel, color=a_color)
+    return _Built(q, getattr(target, ask), [target.box, anchor.box], objs)
+
+
+def _counting(rng: random.Random, img: Image.Image) -> _Built:
+    kind = rng.choice(KINDS)
+    n = rng.randint(1, 6)
+    other = [k for k in KINDS if k != kind]
+    specs = [(kind, rng.choice(list(COLORS)), None) for _ in range(n)]
+    specs += [(rng.choice(other), rng.choice(list(COLORS)), None) for _ in range(rng.randint(1, 3))]
+    objs = _objects(rng, img, specs)
+    q = rng.choice(TEMPLATES["counting"]).format(kind=kind)
+    return _Built(q, str(n), [o.box for o in objs if o.kind == kind], objs)
+
+
+def _document(rng: random.Random, img: Image.Image) -> _Built:
+    """A white key/value table (grid lines, 15x21 px text) somewhere on the canvas, plus up to two shapes."""
+    pad, row_h = 8, 7 * DOC_SCALE + 12
+    n = rng.randint(3, min(6, (img.height - 8) // row_h))
+    keys = rng.sample(DOC_KEYS, n)
+    values: list[str] = []
+    while len(values) < n:
+        v = rng.choice(DOC_WORDS) if rng.random() < 0.3 else str(rng.randint(10, 999))
+        if v not in values:
+            values.append(v)
+    kw = text_size("M" * max(map(len, keys)), DOC_SCALE)[0] + 2 * pad
+    vw = text_size("M" * max(map(len, values)), DOC_SCALE)[0] + 2 * pad
+    x0 = rng.randint(4, img.width - kw - vw - 4)
+    y0 = rng.randint(4, img.height - n * row_h - 4)
+    table = (x0, y0, x0 + kw + vw, y0 + n * row_h)
+    d = ImageDraw.Draw(img)
+    d.rectangle((table[0], table[1], table[2] - 1, table[3] - 1), fill=(255, 255, 255))
+    rows = []
+    for i, (k, v) in enumerate(zip(keys, values)):
+        top = y0 + i * row_h
+        kbox, vbox = (x0, top, x0 + kw, top + row_h), (x0 + kw, top, x0 + kw + vw, top + row_h)
+        for b in (kbox, vbox):
+            d.rectangle((b[0], b[1], b[2] - 1, b[3] - 1), outline=(110, 110, 110))
+        draw_text(img, k, (kbox[0] + pad, top + 6), DOC_SCALE, (20, 20, 20))
+        draw_text(img, v, (vbox[0] + pad, top + 6), DOC_SCALE, (20, 20, 20))
+        rows.append(DocRow(k, v, kbox, vbox))
+    specs = [(rng.choice(KINDS), rng.choice(list(COLORS)), None) for _ in range(rng.randint(0, 2))]
+    try:
+        objs = _objects(rng, img, specs, avoid=table)
+    except ValueError:  # the table leaves no free cell: no shapes then
+        objs = []
+    row = rows[rng.randrange(n)]
+    q = rng.choice(TEMPLATES["document"]).format(key=row.key)
+    return _Built(q, row.value, [row.value_box, row.key_box], objs, rows)
+
+
+BUILDERS = {"lookup": _lookup, "attribute": _attribute, "spatial": _spatial, "counting": _counting,
+            "document": _document}
+
+
+def random_side(rng: random.Random, lo: int, hi: int) -> int:
+    """A random multiple of :data:`PATCH` in ``[lo, hi]``."""
+    return PATCH * rng.randint(-(-lo // PATCH), hi // PATCH)
+
+
+def make_image_sample(task: str, seed: int | str, *, size: tuple[int, int] | None = None,
+                      size_range: tuple[int, int] = (224, 448)) -> ImageSample:
+    """Render one ``task`` sample, fully determined by ``seed``.
+
+    Args:
+        task: one of :data:`IMAGE_TASKS`.
+        seed: any int or str; the same seed gives the same pixels, question and answer.
+        size: fixed ``(width, height)``; by default each side is a random multiple of 28 in ``size_range``
+            (224..448 px = 8..16 tokens per side on Qwen2.5-VL, 64..256 visual tokens). Use ``(896, 896)`` for
+            1024-token efficiency demos. At least 224 px per side.
+    """
+    if task not in BUILDERS:
+        raise ValueError(f"unknown image task {task!r}; choose from {', '.join(IMAGE_TASKS)}")
+    rng = random.Random(seed)
+    w, h = size or (random_side(rng, *size_range), random_side(rng, *size_range))
+    if min(w, h) < 224:
+        raise ValueError(f"image side must be >= 224 px, got {w}x{h}")
+    k = w * h / (224 * 224)
+    img = background(rng, w, h, (round(6 * k), round(14 * k)))
+    b = BUILDERS[task](rng, img)
+    return ImageSample(task, b.question, b.answer, img, b.boxes, b.objects, b.rows)

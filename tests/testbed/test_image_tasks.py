@@ -1,0 +1,132 @@
+"""Image tasks: determinism, boxes, and answers re-derived from the scene and checked against the pixels."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from vtprune.testbed.tasks import IMAGE_TASKS, make_image_sample
+from vtprune.testbed.tasks.image import DOC_SCALE, GLYPH_SCALE, RELATIONS, relation_holds
+from vtprune.testbed.tasks.render import COLORS, INK, KINDS, glyph_box, overlaps, text_mask
+
+SEEDS = range(30)
+
+
+def frac(arr: np.ndarray, box, rgb) -> float:
+    """Share of the pixels of ``box`` that are exactly ``rgb``."""
+    x0, y0, x1, y1 = box
+    return float(np.all(arr[y0:y1, x0:x1] == rgb, axis=-1).mean())
+
+
+def word(question: str, vocab) -> str:
+    found = [w for w in vocab if re.search(rf"\b{w}s?\b", question)]
+    assert len(found) == 1, (question, found)
+    return found[0]
+
+
+def assert_glyph(arr: np.ndarray, obj) -> None:
+    """The glyph's 20x28 px cell shows exactly the font's ink over the shape's fill."""
+    gx0, gy0, gx1, gy1 = glyph_box(obj.box, GLYPH_SCALE)
+    mask = text_mask(obj.glyph, GLYPH_SCALE)
+    assert gy1 - gy0 >= 28 and mask.shape == (gy1 - gy0, gx1 - gx0)
+    want = np.where(mask[..., None], INK[obj.color], COLORS[obj.color])
+    np.testing.assert_array_equal(arr[gy0:gy1, gx0:gx1], want)
+
+
+def test_same_seed_same_sample_and_sizes():
+    a, b = make_image_sample("lookup", 7), make_image_sample("lookup", 7)
+    assert (a.question, a.answer, a.boxes) == (b.question, b.answer, b.boxes)
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    c = make_image_sample("lookup", 8)
+    assert not np.array_equal(np.asarray(a.image), np.asarray(c.image)) or a.image.size != c.image.size
+    for s in range(20):
+        w, h = make_image_sample("counting", s).image.size
+        assert w % 28 == 0 and h % 28 == 0 and 224 <= min(w, h) and max(w, h) <= 448
+    assert make_image_sample("spatial", 0, size=(896, 896)).image.size == (896, 896)
+    with pytest.raises(ValueError):
+        make_image_sample("nope", 0)
+
+
+@pytest.mark.parametrize("task", IMAGE_TASKS)
+def test_boxes_and_layout(task):
+    for seed in SEEDS:
+        s = make_image_sample(task, seed)
+        w, h = s.image.size
+        assert s.type == task and s.boxes and s.answer == s.answer.lower() and " " not in s.answer
+        for x0, y0, x1, y1 in s.boxes:
+            assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+        for i, a in enumerate(s.objects):
+            assert all(not overlaps(a.box, b.box) for b in s.objects[i + 1 :])
+            if s.rows:
+                assert not overlaps(a.box, (s.rows[0].key_box[0], s.rows[0].key_box[1], *s.rows[-1].value_box[2:]))
+
+
+def test_lookup():
+    for seed in SEEDS:
+        s = make_image_sample("lookup", seed)
+        arr = np.asarray(s.image)
+        color = word(s.question, COLORS)
+        (target,) = [o for o in s.objects if o.kind == "circle" and o.color == color]
+        assert s.answer == target.glyph.lower() and s.boxes == [target.box]
+        assert frac(arr, target.box, COLORS[color]) > 0.4
+        glyphs = [o.glyph for o in s.objects if o.glyph]
+        assert len(glyphs) == len(set(glyphs)) >= 3
+        for o in s.objects:
+            if o.glyph:
+                assert_glyph(arr, o)
+
+
+def test_attribute():
+    for seed in SEEDS:
+        s = make_image_sample("attribute", seed)
+        arr = np.asarray(s.image)
+        glyph = re.search(r"\b([A-Z0-9])\?$", s.question).group(1)
+        (target,) = [o for o in s.objects if o.glyph == glyph]
+        assert s.answer == target.color and s.boxes == [target.box]
+        assert frac(arr, target.box, COLORS[target.color]) > 0.4
+        assert_glyph(arr, target)
+
+
+def test_spatial():
+    for seed in SEEDS:
+        s = make_image_sample("spatial", seed)
+        rel, color = word(s.question, RELATIONS), word(s.question, COLORS)
+        (anchor,) = [o for o in s.objects if o.kind == "square" and o.color == color]
+        related = [o for o in s.objects if o is not anchor and relation_holds(rel, o.box, anchor.box, strict=False)]
+        assert len(related) == 1 and relation_holds(rel, related[0].box, anchor.box, strict=True)
+        target = related[0]
+        assert s.answer == (target.color if "color" in s.question else target.kind)
+        assert s.boxes == [target.box, anchor.box]
+        arr = np.asarray(s.image)
+        assert frac(arr, anchor.box, COLORS[color]) > 0.9
+        assert frac(arr, target.box, COLORS[target.color]) > 0.3
+
+
+def test_counting():
+    seen = set()
+    for seed in range(60):
+        s = make_image_sample("counting", seed)
+        kind = word(s.question, KINDS)
+        targets = [o for o in s.objects if o.kind == kind]
+        assert s.answer == str(len(targets)) == str(len(s.boxes))
+        assert s.boxes == [o.box for o in targets]
+        arr = np.asarray(s.image)
+        assert all(frac(arr, o.box, COLORS[o.color]) > 0.3 for o in targets)
+        seen.add(int(s.answer))
+    assert seen == set(range(1, 7))
+
+
+def test_document():
+    for seed in SEEDS:
+        s = make_image_sample("document", seed)
+        keys = [r.key for r in s.rows]
+        assert len(keys) == len(set(keys)) >= 3
+        key = word(s.question, keys)
+        (row,) = [r for r in s.rows if r.key == key]
+        assert s.answer == row.value and s.boxes == [row.value_box, row.key_box]
+        arr = np.asarray(s.image)
+        for text, box in ((row.value, row.value_box), (row.key, row.key_box)):
+            ink = text_mask(text, DOC_SCALE).sum()
+            assert frac(arr, box, (20, 20, 20)) * (box[2] - box[0]) * (box[3] - box[1]) == pytest.approx(ink)
