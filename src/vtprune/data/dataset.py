@@ -1,0 +1,151 @@
+"""The JSONL dataset format and its loaders.
+
+One sample a line::
+
+    {"id": "...", "image": "path" | ["path", ...], "video": "path", "question": "...", "answers": ["..."],
+     "type": "optional task type", "boxes": [[x0, y0, x1, y1], ...], "frames": [evidence frame indices]}
+
+Relative paths resolve against the JSONL file's folder. ``testbed:<name>`` names a generated set
+(:mod:`vtprune.testbed.sets`). Every user-facing failure is an :class:`~vtprune.errors.InputError`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from vtprune.errors import InputError
+
+_KNOWN = {"id", "image", "video", "question", "answers", "type", "boxes", "frames"}
+
+
+@dataclass
+class Record:
+    """One dataset line with its paths resolved; unknown keys are kept in ``extra``."""
+
+    id: str
+    question: str
+    answers: list[str]
+    images: list[Path] = field(default_factory=list)
+    video: Path | None = None
+    type: str | None = None
+    boxes: list[list[float]] = field(default_factory=list)  # evidence boxes, [x0, y0, x1, y1] pixels
+    frames: list[int] = field(default_factory=list)  # video: evidence frame of each box
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _record(obj: Any, root: Path, where: str) -> Record:
+    def bad(msg: str) -> InputError:
+        return InputError(f"{where}: {msg}")
+
+    if not isinstance(obj, dict):
+        raise bad("expected a JSON object")
+    q = obj.get("question")
+    if not isinstance(q, str) or not q.strip():
+        raise bad("missing 'question'")
+    answers = obj.get("answers")
+    if isinstance(answers, str):
+        answers = [answers]
+    if not isinstance(answers, list) or not answers or not all(isinstance(a, (str, int, float)) for a in answers):
+        raise bad("missing 'answers' (a non-empty list of strings)")
+    image = obj.get("image", [])
+    image = [image] if isinstance(image, str) else image
+    if not isinstance(image, list) or not all(isinstance(p, str) for p in image):
+        raise bad("'image' must be a path or a list of paths")
+    video = obj.get("video")
+    if video is not None and not isinstance(video, str):
+        raise bad("'video' must be a path")
+    boxes = obj.get("boxes") or []
+    if not isinstance(boxes, list) or not all(
+        isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b) for b in boxes
+    ):
+        raise bad("'boxes' must be a list of [x0, y0, x1, y1]")
+    frames = obj.get("frames") or []
+    if not isinstance(frames, list) or not all(isinstance(f, int) for f in frames):
+        raise bad("'frames' must be a list of frame indices")
+    return Record(
+        id=str(obj.get("id", where)),
+        question=q,
+        answers=[str(a) for a in answers],
+        images=[root / p for p in image],  # an absolute p stays absolute
+        video=root / video if video is not None else None,
+        type=obj.get("type"),
+        boxes=[[float(v) for v in b] for b in boxes],
+        frames=frames,
+        extra={k: v for k, v in obj.items() if k not in _KNOWN},
+    )
+
+
+def read_jsonl(path: str | Path) -> list[Record]:
+    """Read and validate a JSONL dataset; an unusable line raises ``InputError("<file>:<line>: ...")``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read dataset {path}: {e}") from None
+    records: list[Record] = []
+    seen: set[str] = set()
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{i}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{where}: bad JSON ({e.msg})") from None
+        rec = _record(obj, path.parent, where)
+        if rec.id in seen:
+            raise InputError(f"{where}: duplicate id {rec.id!r}")
+        seen.add(rec.id)
+        records.append(rec)
+    return records
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image file as RGB; ``InputError("cannot read image <path>: ...")`` if missing or corrupt."""
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now, so a truncated file fails here
+            return im.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for missing, unknown and broken files
+        reason = e.strerror if isinstance(e, FileNotFoundError) and e.strerror else str(e)
+        raise InputError(f"cannot read image {path}: {reason}") from None
+
+
+def load_video(path: str | Path, num_frames: int | None = None) -> list[Image.Image]:
+    """Decode a video (.mp4 or any FFmpeg format, or .npz) to RGB frames, ``num_frames`` uniformly spaced if given."""
+    import zipfile
+
+    import av
+
+    from vtprune.data.video import read_video
+
+    if num_frames is not None and num_frames < 1:
+        raise InputError(f"num_frames must be >= 1, got {num_frames}")
+    try:
+        frames = read_video(path, num_frames)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, av.FFmpegError) as e:
+        reason = e.strerror if isinstance(e, FileNotFoundError) and e.strerror else str(e)
+        raise InputError(f"cannot read video {path}: {reason}") from None
+    if len(frames) == 0:
+        raise InputError(f"cannot read video {path}: no frames")
+    return [Image.fromarray(f) for f in frames]
+
+
+def resolve_data(spec: str | Path) -> Path:
+    """``testbed:NAME`` -> the cached JSONL (generated on first use); a path (file, or folder with data.jsonl) -> Path."""
+    s = str(spec)
+    if s.startswith("testbed:"):
+        from vtprune.testbed.sets import ensure_set
+
+        return ensure_set(s.removeprefix("testbed:"))
+    p = Path(s).expanduser()
+    if p.is_dir() and (p / "data.jsonl").is_file():
+        return p / "data.jsonl"
+    if not p.is_file():
+        raise InputError(f"no such dataset: {s} (a JSONL file, a folder holding data.jsonl, or testbed:<name>)")
+    return p

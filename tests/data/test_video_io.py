@@ -1,0 +1,49 @@
+"""Video files: lossless mp4 and npz round trips, uniform frame sampling, clear errors on bad files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vtprune.data.dataset import load_video
+from vtprune.data.video import read_video, sample_indices, write_video
+from vtprune.errors import InputError
+from vtprune.testbed.tasks import make_video_sample
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".npz"])
+def test_round_trip_is_exact(tmp_path, suffix):
+    frames = make_video_sample("motion", 0).frames  # [16, 224, 224, 3]
+    noisy = frames.copy()
+    noisy[3] = np.random.default_rng(0).integers(0, 256, noisy[3].shape, dtype=np.uint8)  # worst case for a codec
+    path = tmp_path / f"v{suffix}"
+    write_video(path, noisy)
+    back = read_video(path)
+    assert back.shape == noisy.shape and back.dtype == np.uint8
+    assert np.array_equal(back, noisy)
+    pil = load_video(path, num_frames=4)
+    assert len(pil) == 4 and pil[0].mode == "RGB" and pil[0].size == (224, 224)
+    assert np.array_equal(np.asarray(pil[1]), noisy[sample_indices(16, 4)[1]])
+
+
+def test_sample_indices():
+    assert sample_indices(16, 16) == list(range(16))
+    assert sample_indices(16, 4) == [2, 6, 10, 14]
+    assert sample_indices(3, 6) == [0, 0, 1, 1, 2, 2]
+    with pytest.raises(ValueError):
+        sample_indices(0, 2)
+
+
+def test_load_video_errors(tmp_path):
+    with pytest.raises(InputError, match=r"cannot read video .*missing\.mp4"):
+        load_video(tmp_path / "missing.mp4")
+    (tmp_path / "junk.mp4").write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(InputError, match="cannot read video"):
+        load_video(tmp_path / "junk.mp4")
+    (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04broken")
+    with pytest.raises(InputError, match="cannot read video"):
+        load_video(tmp_path / "junk.npz")
+    with pytest.raises(InputError, match="num_frames"):
+        load_video(tmp_path / "junk.mp4", num_frames=0)
+    with pytest.raises(ValueError):
+        write_video(tmp_path / "x.mp4", np.zeros((2, 8, 8), np.uint8))
