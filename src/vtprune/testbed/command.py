@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
 
 from vtprune.errors import VtpruneError
@@ -15,9 +18,28 @@ def _data() -> None:
 
 
 @data_app.command("make")
-def make(name: str = typer.Argument(..., help="testbed:<name>")) -> None:
-    """Export a testbed set as JSONL + files (not available yet)."""
-    raise VtpruneError("'vtprune data make' is not available yet")
+def make(
+    name: str = typer.Argument(..., help="testbed:<name> (see 'vtprune data list')"),
+    out: Path = typer.Option(..., "--out", help="Folder to write data.jsonl and the media files into."),
+    n: Optional[int] = typer.Option(None, "--n", help="Only the first N samples (still balanced across types)."),
+) -> None:
+    """Export a testbed set as JSONL + files."""
+    from vtprune.testbed.sets import export_set, get_spec
+
+    get_spec(name)  # unknown names fail before anything is written
+    path = export_set(name, out, n)
+    typer.echo(str(path))
+
+
+@data_app.command("list")
+def list_cmd() -> None:
+    """List the named testbed sets with their sizes."""
+    from vtprune.testbed.sets import list_sets
+
+    for r in list_sets():
+        frames = f", {r['frames']} frames" if r["frames"] else ""
+        cached = "cached" if r["cached"] else "not cached"
+        typer.echo(f"testbed:{r['name']:<12} {r['size']:>6} {r['modality']}s{frames}  ({r['note']}; {cached})")
 
 
 def demo() -> None:
