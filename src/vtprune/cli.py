@@ -120,7 +120,8 @@ def eval_cmd(
 def _register_optional() -> None:
     """Attach the subcommands that live in their own modules."""
     from vtprune.bench.command import bench
-    from vtprune.testbed.command import data_app, demo
+    from vtprune.testbed.command import data_app
+    from vtprune.testbed.demo import demo
     from vtprune.training.command import train_app
 
     app.command("bench")(bench)

@@ -1,0 +1,128 @@
+"""The CLI contract: ask/eval/methods outputs, resumable eval, and one clear stderr line for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_image
+from vtprune.cli import main
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    p = tmp_path / "img.png"
+    make_image(112, 84, 1).save(p)
+    return p
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    rows = []
+    for i in range(7):
+        make_image(56 + 28 * (i % 3), 56 + 28 * (i % 2), i).save(tmp_path / f"im{i}.png")
+        rows.append({"id": f"s{i}", "image": f"im{i}.png", "question": f"what is shown {i}?", "answers": ["red", "Red"],
+                     "type": ["lookup", "counting"][i % 2]})
+    p = tmp_path / "data.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p
+
+
+@pytest.mark.parametrize("model", ["random:qwen2_5_vl", "random:llava"])
+def test_ask_json(capsys, image, model):
+    rc, out, _ = run(capsys, "ask", "--model", model, "--image", image, "--question", "what?", "--method", "random",
+                     "--keep", "0.25", "--layer", "1", "--max-new-tokens", "3", "--json")
+    assert rc == 0
+    r = json.loads(out)
+    assert {"answer", "method", "visual_tokens", "kept_tokens", "retention", "timings"} <= set(r)
+    assert r["kept_tokens"] == round(0.25 * r["visual_tokens"]) and r["retention"] == r["kept_tokens"] / r["visual_tokens"]
+
+
+def test_ask_without_image_runs_unpruned_and_says_so(capsys):
+    rc, out, err = run(capsys, "ask", "--model", "random:qwen2_5_vl", "--question", "hi", "--method", "random",
+                       "--keep", "0.5", "--max-new-tokens", "2", "--json")
+    assert rc == 0 and "unpruned" in err
+    r = json.loads(out)
+    assert r["visual_tokens"] == 0 and r["method"] == "none"
+
+
+def test_eval_batch_sizes_agree_and_resume(capsys, tmp_path, dataset):
+    args = ["eval", "--model", "random:qwen2_5_vl", "--data", dataset, "--method", "uniform", "--keep", "0.25",
+            "--layer", "1", "--max-new-tokens", "3", "--json"]
+    rc1, out1, _ = run(capsys, *args, "--batch-size", "1", "--predictions", tmp_path / "p1.jsonl")
+    rc3, out3, _ = run(capsys, *args, "--batch-size", "3", "--predictions", tmp_path / "p3.jsonl")
+    assert rc1 == rc3 == 0
+    p1 = [json.loads(x) for x in (tmp_path / "p1.jsonl").read_text().splitlines()]
+    p3 = [json.loads(x) for x in (tmp_path / "p3.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["prediction"], r["kept_tokens"]) for r in p1] == [(r["id"], r["prediction"], r["kept_tokens"]) for r in p3]
+    r1 = json.loads(out1)
+    assert r1["n"] == 7 and set(r1["by_type"]) == {"lookup", "counting"}
+    assert 0.2 < r1["retention_mean"] < 0.3
+    # resume: a rerun computes nothing and reports the same metrics
+    rc, out, _ = run(capsys, *args, "--batch-size", "2", "--predictions", tmp_path / "p1.jsonl")
+    again = json.loads(out)
+    assert rc == 0 and again["computed"] == 0 and again["accuracy"] == r1["accuracy"]
+    # a partial file is completed, not recomputed
+    lines = (tmp_path / "p1.jsonl").read_text().splitlines()
+    (tmp_path / "p1.jsonl").write_text("\n".join(lines[:3]) + "\n")
+    rc, out, _ = run(capsys, *args, "--batch-size", "2", "--predictions", tmp_path / "p1.jsonl")
+    assert json.loads(out)["computed"] == 4 and len((tmp_path / "p1.jsonl").read_text().splitlines()) == 7
+    # a different run may not append to it
+    rc, _, err = run(capsys, *args[:-1], "--keep", "0.5", "--json", "--predictions", tmp_path / "p1.jsonl")
+    assert rc == 2 and "different run" in err
+
+
+def test_methods_json(capsys):
+    rc, out, _ = run(capsys, "methods", "--json")
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert rc == 0 and rows["random"]["sites"] == ["pre_llm", "llm"] and rows["none"]["trainable"] is False
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--image", "MISSING.png"], "cannot read image"),
+        (["--image", "CORRUPT"], "cannot read image"),
+        (["--method", "nosuch"], "unknown method"),
+        (["--method", "random", "--keep", "0"], "keep"),
+        (["--method", "random", "--keep", "1.5"], "keep"),
+        (["--method", "random", "--keep", "0.5", "--layer", "99"], "out of range"),
+    ],
+)
+def test_bad_input_one_line_exit_2(capsys, tmp_path, image, args, needle):
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"not an image")
+    args = [str(corrupt) if a == "CORRUPT" else str(tmp_path / a) if a == "MISSING.png" else a for a in args]
+    if "--image" not in args:
+        args += ["--image", str(image)]
+    rc, out, err = run(capsys, "ask", "--model", "random:qwen2_5_vl", "--question", "q", *args)
+    assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_unsupported_and_unknown_models(capsys, tmp_path, image):
+    rc, _, err = run(capsys, "ask", "--model", "random:gpt2", "--image", image, "--question", "q")
+    assert rc == 2 and "qwen2_5_vl" in err
+    rc, _, err = run(capsys, "ask", "--model", str(tmp_path / "nope"), "--image", image, "--question", "q")
+    assert rc == 2 and "cannot load model" in err
+    rc, _, err = run(capsys, "eval", "--model", "random:llava", "--data", tmp_path / "none.jsonl")
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_unsupported_family_is_a_typed_error():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from vtprune.adapters import get_adapter
+    from vtprune.errors import UnsupportedModelError
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    with pytest.raises(UnsupportedModelError, match="supported families: llava, qwen2_5_vl, qwen2_vl"):
+        get_adapter(model, None, None)
