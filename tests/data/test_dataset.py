@@ -20,7 +20,8 @@ def test_read_jsonl_resolves_paths_and_keeps_fields(tmp_path):
     (tmp_path / "sub").mkdir()
     p = tmp_path / "sub" / "d.jsonl"
     write_lines(p, [
-        {"id": "a", "image": "img/a.png", "question": "q?", "answers": ["x"], "type": "lookup", "boxes": [[1, 2, 3, 4]]},
+        {"id": "a", "image": "img/a.png", "question": "q?", "answers": ["x"], "type": "lookup",
+         "boxes": [[1, 2, 3, 4]]},
         "",
         {"id": "b", "image": ["1.png", "/abs/2.png"], "question": "q2", "answers": "y", "source": "hand"},
         {"id": "c", "video": "v.mp4", "question": "q3", "answers": [3], "frames": [0, 5], "boxes": [[0, 0, 1, 1]] * 2},

@@ -137,7 +137,7 @@ def load_video(path: str | Path, num_frames: int | None = None) -> list[Image.Im
 
 
 def resolve_data(spec: str | Path) -> Path:
-    """``testbed:NAME`` -> the cached JSONL (generated on first use); a path (file, or folder with data.jsonl) -> Path."""
+    """``testbed:NAME`` -> its cached JSONL (rendered on first use); a JSONL file or a folder with one -> Path."""
     s = str(spec)
     if s.startswith("testbed:"):
         from vtprune.testbed.sets import ensure_set

@@ -20,7 +20,7 @@ def sample_indices(total: int, num: int) -> list[int]:
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: int = 8) -> None:
-    """Write ``frames`` [T, H, W, 3] uint8 (H, W even) to ``path`` (.mp4: lossless H.264 RGB; .npz: compressed array)."""
+    """Write ``frames`` [T, H, W, 3] uint8 to ``path`` (.mp4: lossless H.264 RGB; .npz: compressed array)."""
     import av
 
     frames = np.asarray(frames)

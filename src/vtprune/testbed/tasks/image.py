@@ -3,15 +3,16 @@
 Five task types, each a builder ``(rng, img) -> _Built`` that draws bright objects on a cluttered canvas and
 returns the question, the answer and the evidence boxes:
 
-- ``lookup``: "What symbol is in the red circle?" -> ``k`` (the circle's glyph; other circles hold other glyphs)
+- ``lookup``: "What symbol is in the red circle?" -> ``k`` (3-5 circles of distinct colours and glyphs)
 - ``attribute``: "What color is the shape with K?" -> ``blue``
-- ``spatial``: "What shape is left of the blue square?" -> ``star`` (or its colour)
-- ``counting``: "How many triangles are there?" -> ``3`` (1..6; boxes = every counted shape)
-- ``document``: a key/value table, "What is the value of price?" -> ``47`` (boxes = value cell, key cell)
+- ``spatial``: "What shape is directly left of the blue square?" -> ``star`` (or its colour)
+- ``counting``: "How many triangles are there?" -> ``3`` (any of the 4 kinds, 1..6; boxes = every counted one)
+- ``document``: a key/value table, "What is the value of price?" -> ``47`` (a 2-digit number or a short word;
+  boxes = value cell, key cell)
 
 Objects have a fixed pixel size (44-52 px, glyphs 20x28 px) whatever the image size, so larger images only add
 background: the share of evidence tokens drops as the image grows. Answers are unique by construction
-(distinct colours/glyphs where the question names one, strict spatial relations, unique table keys).
+(distinct colours/glyphs where the question names one, one object directly beside the anchor, unique keys).
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ TEMPLATES = {
                "Read the symbol in the {color} circle."),
     "attribute": ("What color is the shape with {glyph}?", "What is the color of the shape holding {glyph}?",
                   "Which color is the shape that contains {glyph}?"),
-    "spatial_kind": ("What shape is {rel} the {color} square?", "Which shape is {rel} the {color} square?"),
-    "spatial_color": ("What color is the shape {rel} the {color} square?",
-                      "Which color is the shape {rel} the {color} square?"),
+    "spatial_kind": ("What shape is directly {rel} the {color} square?",
+                     "Which shape is directly {rel} the {color} square?"),
+    "spatial_color": ("What color is the shape directly {rel} the {color} square?",
+                      "Which color is the shape directly {rel} the {color} square?"),
     "counting": ("How many {kind}s are there?", "Count the {kind}s in the image.", "How many {kind}s can you see?"),
     "document": ("What is the value of {key}?", "What is the {key} in the table?", "Read the {key} value."),
 }
@@ -109,25 +111,35 @@ def _attribute(rng: random.Random, img: Image.Image) -> _Built:
     return _Built(q, target.color, [target.box], objs)
 
 
-def relation_holds(rel: str, a: Box, b: Box, strict: bool = True) -> bool:
-    """Is box ``a`` ``rel`` box ``b``?
-
-    Loose: ``a`` lies entirely on that side of ``b``. Strict additionally needs a 4 px gap and the two boxes to share
-    at least half of the smaller extent on the other axis (same row or column). Spatial scenes have exactly one
-    object strictly related to the anchor and no other object even loosely related.
-    """
-    gap = 4 if strict else 0
-    side = {"left of": a[2] + gap <= b[0], "right of": a[0] >= b[2] + gap,
+def on_side(rel: str, a: Box, b: Box, gap: int = 0) -> bool:
+    """Does box ``a`` lie entirely on the ``rel`` side of box ``b`` (with ``gap`` px to spare)?"""
+    return {"left of": a[2] + gap <= b[0], "right of": a[0] >= b[2] + gap,
             "above": a[3] + gap <= b[1], "below": a[1] >= b[3] + gap}[rel]
-    if not strict or not side:
-        return side
+
+
+def cross_overlap(rel: str, a: Box, b: Box) -> int:
+    """Pixels shared by ``a`` and ``b`` on the axis across ``rel`` (rows for left/right, columns for above/below)."""
     lo, hi = (1, 3) if rel in ("left of", "right of") else (0, 2)
-    shared = min(a[hi], b[hi]) - max(a[lo], b[lo])
-    return shared >= min(a[hi] - a[lo], b[hi] - b[lo]) / 2
+    return min(a[hi], b[hi]) - max(a[lo], b[lo])
+
+
+def relation_holds(rel: str, a: Box, b: Box) -> bool:
+    """Is ``a`` directly ``rel`` ``b``: on that side (4 px gap) and sharing at least half its row/column extent?
+
+    Spatial scenes have exactly one object directly related to the anchor; every other object on that side is
+    diagonal (shares no row/column pixel with the anchor), so "directly left of" has one answer.
+    """
+    lo, hi = (1, 3) if rel in ("left of", "right of") else (0, 2)
+    need = min(a[hi] - a[lo], b[hi] - b[lo]) / 2
+    return on_side(rel, a, b, gap=4) and cross_overlap(rel, a, b) >= need
 
 
 def _spatial(rng: random.Random, img: Image.Image) -> _Built:
-    """Anchor square with one object on the asked side (same row/column) and distractors only on the other sides."""
+    """Anchor square, one object directly on the asked side (same grid row/column), distractors anywhere else.
+
+    Half the scenes add a diagonal decoy at least as far out on the asked side as the target, so "the leftmost
+    object" is not a shortcut: the anchor has to be found.
+    """
     rel = rng.choice(RELATIONS)
     cells = grid_boxes(rng, img.width, img.height, (img.width // 56) * (img.height // 56))
     by_cell = {rc: box for box, rc in cells}
@@ -140,14 +152,16 @@ def _spatial(rng: random.Random, img: Image.Image) -> _Built:
     def across(rc: tuple[int, int]) -> int:
         return rc[0] if horiz else rc[1]
 
-    def targets(a: tuple[int, int]) -> list[tuple[int, int]]:
-        return [rc for rc in by_cell if across(rc) == across(a) and (along(rc) - along(a)) * sign > 0]
+    def directly(a: tuple[int, int]) -> list[tuple[int, int]]:
+        return sorted(rc for rc in by_cell if across(rc) == across(a) and (along(rc) - along(a)) * sign > 0)
 
-    anchors = sorted(rc for rc in by_cell if targets(rc))
-    a_rc = rng.choice(anchors)
-    t_rc = rng.choice(sorted(targets(a_rc)))
-    others = sorted(rc for rc in by_cell if rc != a_rc and (along(rc) - along(a_rc)) * sign <= 0)
-    d_rcs = rng.sample(others, min(len(others), rng.randint(1, 3)))
+    a_rc = rng.choice(sorted(rc for rc in by_cell if directly(rc)))
+    t_rc = rng.choice(directly(a_rc))
+    free = sorted(rc for rc in by_cell if rc != a_rc and rc not in directly(a_rc))
+    decoys = [rc for rc in free if (along(rc) - along(t_rc)) * sign >= 0]
+    d_rcs = [rng.choice(decoys)] if decoys and rng.random() < 0.5 else []
+    free = [rc for rc in free if rc not in d_rcs]
+    d_rcs += rng.sample(free, min(len(free), rng.randint(1, 3)))
 
     a_color = rng.choice(list(COLORS))
     anchor = Obj("square", a_color, by_cell[a_rc])
@@ -184,7 +198,7 @@ def _document(rng: random.Random, img: Image.Image) -> _Built:
     keys = rng.sample(DOC_KEYS, n)
     values: list[str] = []
     while len(values) < n:
-        v = rng.choice(DOC_WORDS) if rng.random() < 0.3 else str(rng.randint(10, 999))
+        v = rng.choice(DOC_WORDS) if rng.random() < 0.3 else str(rng.randint(10, 99))
         if v not in values:
             values.append(v)
     kw = text_size("M" * max(map(len, keys)), DOC_SCALE)[0] + 2 * pad

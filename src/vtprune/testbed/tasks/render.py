@@ -167,8 +167,8 @@ def grid_boxes(rng: random.Random, w: int, h: int, n: int, size: tuple[int, int]
                avoid: Box | None = None) -> list[tuple[Box, tuple[int, int]]]:
     """Place ``n`` square boxes in distinct cells of a ``cell``-pixel grid (random cells, random jitter inside).
 
-    Boxes never overlap and keep at least 4 px apart. Returns ``[(box, (row, col)), ...]`` in placement order; cells overlapping ``avoid`` are
-    skipped. Raises ``ValueError`` if the image has too few cells.
+    Boxes never overlap and keep at least 4 px apart. Returns ``[(box, (row, col)), ...]`` in placement order;
+    cells overlapping ``avoid`` are skipped. Raises ``ValueError`` if the image has too few cells.
     """
     cols, rows = w // cell, h // cell
     ox, oy = rng.randint(0, w - cols * cell), rng.randint(0, h - rows * cell)
