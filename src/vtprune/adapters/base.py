@@ -187,6 +187,12 @@ class Adapter:
         rot = torch.cat((-q[..., half:], q[..., :half]), dim=-1)
         return q * cos + rot * sin
 
+    def vision_token_stats(self, batch: EncodedBatch, vision: dict[str, Any]) -> dict[str, Any]:
+        """Vision-encoder attention per LLM visual token (:mod:`vtprune.adapters.vit_attention`), in each sample's
+        visual-token order: ``token_attention`` ``[B, Nv0]`` and ``token_keys`` ``[B, Nv0, Dk]`` float32. ``vision``
+        holds the tower outputs from ``embed(..., vision_outputs=True)``."""
+        raise UnsupportedModelError(f"{type(self).__name__} cannot compute vision-encoder attention")
+
     def check_images(self, samples: list[Sample]) -> None:
         for s in samples:
             if s.video is not None and not self.supports_video:

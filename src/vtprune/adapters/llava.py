@@ -74,6 +74,7 @@ class LlavaAdapter(Adapter):
                 pixel_values=pv,
                 vision_feature_layer=self.model.config.vision_feature_layer,
                 vision_feature_select_strategy=self.model.config.vision_feature_select_strategy,
+                output_hidden_states=vision_outputs,  # all layers when asked (vision-side methods)
                 return_dict=True,
             )
             feats = torch.cat(list(out.pooler_output), dim=0).to(embeds.dtype)
@@ -87,6 +88,19 @@ class LlavaAdapter(Adapter):
         """Generate-style ``[1, B, L]`` positions (cumsum over the mask: left padding is skipped)."""
         pos = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
         return pos.unsqueeze(0)
+
+    def vision_token_stats(self, batch: EncodedBatch, vision: dict[str, Any]) -> dict[str, Any]:
+        """[CLS] attention and keys at the feature layer's CLIP block, per patch token (see base class)."""
+        from vtprune.adapters.vit_attention import clip_cls_stats, per_sample, stats_dict
+        from vtprune.errors import UnsupportedModelError
+
+        cfg = self.model.config
+        if not isinstance(cfg.vision_feature_layer, int):
+            raise UnsupportedModelError("vision-encoder attention needs a single vision_feature_layer")
+        cls, keys = clip_cls_stats(self.vision_tower, vision["image"].hidden_states, cfg.vision_feature_layer,
+                                   drop_cls=cfg.vision_feature_select_strategy == "default")
+        kinds = [["image"] * len(g) for g in batch.grids]
+        return stats_dict(per_sample(batch, {"image": list(cls)}, kinds), per_sample(batch, {"image": list(keys)}, kinds))
 
     def rope(self, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.text_model.rotary_emb(hidden, positions[0])

@@ -155,6 +155,23 @@ class Qwen2VLAdapter(Adapter):
             mrope = text_pos.unsqueeze(0).expand(3, -1, -1)
         return torch.cat([text_pos.unsqueeze(0), mrope.to(text_pos.dtype)], dim=0)
 
+    def vision_token_stats(self, batch: EncodedBatch, vision: dict[str, Any]) -> dict[str, Any]:
+        """Mean attention received in the last full-attention ViT block, and keys, per LLM token (see base class)."""
+        from vtprune.adapters.vit_attention import per_sample, qwen_token_stats, stats_dict
+
+        att: dict[str, list[torch.Tensor]] = {}
+        keys: dict[str, list[torch.Tensor]] = {}
+        for kind, grid_key in (("image", "image_grid_thw"), ("video", "video_grid_thw")):
+            if kind in vision:
+                grid = batch.model_inputs[grid_key].to(self.device)
+                att[kind], keys[kind] = qwen_token_stats(self.vision_tower, vision[kind].hidden_states, grid)
+        types = batch.model_inputs["mm_token_type_ids"]
+        kinds = []
+        for b, grids in enumerate(batch.grids):  # images come first, then the sample's video (see encode)
+            has_video = int(bool((types[b] == 2).any()))
+            kinds.append(["image"] * (len(grids) - has_video) + ["video"] * has_video)
+        return stats_dict(per_sample(batch, att, kinds), per_sample(batch, keys, kinds))
+
     def rope(self, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.text_model.rotary_emb(hidden, positions[1:])
 

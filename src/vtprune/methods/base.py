@@ -5,7 +5,10 @@ A method declares
 - ``sites``: where it can prune (``pre_llm``: after the projector, before the LLM; ``llm``: after decoder layer K;
   ``vit``: inside the vision encoder) and, through :meth:`Pruner.stages`, where it does for a given model depth;
 - ``requires``: what the runtime must gather for it (``"last_query_attention"``: the last prompt token's
-  attention logits over all keys at the stage's layer; ``"vision_outputs"``: the vision tower's outputs);
+  attention logits over all keys at the stage's layer; ``"vision_outputs"``: the vision tower's outputs;
+  ``"vision_attention"``: vision-encoder attention and keys per visual token; ``"keys"``: the stage layer's
+  cached keys);
+- ``merges``: whether it also rewrites the hidden states of the tokens it keeps (token merging, :meth:`Pruner.merge`);
 - ``trainable`` and ``modalities``, for listings.
 """
 
@@ -51,6 +54,10 @@ class Context:
         attention: ``[B, H, L]`` attention logits of the last prompt token at the stage's layer, -inf on
             padding; present when ``"last_query_attention"`` is required.
         vision: the vision tower outputs keyed by modality; present when ``"vision_outputs"`` is required.
+            With ``"vision_attention"`` it also holds ``token_attention`` ``[B, Nv0]`` and ``token_keys``
+            ``[B, Nv0, Dk]`` (float32, indexed by ``visual_ids``; see :mod:`vtprune.adapters.vit_attention`).
+        keys: ``[B, Hkv, L, dh]`` post-RoPE keys of the stage's layer (its KV cache); present when ``"keys"`` is
+            required at an ``llm`` stage.
         num_layers: depth of the LLM.
     """
 
@@ -67,6 +74,7 @@ class Context:
     num_layers: int
     attention: torch.Tensor | None = None
     vision: dict[str, Any] = field(default_factory=dict)
+    keys: torch.Tensor | None = None
 
     @property
     def visual_hidden(self) -> torch.Tensor:
@@ -157,6 +165,7 @@ class Pruner:
     requires: ClassVar[frozenset[str]] = frozenset()
     trainable: ClassVar[bool] = False
     modalities: ClassVar[tuple[str, ...]] = ("image", "video")
+    merges: ClassVar[bool] = False
 
     keep: float = 1.0
     layer: int | None = None
@@ -181,6 +190,12 @@ class Pruner:
     def select(self, ctx: Context) -> torch.Tensor:
         """Return ``[B, Nv]`` bool: which of each sample's current visual tokens to keep."""
         raise NotImplementedError
+
+    def merge(self, ctx: Context, keep: torch.Tensor) -> torch.Tensor:
+        """Only for ``merges = True``: ``[B, Nv, D]`` new hidden states of the current visual tokens, given the
+        ``keep`` mask :meth:`select` returned. The runtime writes the rows of kept tokens before the cut (a kept
+        token carries what it absorbed); the rows of dropped tokens are ignored."""
+        return ctx.visual_hidden
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.name, **dataclasses.asdict(self)}

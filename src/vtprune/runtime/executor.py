@@ -130,7 +130,9 @@ def prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, all
     requires = method.requires if method is not None else frozenset()
 
     t0 = time.perf_counter()
-    emb = adapter.embed(batch, vision_outputs="vision_outputs" in requires)
+    emb = adapter.embed(batch, vision_outputs=bool(requires & {"vision_outputs", "vision_attention"}))
+    if "vision_attention" in requires and emb.vision:
+        emb.vision.update(adapter.vision_token_stats(batch, emb.vision))
     _sync(dev)
     t1 = time.perf_counter()
 
@@ -144,7 +146,7 @@ def prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, all
     cache = DynamicCache(config=adapter.text_config)
     token_layers = torch.zeros(batch.batch_size, dtype=torch.long, device=dev)
 
-    def apply(stage: Stage, computed_upto: int, attention: torch.Tensor | None) -> None:
+    def apply(stage: Stage, computed_upto: int, attention: torch.Tensor | None, keys: torch.Tensor | None = None) -> None:
         index, valid, ids = seq.visual_rows()
         if not bool(valid.any()):
             return
@@ -162,11 +164,14 @@ def prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, all
             num_layers=L_layers,
             attention=attention,
             vision=emb.vision,
+            keys=keys,
         )
         keep_vis = method.select(ctx)  # type: ignore[union-attr]
         if keep_vis.shape != valid.shape or keep_vis.dtype != torch.bool:
             raise RuntimeError(f"{method.name}.select returned {tuple(keep_vis.shape)} {keep_vis.dtype}, "  # type: ignore[union-attr]
                                f"expected {tuple(valid.shape)} bool")
+        if method.merges:  # type: ignore[union-attr]
+            seq.hidden = ops.replace_rows(seq.hidden, index, keep_vis & valid, method.merge(ctx, keep_vis))  # type: ignore[union-attr]
         keep_seq = ops.scatter_visual(keep_vis, index, valid, seq.hidden.shape[1])
         idx = seq.cut(keep_seq)
         if computed_upto >= 0:
@@ -191,7 +196,7 @@ def prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, all
             attn = None
             if "last_query_attention" in requires:
                 attn = last_query_attention(adapter, i, h_in, cos_sin, cache, seq.mask)
-            apply(at_layer[i], i, attn)
+            apply(at_layer[i], i, attn, cache.layers[i].keys if "keys" in requires else None)
             cos_sin = adapter.rope(seq.hidden, seq.positions)
             mask = _mask(adapter, seq)
     h = seq.hidden if all_logits else seq.hidden[:, -1:]

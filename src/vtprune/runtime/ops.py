@@ -67,6 +67,24 @@ def scatter_visual(keep_visual: torch.Tensor, visual_index: torch.Tensor, visual
     return drop == 0
 
 
+def replace_rows(x: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """Overwrite selected sequence rows of ``x`` with ``new`` (token merging writes merged hidden states this way).
+
+    Args:
+        x: ``[B, L, D]``. index: ``[B, N]`` long positions in ``x``. rows: ``[B, N]`` bool, which entries to write
+            (padding entries, which may repeat an index, must be False). new: ``[B, N, D]``.
+    Returns:
+        a new ``[B, L, D]``; ``x`` itself when no row is selected.
+    """
+    if not bool(rows.any()):
+        return x
+    B, L, D = x.shape
+    target = torch.where(rows, index, torch.full_like(index, L))  # unselected rows go to a scratch column
+    out = torch.cat([x, x.new_zeros(B, 1, D)], dim=1)
+    out = out.scatter(1, target.unsqueeze(-1).expand(-1, -1, D), new.to(x.dtype))
+    return out[:, :L]
+
+
 def padded_rows(index_rows: list[torch.Tensor], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack ragged 1-D rows into ``[B, N]`` plus a validity mask ``[B, N]``."""
     n = max((len(r) for r in index_rows), default=0)
