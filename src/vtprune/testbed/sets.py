@@ -15,8 +15,8 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,7 +136,8 @@ def ensure_set(name: str) -> Path:
         return final / "data.jsonl"
     final.parent.mkdir(parents=True, exist_ok=True)
     log.info("rendering testbed set %s into %s (first use)", name, final)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp = final.parent / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"  # hidden sibling, same filesystem
+    tmp.mkdir()  # (not mkdtemp: its 0700 mode would make the shared cache private)
     try:
         write_set(name, tmp)
         if final.exists() and not (final / "data.jsonl").is_file():  # debris of a pre-atomic or hand-edited cache
