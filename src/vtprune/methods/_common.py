@@ -1,0 +1,131 @@
+"""Shared pieces of the training-free baselines: layer defaults, score gathering, greedy selectors.
+
+Every selector here works on one sample's tokens (no batch dimension), so a sample's decision can never depend on
+the rest of the batch or on padding. Ties are broken towards the lower token index throughout.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vtprune.errors import ConfigError
+from vtprune.methods.base import Context
+
+_EPS = 1e-6
+
+
+def default_cut_layer(num_layers: int, k_at_32: int = 2) -> int:
+    """The stage layer (0-based, tokens cut after it) for methods whose paper prunes "after layer K" on a 32-layer
+    LLM: ``K = max(1, round_half_up(k_at_32 * L / 32))`` and the cut follows layer ``K - 1``, so layers ``K..L-1``
+    see the pruned set (K=2 for 28-40-layer models, 1 for shallow test models)."""
+    K = max(1, int(k_at_32 * num_layers / 32 + 0.5))
+    return min(K, num_layers) - 1
+
+
+def check_layer(layer: int, num_layers: int) -> int:
+    if not 0 <= layer < num_layers:
+        raise ConfigError(f"layer {layer} out of range for a {num_layers}-layer LLM (0..{num_layers - 1})")
+    return int(layer)
+
+
+def unit(x: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit L2 norm (float32); zero rows stay zero."""
+    x = x.float()
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+
+
+def last_query_visual_attention(ctx: Context) -> torch.Tensor:
+    """``[B, Nv]``: the last prompt token's softmaxed attention on each current visual token, averaged over heads
+    (FastV / PDrop score). Zero on padding entries."""
+    if ctx.attention is None:
+        raise RuntimeError("the runtime did not provide last_query_attention")
+    probs = torch.softmax(ctx.attention.float(), dim=-1).mean(dim=1)  # [B, L]
+    return probs.gather(1, ctx.visual_index).masked_fill(~ctx.visual_valid, 0.0)
+
+
+def vision_scores(ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vision-encoder attention ``[B, Nv]`` and keys ``[B, Nv, Dk]`` of the current visual tokens (see
+    :mod:`vtprune.adapters.vit_attention`), gathered by their original ids."""
+    att, keys = ctx.vision.get("token_attention"), ctx.vision.get("token_keys")
+    if att is None or keys is None:
+        raise RuntimeError("the runtime did not provide vision_attention")
+    ids = ctx.visual_ids
+    att = att.gather(1, ids).masked_fill(~ctx.visual_valid, 0.0)
+    keys = keys.gather(1, ids.unsqueeze(-1).expand(-1, -1, keys.shape[-1]))
+    return att, keys
+
+
+def instruction_rows(ctx: Context, b: int) -> torch.Tensor:
+    """Positions of sample ``b``'s instruction: prompt text after its last visual token (else all prompt text)."""
+    text = ctx.text_mask[b]
+    n = int(ctx.visual_counts[b])
+    after = torch.arange(text.shape[0], device=text.device) > ctx.visual_index[b, :n].max()
+    rows = torch.nonzero(text & after).flatten()
+    return rows if rows.numel() else torch.nonzero(text).flatten()
+
+
+def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` largest of a 1-D ``scores`` (ties: lower index first), in rank order."""
+    return torch.sort(scores.float(), descending=True, stable=True).indices[:k]
+
+
+def rows_to_mask(picks: list[torch.Tensor], shape: torch.Size | tuple[int, int], device: torch.device) -> torch.Tensor:
+    """``[B, Nv]`` bool with ``picks[b]`` (1-D long indices) set in row ``b``."""
+    mask = torch.zeros(shape, dtype=torch.bool, device=device)
+    for b, idx in enumerate(picks):
+        if idx.numel():
+            mask[b, idx.to(device)] = True
+    return mask
+
+
+def farthest_point(x: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
+    """Greedy max-min diversity (DivPrune) on cosine distance ``1 - cos`` between the rows of ``x`` ``[n, D]``.
+
+    The first pick is the token whose nearest other token is farthest; each next pick maximises its distance to the
+    nearest already-picked token. Memory is ``O(chunk * n)``. Returns ``[min(k, n)]`` indices in pick order.
+    """
+    n = x.shape[0]
+    k = min(k, n)
+    if k <= 0:
+        return torch.zeros(0, dtype=torch.long, device=x.device)
+    xn = unit(x)
+    if n == 1:
+        return torch.zeros(1, dtype=torch.long, device=x.device)
+    nearest = torch.empty(n, device=x.device)
+    for s in range(0, n, chunk):  # distance of every token to its nearest other token
+        d = 1.0 - xn[s : s + chunk] @ xn.T
+        d[torch.arange(d.shape[0]), torch.arange(s, s + d.shape[0])] = float("inf")
+        nearest[s : s + chunk] = d.min(dim=1).values
+    picks = [int(torch.argmax(nearest))]
+    mind = 1.0 - xn @ xn[picks[0]]
+    mind[picks[0]] = float("-inf")
+    for _ in range(1, k):
+        j = int(torch.argmax(mind))
+        picks.append(j)
+        mind = torch.minimum(mind, 1.0 - xn @ xn[j])
+        mind[picks] = float("-inf")
+    return torch.tensor(picks, dtype=torch.long, device=x.device)
+
+
+def dpp_greedy(kernel: torch.Tensor, k: int) -> torch.Tensor:
+    """Fast greedy MAP inference for a DPP with PSD ``kernel`` ``[n, n]`` (Chen et al., NeurIPS'18): incremental
+    Cholesky updates, ``O(k n)`` memory beyond the kernel. Each step adds the item with the largest marginal gain
+    ``d_j^2`` (the conditional variance given the picked set); once the kernel's rank is exhausted the remaining
+    picks follow the residual gains (all ~0, so lower index first). Returns ``[min(k, n)]`` indices in pick order."""
+    n = kernel.shape[0]
+    k = min(k, n)
+    K = kernel.double()
+    cis = torch.zeros(k, n, dtype=torch.float64, device=K.device)
+    d2 = torch.diagonal(K).clone()  # residual gains
+    picked = torch.zeros(n, dtype=torch.bool, device=K.device)
+    picks: list[int] = []
+    for i in range(k):
+        j = int(torch.argmax(d2.masked_fill(picked, float("-inf"))))
+        picks.append(j)
+        picked[j] = True
+        dj = float(d2[j])
+        if dj > 1e-10:
+            e = (K[j] - cis[:i, j] @ cis[:i]) / dj**0.5
+            cis[i] = e
+            d2 = (d2 - e * e).clamp_min(0.0)
+    return torch.tensor(picks, dtype=torch.long, device=kernel.device)
