@@ -14,7 +14,9 @@ from vtprune.methods.base import (
 from vtprune.methods import none as _none  # noqa: F401  (registration)
 from vtprune.methods import random as _random  # noqa: F401
 from vtprune.methods import uniform as _uniform  # noqa: F401
-from vtprune.methods import dart as _dart  # noqa: F401  (training-free baselines)
+from vtprune.methods import cdpruner as _cdpruner  # noqa: F401  (training-free baselines)
+from vtprune.methods import dart as _dart  # noqa: F401
+from vtprune.methods import divprune as _divprune  # noqa: F401
 from vtprune.methods import fastv as _fastv  # noqa: F401
 from vtprune.methods import pdrop as _pdrop  # noqa: F401
 
