@@ -19,6 +19,8 @@ from vtprune.methods import dart as _dart  # noqa: F401
 from vtprune.methods import divprune as _divprune  # noqa: F401
 from vtprune.methods import fastv as _fastv  # noqa: F401
 from vtprune.methods import pdrop as _pdrop  # noqa: F401
+from vtprune.methods import vispruner as _vispruner  # noqa: F401
+from vtprune.methods import visionzip as _visionzip  # noqa: F401
 
 __all__ = [
     "Context",

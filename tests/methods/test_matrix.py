@@ -1,0 +1,34 @@
+"""Every registered training-free method at keep 0.25 on every random family, batch 1 and 3: kept counts and
+generation. Learned methods (``trainable``) need a trained or model-built module and have their own suites."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vtprune
+from vtprune.methods.base import keep_counts
+
+METHODS = [m["name"] for m in vtprune.list_methods() if not m["trainable"]]
+
+
+def _expected(method: vtprune.Pruner, n: int, num_layers: int) -> int:
+    """Visual tokens left after the method's last stage, for a sample with ``n`` of them."""
+    total = torch.tensor([n])
+    if hasattr(method, "schedule"):  # multi-stage (pdrop): lambda ** S of the original count
+        bounds, lam = method.schedule(num_layers)
+        return int(keep_counts(lam ** len(bounds), total, total))
+    return int(keep_counts(method.keep, total, total))
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+@pytest.mark.parametrize("name", METHODS)
+def test_method_matrix(vlm, three_samples, name, batch_size):
+    method = vtprune.pruner(name, keep=1.0 if name == "none" else 0.25)
+    samples = three_samples[:batch_size]
+    answers = vlm.generate(samples, method, max_new_tokens=3)
+    assert len(answers) == batch_size
+    for a in answers:
+        assert a.kept_tokens == _expected(method, a.visual_tokens, vlm.num_layers)
+        assert a.kept_coords is not None and a.kept_coords.shape[0] == a.kept_tokens
+        assert isinstance(a.text, str)
