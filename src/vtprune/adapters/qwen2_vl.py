@@ -116,7 +116,9 @@ class Qwen2VLAdapter(Adapter):
         visual_mask = tt_ids > 0
         return EncodedBatch(input_ids, attention_mask, model_inputs, visual_mask, coords, grids)
 
-    def embed(self, batch: EncodedBatch, *, vision_outputs: bool = False) -> Embedded:
+    def embed(self, batch: EncodedBatch, *, vision_outputs: bool = False, video_tower: Any = None) -> Embedded:
+        """``video_tower(pixel_values, grid_thw) -> (features [U_kept, D], keep [U] bool)`` replaces the stock video
+        features (the ``vit`` site); placeholders of dropped units keep their token embedding."""
         dev = self.device
         inner = self.model.model
         input_ids = batch.input_ids.to(dev)
@@ -130,10 +132,16 @@ class Qwen2VLAdapter(Adapter):
         ):
             if pv_key not in mi:
                 continue
+            mask = (input_ids == self._special(tok)).unsqueeze(-1)
+            if kind == "video" and video_tower is not None:
+                feats, keep = video_tower(mi[pv_key], mi[grid_key])
+                sel = mask.clone()
+                sel[mask] = keep.to(mask.device)
+                embeds = embeds.masked_scatter(sel, feats.to(embeds.dtype))
+                continue
             getter = inner.get_image_features if kind == "image" else inner.get_video_features
             out = getter(mi[pv_key], mi[grid_key], output_hidden_states=vision_outputs, return_dict=True)
             feats = torch.cat(list(out.pooler_output), dim=0).to(embeds.dtype)
-            mask = (input_ids == self._special(tok)).unsqueeze(-1)
             embeds = embeds.masked_scatter(mask, feats)
             if vision_outputs:
                 vision[kind] = out
@@ -177,3 +185,39 @@ class Qwen2VLAdapter(Adapter):
 
     def forward_position_ids(self, positions: torch.Tensor) -> torch.Tensor:
         return positions
+
+    # --- the ``vit`` pruning site (see vtprune.runtime.vision) ----------------------------------------------------
+    supports_vit_site = True
+
+    def video_mask(self, batch: EncodedBatch) -> torch.Tensor:
+        """``[B, L]`` bool: the video placeholder tokens (one per LLM-token unit, in the tower's raster order)."""
+        return batch.input_ids == self._special("<|video_pad|>")
+
+    def vision_plan(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> Any:
+        """The stock tower's preamble (patch embedding, window order, rotary tables, segment boundaries) as a
+        :class:`~vtprune.runtime.vision.VisionPlan`; the blocks and merger are the stock modules."""
+        from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids, get_vision_window_index
+
+        from vtprune.runtime.vision import VisionPlan
+
+        vis = self.vision_tower
+        m = int(vis.spatial_merge_size)
+        grid_thw = grid_thw.to(self.device)
+        pos = get_vision_position_ids(grid_thw, m)
+        cu, _ = get_vision_attention_seqlens(grid_thw, vis.config)
+        h = vis.patch_embed(pixel_values.to(self.device).type(vis.dtype))
+        n = h.shape[0]
+        if hasattr(vis, "fullatt_block_indexes"):  # Qwen2.5-VL: windowed blocks plus a few full-attention blocks
+            order, cu_win = get_vision_window_index(grid_thw, m, vis.window_size, vis.patch_size)
+            order = order.to(h.device)
+            h = vis.permute_input_for_window_attn(h, order, n)
+            cos, sin = (vis.permute_input_for_window_attn(x, order, n) for x in vis.rotary_pos_emb(h, pos))
+            block_cu = [cu if i in vis.fullatt_block_indexes else cu_win.to(cu.device) for i in range(len(vis.blocks))]
+        else:  # Qwen2-VL: every block attends within a frame
+            order = torch.arange(n // (m * m), device=h.device)
+            cos, sin = vis.rotary_pos_emb(h, pos)
+            block_cu = [cu] * len(vis.blocks)
+        grids = [(int(t), int(hh) // m, int(ww) // m) for t, hh, ww in grid_thw.tolist()]
+        return VisionPlan(hidden=h, position_embeddings=(cos, sin), blocks=list(vis.blocks), block_cu=block_cu,
+                          unit=m * m, unit_order=order, unit_grids=grids, merger=vis.merger,
+                          bias_ok=getattr(vis.config, "_attn_implementation", "sdpa") == "sdpa")

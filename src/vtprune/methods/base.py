@@ -29,7 +29,11 @@ _METHODS: dict[str, type[Pruner]] = {}
 
 @dataclass(frozen=True)
 class Stage:
-    """One pruning point: ``site`` and, for ``llm``/``vit``, the layer/block after which tokens are cut."""
+    """One pruning point: ``site`` and, for ``llm``/``vit``, the layer/block after which tokens are cut.
+
+    For ``vit``, ``layer = -1`` asks for the default early block, ``round(3/27 * depth)`` (STTS's block 3 of 27,
+    scaled; see :func:`vtprune.runtime.vision.resolve_block`)."""
+
 
     site: str
     layer: int = -1
@@ -86,6 +90,55 @@ class Context:
     def visual_counts(self) -> torch.Tensor:
         """``[B]`` visual tokens currently present per sample."""
         return self.visual_valid.sum(dim=1)
+
+
+@dataclass
+class VisionContext:
+    """What a method sees at a ``vit`` stage: the vision encoder's hidden states after block ``stage.layer``, for
+    every video item of the batch (images are never pruned in the encoder). ``U`` LLM-token units (one merge group
+    of ``m`` ViT patches each, ``m = 4`` on Qwen: a unit becomes exactly one LLM token), ``Dv`` ViT width.
+
+    Attributes:
+        stage: ``Stage("vit", j)`` with the block index resolved.
+        hidden: ``[U, m, Dv]`` per unit its ``m`` patch vectors, units in raster order (t, h, w) of each item,
+            items concatenated in batch order.
+        grids: per item its ``(t, h, w)`` unit grid (``sum(t*h*w) == U``).
+        depth: number of vision blocks.
+        training: gradients are on; a learned method may return an auxiliary loss.
+    """
+
+    stage: Stage
+    hidden: torch.Tensor
+    grids: list[tuple[int, int, int]]
+    depth: int
+    training: bool = False
+
+    def items(self) -> list[tuple[slice, tuple[int, int, int]]]:
+        """Per item, its slice of the unit axis and its ``(t, h, w)`` grid."""
+        out, start = [], 0
+        for t, h, w in self.grids:
+            out.append((slice(start, start + t * h * w), (t, h, w)))
+            start += t * h * w
+        return out
+
+
+@dataclass
+class VitDecision:
+    """A ``vit`` stage's answer (a method may also return just the ``keep`` tensor).
+
+    Attributes:
+        keep: ``[U]`` bool, units that go on (the rest leave the encoder and never reach the LLM).
+        key_bias: ``[U]`` float <= 0 or None: an additive log-weight on each unit's patches as attention keys in
+            block ``j + 1``, which then runs on every token before the cut (how STTS lets the LM loss reach its
+            scorer). Without it the cut follows block ``j`` directly.
+        aux_loss: scalar added as is to the training loss (weighting included), or None.
+        scores: ``[U]`` float diagnostics (e.g. for heatmaps), or None.
+    """
+
+    keep: torch.Tensor
+    key_bias: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
 
 
 def keep_counts(ratio: float, total: torch.Tensor, present: torch.Tensor) -> torch.Tensor:

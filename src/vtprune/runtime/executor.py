@@ -19,7 +19,7 @@ from transformers.masking_utils import create_causal_mask
 from vtprune.adapters.base import Adapter, EncodedBatch
 from vtprune.errors import ConfigError
 from vtprune.methods.base import Context, Pruner, Stage
-from vtprune.runtime import ops
+from vtprune.runtime import ops, vision
 
 
 def _sync(device: torch.device) -> None:
@@ -112,8 +112,8 @@ def last_query_attention(
 
 def _check_stages(stages: list[Stage], num_layers: int) -> None:
     for st in stages:
-        if st.site == "vit":
-            raise ConfigError("the 'vit' pruning site needs a ViT-side method (STTS); not available for this run")
+        if st.site == "vit" and st.layer < -1:
+            raise ConfigError(f"ViT block must be >= 0 (or -1 for the default), got {st.layer}")
         if st.site == "llm" and not (0 <= st.layer < num_layers):
             raise ConfigError(f"layer {st.layer} out of range for a {num_layers}-layer LLM (0..{num_layers - 1})")
 
@@ -130,7 +130,12 @@ def prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, all
     requires = method.requires if method is not None else frozenset()
 
     t0 = time.perf_counter()
-    emb = adapter.embed(batch, vision_outputs=bool(requires & {"vision_outputs", "vision_attention"}))
+    want_vision = bool(requires & {"vision_outputs", "vision_attention"})
+    vit = vision.vit_stage(stages)
+    if vit is not None:  # the 'vit' site: video units cut inside the encoder (runtime/vision.py)
+        emb, vit_keep, _ = vision.embed_with_vit(adapter, batch, method, vit, vision_outputs=want_vision)  # type: ignore[arg-type]
+    else:
+        emb = adapter.embed(batch, vision_outputs=want_vision)
     if "vision_attention" in requires and emb.vision:
         emb.vision.update(adapter.vision_token_stats(batch, emb.vision))
     _sync(dev)
@@ -139,6 +144,8 @@ def prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, all
     vis = batch.visual_mask.to(dev)
     visual_id = torch.where(vis, vis.long().cumsum(1) - 1, torch.full_like(vis, -1, dtype=torch.long))
     seq = _Seq(emb.embeds, batch.attention_mask.to(dev), emb.positions, visual_id)
+    if vit is not None:
+        seq.cut(vit_keep)  # placeholders of dropped units leave before layer 0; the rest keep their positions
     visual_total = vis.sum(1)
     coords_pad = torch.nn.utils.rnn.pad_sequence([c for c in batch.coords], batch_first=True).to(dev)
     if coords_pad.dim() < 3:

@@ -94,3 +94,25 @@ def padded_rows(index_rows: list[torch.Tensor], pad: int = 0) -> tuple[torch.Ten
         out[b, : len(r)] = r
         valid[b, : len(r)] = True
     return out, valid
+
+
+# --- the vision encoder (the ``vit`` site): packed varlen rows, no batch axis ---------------------------------------
+def unit_rows(keep_units: torch.Tensor, unit: int) -> torch.Tensor:
+    """``[U]`` bool per LLM-token unit -> ``[U * unit]`` bool per ViT row (a unit's ``unit`` rows are contiguous)."""
+    return keep_units.repeat_interleave(unit)
+
+
+def cut_cu_seqlens(cu_seqlens: torch.Tensor, keep_rows: torch.Tensor) -> torch.Tensor:
+    """Recount packed attention segments on the kept rows; segments left empty disappear.
+
+    Args:
+        cu_seqlens: ``[S + 1]`` int32 boundaries of ``S`` segments (windows or frames) over ``N`` rows.
+        keep_rows: ``[N]`` bool.
+    Returns:
+        ``[S' + 1]`` int32 boundaries over the ``keep_rows.sum()`` surviving rows, in the same order.
+    """
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    seg = torch.repeat_interleave(torch.arange(len(lengths), device=keep_rows.device), lengths.to(keep_rows.device))
+    counts = torch.zeros(len(lengths), dtype=torch.long, device=keep_rows.device).index_add_(0, seg, keep_rows.long())
+    counts = counts[counts > 0]
+    return torch.nn.functional.pad(counts.cumsum(0), (1, 0)).to(torch.int32).to(cu_seqlens.device)

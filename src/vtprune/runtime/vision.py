@@ -1,0 +1,176 @@
+"""The ``vit`` pruning site: the vision tower's block loop with one cut inside the encoder.
+
+The adapter prepares a :class:`VisionPlan` (patch embeddings in the tower's processing order, rotary tables, the
+attention segments of every block, the merger). :func:`run_tower` then calls the stock vision blocks
+(``blk(hidden, cu_seqlens=..., position_embeddings=...)``) up to block ``j``, asks the method which LLM-token units
+to keep, and, when the method returns a key bias, runs block ``j + 1`` on every token with that bias as the
+additive attention mask (the stock sdpa path's ``position_bias`` argument, segment by segment). Then the dropped
+units leave: rows, rotary tables and every block's segment boundaries are cut (:mod:`vtprune.runtime.ops`), so the
+remaining blocks, windowed and full attention alike, run on the kept rows only (varlen packing: the compute
+shrinks), and the stock merger turns the survivors into LLM tokens. :func:`embed_with_vit` plugs this into the
+adapter's embedding step and returns the sequence keep mask with which the executor cuts the LLM sequence before
+layer 0; kept tokens keep their original M-RoPE positions because positions are computed on the full prompt first.
+
+With every unit kept and no bias, the loop performs exactly the stock tower's operations (tested for equality).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from vtprune.errors import ConfigError, UnsupportedModelError
+from vtprune.methods.base import Pruner, Stage, VisionContext, VitDecision
+from vtprune.runtime import ops
+
+
+@dataclass
+class VisionPlan:
+    """One packed call of the vision tower, prepared by the adapter (``N`` patch rows, ``U = N / unit`` units).
+
+    Attributes:
+        hidden: ``[N, Dv]`` patch embeddings in the tower's processing order (window order on Qwen2.5-VL).
+        position_embeddings: rotary ``(cos, sin)``, each ``[N, dh]``, same order.
+        blocks: the stock vision blocks.
+        block_cu: per block, ``[S + 1]`` int32 boundaries of its attention segments (windows or frames).
+        unit: rows per LLM-token unit (``merge**2``); a unit's rows are contiguous in processing order.
+        unit_order: ``[U]`` long, the raster unit id (items concatenated) of each processing-order unit.
+        unit_grids: per item its ``(t, h, w)`` unit grid.
+        merger: the stock merger, ``[n * unit, Dv] -> [n, D]``.
+        bias_ok: the blocks' attention honours ``position_bias`` (sdpa); needed for a key bias.
+    """
+
+    hidden: torch.Tensor
+    position_embeddings: tuple[torch.Tensor, torch.Tensor]
+    blocks: list[torch.nn.Module]
+    block_cu: list[torch.Tensor]
+    unit: int
+    unit_order: torch.Tensor
+    unit_grids: list[tuple[int, int, int]]
+    merger: Callable[[torch.Tensor], torch.Tensor]
+    bias_ok: bool = True
+
+
+@dataclass
+class TowerOutput:
+    """``features`` ``[U_kept, D]`` of the kept units in raster order; ``keep`` ``[U]`` bool (raster); the
+    method's ``decision``."""
+
+    features: torch.Tensor
+    keep: torch.Tensor
+    decision: VitDecision
+
+
+def resolve_block(layer: int, depth: int) -> int:
+    """The block after which a ``vit`` stage cuts: ``layer`` itself, or for ``-1`` the default early block
+    ``round(3/27 * depth)`` (STTS scores after block 3 of SigLIP's 27), at most ``depth - 2`` so a bias block
+    follows."""
+    if layer < 0:
+        layer = max(0, min(depth - 2, int(3 / 27 * depth + 0.5)))
+    if not 0 <= layer < depth:
+        raise ConfigError(f"ViT block {layer} out of range for a {depth}-block vision encoder (0..{depth - 1})")
+    return layer
+
+
+def _as_decision(out: torch.Tensor | VitDecision, U: int, name: str) -> VitDecision:
+    dec = out if isinstance(out, VitDecision) else VitDecision(keep=out)
+    if dec.keep.shape != (U,) or dec.keep.dtype != torch.bool:
+        raise RuntimeError(f"{name}.select returned keep {tuple(dec.keep.shape)} {dec.keep.dtype}, expected ({U},) bool")
+    if dec.key_bias is not None and dec.key_bias.shape != (U,):
+        raise RuntimeError(f"{name}.select returned key_bias {tuple(dec.key_bias.shape)}, expected ({U},)")
+    return dec
+
+
+def _biased_block(blk: torch.nn.Module, h: torch.Tensor, cu: torch.Tensor, pe: tuple[torch.Tensor, torch.Tensor],
+                  bias: torch.Tensor) -> torch.Tensor:
+    """The stock block with ``bias`` ``[N]`` added to every query's logits on each key, one attention segment at a
+    time (the bias is a per-segment ``[1, 1, 1, n]`` mask; the block's norms and MLP are row-wise, so running it
+    per segment equals one packed call)."""
+    cos, sin = pe
+    outs = []
+    bounds = cu.tolist()
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        one = torch.tensor([0, e - s], dtype=torch.int32, device=cu.device)
+        mask = bias[s:e].to(h.dtype).view(1, 1, 1, e - s)
+        outs.append(blk(h[s:e], cu_seqlens=one, position_embeddings=(cos[s:e], sin[s:e]), position_bias=mask))
+    return torch.cat(outs, dim=0)
+
+
+def run_tower(plan: VisionPlan, block: int, select: Callable[[VisionContext], torch.Tensor | VitDecision], *,
+              name: str = "method") -> TowerOutput:
+    """Run the vision blocks with one cut after ``block`` (after ``block + 1`` when the method returns a key bias).
+
+    ``select`` sees a :class:`VisionContext`; gradients flow wherever they are enabled (training)."""
+    depth = len(plan.blocks)
+    block = resolve_block(block, depth)
+    h, (cos, sin) = plan.hidden, plan.position_embeddings
+    cus = list(plan.block_cu)
+    for i in range(block + 1):
+        h = plan.blocks[i](h, cu_seqlens=cus[i], position_embeddings=(cos, sin))
+
+    m = plan.unit
+    U = h.shape[0] // m
+    order = plan.unit_order.to(h.device)
+    raster = torch.argsort(order)  # processing position of each raster unit
+    ctx = VisionContext(stage=Stage("vit", block), hidden=h.view(U, m, -1)[raster], grids=list(plan.unit_grids),
+                        depth=depth, training=torch.is_grad_enabled())
+    dec = _as_decision(select(ctx), U, name)
+    keep_p = dec.keep.to(h.device)[order]  # processing order
+
+    nxt = block + 1
+    if dec.key_bias is not None:
+        if block + 1 >= depth:
+            raise ConfigError(f"a key bias needs a block after ViT block {block}; the encoder has {depth}")
+        if not plan.bias_ok:
+            raise UnsupportedModelError("a ViT key bias needs attn_implementation='sdpa' in the vision encoder")
+        bias_rows = ops.unit_rows(dec.key_bias.to(h.device)[order], m)
+        h = _biased_block(plan.blocks[nxt], h, cus[nxt], (cos, sin), bias_rows)
+        nxt += 1
+
+    rows = ops.unit_rows(keep_p, m)
+    h, cos, sin = h[rows], cos[rows], sin[rows]
+    cut: dict[int, torch.Tensor] = {}
+    for i in range(nxt, depth):  # blocks sharing boundaries (all windowed blocks) share the recount
+        key = id(cus[i])
+        if key not in cut:
+            cut[key] = ops.cut_cu_seqlens(cus[i], rows)
+        h = plan.blocks[i](h, cu_seqlens=cut[key], position_embeddings=(cos, sin))
+    merged = plan.merger(h)  # [U_kept, D] processing order
+    back = torch.argsort(order[keep_p])  # kept units back to raster order
+    return TowerOutput(features=merged[back], keep=dec.keep.to(h.device), decision=dec)
+
+
+def vit_stage(stages: list[Stage]) -> Stage | None:
+    """The run's single ``vit`` stage, if any (one cut inside the encoder per run)."""
+    vit = [s for s in stages if s.site == "vit"]
+    if len(vit) > 1:
+        raise ConfigError("only one 'vit' pruning stage per run is supported")
+    return vit[0] if vit else None
+
+
+def embed_with_vit(adapter: Any, batch: Any, method: Pruner, stage: Stage, *, vision_outputs: bool = False
+                   ) -> tuple[Any, torch.Tensor, list[VitDecision]]:
+    """The adapter's embedding step with video items pruned inside the encoder.
+
+    Returns the :class:`~vtprune.adapters.base.Embedded` (positions of the full prompt; dropped placeholders keep
+    their token embedding), ``keep`` ``[B, L]`` bool (False exactly at placeholders of dropped units) and the
+    method's decisions (their ``aux_loss`` feeds training)."""
+    if not getattr(adapter, "supports_vit_site", False):
+        raise ConfigError(f"the 'vit' pruning site is not available for {type(adapter.model).__name__}")
+    decisions: list[VitDecision] = []
+    unit_keep: list[torch.Tensor] = []
+
+    def tower(pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        out = run_tower(adapter.vision_plan(pixel_values, grid_thw), stage.layer, method.select, name=method.name)
+        decisions.append(out.decision)
+        unit_keep.append(out.keep)
+        return out.features, out.keep
+
+    emb = adapter.embed(batch, vision_outputs=vision_outputs, video_tower=tower)
+    vid = adapter.video_mask(batch).to(emb.embeds.device)  # [B, L] placeholders of video units
+    keep = torch.ones_like(vid)
+    if unit_keep:
+        keep[vid] = torch.cat(unit_keep).to(vid.device)
+    return emb, keep, decisions
