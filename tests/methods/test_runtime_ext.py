@@ -119,7 +119,8 @@ def test_qwen_received_attention_matches_the_block(vlms, family):
     batch = vlm.adapter.encode([vtprune.Sample("q", [make_image(112, 84, 1), make_image(56, 56, 2)])])
     with torch.no_grad():
         box = {}
-        args, kwargs, out = _capture_attention_inputs(blk.attn, lambda: box.setdefault("emb", vlm.adapter.embed(batch, vision_outputs=True)))
+        embed = lambda: box.setdefault("emb", vlm.adapter.embed(batch, vision_outputs=True))  # noqa: E731
+        args, kwargs, out = _capture_attention_inputs(blk.attn, embed)
         stats = vlm.adapter.vision_token_stats(batch, box["emb"].vision)
         h = args[0] if args else kwargs["hidden_states"]
         S, H = h.shape[0], blk.attn.num_heads
@@ -141,7 +142,8 @@ def test_qwen_received_attention_matches_the_block(vlms, family):
             grid = batch.model_inputs["image_grid_thw"]
             widx, _ = get_vision_window_index(grid, visual.config.spatial_merge_size, visual.config.window_size,
                                               visual.config.patch_size)
-            per_tok, keys = torch.zeros_like(per_tok).index_copy(0, widx, per_tok), torch.zeros_like(keys).index_copy(0, widx, keys)
+            per_tok = torch.zeros_like(per_tok).index_copy(0, widx, per_tok)
+            keys = torch.zeros_like(keys).index_copy(0, widx, keys)
     torch.testing.assert_close(stats["token_attention"][0], per_tok, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(stats["token_keys"][0], keys, rtol=1e-4, atol=1e-5)
 
@@ -153,7 +155,8 @@ def test_clip_cls_attention_matches_the_block(vlms):
     batch = vlm.adapter.encode([vtprune.Sample("q", [make_image(112, 84, 1), make_image(56, 56, 2)])])
     with torch.no_grad():
         box = {}
-        args, kwargs, out = _capture_attention_inputs(attn, lambda: box.setdefault("emb", vlm.adapter.embed(batch, vision_outputs=True)))
+        embed = lambda: box.setdefault("emb", vlm.adapter.embed(batch, vision_outputs=True))  # noqa: E731
+        args, kwargs, out = _capture_attention_inputs(attn, embed)
         stats = vlm.adapter.vision_token_stats(batch, box["emb"].vision)
         x = kwargs.get("hidden_states", args[0] if args else None)
         n, T, _ = x.shape

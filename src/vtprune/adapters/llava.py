@@ -100,7 +100,8 @@ class LlavaAdapter(Adapter):
         cls, keys = clip_cls_stats(self.vision_tower, vision["image"].hidden_states, cfg.vision_feature_layer,
                                    drop_cls=cfg.vision_feature_select_strategy == "default")
         kinds = [["image"] * len(g) for g in batch.grids]
-        return stats_dict(per_sample(batch, {"image": list(cls)}, kinds), per_sample(batch, {"image": list(keys)}, kinds))
+        att = per_sample(batch, {"image": list(cls)}, kinds)
+        return stats_dict(att, per_sample(batch, {"image": list(keys)}, kinds))
 
     def rope(self, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.text_model.rotary_emb(hidden, positions[0])

@@ -5,8 +5,8 @@ tokens after the projector and solves it greedily: start from the token whose ne
 repeatedly add the token farthest (cosine distance ``1 - cos``) from its nearest already-kept token. Text-agnostic,
 pre-LLM, calibration-free; works the same on every family since it only reads the LLM-input visual tokens.
 
-Cost: the nearest-neighbour pass is ``O(Nv^2 * D)`` per sample (chunked, ``O(2048 * Nv)`` memory), then ``O(k * Nv * D)``
-for the greedy picks. Each sample is solved alone, so batching never changes a decision.
+Cost: the nearest-neighbour pass is ``O(Nv^2 * D)`` per sample (chunked, ``O(2048 * Nv)`` memory), then
+``O(k * Nv * D)`` for the greedy picks. Each sample is solved alone, so batching never changes a decision.
 """
 
 from __future__ import annotations

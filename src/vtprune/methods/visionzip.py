@@ -97,6 +97,7 @@ class VisionZip(Pruner):
             others = torch.nonzero(~keep[b, :n]).flatten()
             group = (unit(keys[b, others]) @ unit(keys[b, tgt]).T).argmax(dim=1)  # [n_others] -> target slot
             sums = hidden[b, tgt].float().index_add(0, group, hidden[b, others].float())
-            sizes = torch.ones(len(tgt), device=hidden.device).index_add(0, group, torch.ones(len(others), device=hidden.device))
+            ones = torch.ones(len(others), device=hidden.device)
+            sizes = torch.ones(len(tgt), device=hidden.device).index_add(0, group, ones)  # target + its members
             out[b, tgt] = (sums / sizes[:, None]).to(hidden.dtype)
         return out
