@@ -34,7 +34,6 @@ class Stage:
     For ``vit``, ``layer = -1`` asks for the default early block, ``round(3/27 * depth)`` (STTS's block 3 of 27,
     scaled; see :func:`vtprune.runtime.vision.resolve_block`)."""
 
-
     site: str
     layer: int = -1
 
@@ -266,7 +265,16 @@ class Pruner:
 
 
 def pruner(name: str, **settings: Any) -> Pruner:
-    """Build a registered method by name, e.g. ``pruner("random", keep=0.25, layer=2)``."""
+    """Build a registered method by name, e.g. ``pruner("random", keep=0.25, layer=2)``.
+
+    ``then=<Pruner>`` chains a second method after this one (see :class:`vtprune.methods.compose.Compose`), e.g.
+    ``pruner("stts", keep=0.5, then=pruner("random", keep=0.25, layer=2))``.
+    """
+    then = settings.pop("then", None)
+    if then is not None:
+        from vtprune.methods.compose import Compose
+
+        return Compose([pruner(name, **settings), then])
     cls = get_method(name)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(k for k, v in settings.items() if k not in known and v is not None)

@@ -1,0 +1,79 @@
+"""``Compose``: run several methods in one prefill, each at its own stages (e.g. STTS in the ViT, then a method
+after LLM layer K).
+
+The stages are the union of the members' stages; each stage belongs to exactly one member, which answers
+:meth:`select` there. Every member's ``keep`` refers, as always, to the sample's original visual-token count, so
+``Compose([stts(keep=0.5), random(keep=0.25, layer=2)])`` keeps half the units in the encoder and a quarter of
+the original tokens after layer 2.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from vtprune.errors import ConfigError
+from vtprune.methods.base import Context, Pruner, Stage, VisionContext, VitDecision
+
+_SITE_ORDER = {"vit": 0, "pre_llm": 1, "llm": 2}
+
+
+class Compose(Pruner):
+    """Several methods in one run, each pruning at its own stages (members in any order)."""
+
+    name = "compose"
+    sites = ("vit", "pre_llm", "llm")
+
+    def __init__(self, methods: list[Pruner]) -> None:  # not a dataclass init: the members are the settings
+        self.methods = list(methods)
+        self.keep, self.layer = 1.0, None
+        if not self.methods or not all(isinstance(m, Pruner) for m in self.methods):
+            raise ConfigError("compose needs one or more methods (Pruner instances)")
+        self._num_layers: int | None = None
+        self._owner: dict[Stage, Pruner] = {}
+
+    def __repr__(self) -> str:
+        return f"Compose({self.methods!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Compose) and self.methods == other.methods
+
+    @property
+    def requires(self) -> frozenset[str]:  # type: ignore[override]
+        return frozenset().union(*(m.requires for m in self.methods))
+
+    @property
+    def merges(self) -> bool:  # type: ignore[override]
+        return any(getattr(m, "merges", False) for m in self.methods)
+
+    def stages(self, num_layers: int) -> list[Stage]:
+        owner: dict[Stage, Pruner] = {}
+        for m in self.methods:
+            for st in m.stages(num_layers):
+                if st in owner:
+                    raise ConfigError(f"compose: {owner[st].name!r} and {m.name!r} both prune at {st.site} {st.layer}")
+                owner[st] = m
+        self._owner = owner
+        return sorted(owner, key=lambda s: (_SITE_ORDER[s.site], s.layer))
+
+    def _member(self, stage: Stage) -> Pruner:
+        m = self._owner.get(stage)
+        if m is None and stage.site == "vit":  # the runtime resolved a default block (-1) to an index
+            m = next((o for s, o in self._owner.items() if s.site == "vit"), None)
+        if m is None:
+            raise RuntimeError(f"compose: no member prunes at {stage}; call stages() first")
+        return m
+
+    def select(self, ctx: Context | VisionContext) -> torch.Tensor | VitDecision:  # type: ignore[override]
+        return self._member(ctx.stage).select(ctx)  # type: ignore[arg-type]
+
+    def merge(self, ctx: Context, keep: torch.Tensor) -> torch.Tensor:
+        return self._member(ctx.stage).merge(ctx, keep)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.name, "methods": [m.to_dict() for m in self.methods]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Compose:
+        return cls([Pruner.from_dict(x) for x in d["methods"]])

@@ -1,0 +1,207 @@
+"""``stts``: Unified Spatio-Temporal Token Scoring (Zhang et al., arXiv 2603.18004), on Qwen2-VL / Qwen2.5-VL video.
+
+A small text-free scorer (:mod:`.modules`) reads the vision encoder after block ``j`` and scores every LLM-token
+unit (Qwen's 2x2 merge group, one LLM token) from its own and its previous-step features:
+- temporally, through an auxiliary loss: MSE to ``1 - cos`` between the unit and the same unit one temporal step
+  earlier (weight 0.5; training only);
+- spatially, through the LM loss: in block ``j + 1`` the scores, rescaled per temporal step to ``[e^-2, 1]`` with
+  the first step forced to 1, are added in log space to the attention logits on every key (a soft attention bias),
+  so gradients reach the scorer through that block.
+After block ``j + 1`` the lowest-scored ``(1 - keep)`` of the units of each video, counted globally over all its
+temporal steps, leave: the remaining encoder blocks run on the kept tokens only, and their placeholders never
+reach the LLM. The first temporal step is always kept, so a video keeps ``max(round(keep * T*H*W), H*W)`` units:
+deterministic from ``(T, H, W, keep)``. Images are never pruned (STTS prunes video only); ``keep = 1`` runs the
+stock model. ``T`` counts Qwen's temporal patches (2 frames each).
+
+Deviation from the paper's SigLIP setting: Qwen's encoder attends within a frame (windows or the full frame), so the
+"packing" is the varlen repacking of each window's / frame's survivors (:mod:`vtprune.runtime.vision`); the min-max
+rescaling of the bias is per temporal step (the dossier's "per patch-row" is ambiguous). Cost: one scorer pass per
+video, plus block ``j + 1`` run one attention segment at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vtprune.errors import ConfigError, ModelLoadError
+from vtprune.methods.base import Pruner, Stage, VisionContext, VitDecision, register_method
+from vtprune.methods.stts.config import STTSConfig
+from vtprune.methods.stts.modules import STTSScorer
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "vtprune_config.json"
+WEIGHTS_NAME = "model.safetensors"
+PREFIX = "scorer."
+
+
+def keep_count(t: int, h: int, w: int, keep: float) -> int:
+    """Units a ``(t, h, w)`` video keeps: ``round(keep * t*h*w)``, never fewer than the first step's ``h*w``."""
+    n = t * h * w
+    return min(n, max(int(keep * n + 0.5), h * w))
+
+
+def select_units(scores: torch.Tensor, keep: float) -> torch.Tensor:
+    """Global top-k over a video's units, first temporal step always kept.
+
+    Args:
+        scores: ``[T, S]`` float (S = h*w units per step). keep: fraction in (0, 1].
+    Returns:
+        ``[T, S]`` bool with exactly ``keep_count`` True (ties: earlier unit first).
+    """
+    T, S = scores.shape
+    n = keep_count(T, S, 1, keep)
+    s = scores.detach().float().clone()
+    s[0] = float("inf")
+    order = torch.sort(s.flatten(), descending=True, stable=True).indices
+    out = torch.zeros(T * S, dtype=torch.bool, device=scores.device)
+    out[order[:n]] = True
+    return out.view(T, S)
+
+
+def key_bias(scores: torch.Tensor, floor: float = -2.0) -> torch.Tensor:
+    """Log attention weights ``[T, S]`` in ``[floor, 0]``: scores min-max rescaled per temporal step to
+    ``[e^floor, 1]``, the first step forced to 1 (bias 0). Differentiable in ``scores``."""
+    lo = scores.amin(dim=1, keepdim=True)
+    hi = scores.amax(dim=1, keepdim=True)
+    e = torch.exp(torch.tensor(floor, dtype=scores.dtype, device=scores.device))
+    r = e + (1 - e) * (scores - lo) / (hi - lo).clamp_min(1e-6)
+    r = torch.cat([torch.ones_like(r[:1]), r[1:]], dim=0)
+    return torch.log(r)
+
+
+def temporal_targets(units: torch.Tensor) -> torch.Tensor:
+    """``1 - cos`` between each unit (its ``m`` patch vectors flattened) and the same unit one step earlier.
+
+    Args:
+        units: ``[T, S, m, D]``.
+    Returns:
+        ``[T - 1, S]`` targets for steps ``1..T-1`` (no gradient).
+    """
+    flat = units.detach().float().flatten(2)  # [T, S, m*D]
+    return 1 - torch.nn.functional.cosine_similarity(flat[1:], flat[:-1], dim=-1)
+
+
+@register_method
+@dataclass
+class STTS(Pruner):
+    """STTS: learned spatio-temporal token scoring, cutting video tokens inside the vision encoder."""
+
+    name = "stts"
+    sites = ("vit",)
+    trainable = True
+    modalities = ("video",)
+
+    block: int | None = None
+    """ViT block after which the scorer runs (block + 1 carries the bias); None: ``round(3/27 * depth)``."""
+    temporal_weight: float = 0.5
+    """Weight of the temporal MSE in the training loss."""
+    bias: bool = True
+    """Apply the scores as a key bias in block ``block + 1`` (STTS); False cuts right after ``block``."""
+    bias_floor: float = -2.0
+    """Log of the smallest key weight of the bias."""
+    seed: int = 0
+    """Init seed of a scorer built without trained weights."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.block is not None and int(self.block) < 0:
+            raise ConfigError(f"block must be >= 0, got {self.block}")
+        if self.temporal_weight < 0:
+            raise ConfigError(f"temporal_weight must be >= 0, got {self.temporal_weight}")
+        if not self.bias_floor < 0:
+            raise ConfigError(f"bias_floor must be < 0, got {self.bias_floor}")
+        self.scorer: STTSScorer | None = None
+
+    def stages(self, num_layers: int) -> list[Stage]:
+        if self.keep >= 1.0:  # nothing to prune: the stock model, exactly
+            return []
+        return [Stage("vit", -1 if self.block is None else int(self.block))]
+
+    # --- the scorer -------------------------------------------------------------------------------------------------
+    def init_scorer(self, config: STTSConfig) -> STTSScorer:
+        """Build a fresh scorer (seeded by ``seed``; the global RNG is left untouched)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.scorer = STTSScorer(config)
+        return self.scorer
+
+    def _scorer_for(self, hidden: torch.Tensor) -> STTSScorer:
+        if self.scorer is None:
+            log.warning("stts: no trained scorer loaded; using a randomly initialised one (seed %d)", self.seed)
+            self.init_scorer(STTSConfig(vision_dim=hidden.shape[-1], unit=hidden.shape[-2]))
+        assert self.scorer is not None
+        if self.scorer.config.vision_dim != hidden.shape[-1] or self.scorer.config.unit != hidden.shape[-2]:
+            raise ConfigError(f"stts scorer expects units of {self.scorer.config.unit} x {self.scorer.config.vision_dim}, "
+                              f"the model gives {hidden.shape[-2]} x {hidden.shape[-1]}")
+        p = next(self.scorer.parameters())
+        if p.device != hidden.device or p.dtype != hidden.dtype:
+            self.scorer.to(device=hidden.device, dtype=hidden.dtype)
+        return self.scorer
+
+    def select(self, ctx: VisionContext) -> VitDecision:  # type: ignore[override]
+        scorer = self._scorer_for(ctx.hidden)
+        m, D = ctx.hidden.shape[-2:]
+        keeps, biases, scores = [], [], []
+        sq, n_sq = ctx.hidden.new_zeros((), dtype=torch.float32), 0
+        for sl, (t, h, w) in ctx.items():
+            units = ctx.hidden[sl].view(t, h * w, m, D)
+            s = scorer(units)  # [t, hw]
+            keeps.append(select_units(s, self.keep).flatten())
+            biases.append(key_bias(s, self.bias_floor).flatten())
+            scores.append(s.detach().flatten())
+            if ctx.training and t > 1 and self.temporal_weight > 0:
+                sq = sq + ((s[1:].float() - temporal_targets(units)) ** 2).sum()
+                n_sq += (t - 1) * h * w
+        aux = self.temporal_weight * sq / n_sq if n_sq else None
+        return VitDecision(keep=torch.cat(keeps), key_bias=torch.cat(biases) if self.bias else None, aux_loss=aux,
+                           scores=torch.cat(scores))
+
+    # --- save / load: only the scorer's weights -------------------------------------------------------------------
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write ``vtprune_config.json`` (settings + scorer shape + version) and ``model.safetensors`` (scorer only)."""
+        from safetensors.torch import save_file
+
+        import vtprune
+
+        if self.scorer is None:
+            raise ConfigError("stts: no scorer to save (train one, or call init_scorer)")
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {PREFIX + k: v.detach().float().cpu().contiguous() for k, v in self.scorer.state_dict().items()}
+        save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+        cfg = {"method": self.to_dict(), "scorer": self.scorer.config.to_dict(), "vtprune_version": vtprune.__version__}
+        (out / CONFIG_NAME).write_text(json.dumps(cfg, indent=1, sort_keys=True))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, keep: float | None = None, layer: int | None = None,
+                        **overrides: Any) -> STTS:
+        """Load a saved scorer (a directory or ``zoo:<name>``); ``keep`` and other settings may be overridden."""
+        from safetensors.torch import load_file
+
+        if layer is not None:
+            raise ConfigError("stts prunes inside the vision encoder; it takes no --layer")
+        p = Path(path)
+        if str(path).startswith("zoo:"):
+            from vtprune.testbed.zoo import zoo_path
+
+            p = zoo_path(str(path).split(":", 1)[1])
+        if not (p / CONFIG_NAME).is_file() or not (p / WEIGHTS_NAME).is_file():
+            raise ModelLoadError(f"no STTS scorer at {path} (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
+        cfg = json.loads((p / CONFIG_NAME).read_text())
+        settings = dict(cfg["method"])
+        if settings.pop("method", "stts") != cls.name:
+            raise ModelLoadError(f"{path} holds a {cfg['method'].get('method')!r} pruner, not stts")
+        settings.update({k: v for k, v in {"keep": keep, **overrides}.items() if v is not None})
+        m = cls.from_dict(settings)
+        assert isinstance(m, STTS)
+        scorer = m.init_scorer(STTSConfig.from_dict(cfg["scorer"]))
+        state = {k[len(PREFIX):]: v for k, v in load_file(str(p / WEIGHTS_NAME)).items() if k.startswith(PREFIX)}
+        scorer.load_state_dict(state, strict=True)
+        return m
