@@ -43,6 +43,25 @@ def glimpse() -> None:
 
 
 @train_app.command("stts")
-def stts() -> None:
-    """Train an STTS scorer end to end (not available yet)."""
-    raise VtpruneError("'vtprune train stts' is not available yet")
+def stts(
+    out: Path = typer.Option(..., "--out", help="Directory for the scorer (model.safetensors + vtprune_config.json)."),
+    model: str = typer.Option("zoo:synth-qwen2_5_vl", "--model", help="Base VLM (Qwen2-VL / Qwen2.5-VL)."),
+    data: list[str] = typer.Option(["testbed:video-train"], "--data", help="JSONL or testbed:<name> (repeatable)."),
+    keep: float = typer.Option(0.5, "--keep", help="Fraction of each video's units kept after the bias block."),
+    block: int | None = typer.Option(None, "--block", help="ViT block the scorer reads (default round(3/27*depth))."),
+    tune: str = typer.Option("none", "--tune", help="Also train: none | lora (LLM attention, peft) | full."),
+    steps: int = typer.Option(1000, "--steps"),
+    batch_size: int = typer.Option(4, "--batch-size"),
+    lr: float = typer.Option(1e-4, "--lr"),
+    temporal_weight: float = typer.Option(0.5, "--temporal-weight", help="Weight of the temporal MSE."),
+    num_frames: int | None = typer.Option(None, "--num-frames", help="Frames decoded per video (default: all)."),
+    lora_rank: int = typer.Option(8, "--lora-rank"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Train an STTS scorer end to end: LM loss through the pruned ViT and LLM + temporal MSE."""
+    from vtprune.training.stts import train_stts
+
+    meta = train_stts(model=model, out=out, data=data, keep=keep, block=block, tune=tune, steps=steps,
+                      batch_size=batch_size, lr=lr, temporal_weight=temporal_weight, num_frames=num_frames,
+                      lora_rank=lora_rank, seed=seed)
+    typer.echo(json.dumps(meta))

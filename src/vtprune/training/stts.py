@@ -1,0 +1,207 @@
+"""``vtprune train stts``: train the STTS scorer end to end (HF Trainer).
+
+Loss = LM loss on the answer tokens (teacher forcing over prompt + answer, through the pruned encoder and the
+shortened LLM sequence) + ``temporal_weight`` x the temporal MSE. The LM loss reaches the scorer through the key
+bias of ViT block ``j + 1``. What trains besides the scorer (``tune``): nothing (``none``, the default), LoRA
+adapters on the LLM's attention projections (``lora``, via peft), or the whole base model (``full``; STTS trains
+jointly with ViT, connector and LLM). The output directory holds the scorer (``model.safetensors`` +
+``vtprune_config.json``, scorer weights only), plus ``lora/`` (a peft adapter) or ``base_model/`` when those train.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vtprune.adapters.base import Adapter, EncodedBatch, Sample
+from vtprune.errors import ConfigError, InputError
+from vtprune.methods.stts import STTS, STTSConfig
+from vtprune.runtime import ops, vision
+from vtprune.training.supervised import SupervisedBatch, encode_with_answers
+
+log = logging.getLogger(__name__)
+
+TUNE = ("none", "lora", "full")
+LORA_TARGETS = r".*language_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
+_CORE = ("input_ids", "attention_mask", "labels", "visual_mask")
+
+
+def stts_loss(adapter: Adapter, method: STTS, batch: SupervisedBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    """Training loss of one batch: LM loss through the pruned encoder and LLM + the method's temporal loss."""
+    dev = adapter.device
+    enc = EncodedBatch(batch.input_ids, batch.attention_mask, batch.model_inputs, batch.visual_mask, [], [])
+    stage = vision.vit_stage(method.stages(adapter.num_layers))
+    aux = None
+    if stage is None:  # keep = 1: the stock model
+        emb, keep = adapter.embed(enc), batch.attention_mask.to(dev).bool()
+    else:
+        emb, keep, decisions = vision.embed_with_vit(adapter, enc, method, stage)
+        losses = [d.aux_loss for d in decisions if d.aux_loss is not None]
+        aux = torch.stack(losses).sum() if losses else None
+    index, valid = ops.compact_index(keep & batch.attention_mask.to(dev).bool())
+    labels = batch.labels.to(dev).gather(1, index).masked_fill(~valid, -100)
+    out = adapter.model(
+        inputs_embeds=ops.gather_seq(emb.embeds, index, 1),
+        attention_mask=valid.long(),
+        position_ids=adapter.forward_position_ids(ops.gather_seq(emb.positions, index, 2)),
+        labels=labels,
+    )
+    loss = out.loss if aux is None else out.loss + aux
+    parts = {"lm_loss": float(out.loss.detach()), "temporal_loss": float(aux.detach()) if aux is not None else 0.0,
+             "visual_kept": float((keep & enc.visual_mask.to(dev)).sum()) / max(1, int(enc.visual_mask.sum()))}
+    return loss, parts
+
+
+class _Trainee(nn.Module):
+    """What HF Trainer sees: the base model and the scorer as submodules; ``forward`` returns the STTS loss."""
+
+    def __init__(self, adapter: Adapter, method: STTS) -> None:
+        super().__init__()
+        assert method.scorer is not None
+        self.model = adapter.model
+        self.scorer = method.scorer
+        self._adapter, self._method = adapter, method
+        self.history: list[dict[str, float]] = []
+
+    def forward(self, **batch: Any) -> dict[str, torch.Tensor]:
+        batch.pop("num_items_in_batch", None)
+        sup = SupervisedBatch(batch["input_ids"], batch["attention_mask"], batch["labels"],
+                              {k: v for k, v in batch.items() if k not in _CORE}, batch["visual_mask"].bool(), [])
+        loss, parts = stts_loss(self._adapter, self._method, sup)
+        if not loss.requires_grad:  # a batch with nothing to prune: keep the graph well formed
+            loss = loss + 0 * sum(p.sum() for p in self.scorer.parameters())
+        self.history.append(parts)
+        return {"loss": loss}
+
+
+class _Rows(torch.utils.data.Dataset):
+    def __init__(self, rows: list[Any]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.rows[i]
+
+
+def _load_rows(data: list[str], num_frames: int | None) -> list[tuple[Sample, list[str]]]:
+    from vtprune.data.dataset import load_image, load_video, read_jsonl, resolve_data
+
+    rows = []
+    for spec in data:
+        for r in read_jsonl(resolve_data(spec)):
+            if r.video is None:
+                continue
+            rows.append((Sample(r.question, [load_image(p) for p in r.images], load_video(r.video, num_frames)),
+                         r.answers))
+    return rows
+
+
+def _collator(adapter: Adapter, rng: random.Random):
+    def collate(rows: list[tuple[Sample, list[str]]]) -> dict[str, Any]:
+        b = encode_with_answers(adapter, [s for s, _ in rows], [rng.choice(list(a)) for _, a in rows])
+        return dict(input_ids=b.input_ids, attention_mask=b.attention_mask, labels=b.labels,
+                    visual_mask=b.visual_mask, **b.model_inputs)
+
+    return collate
+
+
+def _tune(vlm: Any, tune: str, lora_rank: int) -> Any:
+    """Set what trains in the base model; returns the peft model for ``lora`` (LoRA injected in place)."""
+    for p in vlm.model.parameters():
+        p.requires_grad_(tune == "full")
+    if tune != "lora":
+        return None
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0, target_modules=LORA_TARGETS)
+    return get_peft_model(vlm.model, cfg)
+
+
+def apply_lora(vlm: Any, path: str | Path) -> None:
+    """Merge a LoRA adapter saved by ``vtprune train stts --tune lora`` (``<out>/lora``) into ``vlm``'s weights, in
+    place; the model stays a stock HF model."""
+    from peft import PeftModel
+
+    p = Path(path)
+    p = p / "lora" if (p / "lora").is_dir() else p
+    PeftModel.from_pretrained(vlm.model, str(p)).merge_and_unload()
+
+
+def train_stts(
+    *, model: str, out: Path, data: list[str] | None = None, rows: list[tuple[Sample, list[str]]] | None = None,
+    keep: float = 0.5, block: int | None = None, tune: str = "none", steps: int = 1000, batch_size: int = 4,
+    lr: float = 1e-4, temporal_weight: float = 0.5, num_frames: int | None = None, lora_rank: int = 8, seed: int = 0,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Train an STTS scorer on ``model`` (any :func:`vtprune.load` name) and save it to ``out``.
+
+    ``data``: JSONL paths or ``testbed:`` names (video records; ``num_frames`` frames each); or ``rows`` of
+    ``(Sample, answers)`` directly."""
+    from transformers import Trainer, TrainingArguments
+
+    import vtprune
+
+    if tune not in TUNE:
+        raise ConfigError(f"--tune must be one of {', '.join(TUNE)}, got {tune!r}")
+    if steps < 1 or batch_size < 1 or lr <= 0 or lora_rank < 1:
+        raise ConfigError("steps, batch size, learning rate and LoRA rank must be positive")
+    if not 0 < keep < 1:
+        raise ConfigError(f"--keep must be in (0, 1) to train a pruner, got {keep}")
+    if threads:
+        torch.set_num_threads(threads)
+    rows = list(rows or []) + (_load_rows(data, num_frames) if data else [])
+    if not rows:
+        raise InputError("no video training records")
+    vlm = vtprune.load(model)
+    method = STTS(keep=keep, block=block, temporal_weight=temporal_weight, seed=seed)
+    method.init_scorer(STTSConfig.for_vision_config(vlm.model.config.vision_config))
+    peft_model = _tune(vlm, tune, lora_rank)
+    trainee = _Trainee(vlm.adapter, method)
+    args = TrainingArguments(
+        output_dir=str(out / "checkpoints"), max_steps=steps, per_device_train_batch_size=batch_size,
+        learning_rate=lr, lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20), weight_decay=0.0,
+        max_grad_norm=1.0, logging_steps=max(1, min(50, steps // 20)), save_strategy="no", report_to=[], seed=seed,
+        dataloader_num_workers=0, remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=True,
+    )
+    trainer = Trainer(model=trainee, args=args, train_dataset=_Rows(rows),
+                      data_collator=_collator(vlm.adapter, random.Random(seed)))
+    t0 = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)
+    method.scorer.eval()  # type: ignore[union-attr]
+    method.save_pretrained(out)
+    if peft_model is not None:
+        peft_model.save_pretrained(str(out / "lora"))
+    elif tune == "full":
+        vlm.model.save_pretrained(out / "base_model")
+        vlm.tokenizer.save_pretrained(out / "base_model")
+        vlm.image_processor.save_pretrained(out / "base_model")
+
+    def mean(key: str, part: list[dict[str, float]]) -> float:
+        return sum(h[key] for h in part) / len(part) if part else math.nan
+
+    n = max(1, len(trainee.history) // 10)
+    meta = {
+        "model": model, "data": data or [], "records": len(rows), "keep": keep, "block": block, "tune": tune,
+        "steps": steps, "batch_size": batch_size, "lr": lr, "temporal_weight": temporal_weight,
+        "num_frames": num_frames, "seed": seed, "seconds": round(seconds, 1), "train_loss": result.training_loss,
+        "scorer_params": sum(p.numel() for p in method.scorer.parameters()),  # type: ignore[union-attr]
+        "lm_loss_first": mean("lm_loss", trainee.history[:n]), "lm_loss_last": mean("lm_loss", trainee.history[-n:]),
+        "temporal_loss_first": mean("temporal_loss", trainee.history[:n]),
+        "temporal_loss_last": mean("temporal_loss", trainee.history[-n:]),
+        "visual_kept": mean("visual_kept", trainee.history),
+    }
+    (out / "train_meta.json").write_text(json.dumps(meta, indent=1))
+    return meta

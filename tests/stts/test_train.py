@@ -1,0 +1,112 @@
+"""STTS learning: the LM loss reaches the scorer through the bias block, save/load keeps only the scorer, a short
+``train_stts`` run, and composition with an LLM-side method."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vtprune
+from tests.stts.helpers import load_small, video
+from vtprune.methods import Compose
+from vtprune.methods.stts import STTS, STTSConfig
+from vtprune.runtime.executor import prefill
+from vtprune.training.stts import stts_loss, train_stts
+from vtprune.training.supervised import encode_with_answers
+
+
+@pytest.fixture(scope="module")
+def vlm() -> vtprune.VLM:
+    return load_small()
+
+
+def _batch(vlm):
+    samples = [vtprune.Sample("what moves?", video=video(6, 112, 84, 1)),
+               vtprune.Sample("which side?", video=video(4, 84, 84, 2))]
+    return encode_with_answers(vlm.adapter, samples, ["the bar", "left"])
+
+
+def _scorer_grad(vlm, **settings) -> tuple[float, dict]:
+    m = STTS(keep=0.5, **settings)
+    m.init_scorer(STTSConfig.for_vision_config(vlm.model.config.vision_config))
+    loss, parts = stts_loss(vlm.adapter, m, _batch(vlm))
+    loss.backward()
+    grads = [p.grad for p in m.scorer.parameters()]
+    vlm.model.zero_grad(set_to_none=True)
+    return sum(float(g.abs().sum()) for g in grads if g is not None), parts
+
+
+def test_lm_loss_reaches_the_scorer_through_the_bias_block(vlm):
+    g_lm, parts = _scorer_grad(vlm, temporal_weight=0.0)  # the LM loss alone
+    assert g_lm > 0 and parts["temporal_loss"] == 0 and parts["visual_kept"] == pytest.approx(0.5)
+    g_none, _ = _scorer_grad(vlm, temporal_weight=0.0, bias=False)  # no bias block: no path from the LM loss
+    assert g_none == 0
+    g_tmp, parts = _scorer_grad(vlm, bias=False)  # the temporal loss alone
+    assert g_tmp > 0 and parts["temporal_loss"] > 0
+
+
+def test_save_load_round_trip_saves_only_the_scorer(vlm, tmp_path):
+    m = STTS(keep=0.4, block=1, seed=3)
+    m.init_scorer(STTSConfig.for_vision_config(vlm.model.config.vision_config))
+    m.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "vtprune_config.json"]
+    state = load_file(str(tmp_path / "model.safetensors"))
+    assert set(state) == {"scorer." + k for k in m.scorer.state_dict()}
+    assert sum(v.numel() for v in state.values()) < sum(p.numel() for p in vlm.model.parameters()) / 10
+    cfg = json.loads((tmp_path / "vtprune_config.json").read_text())
+    assert cfg["method"]["method"] == "stts" and cfg["vtprune_version"] == vtprune.__version__
+    loaded = STTS.from_pretrained(tmp_path)
+    assert loaded == m
+    for a, b in zip(m.scorer.state_dict().values(), loaded.scorer.state_dict().values()):
+        assert torch.equal(a, b)
+    batch = vlm.adapter.encode([vtprune.Sample("q", video=video(8, 112, 84, 9))])
+    assert prefill(vlm.adapter, batch, m).kept_visual[0].tolist() == prefill(vlm.adapter, batch, loaded).kept_visual[0].tolist()
+    assert STTS.from_pretrained(tmp_path, keep=0.25).keep == 0.25
+    with pytest.raises(vtprune.ConfigError):
+        STTS.from_pretrained(tmp_path, layer=2)
+    with pytest.raises(vtprune.ModelLoadError):
+        STTS.from_pretrained(tmp_path / "nope")
+
+
+def test_compose_stts_in_the_vit_then_random_after_layer_k(vlm):
+    batch = vlm.adapter.encode([vtprune.Sample("what moves?", video=video(8, 112, 84, 4))])  # 48 units
+    stts = vtprune.pruner("stts", keep=0.5)
+    both = vtprune.pruner("stts", keep=0.5, then=vtprune.pruner("random", keep=0.25, layer=2, seed=1))
+    assert both == Compose([vtprune.pruner("stts", keep=0.5), vtprune.pruner("random", keep=0.25, layer=2, seed=1)])
+    assert [s.site for s in both.stages(4)] == ["vit", "llm"]
+    first = prefill(vlm.adapter, batch, stts)
+    st = prefill(vlm.adapter, batch, both)
+    assert first.kept_tokens == [24] and st.kept_tokens == [12]
+    assert set(st.kept_visual[0].tolist()) <= set(first.kept_visual[0].tolist())
+    n_text = int((~batch.visual_mask[0]).sum())
+    lengths = [layer.keys.shape[2] for layer in st.cache.layers]
+    assert lengths == [n_text + 12] * 4  # layers <= K are cut too: decoding never sees dropped tokens
+    assert st.token_layers[0] == 24 * 3 + 12 * 1
+    with pytest.raises(vtprune.ConfigError, match="both prune"):
+        Compose([vtprune.pruner("random", keep=0.5, layer=1), vtprune.pruner("uniform", keep=0.5, layer=1)]).stages(4)
+
+
+def test_train_stts_end_to_end(tmp_path):
+    rows = [(vtprune.Sample("what moves?", video=video(4, 84, 56, s)), ["bar"]) for s in range(2)]
+    meta = train_stts(model="random:qwen2_5_vl", out=tmp_path, rows=rows, steps=2, batch_size=2, lr=1e-3,
+                      tune="lora")
+    assert meta["steps"] == 2 and meta["visual_kept"] == pytest.approx(0.5) and meta["temporal_loss_first"] > 0
+    assert {"model.safetensors", "vtprune_config.json", "lora"} <= {p.name for p in tmp_path.iterdir()}
+    m = STTS.from_pretrained(tmp_path)
+    assert m.keep == 0.5 and m.scorer is not None
+    from vtprune.training.stts import apply_lora
+
+    vlm = load_small()
+    apply_lora(vlm, tmp_path)
+    assert type(vlm.adapter.layers[0].self_attn.q_proj) is torch.nn.Linear  # merged: stock modules again
+    assert vlm.generate([rows[0][0]], m, max_new_tokens=2)[0].kept_tokens == 6
+
+
+def test_cli_rejects_bad_settings(capsys, tmp_path):
+    from vtprune.cli import main
+
+    assert main(["train", "stts", "--out", str(tmp_path), "--model", "random:qwen2_5_vl", "--tune", "bogus"]) == 2
+    assert "--tune must be one of" in capsys.readouterr().err
