@@ -94,7 +94,8 @@ def farthest_point(x: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
     nearest = torch.empty(n, device=x.device)
     for s in range(0, n, chunk):  # distance of every token to its nearest other token
         d = 1.0 - xn[s : s + chunk] @ xn.T
-        d[torch.arange(d.shape[0]), torch.arange(s, s + d.shape[0])] = float("inf")
+        rows = torch.arange(d.shape[0], device=x.device)
+        d[rows, rows + s] = float("inf")
         nearest[s : s + chunk] = d.min(dim=1).values
     picks = [int(torch.argmax(nearest))]
     mind = 1.0 - xn @ xn[picks[0]]
@@ -109,15 +110,15 @@ def farthest_point(x: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
 
 def dpp_greedy(kernel: torch.Tensor, k: int) -> torch.Tensor:
     """Fast greedy MAP inference for a DPP with PSD ``kernel`` ``[n, n]`` (Chen et al., NeurIPS'18): incremental
-    Cholesky updates, ``O(k n)`` memory beyond the kernel. Each step adds the item with the largest marginal gain
-    ``d_j^2`` (the conditional variance given the picked set); once the kernel's rank is exhausted the remaining
-    picks follow the residual gains (all ~0, so lower index first). Returns ``[min(k, n)]`` indices in pick order."""
+    Cholesky updates in float64, ``O(k n)`` memory beyond the kernel. Each step adds the item with the largest
+    marginal gain ``d_j^2`` (the conditional variance given the picked set); once the kernel's rank is exhausted the
+    remaining picks follow the residual gains (all ~0, so lower index first). Returns ``[min(k, n)]`` indices in
+    pick order."""
     n = kernel.shape[0]
     k = min(k, n)
-    K = kernel.double()
-    cis = torch.zeros(k, n, dtype=torch.float64, device=K.device)
-    d2 = torch.diagonal(K).clone()  # residual gains
-    picked = torch.zeros(n, dtype=torch.bool, device=K.device)
+    cis = torch.zeros(k, n, dtype=torch.float64, device=kernel.device)
+    d2 = torch.diagonal(kernel).double()  # residual gains; kernel rows are promoted one at a time
+    picked = torch.zeros(n, dtype=torch.bool, device=kernel.device)
     picks: list[int] = []
     for i in range(k):
         j = int(torch.argmax(d2.masked_fill(picked, float("-inf"))))
@@ -125,7 +126,7 @@ def dpp_greedy(kernel: torch.Tensor, k: int) -> torch.Tensor:
         picked[j] = True
         dj = float(d2[j])
         if dj > 1e-10:
-            e = (K[j] - cis[:i, j] @ cis[:i]) / dj**0.5
+            e = (kernel[j].double() - cis[:i, j] @ cis[:i]) / dj**0.5
             cis[i] = e
             d2 = (d2 - e * e).clamp_min(0.0)
     return torch.tensor(picks, dtype=torch.long, device=kernel.device)
