@@ -32,3 +32,16 @@ def test_method_matrix(vlm, three_samples, name, batch_size):
         assert a.kept_tokens == _expected(method, a.visual_tokens, vlm.num_layers)
         assert a.kept_coords is not None and a.kept_coords.shape[0] == a.kept_tokens
         assert isinstance(a.text, str)
+
+
+@pytest.mark.parametrize("name", [m for m in METHODS if m not in ("none", "random", "uniform")])
+def test_keep_all_equals_unpruned(vlm, three_samples, name):
+    """keep=1.0 changes nothing: same prompt logits as the unpruned runtime (merging methods included)."""
+    from vtprune.runtime.executor import prefill
+
+    batch = vlm.adapter.encode(three_samples)
+    ref = prefill(vlm.adapter, batch, None, all_logits=True)
+    got = prefill(vlm.adapter, batch, vtprune.pruner(name, keep=1.0), all_logits=True)
+    assert got.kept_tokens == got.visual_tokens
+    valid = got.attention_mask.bool()
+    torch.testing.assert_close(got.logits[valid], ref.logits[valid], rtol=1e-5, atol=1e-6)
