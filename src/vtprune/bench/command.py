@@ -1,10 +1,258 @@
-"""``vtprune bench``: the efficiency harness (issue 5). Placeholder until the harness lands."""
+"""``vtprune bench``: honest A/B efficiency measurement of a pruning method against the unpruned model at real shapes.
+
+One process, one random-weight model of a real shape (optionally cut in depth, same width), the baseline (``none``)
+and the method interleaved after warm-up, medians. Reports ViT, LLM-prefill, end-to-end prefill and per-token
+decode time, peak memory, KV cache, analytic FLOPs, the method's own overhead and the theoretical LLM-prefill bound.
+Every setting is checked before the model is built, so bad input fails in milliseconds.
+"""
 
 from __future__ import annotations
 
-from vtprune.errors import VtpruneError
+import datetime as _dt
+import json
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from vtprune.bench.inputs import VisualSpec, parse_size
+from vtprune.bench.shapes import SHAPES, Shape, get_shape
+from vtprune.errors import ConfigError
+
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+_SWEEP_KEYS = {"keep": float, "frames": int, "visual-tokens": int}
 
 
-def bench() -> None:
-    """Efficiency A/B of a method against the unpruned model at realistic shapes (not available yet)."""
-    raise VtpruneError("'vtprune bench' is not available yet: it will time ViT, prefill, decode, memory and KV cache")
+@dataclass
+class _Plan:
+    """Validated settings of one bench invocation."""
+
+    shape: Shape
+    layers: int
+    vit_layers: int
+    dtype: str
+    device: str
+    method: str
+    keep: float | None
+    layer: int | None
+    pruner: str | None
+    sweep_key: str | None
+    sweep_values: list[Any]
+
+
+def _parse_sweep(text: str) -> tuple[str, list[Any]]:
+    key, sep, vals = text.partition("=")
+    key = key.strip()
+    if not sep or key not in _SWEEP_KEYS:
+        raise ConfigError(f"--sweep must look like keep=0.5,0.25 or frames=16,32; keys: {', '.join(_SWEEP_KEYS)}")
+    try:
+        values = [_SWEEP_KEYS[key](v) for v in vals.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--sweep {key}: values must be {_SWEEP_KEYS[key].__name__}s, got {vals!r}") from None
+    if not values:
+        raise ConfigError(f"--sweep {key}: no values")
+    return key, values
+
+
+def _make_method(plan: _Plan, keep: float | None) -> Any:
+    """The method under test, built and range-checked against the LLM depth actually run (the eval harness's
+    builder: learned methods need ``--pruner``, training-free ones refuse it)."""
+    from vtprune.eval.runner import build_method
+
+    return build_method(plan.method, keep=keep, layer=plan.layer, pruner=plan.pruner, num_layers=plan.layers)
+
+
+def full_layers(method: Any, num_layers: int) -> int:
+    """K': LLM layers that run on the full token set under ``method``."""
+    stages = method.stages(num_layers)
+    if not stages:
+        return num_layers
+    if any(s.site in ("vit", "pre_llm") for s in stages):
+        return 0
+    return min(s.layer for s in stages if s.site == "llm") + 1
+
+
+def machine_info(device: Any) -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info: dict[str, Any] = {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+                            "torch_threads": torch.get_num_threads(), "device_name": cpu}
+    try:
+        info["load_avg_1m_at_start"] = os.getloadavg()[0]
+    except OSError:
+        pass
+    if device.type == "cuda":
+        info["gpu"] = info["device_name"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _config(plan: _Plan, method: Any, model: Any, inp: Any, args: dict[str, Any], device: Any) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    import vtprune
+    from vtprune.bench.shapes import param_count
+
+    s = plan.shape
+    d = inp.description
+    text = (f"{d['frames']} frames of {d['frame_pixels'][0]}x{d['frame_pixels'][1]}" if d["kind"] == "video"
+            else f"image {d['pixels'][0]}x{d['pixels'][1]}")
+    reduced = plan.layers < s.layers or plan.vit_layers < s.vit_layers
+    notes = list(inp.notes)
+    if reduced:
+        notes.append(f"reduced depth: {plan.layers} of {s.layers} LLM layers and {plan.vit_layers} of {s.vit_layers} "
+                     "vision blocks at the real width; absolute times are not the full model's")
+    return {
+        "shape": s.name, "source": s.source, "family": s.family,
+        "layers": plan.layers, "layers_real": s.layers, "vit_layers": plan.vit_layers, "vit_layers_real": s.vit_layers,
+        "reduced_depth": reduced,
+        "dims": {"hidden": s.hidden, "intermediate": s.inter, "heads": s.heads, "kv_heads": s.kv_heads,
+                 "head_dim": s.head_dim, "vocab": s.vocab, "vit_hidden": s.vit_hidden, "vit_intermediate": s.vit_inter,
+                 "vit_heads": s.vit_heads, "vit_full_attention_blocks": list(s.full_blocks_for(plan.vit_layers))},
+        "parameters": param_count(model),
+        "input": text, "input_detail": d,
+        "batch_size": args["batch_size"], "new_tokens": args["new_tokens"], "repeat": args["repeat"],
+        "warmup": args["warmup"], "dtype": plan.dtype, "device": device.type,
+        "method": {"name": method.name, "settings": method.to_dict()},
+        "machine": machine_info(device),
+        "versions": {"vtprune": vtprune.__version__, "torch": torch.__version__,
+                     "transformers": transformers.__version__, "python": platform.python_version()},
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "flops_note": "matmul FLOPs only (2 per multiply-add); flops = ViT + LLM prefill; LLM layers counted with "
+                      "their measured input lengths; decode at the mean KV length of the decode steps",
+        "timing_note": "medians over interleaved rounds; decode_per_token = decode time / decode forwards "
+                       "(EOS disabled so both arms decode the same number of steps)",
+        "notes": notes,
+    }
+
+
+def _run_one(plan: _Plan, model: Any, tok: Any, method: Any, spec: VisualSpec, args: dict[str, Any],
+             progress: Any) -> dict[str, Any]:
+    from vtprune.adapters import get_adapter
+    from vtprune.bench.inputs import build_input
+    from vtprune.bench.measure import run_ab
+    from vtprune.bench.report import build_report
+    from vtprune.methods import pruner
+
+    inp = build_input(plan.shape, spec, args["batch_size"])
+    adapter = get_adapter(model, tok, inp.image_processor)
+    batch = adapter.encode(inp.samples)
+    ab = run_ab(adapter, batch, pruner("none"), method, repeat=args["repeat"], warmup=args["warmup"],
+                new_tokens=args["new_tokens"], progress=progress)
+    merge = plan.shape.merge
+    grids = [(t, h * merge, w * merge) for t, h, w in batch.grids[0]]
+    cfg = _config(plan, method, model, inp, args, adapter.device)
+    try:
+        cfg["machine"]["load_avg_1m_at_end"] = os.getloadavg()[0]
+    except OSError:
+        pass
+    return build_report(cfg, ab, plan.shape.text_dims(), plan.shape.vision_dims(plan.vit_layers), grids,
+                        full_layers(method, plan.layers), float(method.keep))
+
+
+def bench(
+    shape: str = typer.Option(..., "--shape", help=f"Real model shape: {', '.join(SHAPES)}."),
+    layers: Optional[int] = typer.Option(None, "--layers", help="LLM layers to build (real width; default: all)."),
+    vit_layers: Optional[int] = typer.Option(None, "--vit-layers", help="Vision blocks to build (default: all)."),
+    visual_tokens: Optional[int] = typer.Option(None, "--visual-tokens", help="Visual tokens (Qwen: image sized to it)."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help="Image size WxH (real preprocessor limits)."),
+    frames: Optional[int] = typer.Option(None, "--frames", help="Video with T frames (Qwen families)."),
+    frame_size: str = typer.Option("448x448", "--frame-size", help="Frame size WxH for --frames."),
+    method: str = typer.Option(..., "--method", help="Method to compare with none."),
+    keep: Optional[float] = typer.Option(None, "--keep", help="Fraction of visual tokens to keep, in (0, 1]."),
+    layer: Optional[int] = typer.Option(None, "--layer", help="Prune after this LLM layer (0-based)."),
+    pruner_path: Optional[str] = typer.Option(None, "--pruner", help="Trained pruner (zoo:<name> or directory)."),
+    batch_size: int = typer.Option(1, "--batch-size", min=1),
+    new_tokens: int = typer.Option(8, "--new-tokens", min=2, help="Tokens to decode (>= 2: one step is timed)."),
+    repeat: int = typer.Option(3, "--repeat", min=1, help="Timed A/B rounds."),
+    warmup: int = typer.Option(1, "--warmup", min=0, help="Untimed A/B rounds first."),
+    dtype: str = typer.Option("bf16", "--dtype", help="bf16 | fp16 | fp32."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    sweep: Optional[str] = typer.Option(None, "--sweep", help="keep=0.5,0.25,0.11 | frames=16,32 | visual-tokens=..."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write report.json (or sweep.csv + sweep.png) here."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
+) -> None:
+    """Time a method against the unpruned model (A/B, same process) at a real model shape."""
+    import torch
+
+    s = get_shape(shape)
+    n_layers = s.layers if layers is None else layers
+    n_vit = s.vit_layers if vit_layers is None else vit_layers
+    if not 1 <= n_layers <= s.layers:
+        raise ConfigError(f"--layers must be in 1..{s.layers} for {s.name}, got {n_layers}")
+    if not 1 <= n_vit <= s.vit_layers:
+        raise ConfigError(f"--vit-layers must be in 1..{s.vit_layers} for {s.name}, got {n_vit}")
+    if dtype not in _DTYPES:
+        raise ConfigError(f"--dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available")
+    sweep_key, sweep_values = _parse_sweep(sweep) if sweep else (None, [None])
+    if sweep_key == "keep" and keep is not None:
+        raise ConfigError("--sweep keep=... replaces --keep; give one of them")
+    fsize = parse_size(frame_size, "--frame-size")
+    spec_args = dict(visual_tokens=visual_tokens, image_size=parse_size(image_size) if image_size else None,
+                     frames=frames, frame_size=fsize)
+    plan = _Plan(s, n_layers, n_vit, dtype, device, method, keep, layer, pruner_path, sweep_key, sweep_values)
+
+    # validate every point of the run before building anything
+    points: list[tuple[Any, Any, VisualSpec]] = []
+    for v in sweep_values:
+        sa = dict(spec_args)
+        if sweep_key in ("frames", "visual-tokens"):
+            k = sweep_key.replace("-", "_")
+            if sa[k] is not None:
+                raise ConfigError(f"--sweep {sweep_key}=... replaces --{sweep_key}; give one of them")
+            sa[k] = v
+        spec = VisualSpec(**sa)
+        if spec.frames is not None and not s.supports_video:
+            raise ConfigError(f"shape {s.name} takes no video (--frames); use --visual-tokens or --image-size")
+        points.append((v, _make_method(plan, v if sweep_key == "keep" else keep), spec))
+
+    progress = None if as_json else (lambda msg: typer.echo(f"bench: {msg}", err=True))
+    if progress:
+        progress(f"building {s.name} ({n_layers} LLM layers, {n_vit} ViT blocks) in {dtype} on {device}")
+    from vtprune.bench.shapes import build_model
+
+    model, tok = build_model(s, layers=n_layers, vit_layers=n_vit, dtype=getattr(torch, _DTYPES[dtype]),
+                             device=torch.device(device), seed=seed)
+    args = dict(batch_size=batch_size, new_tokens=new_tokens, repeat=repeat, warmup=warmup)
+    reports = []
+    for v, m, spec in points:
+        if progress and sweep_key:
+            progress(f"sweep {sweep_key}={v}")
+        reports.append(_run_one(plan, model, tok, m, spec, args, progress))
+
+    from vtprune.bench.report import print_report, sanitize, write_sweep
+
+    if sweep_key:
+        out = out or Path("bench-sweep")
+        csv_path, png_path = write_sweep(sweep_key, sweep_values, reports, out)
+        result: Any = {"sweep": {"key": sweep_key, "values": sweep_values, "csv": str(csv_path), "png": str(png_path)},
+                       "results": reports}
+    else:
+        result = reports[0]
+    result = sanitize(result)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps(result, indent=1))
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    for rep in reports:
+        print_report(rep)
+    if sweep_key:
+        typer.echo(f"wrote {result['sweep']['csv']} and {result['sweep']['png']}")

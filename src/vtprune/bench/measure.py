@@ -1,0 +1,315 @@
+"""Timers, memory meters and the interleaved A/B loop.
+
+Everything is measured in one process on one model: after ``warmup`` untimed rounds, each round runs the baseline
+(``none``) and the method once each, alternating which goes first, and the report takes medians over rounds.
+Times come from the runtime's own timers (``vision``, ``llm_prefill``, ``decode``) plus a wall timer around
+``prefill``; decoder-layer forward hooks (registered only inside :class:`LayerTimer`) record each layer's time and
+input length during prefill; the method's ``select`` is timed by wrapping the bench's own method instance.
+CUDA timers synchronise before reading the clock.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from vtprune.adapters.base import Adapter, EncodedBatch
+from vtprune.methods.base import Pruner
+from vtprune.runtime.executor import Sampling, decode, prefill
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --- memory ------------------------------------------------------------------------------------------------------
+
+
+def _proc_status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"{key} not in /proc/self/status")
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+class MemoryMeter:
+    """Peak memory of one arm's prefill + decode, above what was in use when it started.
+
+    - CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` (tensors only, not the caching
+      allocator's reserve), minus ``memory_allocated`` at the start.
+    - CPU (Linux): resident-set high-water mark. glibc's free memory is trimmed (``malloc_trim``), the kernel's
+      ``VmHWM`` is reset through ``/proc/self/clear_refs``, and the peak is ``VmHWM`` minus ``VmRSS`` at the start:
+      activations, KV cache and temporaries, not the (already resident) weights. tracemalloc is no use here: it
+      does not see torch's allocations. Where ``clear_refs`` is not writable, a thread samples ``VmRSS`` every ms
+      (may miss short peaks; the report names the measure used).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.base = 0
+        self._peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if device.type == "cuda":
+            self.kind = "cuda max_memory_allocated - memory_allocated at start"
+        elif self._clear_refs():
+            self.kind = "cpu peak RSS (VmHWM reset via /proc/self/clear_refs) - RSS at start, after malloc_trim"
+        else:
+            self.kind = "cpu RSS sampled every 1 ms - RSS at start, after malloc_trim (may miss short peaks)"
+
+    @staticmethod
+    def _clear_refs() -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            return True
+        except OSError:
+            return False
+
+    def start(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            return
+        _malloc_trim()
+        self.base = _proc_status("VmRSS")
+        if "clear_refs" in self.kind:
+            self._clear_refs()
+            return
+        self._peak = self.base
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self._peak = max(self._peak, _proc_status("VmRSS"))
+            time.sleep(0.001)
+
+    def mark(self) -> int:
+        """Peak so far (above the start) and restart the peak tracking: splits an arm into phases."""
+        if self.device.type == "cuda":
+            peak = int(torch.cuda.max_memory_allocated(self.device) - self.base)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return peak
+        if self._thread is not None:
+            peak, self._peak = self._peak, _proc_status("VmRSS")
+            return max(0, peak - self.base)
+        peak = _proc_status("VmHWM")
+        self._clear_refs()
+        return max(0, peak - self.base)
+
+    def stop(self) -> int:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return int(torch.cuda.max_memory_allocated(self.device) - self.base)
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+            return max(0, self._peak - self.base)
+        return max(0, _proc_status("VmHWM") - self.base)
+
+
+# --- timers ------------------------------------------------------------------------------------------------------
+
+
+class LayerTimer:
+    """Forward hooks on the decoder layers, active only inside ``with`` and only while ``recording``: per-layer seconds
+    and input sequence length of the prefill."""
+
+    def __init__(self, adapter: Adapter, on_first_layer: Callable[[], None] | None = None) -> None:
+        self.adapter = adapter
+        self.on_first_layer = on_first_layer
+        self.device = adapter.device
+        self.recording = False
+        self.times: list[float] = []
+        self.lengths: list[int] = []
+        self._t0 = 0.0
+        self._handles: list[Any] = []
+
+    def reset(self) -> None:
+        n = self.adapter.num_layers
+        self.times, self.lengths = [0.0] * n, [0] * n
+
+    def _pre(self, i: int) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if self.recording:
+                hidden = args[0] if args else kwargs["hidden_states"]
+                self.lengths[i] = int(hidden.shape[1])
+                sync(self.device)
+                if i == 0 and self.on_first_layer is not None:
+                    self.on_first_layer()
+                self._t0 = time.perf_counter()
+
+        return hook
+
+    def _post(self, i: int) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+            if self.recording:
+                sync(self.device)
+                self.times[i] += time.perf_counter() - self._t0
+
+        return hook
+
+    def __enter__(self) -> LayerTimer:
+        self.reset()
+        for i, layer in enumerate(self.adapter.layers):
+            self._handles.append(layer.register_forward_pre_hook(self._pre(i), with_kwargs=True))
+            self._handles.append(layer.register_forward_hook(self._post(i), with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+class SelectTimer:
+    """Times ``method.select`` by shadowing it on this one instance (the bench's own object); restored on exit."""
+
+    def __init__(self, method: Pruner, device: torch.device) -> None:
+        self.method, self.device, self.total, self.calls = method, device, 0.0, 0
+
+    def __enter__(self) -> SelectTimer:
+        inner = self.method.select
+
+        def timed(ctx: Any) -> torch.Tensor:
+            sync(self.device)
+            t0 = time.perf_counter()
+            out = inner(ctx)
+            sync(self.device)
+            self.total += time.perf_counter() - t0
+            self.calls += 1
+            return out
+
+        self.method.select = timed  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        del self.method.select  # back to the class method
+
+
+# --- one arm, and the A/B loop -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ArmRun:
+    """One run of one arm (seconds and bytes)."""
+
+    vit: float
+    llm_prefill: float
+    prefill: float
+    decode: float
+    decode_forwards: int
+    select: float
+    layer_times: list[float]
+    layer_lengths: list[int]
+    peak_memory: int
+    peak_memory_vit: int
+    peak_memory_llm: int
+    kv_tokens: int
+    kv_bytes: int
+    visual_tokens: list[int]
+    kept_tokens: list[int]
+    finite: bool
+
+    @property
+    def decode_per_token(self) -> float:
+        return self.decode / self.decode_forwards if self.decode_forwards else float("nan")
+
+
+def kv_stats(cache: Any) -> tuple[int, int]:
+    """(cached positions in the longest layer, total bytes of keys + values over all layers)."""
+    tokens, nbytes = 0, 0
+    for layer in cache.layers:
+        for t in (layer.keys, layer.values):
+            if t is not None and t.numel():
+                nbytes += t.numel() * t.element_size()
+        if layer.keys is not None and layer.keys.numel():
+            tokens = max(tokens, int(layer.keys.shape[-2]))
+    return tokens, nbytes
+
+
+def run_arm(adapter: Adapter, batch: EncodedBatch, method: Pruner, new_tokens: int, meter: MemoryMeter,
+            layers: LayerTimer) -> ArmRun:
+    """Prefill + decode ``new_tokens`` once. EOS is disabled (every arm decodes the same number of steps)."""
+    dev = adapter.device
+    vit_peak: list[int] = []
+    layers.on_first_layer = lambda: vit_peak.append(meter.mark())
+    with SelectTimer(method, dev) as sel:
+        meter.start()
+        layers.reset()
+        layers.recording = True
+        sync(dev)
+        t0 = time.perf_counter()
+        state = prefill(adapter, batch, method)
+        sync(dev)
+        t_prefill = time.perf_counter() - t0
+        layers.recording = False
+        kv_tokens, kv_bytes = kv_stats(state.cache)
+        finite = bool(torch.isfinite(state.logits).all())
+        decode(adapter, state, Sampling(max_new_tokens=new_tokens), eos_ids=[-1])
+        llm_peak = meter.stop()
+    layers.on_first_layer = None
+    vit = vit_peak[0] if vit_peak else 0
+    run = ArmRun(
+        vit=state.timings["vision"], llm_prefill=state.timings["llm_prefill"], prefill=t_prefill,
+        decode=state.timings["decode"], decode_forwards=max(int(state.timings["decode_steps"]) - 1, 0),
+        select=sel.total, layer_times=list(layers.times), layer_lengths=list(layers.lengths),
+        peak_memory=max(vit, llm_peak), peak_memory_vit=vit, peak_memory_llm=llm_peak,
+        kv_tokens=kv_tokens, kv_bytes=kv_bytes, visual_tokens=list(state.visual_tokens),
+        kept_tokens=list(state.kept_tokens), finite=finite,
+    )
+    del state
+    return run
+
+
+@dataclass
+class ABResult:
+    baseline: list[ArmRun] = field(default_factory=list)
+    pruned: list[ArmRun] = field(default_factory=list)
+    memory_measure: str = ""
+
+
+def run_ab(adapter: Adapter, batch: EncodedBatch, baseline: Pruner, method: Pruner, *, repeat: int, warmup: int,
+           new_tokens: int, progress: Callable[[str], None] | None = None) -> ABResult:
+    """Interleaved A/B: ``warmup`` untimed rounds, then ``repeat`` rounds of (baseline, method), the order
+    alternating each round so slow drifts (thermal, other load) hit both arms alike."""
+    meter = MemoryMeter(adapter.device)
+    res = ABResult(memory_measure=meter.kind)
+    arms = [("baseline", baseline), ("pruned", method)]
+    with LayerTimer(adapter) as layers:
+        for r in range(warmup + repeat):
+            order = arms if r % 2 == 0 else arms[::-1]
+            for name, m in order:
+                if progress:
+                    progress(f"{'warm-up' if r < warmup else 'round'} {r + 1 - (warmup if r >= warmup else 0)} {name}")
+                run = run_arm(adapter, batch, m, new_tokens, meter, layers)
+                if not run.finite:
+                    raise RuntimeError(f"non-finite logits in the {name} arm: the random model is numerically broken")
+                if r >= warmup:
+                    getattr(res, name).append(run)
+    return res
+
+
+def median(xs: list[float]) -> float:
+    return float(statistics.median(xs)) if xs else float("nan")

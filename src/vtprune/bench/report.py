@@ -1,0 +1,272 @@
+"""Turn A/B runs into the report: medians per arm, analytic FLOPs, ratios, the theoretical bound; print it as a rich
+table, or write a sweep as CSV plus a PNG plot."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+from vtprune.bench.flops import TextDims, VisionDims, decode_flops_per_token, llm_prefill_flops, vit_flops
+from vtprune.bench.measure import ABResult, ArmRun, median
+
+RATIO_KEYS = ("prefill", "llm_prefill", "vit", "decode_per_token", "peak_memory", "peak_memory_llm", "kv_cache",
+              "flops", "flops_llm_prefill", "flops_decode_per_token")
+_TIMES = {"prefill": "prefill_s", "llm_prefill": "llm_prefill_s", "vit": "vit_s", "decode_per_token": "decode_per_token_s"}
+
+
+def summarize(runs: list[ArmRun], text: TextDims, vision: VisionDims, patch_grids: list[tuple[int, int, int]],
+              batch_size: int, num_layers: int) -> dict[str, Any]:
+    """Medians of one arm's runs plus its (deterministic) token counts and analytic FLOPs."""
+    r0 = runs[0]
+    kv_mean = r0.kv_tokens + (r0.decode_forwards + 1) / 2  # mean cache length seen by the decode forwards
+    f_vit = vit_flops(vision, patch_grids * batch_size)
+    f_llm = llm_prefill_flops(text, r0.layer_lengths, batch_size)
+    f_dec = decode_flops_per_token(text, kv_mean, num_layers, batch_size)
+    return {
+        "vit_s": median([r.vit for r in runs]),
+        "llm_prefill_s": median([r.llm_prefill for r in runs]),
+        "prefill_s": median([r.prefill for r in runs]),
+        "decode_per_token_s": median([r.decode_per_token for r in runs]),
+        "decode_forwards": r0.decode_forwards,
+        "layers_s": [median([r.layer_times[i] for r in runs]) for i in range(len(r0.layer_times))],
+        "outside_layers_s": median([r.llm_prefill - sum(r.layer_times) for r in runs]),
+        "select_s": median([r.select for r in runs]),
+        "peak_memory_bytes": int(median([float(r.peak_memory) for r in runs])),
+        "peak_memory_vit_bytes": int(median([float(r.peak_memory_vit) for r in runs])),
+        "peak_memory_llm_bytes": int(median([float(r.peak_memory_llm) for r in runs])),
+        "kv_cache_tokens": r0.kv_tokens,
+        "kv_cache_bytes": r0.kv_bytes,
+        "visual_tokens": r0.visual_tokens[0],
+        "kept_visual_tokens": r0.kept_tokens[0],
+        "tokens_per_layer": r0.layer_lengths,
+        "flops": {"vit": f_vit, "llm_prefill": f_llm, "prefill": f_vit + f_llm, "decode_per_token": f_dec},
+        "runs": {
+            "prefill_s": [r.prefill for r in runs],
+            "vit_s": [r.vit for r in runs],
+            "llm_prefill_s": [r.llm_prefill for r in runs],
+            "decode_per_token_s": [r.decode_per_token for r in runs],
+            "peak_memory_bytes": [r.peak_memory for r in runs],
+        },
+    }
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b and not math.isnan(b) else float("nan")
+
+
+def ratios(base: dict[str, Any], pruned: dict[str, Any]) -> dict[str, float]:
+    pairs = dict(_TIMES, peak_memory="peak_memory_bytes", peak_memory_llm="peak_memory_llm_bytes",
+                 kv_cache="kv_cache_bytes")
+    out = {k: _ratio(pruned[v], base[v]) for k, v in pairs.items()}
+    out["flops"] = _ratio(pruned["flops"]["prefill"], base["flops"]["prefill"])
+    out["flops_llm_prefill"] = _ratio(pruned["flops"]["llm_prefill"], base["flops"]["llm_prefill"])
+    out["flops_decode_per_token"] = _ratio(pruned["flops"]["decode_per_token"], base["flops"]["decode_per_token"])
+    return out
+
+
+def timing_views(base: dict[str, Any], pruned: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Two contention-robust views of the time ratios next to the ratio of medians: ``best`` (fastest run of each
+    arm: interference from other processes only ever slows a run down) and ``paired`` (median over rounds of the
+    ratio within a round, whose two runs were adjacent in time)."""
+    best, paired = {}, {}
+    for k, v in _TIMES.items():
+        a, b = base["runs"][v], pruned["runs"][v]
+        best[k] = _ratio(min(b), min(a))
+        paired[k] = median([_ratio(y, x) for x, y in zip(a, b)])
+    return {"best": best, "paired": paired}
+
+
+def noise(base: dict[str, Any], pruned: dict[str, Any]) -> dict[str, float]:
+    """Spread (max - min) / median of each arm's end-to-end prefill times."""
+    out = {}
+    for name, arm in (("baseline", base), ("pruned", pruned)):
+        xs = arm["runs"]["prefill_s"]
+        out[f"{name}_prefill_spread"] = (max(xs) - min(xs)) / median(xs) if len(xs) > 1 else 0.0
+    return out
+
+
+def bound(full_layers: int, num_layers: int, keep: float, text_tokens: int, visual: int, kept: int,
+          measured: float) -> dict[str, Any]:
+    """Theoretical LLM-prefill ratio when ``full_layers`` (K') of ``num_layers`` (L) layers see every token and the
+    rest see a ``keep`` share: ``K'/L + (1 - K'/L) * keep`` (visual tokens only, linear cost). ``with_text`` counts the
+    unpruned text tokens too."""
+    f = full_layers / num_layers
+    b = f + (1 - f) * keep
+    share = (text_tokens + kept) / (text_tokens + visual) if text_tokens + visual else 1.0
+    bt = f + (1 - f) * share
+    return {
+        "formula": "K'/L + (1 - K'/L) * keep",
+        "K_prime": full_layers,
+        "L": num_layers,
+        "keep": keep,
+        "value": b,
+        "with_text": bt,
+        "measured_llm_prefill": measured,
+        "measured_over_bound": _ratio(measured, b),
+        "measured_over_bound_with_text": _ratio(measured, bt),
+        "saving_realised": _ratio(1 - measured, 1 - bt),
+    }
+
+
+def build_report(config: dict[str, Any], ab: ABResult, text: TextDims, vision: VisionDims,
+                 patch_grids: list[tuple[int, int, int]], full_layers: int, keep: float) -> dict[str, Any]:
+    B, L = config["batch_size"], config["layers"]
+    base = summarize(ab.baseline, text, vision, patch_grids, B, L)
+    pr = summarize(ab.pruned, text, vision, patch_grids, B, L)
+    rat = ratios(base, pr)
+    views = timing_views(base, pr)
+    spread = noise(base, pr)
+    if max(spread.values()) > 0.25:
+        config = dict(config, notes=[*config.get("notes", []), "noisy timings: run-to-run spread "
+                                     f"{max(spread.values()):.0%} (machine load?); compare ratios_best/ratios_paired "
+                                     "and the FLOPs ratios"])
+    text_tokens = base["tokens_per_layer"][0] - base["visual_tokens"]
+    config = dict(config, memory_measure=ab.memory_measure, text_tokens=text_tokens,
+                  visual_tokens=base["visual_tokens"])
+    return {
+        "config": config,
+        "baseline": base,
+        "pruned": pr,
+        "ratios": rat,
+        "ratios_best": views["best"],
+        "ratios_paired": views["paired"],
+        "noise": spread,
+        "bound": bound(full_layers, L, keep, text_tokens, base["visual_tokens"], pr["kept_visual_tokens"],
+                       rat["llm_prefill"]),
+        "overhead": {
+            "select_s": pr["select_s"],
+            "select_share_of_prefill": _ratio(pr["select_s"], pr["prefill_s"]),
+            "prune_overhead_s": pr["outside_layers_s"] - base["outside_layers_s"],
+            "note": "select_s: time inside the method's select(); prune_overhead_s: extra LLM-prefill time outside "
+                    "the decoder layers (gathering what the method needs, select, cutting sequence and cache, "
+                    "rebuilding masks and RoPE) compared with the baseline",
+        },
+    }
+
+
+# --- printing ----------------------------------------------------------------------------------------------------
+
+
+def sanitize(obj: Any) -> Any:
+    """NaN/inf -> None, so the JSON is strict."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: sanitize(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [sanitize(v) for v in obj]
+    return obj
+
+
+def _fmt_s(x: float) -> str:
+    return "n/a" if math.isnan(x) else (f"{x * 1000:.1f} ms" if x < 1 else f"{x:.2f} s")
+
+
+def _fmt_b(x: float) -> str:
+    for unit, k in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(x) >= k:
+            return f"{x / k:.2f} {unit}"
+    return f"{int(x)} B"
+
+
+def _fmt_r(q: float | None) -> str:
+    return "n/a" if q is None or math.isnan(q) else f"{q:.3f}"
+
+
+def _fmt_f(x: float) -> str:
+    return f"{x / 1e12:.3f} TFLOP" if x >= 1e11 else f"{x / 1e9:.2f} GFLOP"
+
+
+def print_report(rep: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    c, b, p, r = rep["config"], rep["baseline"], rep["pruned"], rep["ratios"]
+    con = Console()
+    if not con.is_terminal:
+        con = Console(width=120)
+    depth = f"{c['layers']}/{c['layers_real']} LLM layers, {c['vit_layers']}/{c['vit_layers_real']} ViT blocks"
+    con.print(f"[bold]{c['shape']}[/] ({depth}{', REDUCED DEPTH' if c['reduced_depth'] else ''}), "
+              f"{c['dtype']} on {c['device']} ({c['machine']['device_name']}), batch {c['batch_size']}, "
+              f"{c['visual_tokens']} visual + {c['text_tokens']} text tokens, {c['input']}")
+    con.print(f"method [bold]{c['method']['name']}[/] {c['method']['settings']} vs none; "
+              f"{c['repeat']} interleaved rounds after {c['warmup']} warm-up, medians")
+    best = rep["ratios_best"]
+    t = Table("metric", "none", c["method"]["name"], "ratio", "ratio, best runs")
+    rows = [
+        ("ViT", _fmt_s(b["vit_s"]), _fmt_s(p["vit_s"]), r["vit"], best["vit"]),
+        ("LLM prefill", _fmt_s(b["llm_prefill_s"]), _fmt_s(p["llm_prefill_s"]), r["llm_prefill"], best["llm_prefill"]),
+        ("prefill (end to end)", _fmt_s(b["prefill_s"]), _fmt_s(p["prefill_s"]), r["prefill"], best["prefill"]),
+        ("decode / token", _fmt_s(b["decode_per_token_s"]), _fmt_s(p["decode_per_token_s"]), r["decode_per_token"],
+         best["decode_per_token"]),
+        ("peak memory (whole run)", _fmt_b(b["peak_memory_bytes"]), _fmt_b(p["peak_memory_bytes"]), r["peak_memory"],
+         None),
+        ("peak memory (LLM + decode)", _fmt_b(b["peak_memory_llm_bytes"]), _fmt_b(p["peak_memory_llm_bytes"]),
+         r["peak_memory_llm"], None),
+        ("KV cache", f"{b['kv_cache_tokens']} tok, {_fmt_b(b['kv_cache_bytes'])}",
+         f"{p['kv_cache_tokens']} tok, {_fmt_b(p['kv_cache_bytes'])}", r["kv_cache"], None),
+        ("FLOPs prefill", _fmt_f(b["flops"]["prefill"]), _fmt_f(p["flops"]["prefill"]), r["flops"], None),
+        ("FLOPs LLM prefill", _fmt_f(b["flops"]["llm_prefill"]), _fmt_f(p["flops"]["llm_prefill"]),
+         r["flops_llm_prefill"], None),
+        ("FLOPs decode / token", _fmt_f(b["flops"]["decode_per_token"]), _fmt_f(p["flops"]["decode_per_token"]),
+         r["flops_decode_per_token"], None),
+    ]
+    for name, x, y, q, qb in rows:
+        t.add_row(name, x, y, _fmt_r(q), "" if qb is None else _fmt_r(qb))
+    con.print(t)
+    bd, ov = rep["bound"], rep["overhead"]
+    con.print(f"LLM-prefill bound K'/L + (1-K'/L)*keep = {bd['K_prime']}/{bd['L']} + (1-{bd['K_prime']}/{bd['L']})*"
+              f"{bd['keep']:g} = {bd['value']:.3f} ({bd['with_text']:.3f} counting text tokens); measured "
+              f"{bd['measured_llm_prefill']:.3f} = {bd['measured_over_bound_with_text']:.2f}x the bound with text, "
+              f"{bd['saving_realised'] * 100:.0f}% of the possible saving realised")
+    con.print(f"method overhead: select {_fmt_s(ov['select_s'])}, pruning work outside the layers "
+              f"{_fmt_s(ov['prune_overhead_s'])}; kept {p['kept_visual_tokens']}/{p['visual_tokens']} visual tokens")
+    con.print(f"memory: {c['memory_measure']}")
+    for note in c.get("notes", []):
+        con.print(f"note: {note}")
+
+
+# --- sweeps ------------------------------------------------------------------------------------------------------
+
+
+def write_sweep(key: str, values: list[Any], reports: list[dict[str, Any]], out: Path) -> tuple[Path, Path]:
+    """``sweep.csv`` (one row per value) and ``sweep.png`` (ratios against the swept value) in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, png_path = out / "sweep.csv", out / "sweep.png"
+    cols = ["baseline_prefill_s", "pruned_prefill_s", "baseline_llm_prefill_s", "pruned_llm_prefill_s",
+            "baseline_decode_per_token_s", "pruned_decode_per_token_s", "baseline_peak_memory_bytes",
+            "pruned_peak_memory_bytes", "baseline_kv_cache_bytes", "pruned_kv_cache_bytes"]
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([key, "visual_tokens", "kept_visual_tokens", *(f"ratio_{k}" for k in RATIO_KEYS), "bound",
+                    "bound_with_text", *cols])
+        for v, rep in zip(values, reports):
+            b, p = rep["baseline"], rep["pruned"]
+            arm = {"baseline": b, "pruned": p}
+            w.writerow([v, b["visual_tokens"], p["kept_visual_tokens"], *(rep["ratios"][k] for k in RATIO_KEYS),
+                        rep["bound"]["value"], rep["bound"]["with_text"],
+                        *(arm[c.split("_", 1)[0]][c.split("_", 1)[1]] for c in cols)])
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs = [float(v) for v in values]
+    for k, style in (("prefill", "o-"), ("llm_prefill", "s-"), ("decode_per_token", "^-"), ("peak_memory", "v-"),
+                     ("kv_cache", "d-"), ("flops", "x--")):
+        ax.plot(xs, [rep["ratios"][k] for rep in reports], style, label=k)
+    ax.plot(xs, [rep["bound"]["with_text"] for rep in reports], "k:", label="LLM-prefill bound (with text)")
+    c = reports[0]["config"]
+    ax.set_xlabel(key)
+    ax.set_ylabel(f"{c['method']['name']} / none")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{c['shape']} ({c['layers']}/{c['layers_real']} layers), {c['dtype']} {c['device']}", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+    return csv_path, png_path

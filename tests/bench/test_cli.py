@@ -1,0 +1,66 @@
+"""``vtprune bench`` end to end on a tiny depth of a real shape, and its input checks (exit 2, no traceback)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vtprune.cli import main
+
+TINY = ["bench", "--shape", "qwen2_5_vl-3b", "--layers", "2", "--vit-layers", "2", "--visual-tokens", "64",
+        "--repeat", "1", "--new-tokens", "2"]
+FAST = ["--warmup", "0"]  # the keys and counts do not need a warm-up; keeps the suite fast
+
+
+
+
+def test_tiny_json_run(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*TINY, *FAST, "--method", "random", "--keep", "0.25", "--layer", "0", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert set(rep) >= {"config", "baseline", "pruned", "ratios", "bound"}
+    for key in ("prefill", "llm_prefill", "vit", "decode_per_token", "peak_memory", "kv_cache", "flops"):
+        assert key in rep["ratios"]
+    c = rep["config"]
+    for key in ("shape", "layers", "vit_layers", "visual_tokens", "text_tokens", "dtype", "device", "machine",
+                "versions", "date", "memory_measure"):
+        assert key in c
+    assert c["layers"] == 2 and c["layers_real"] == 36 and c["reduced_depth"] is True
+    assert c["visual_tokens"] == 64 and c["dtype"] == "bf16"
+    assert {"torch", "transformers"} <= set(c["versions"])
+    b, p = rep["baseline"], rep["pruned"]
+    assert b["kv_cache_tokens"] == 64 + c["text_tokens"] and p["kept_visual_tokens"] == 16
+    # pruned after layer 0, and layer 0's cache is cut too: every layer holds text + a quarter of the visual tokens
+    text_share = c["text_tokens"] / (c["text_tokens"] + 64)
+    expected = 0.25 * (1 - text_share) + text_share
+    assert rep["ratios"]["kv_cache"] == pytest.approx(expected, rel=1e-6)
+    assert b["kv_cache_bytes"] == 2 * 2 * 2 * 128 * b["kv_cache_tokens"] * 2  # layers, kv heads, head_dim, bf16
+    assert b["tokens_per_layer"] == [b["kv_cache_tokens"]] * 2
+    assert p["tokens_per_layer"] == [b["kv_cache_tokens"], p["kv_cache_tokens"]]
+    assert rep["bound"]["K_prime"] == 1 and rep["bound"]["value"] == pytest.approx(0.5 + 0.5 * 0.25)
+    assert rep["ratios"]["flops_llm_prefill"] < 1 and rep["ratios"]["vit"] > 0
+    assert b["peak_memory_bytes"] > 0 and b["decode_forwards"] == 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--shape", "nope", "--visual-tokens", "64", "--method", "random"], "available: "),
+        ([*TINY[1:], "--method", "random", "--keep", "0"], "keep must be in (0, 1]"),
+        ([*TINY[1:], "--method", "random", "--keep", "1.5"], "keep must be in (0, 1]"),
+        ([*TINY[1:], "--method", "random", "--keep", "0.5", "--layer", "2"], "out of range"),
+        (["--shape", "qwen2_5_vl-3b", "--method", "random"], "exactly one of"),
+        (["--shape", "qwen2_5_vl-3b", "--visual-tokens", "64", "--frames", "8", "--method", "random"], "exactly one"),
+        (["--shape", "llava-1.5-7b", "--frames", "8", "--method", "random"], "no video"),
+        ([*TINY[1:], "--method", "nosuch"], "unknown method"),
+        ([*TINY[1:], "--method", "random", "--layers", "99"], "--layers must be in"),
+        ([*TINY[1:], "--method", "random", "--sweep", "depth=1,2"], "--sweep"),
+        ([*TINY[1:], "--method", "random", "--keep", "0.5", "--sweep", "keep=0.5,0.25"], "replaces --keep"),
+        (["--shape", "qwen2_5_vl-3b", "--image-size", "12x", "--method", "random"], "--image-size"),
+        ([*TINY[1:], "--method", "random", "--dtype", "int8"], "--dtype"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
