@@ -100,6 +100,7 @@ def eval_cmd(
     limit: Optional[int] = typer.Option(None, "--limit", min=1),
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="Write (and resume from) this JSONL."),
     max_new_tokens: int = typer.Option(16, "--max-new-tokens", min=1),
+    num_frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Resample videos to this many frames."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Batched, resumable evaluation over a JSONL dataset; prints accuracy, VQA accuracy, ANLS and retention."""
@@ -108,6 +109,7 @@ def eval_cmd(
     report = run_eval(
         model=model, data=data, method=method, keep=keep, layer=layer, pruner=pruner_path, batch_size=batch_size,
         limit=limit, predictions=predictions, max_new_tokens=max_new_tokens, progress=not as_json and sys.stderr.isatty(),
+        num_frames=num_frames,
     )
     if as_json:
         _emit_json(report)

@@ -37,14 +37,16 @@ def build_method(name: str, *, keep: float | None, layer: int | None, pruner: st
     return m
 
 
-def sample_for_record(rec: Any) -> Any:
-    """Load a dataset record's image(s)/video into a :class:`Sample` (errors are :class:`InputError`)."""
+def sample_for_record(rec: Any, num_frames: int | None = None) -> Any:
+    """Load a dataset record's image(s)/video into a :class:`Sample` (errors are :class:`InputError`).
+
+    ``num_frames`` resamples videos uniformly to that many frames (test-time scaling uses more than training)."""
     from vtprune.adapters import Sample
     from vtprune.data.dataset import load_image, load_video
 
     paths = getattr(rec, "images", None) or getattr(rec, "image", None) or []
     images = [load_image(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
-    video = load_video(rec.video) if getattr(rec, "video", None) else None
+    video = load_video(rec.video, num_frames=num_frames) if getattr(rec, "video", None) else None
     return Sample(rec.question, images, video)
 
 
@@ -88,7 +90,7 @@ def score_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def run_eval(
     *, model: str, data: str, method: str = "none", keep: float | None = None, layer: int | None = None,
     pruner: str | None = None, batch_size: int = 8, limit: int | None = None, predictions: Path | None = None,
-    max_new_tokens: int = 16, progress: bool = False,
+    max_new_tokens: int = 16, progress: bool = False, num_frames: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``method`` on ``data`` with ``model``; returns the metrics report (see :func:`score_rows`)."""
     from vtprune.api import load
@@ -102,7 +104,8 @@ def run_eval(
         records = records[:limit]
     vlm = load(model)
     m = build_method(method, keep=keep, layer=layer, pruner=pruner, num_layers=vlm.num_layers)
-    settings = {"model": model, "data": data, "method": m.to_dict(), "max_new_tokens": max_new_tokens}
+    settings = {"model": model, "data": data, "method": m.to_dict(), "max_new_tokens": max_new_tokens,
+                "num_frames": num_frames}
 
     done: dict[str, dict[str, Any]] = {}
     out = None
@@ -129,7 +132,7 @@ def run_eval(
     try:
         for i in range(0, len(todo), batch_size):
             chunk = todo[i : i + batch_size]
-            samples = [sample_for_record(r) for r in chunk]
+            samples = [sample_for_record(r, num_frames) for r in chunk]
             answers = vlm.generate(samples, m, max_new_tokens=max_new_tokens)
             for rec, ans in zip(chunk, answers):
                 row = {
@@ -158,7 +161,7 @@ def run_eval(
         if out is not None:
             out.close()
     rows = [done[r.id] for r in records]
-    report = {"model": model, "data": data, "method": m.to_dict(), **score_rows(rows)}
+    report = {"model": model, "data": data, "method": m.to_dict(), "num_frames": num_frames, **score_rows(rows)}
     report["seconds"] = time.perf_counter() - t0
     report["computed"] = len(todo)
     return report

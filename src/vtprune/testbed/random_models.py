@@ -59,13 +59,14 @@ def qwen_config(family: str, tok: Any, *, hidden: int = 64, layers: int = 4, hea
 
 
 def llava_config(tok: Any, *, hidden: int = 64, layers: int = 4, heads: int = 4, kv_heads: int = 2,
-                 image_size: int = 56, vit_depth: int = 3, vit_hidden: int = 32, vit_heads: int = 2) -> Any:
+                 image_size: int = 56, patch_size: int = 14, vit_depth: int = 3, vit_hidden: int = 32,
+                 vit_heads: int = 2) -> Any:
     """A small LLaVA-1.5-layout config: CLIP tower (patch 14), 2-layer MLP projector, Llama LLM."""
     from transformers import LlavaConfig
 
     ids = _ids(tok)
     vision = dict(model_type="clip_vision_model", hidden_size=vit_hidden, intermediate_size=vit_hidden * 2,
-                  num_hidden_layers=vit_depth, num_attention_heads=vit_heads, image_size=image_size, patch_size=14,
+                  num_hidden_layers=vit_depth, num_attention_heads=vit_heads, image_size=image_size, patch_size=patch_size,
                   projection_dim=vit_hidden)
     text = dict(model_type="llama", vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
                 num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
