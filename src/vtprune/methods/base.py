@@ -62,6 +62,7 @@ class Context:
         keys: ``[B, Hkv, L, dh]`` post-RoPE keys of the stage's layer (its KV cache); present when ``"keys"`` is
             required at an ``llm`` stage.
         num_layers: depth of the LLM.
+        extra_mask: ``[B, L]`` bool, the method's own extra prompt tokens (:meth:`Pruner.prompt_tokens`), if any.
     """
 
     stage: Stage
@@ -78,6 +79,7 @@ class Context:
     attention: torch.Tensor | None = None
     vision: dict[str, Any] = field(default_factory=dict)
     keys: torch.Tensor | None = None
+    extra_mask: torch.Tensor | None = None
 
     @property
     def visual_hidden(self) -> torch.Tensor:
@@ -248,6 +250,21 @@ class Pruner:
         ``keep`` mask :meth:`select` returned. The runtime writes the rows of kept tokens before the cut (a kept
         token carries what it absorbed); the rows of dropped tokens are ignored."""
         return ctx.visual_hidden
+
+    # --- optional: extra prompt tokens and differentiable scores (GlimpsePrune's glimpse token) -----------------
+    def prompt_tokens(self, embeds: torch.Tensor) -> torch.Tensor | None:
+        """Extra tokens ``[B, n, D]`` the runtime appends after the prompt before layer 0 (``embeds`` is the
+        ``[B, L, D]`` input). They are neither text nor visual, take positions last + 1.., are cut out of the
+        sequence and the KV cache at the method's last stage, and never reach decoding. Default: none."""
+        return None
+
+    def before_layer(self, layer: int, extra: torch.Tensor) -> torch.Tensor:
+        """Input hook for the extra tokens: their hidden states ``[B, n, D]`` entering decoder layer ``layer``."""
+        return extra
+
+    def score(self, ctx: Context) -> torch.Tensor:
+        """Differentiable ``[B, Nv]`` float keep logits (higher = keep), for ``prefill(grad=True)`` (training)."""
+        raise NotImplementedError(f"method {self.name!r} has no differentiable score")
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.name, **dataclasses.asdict(self)}

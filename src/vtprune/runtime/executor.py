@@ -41,6 +41,9 @@ class PrefillState:
         kept_visual: per sample ``[k]`` long, original visual-token indices of the survivors (sequence order).
         kept_coords: per sample ``[k, 4]`` (item, t, h, w) of the surviving visual tokens.
         timings: seconds for ``vision`` and ``llm_prefill``.
+        scores / score_ids: ``prefill(grad=True)`` only: per stage the method's ``[B, Nv]`` keep logits (with grad)
+            and the original visual index of each entry (-1 on padding).
+        extra_logits: ``prefill(grad=True)`` only: ``[B, n, V]`` logits at the method's extra prompt tokens.
     """
 
     logits: torch.Tensor
@@ -53,6 +56,9 @@ class PrefillState:
     kept_visual: list[torch.Tensor]
     kept_coords: list[torch.Tensor]
     timings: dict[str, float] = field(default_factory=dict)
+    scores: list[torch.Tensor] = field(default_factory=list)
+    score_ids: list[torch.Tensor] = field(default_factory=list)
+    extra_logits: torch.Tensor | None = None
 
     def retention(self) -> list[float]:
         return [k / v if v else 1.0 for k, v in zip(self.kept_tokens, self.visual_tokens)]
@@ -63,14 +69,26 @@ class _Seq:
 
     def __init__(self, hidden: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, visual_id: torch.Tensor):
         self.hidden, self.mask, self.positions, self.visual_id = hidden, mask, positions, visual_id
+        self.extra = torch.zeros_like(mask, dtype=torch.bool)  # a method's extra prompt tokens (always last)
 
     def cut(self, keep: torch.Tensor) -> torch.Tensor:
         index, valid = ops.compact_index(keep & self.mask.bool())
         self.hidden = ops.gather_seq(self.hidden, index, 1)
         self.positions = ops.gather_seq(self.positions, index, 2)
         self.visual_id = self.visual_id.gather(1, index).masked_fill(~valid, -1)
+        self.extra = self.extra.gather(1, index) & valid
         self.mask = valid.long()
         return index
+
+    def append_extra(self, x: torch.Tensor) -> None:
+        """Append ``n`` extra tokens ``x`` ``[B, n, D]`` after the prompt, at positions last + 1.. in every row."""
+        B, n = x.shape[:2]
+        step = torch.arange(1, n + 1, device=self.positions.device, dtype=self.positions.dtype)
+        self.hidden = torch.cat([self.hidden, x.to(self.hidden.dtype)], dim=1)
+        self.positions = torch.cat([self.positions, self.positions[..., -1:] + step], dim=-1)
+        self.mask = torch.cat([self.mask, self.mask.new_ones(B, n)], dim=1)
+        self.visual_id = torch.cat([self.visual_id, self.visual_id.new_full((B, n), -1)], dim=1)
+        self.extra = torch.cat([self.extra, self.extra.new_ones(B, n)], dim=1)
 
     def visual_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``visual_index``, ``visual_valid``, ``visual_ids``, each ``[B, Nv]``."""
@@ -110,6 +128,17 @@ def last_query_attention(
     return logits.masked_fill(mask[:, None, :] == 0, float("-inf"))
 
 
+def soft_keep_mask(mask: torch.Tensor, extra: torch.Tensor, key_bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Float attention mask ``[B, 1, L, L]`` for training through a relaxed cut: causal + padding, extra tokens hidden
+    from every other query (they are cut at the stage), plus ``key_bias`` ``[B, L]`` (log keep probability on
+    visual key columns, 0 elsewhere) added to every query row."""
+    L = mask.shape[1]
+    allowed = torch.ones(L, L, dtype=torch.bool, device=mask.device).tril() & mask.bool()[:, None, :]
+    allowed = allowed & ~(extra[:, None, :] & ~extra[:, :, None])
+    out = torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(~allowed, torch.finfo(dtype).min)
+    return (out + key_bias[:, None, :].to(dtype)).unsqueeze(1)
+
+
 def _check_stages(stages: list[Stage], num_layers: int) -> None:
     for st in stages:
         if st.site == "vit" and st.layer < -1:
@@ -118,9 +147,22 @@ def _check_stages(stages: list[Stage], num_layers: int) -> None:
             raise ConfigError(f"layer {st.layer} out of range for a {num_layers}-layer LLM (0..{num_layers - 1})")
 
 
-@torch.no_grad()
-def prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, all_logits: bool = False) -> PrefillState:
-    """Run the prompt through the model, pruning where ``method`` says; returns the state decoding continues from."""
+def prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, all_logits: bool = False,
+            grad: bool = False, soft: bool = False) -> PrefillState:
+    """Run the prompt through the model, pruning where ``method`` says; returns the state decoding continues from.
+
+    ``grad=True`` (training a learned method): gradients on, nothing is cut; at each stage the runtime records
+    ``method.score(ctx)`` instead of calling ``select``, the method's extra prompt tokens run through every layer
+    (their logits come back as ``extra_logits``), and ``logits`` are the last prompt token's. With ``soft=True`` the
+    cut is relaxed: after the stage, visual keys get ``logsigmoid(score)`` added to their attention logits and the
+    extra tokens are hidden from the rest. The cache of a grad run is not meant for decoding.
+    """
+    with torch.set_grad_enabled(grad):
+        return _prefill(adapter, batch, method, all_logits=all_logits, grad=grad, soft=soft)
+
+
+def _prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, all_logits: bool, grad: bool,
+             soft: bool) -> PrefillState:
     dev = adapter.device
     L_layers = adapter.num_layers
     stages = method.stages(L_layers) if method is not None else []
@@ -146,6 +188,15 @@ def prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, all
     seq = _Seq(emb.embeds, batch.attention_mask.to(dev), emb.positions, visual_id)
     if vit is not None:
         seq.cut(vit_keep)  # placeholders of dropped units leave before layer 0; the rest keep their positions
+    cut_stages = [s for s in stages if s.site in ("pre_llm", "llm")]
+    extra = method.prompt_tokens(seq.hidden) if method is not None and cut_stages else None
+    n_extra = int(extra.shape[1]) if extra is not None else 0
+    if n_extra:
+        seq.append_extra(extra)  # type: ignore[arg-type]
+    last_stage = max(cut_stages, key=lambda s: (s.site == "llm", s.layer)) if cut_stages else None
+    scores: list[torch.Tensor] = []
+    score_ids: list[torch.Tensor] = []
+    soft_bias: torch.Tensor | None = None
     visual_total = vis.sum(1)
     coords_pad = torch.nn.utils.rnn.pad_sequence([c for c in batch.coords], batch_first=True).to(dev)
     if coords_pad.dim() < 3:
@@ -154,8 +205,15 @@ def prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, all
     token_layers = torch.zeros(batch.batch_size, dtype=torch.long, device=dev)
 
     def apply(stage: Stage, computed_upto: int, attention: torch.Tensor | None, keys: torch.Tensor | None = None) -> None:
+        nonlocal n_extra, soft_bias
         index, valid, ids = seq.visual_rows()
+        drop_extra = bool(n_extra) and stage == last_stage and not grad
         if not bool(valid.any()):
+            if drop_extra:  # no visual token to prune: the extra tokens still leave here
+                idx = seq.cut(~seq.extra)
+                n_extra = 0
+                if computed_upto >= 0:
+                    ops.prune_cache(cache, idx, computed_upto)
             return
         ctx = Context(
             stage=stage,
@@ -167,12 +225,21 @@ def prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, all
             coords=coords_pad.gather(1, ids.unsqueeze(-1).expand(-1, -1, 4)) if coords_pad.shape[1] else ids.new_zeros(*ids.shape, 4),
             grids=batch.grids,
             visual_total=visual_total,
-            text_mask=(seq.visual_id < 0) & seq.mask.bool(),
+            text_mask=(seq.visual_id < 0) & seq.mask.bool() & ~seq.extra,
             num_layers=L_layers,
             attention=attention,
             vision=emb.vision,
             keys=keys,
+            extra_mask=seq.extra if n_extra else None,
         )
+        if grad:  # training: record differentiable scores, cut nothing
+            s = method.score(ctx)  # type: ignore[union-attr]
+            scores.append(s)
+            score_ids.append(ids.masked_fill(~valid, -1))
+            if soft:
+                lp = torch.nn.functional.logsigmoid(s.float()).masked_fill(~valid, 0.0)
+                soft_bias = torch.zeros(seq.mask.shape, dtype=lp.dtype, device=lp.device).scatter_add(1, index, lp)
+            return
         keep_vis = method.select(ctx)  # type: ignore[union-attr]
         if keep_vis.shape != valid.shape or keep_vis.dtype != torch.bool:
             raise RuntimeError(f"{method.name}.select returned {tuple(keep_vis.shape)} {keep_vis.dtype}, "  # type: ignore[union-attr]
@@ -180,6 +247,9 @@ def prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, all
         if method.merges:  # type: ignore[union-attr]
             seq.hidden = ops.replace_rows(seq.hidden, index, keep_vis & valid, method.merge(ctx, keep_vis))  # type: ignore[union-attr]
         keep_seq = ops.scatter_visual(keep_vis, index, valid, seq.hidden.shape[1])
+        if drop_extra:
+            keep_seq = keep_seq & ~seq.extra
+            n_extra = 0
         idx = seq.cut(keep_seq)
         if computed_upto >= 0:
             ops.prune_cache(cache, idx, computed_upto)
@@ -189,6 +259,8 @@ def prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, all
     cos_sin = adapter.rope(seq.hidden, seq.positions)
     mask = _mask(adapter, seq)
     for i, layer in enumerate(adapter.layers):
+        if n_extra:  # the method's per-layer input hook for its extra tokens (always the last n positions)
+            seq.hidden = torch.cat([seq.hidden[:, :-n_extra], method.before_layer(i, seq.hidden[:, -n_extra:])], 1)  # type: ignore[union-attr]
         h_in = seq.hidden
         seq.hidden = layer(
             h_in,
@@ -206,6 +278,12 @@ def prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, all
             apply(at_layer[i], i, attn, cache.layers[i].keys if "keys" in requires else None)
             cos_sin = adapter.rope(seq.hidden, seq.positions)
             mask = _mask(adapter, seq)
+            if soft_bias is not None:
+                mask = soft_keep_mask(seq.mask, seq.extra, soft_bias, seq.hidden.dtype)
+    extra_logits = None
+    if n_extra:  # grad mode: the extra tokens went through every layer
+        extra_logits = adapter.lm_head(adapter.text_model.norm(seq.hidden[:, -n_extra:])).float()
+        ops.prune_cache(cache, seq.cut(~seq.extra), L_layers - 1)
     h = seq.hidden if all_logits else seq.hidden[:, -1:]
     logits = adapter.lm_head(adapter.text_model.norm(h)).float()
     _sync(dev)
@@ -223,6 +301,9 @@ def prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, all
         kept_visual=kept_ids,
         kept_coords=[batch.coords[b][kept_ids[b]] for b in range(batch.batch_size)],
         timings={"vision": t1 - t0, "llm_prefill": t2 - t1},
+        scores=scores,
+        score_ids=score_ids,
+        extra_logits=extra_logits,
     )
 
 
