@@ -14,6 +14,7 @@ from vtprune.methods.base import (
 from vtprune.methods import none as _none  # noqa: F401  (registration)
 from vtprune.methods import random as _random  # noqa: F401
 from vtprune.methods import uniform as _uniform  # noqa: F401
+from vtprune.methods import glimpse as _glimpse  # noqa: F401  (learned: GlimpsePrune, the llm site)
 from vtprune.methods import stts as _stts  # noqa: F401  (learned: STTS, the 'vit' site)
 from vtprune.methods.compose import Compose
 from vtprune.methods import cdpruner as _cdpruner  # noqa: F401  (training-free baselines)

@@ -1,0 +1,215 @@
+"""``glimpse``: GlimpsePrune (Zeng et al., arXiv 2508.01548), a learned, question-conditioned, dynamic pruner.
+
+A learnable *glimpse token* is appended after the generation prompt. It runs through layers 0..K with the full
+sequence (a deep prompt: a learned vector is added to it before every layer); its attention over the visual tokens
+at layer K, together with multi-level ViT features, feeds the *visual importance predictor* (VIP), which gives one
+keep logit per visual token. Tokens with sigmoid(logit) > threshold survive (so the kept count adapts to the
+question and image), they and the text are cut out of the sequence and the KV cache of layers 0..K, the glimpse
+token is removed too, and layers K+1.. and decoding run on the short sequence.
+
+The pruner attaches to the unmodified base model: only ``model.safetensors`` (glimpse + VIP weights) and
+``vtprune_config.json`` are saved. ``keep < 1`` caps the kept fraction per image (the paper's "<= 11.1%" rows).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vtprune.errors import ConfigError, ModelLoadError
+from vtprune.methods.base import Context, Pruner, Stage, register_method
+from vtprune.methods.glimpse.config import GlimpseConfig, check_selection
+from vtprune.methods.glimpse.features import Groups, glimpse_attention, select_tokens, vision_levels
+from vtprune.methods.glimpse.modules import GlimpseModules
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "vtprune_config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@register_method
+@dataclass
+class GlimpsePruner(Pruner):
+    """GlimpsePrune: a learned glimpse token + importance predictor; dynamic per-sample retention (after layer K)."""
+
+    name = "glimpse"
+    sites = ("llm",)
+    requires = frozenset({"last_query_attention", "vision_outputs"})
+    trainable = True
+    requires_pruner = True
+    modalities = ("image",)
+
+    pruner: str | None = None
+    """Trained pruner: a directory (vtprune or official GlimpsePrune layout) or ``zoo:<name>``."""
+    threshold: float | None = None
+    """Keep sigmoid(logit) > threshold; None = the pruner's default (0.5); 0 keeps every token."""
+    max_remain_ratio: float | None = None
+    """Cap on the kept fraction per image (top-k above it); ``keep < 1`` sets the same cap."""
+    min_remain: int | None = None
+    """Floor: at least this many tokens per image (default 1)."""
+    fixed_remain_ratio: float | None = None
+    """Exact top-k at this fraction per image (overrides threshold and cap)."""
+    config: GlimpseConfig | None = field(default=None, repr=False, compare=False)
+    modules: GlimpseModules | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_selection(self.threshold, self.max_remain_ratio, self.min_remain, self.fixed_remain_ratio)
+        if self.config is None and self.pruner is not None:
+            self.config, self.modules = load_pruner(self.pruner)
+        if self.config is None:
+            raise ConfigError("method 'glimpse' is learned: pass pruner=<directory or zoo:name> "
+                              "(or build an untrained one with GlimpsePruner.for_model(model))")
+        if self.modules is None:
+            self.modules = GlimpseModules(self.config)
+        self.modules.eval()
+
+    # --- construction and persistence -----------------------------------------------------------
+    @classmethod
+    def for_model(cls, model: Any, **overrides: Any) -> GlimpsePruner:
+        """A freshly initialised pruner for ``model`` (a :class:`vtprune.VLM` or an HF model); ``overrides`` set
+        :class:`GlimpseConfig` fields (e.g. ``layer``, ``vip_size``, ``cond_size``)."""
+        hf = getattr(model, "model", model) if not hasattr(model, "config") else model
+        cfg = GlimpseConfig.for_model(hf, **overrides)
+        return cls(config=cfg, modules=GlimpseModules(cfg))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, keep: float | None = None, layer: int | None = None,
+                        **settings: Any) -> GlimpsePruner:
+        """Load a saved pruner (``save_pretrained`` layout, the official ``new_modules_gp.pt`` layout, or
+        ``zoo:<name>``); ``keep``/``layer``/selection settings override its defaults."""
+        cfg, mods = load_pruner(str(path))
+        kw = {k: v for k, v in dict(keep=keep, layer=layer, **settings).items() if v is not None}
+        return cls(pruner=str(path), config=cfg, modules=mods, **kw)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``vtprune_config.json`` and ``model.safetensors`` (the pruner's own weights only)."""
+        from safetensors.torch import save_file
+
+        from vtprune import __version__
+
+        assert self.config is not None and self.modules is not None
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.modules.state_dict().items()}
+        save_file(state, str(d / WEIGHTS_NAME), metadata={"format": "pt", "method": self.name})
+        meta = {"method": self.name, "vtprune_version": __version__, "config": self.config.to_dict()}
+        (d / CONFIG_NAME).write_text(json.dumps(meta, indent=1, sort_keys=True))
+
+    def to_dict(self) -> dict[str, Any]:
+        keys = ("keep", "layer", "pruner", "threshold", "max_remain_ratio", "min_remain", "fixed_remain_ratio")
+        return {"method": self.name, **{k: getattr(self, k) for k in keys}}
+
+    # --- runtime hooks --------------------------------------------------------------------------
+    def stages(self, num_layers: int) -> list[Stage]:
+        cfg = self._cfg
+        if num_layers != cfg.num_layers:
+            raise ConfigError(f"this glimpse pruner was trained for a {cfg.num_layers}-layer LLM; "
+                              f"the model has {num_layers} layers")
+        K = cfg.layer if self.layer is None else int(self.layer)
+        if not (0 <= K < num_layers):
+            raise ConfigError(f"layer {K} out of range for a {num_layers}-layer LLM (0..{num_layers - 1})")
+        if K != cfg.layer:
+            log.warning("glimpse pruner trained at layer %d, pruning after layer %d", cfg.layer, K)
+        return [Stage("llm", K)]
+
+    def prompt_tokens(self, embeds: torch.Tensor) -> torch.Tensor:
+        """The glimpse token's input embedding, ``[B, n, D]`` in the embeddings' dtype."""
+        if embeds.shape[-1] != self._cfg.hidden_size:
+            raise ConfigError(f"this glimpse pruner was trained for hidden size {self._cfg.hidden_size}; "
+                              f"the model has {embeds.shape[-1]}")
+        v = self._mods(embeds.device).glimpse.vector(0)
+        return v.to(embeds.dtype).unsqueeze(0).expand(embeds.shape[0], -1, -1)
+
+    def before_layer(self, layer: int, extra: torch.Tensor) -> torch.Tensor:
+        """Add layer ``layer``'s glimpse vector to the glimpse hidden states ``[B, n, D]`` (layer 0: already the input)."""
+        if layer == 0:
+            return extra
+        v = self._mods(extra.device).glimpse.vector(layer)
+        return extra if v is None else extra + v.to(extra.dtype)
+
+    def score(self, ctx: Context) -> torch.Tensor:
+        """``[B, Nv]`` float32 keep logits (0 on padding entries); differentiable."""
+        logits, groups = self._packed_logits(ctx)
+        return groups.unpack(logits, fill=0.0)
+
+    def select(self, ctx: Context) -> torch.Tensor:
+        cfg = self._cfg
+        logits, groups = self._packed_logits(ctx)
+        cap = self.max_remain_ratio if self.max_remain_ratio is not None else cfg.max_remain_ratio
+        if self.keep < 1.0:
+            cap = self.keep if cap is None else min(cap, self.keep)
+        keep = select_tokens(
+            logits, groups.valid,
+            threshold=cfg.threshold if self.threshold is None else float(self.threshold),
+            max_remain_ratio=cap,
+            min_remain=cfg.min_remain if self.min_remain is None else int(self.min_remain),
+            fixed_remain_ratio=self.fixed_remain_ratio if self.fixed_remain_ratio is not None else cfg.fixed_remain_ratio,
+        )
+        return groups.unpack(keep, fill=False)
+
+    # --- internals ------------------------------------------------------------------------------
+    @property
+    def _cfg(self) -> GlimpseConfig:
+        assert self.config is not None
+        return self.config
+
+    def _mods(self, device: torch.device) -> GlimpseModules:
+        assert self.modules is not None
+        if self.modules.glimpse.embeddings.device != device:
+            self.modules.to(device)
+        return self.modules
+
+    def _packed_logits(self, ctx: Context) -> tuple[torch.Tensor, Groups]:
+        cfg = self._cfg
+        if ctx.attention is not None and ctx.attention.shape[1] != cfg.num_heads:
+            raise ConfigError(f"this glimpse pruner was trained for {cfg.num_heads} attention heads; "
+                              f"the model has {ctx.attention.shape[1]}")
+        groups = Groups.of(ctx)
+        mods = self._mods(ctx.hidden.device)
+        if groups.G == 0:
+            return torch.zeros(0, 0, device=ctx.hidden.device), groups
+        attn = groups.pack(glimpse_attention(ctx, cfg.use_attention_logits))
+        conds = [groups.pack(c) for c in vision_levels(ctx, cfg)]
+        pos = groups.pack(ctx.coords[..., 2:4].to(ctx.hidden.device).clamp(min=0))
+        return mods.vip(attn, conds, pos, groups.valid), groups
+
+
+def resolve_pruner_path(path: str) -> Path:
+    if path.startswith("zoo:"):
+        from vtprune.testbed.zoo import zoo_path
+
+        return zoo_path(path.split(":", 1)[1])
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise ModelLoadError(f"cannot load glimpse pruner {path!r}: not a directory (or zoo:<name>)")
+    return p
+
+
+def load_pruner(path: str) -> tuple[GlimpseConfig, GlimpseModules]:
+    """Config and weights from a vtprune pruner directory or an official GlimpsePrune one (``new_modules_gp.pt``)."""
+    from safetensors.torch import load_file
+
+    d = resolve_pruner_path(path)
+    if (d / CONFIG_NAME).is_file():
+        meta = json.loads((d / CONFIG_NAME).read_text())
+        if meta.get("method") != "glimpse":
+            raise ModelLoadError(f"{d} holds a {meta.get('method')!r} pruner, not a glimpse one")
+        cfg = GlimpseConfig.from_dict(meta["config"])
+        mods = GlimpseModules(cfg)
+        try:
+            mods.load_state_dict(load_file(str(d / WEIGHTS_NAME)), strict=True)
+        except (OSError, RuntimeError) as e:
+            raise ModelLoadError(f"cannot load glimpse weights from {d}: {e}") from None
+        return cfg, mods
+    if (d / "new_modules_gp.pt").is_file():
+        from vtprune.methods.glimpse.official import load_official
+
+        return load_official(d)
+    raise ModelLoadError(f"{d} is not a glimpse pruner (no {CONFIG_NAME} or new_modules_gp.pt)")

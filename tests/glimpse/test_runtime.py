@@ -1,0 +1,112 @@
+"""GlimpsePrune through the runtime: the glimpse token leaves the sequence and the cache, keep-all equals stock,
+batches equal single runs, and the training (grad / soft) modes of prefill."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vtprune
+from tests.conftest import make_image, stock_generate
+from tests.glimpse.helpers import small_pruner, with_modules
+from vtprune.runtime.executor import Sampling, _Seq, decode, prefill
+
+FAMS = ["qwen2_5_vl", "llava"]
+
+
+@pytest.mark.parametrize("fam", FAMS)
+def test_glimpse_leaves_sequence_and_cache(vlms, fam):
+    vlm = vlms[fam]
+    m = small_pruner(vlm, fixed_remain_ratio=0.5)
+    samples = [vtprune.Sample("what is left of the blue square?", [make_image(112, 84, 1)]), vtprune.Sample("count")]
+    batch = vlm.adapter.encode(samples)
+    st = prefill(vlm.adapter, batch, m)
+    assert st.kept_tokens[0] == st.visual_tokens[0] // 2 and st.visual_tokens[1] == st.kept_tokens[1] == 0
+    for b in range(2):
+        n_text = int((batch.attention_mask[b].bool() & ~batch.visual_mask[b]).sum())
+        assert int(st.attention_mask[b].sum()) == n_text + st.kept_tokens[b]
+    L = int(st.attention_mask.shape[1])
+    for layer in st.cache.layers:  # text + kept visual, no glimpse token, in every layer
+        assert layer.keys.shape[2] == layer.values.shape[2] == L
+    # decoding continues at the unpruned prompt's positions (the glimpse's slot is reused by the first new token)
+    full = prefill(vlm.adapter, batch, None)
+    assert torch.equal(st.positions[..., -1], full.positions[..., -1])
+
+
+@pytest.mark.parametrize("fam", ["qwen2_5_vl", "qwen2_vl", "llava"])
+def test_keep_all_equals_stock(vlms, three_samples, fam):
+    vlm = vlms[fam]
+    m = small_pruner(vlm)
+    ref_tokens = stock_generate(vlm, three_samples, max_new_tokens=6)
+    batch = vlm.adapter.encode(three_samples)
+    ref = prefill(vlm.adapter, batch, None, all_logits=True).logits
+    for keep_all in (with_modules(m, threshold=0.0), with_modules(m, fixed_remain_ratio=1.0)):
+        st = prefill(vlm.adapter, batch, keep_all, all_logits=True)
+        assert st.kept_tokens == st.visual_tokens
+        valid = st.attention_mask.bool()
+        torch.testing.assert_close(st.logits[valid], ref[valid], rtol=1e-4, atol=1e-5)
+        out = decode(vlm.adapter, prefill(vlm.adapter, batch, keep_all), Sampling(max_new_tokens=6), vlm.eos_ids())
+        assert torch.equal(out, ref_tokens)
+
+
+@pytest.mark.parametrize("fam", FAMS)
+def test_batch_equals_singles(vlms, three_samples, fam):
+    vlm = vlms[fam]
+    m = small_pruner(vlm, seed=3, threshold=0.5)
+    with torch.no_grad():  # centre the untrained logits on the threshold so the kept counts vary per sample
+        st = prefill(vlm.adapter, vlm.adapter.encode(three_samples), m, grad=True)
+        vals = st.scores[0][st.score_ids[0] >= 0].sort().values
+        k = len(vals) // 2  # midway between two neighbouring logits: no token sits on the threshold
+        m.modules.vip.out_proj.bias -= (vals[k - 1] + vals[k]) / 2
+    batched = vlm.generate(three_samples, m, max_new_tokens=5)
+    singles = [vlm.generate([s], m, max_new_tokens=5)[0] for s in three_samples]
+    assert any(0 < a.kept_tokens < a.visual_tokens for a in batched)
+    assert [a.kept_tokens for a in batched] == [a.kept_tokens for a in singles]
+    assert [a.text for a in batched] == [a.text for a in singles]
+    for a, b in zip(batched, singles):
+        assert torch.equal(a.kept_coords, b.kept_coords)
+
+
+def test_extra_tokens_take_the_next_positions():
+    hidden, mask = torch.zeros(2, 3, 4), torch.tensor([[0, 1, 1], [1, 1, 1]])
+    pos = torch.tensor([[[0, 0, 1], [0, 1, 2]], [[0, 0, 5], [0, 3, 9]]])  # [P=2, B=2, L=3]
+    seq = _Seq(hidden, mask, pos, torch.full((2, 3), -1))
+    seq.append_extra(torch.ones(2, 1, 4))
+    assert seq.positions[..., -1].tolist() == [[2, 3], [6, 10]]
+    assert seq.mask[:, -1].tolist() == [1, 1] and seq.extra[:, -1].all() and not seq.extra[:, :-1].any()
+    seq.cut(~seq.extra)
+    assert seq.hidden.shape[1] == 3 and not seq.extra.any()
+
+
+@pytest.mark.parametrize("fam", FAMS)
+def test_grad_mode_scores_and_glimpse_logits(vlms, fam):
+    vlm = vlms[fam]
+    m = small_pruner(vlm)
+    batch = vlm.adapter.encode([vtprune.Sample("q", [make_image(84, 56, 1)]), vtprune.Sample("r", [make_image(56, 56, 2)])])
+    st = prefill(vlm.adapter, batch, m, grad=True)
+    s, ids = st.scores[0], st.score_ids[0]
+    assert s.requires_grad and s.shape == ids.shape and (ids >= 0).sum(1).tolist() == st.visual_tokens
+    assert st.extra_logits is not None and st.extra_logits.shape[:2] == (2, 1)
+    # the prompt's own logits are the unpruned ones (nothing is cut in grad mode, the glimpse is causal-after)
+    ref = prefill(vlm.adapter, batch, None).logits
+    torch.testing.assert_close(st.logits.detach(), ref, rtol=1e-4, atol=1e-5)
+    (s.sum() + st.extra_logits.sum()).backward()
+    g = m.modules.glimpse.embeddings.grad
+    assert g is not None and bool((g.abs().sum(dim=(1, 2)) > 0).all())  # every layer's vector is trained
+    assert m.modules.vip.out_proj.weight.grad is not None
+
+
+@pytest.mark.parametrize("fam", FAMS)
+def test_soft_relaxation_matches_hard_cut_at_the_extremes(vlms, fam):
+    vlm = vlms[fam]
+    m = small_pruner(vlm, min_remain=0)
+    batch = vlm.adapter.encode([vtprune.Sample("where?", [make_image(112, 84, 1)])])
+    with torch.no_grad():
+        for bias, ref in ((30.0, prefill(vlm.adapter, batch, None)), (-30.0, None)):
+            m.modules.vip.out_proj.bias.fill_(bias)
+            m.modules.vip.out_proj.weight.zero_()
+            if ref is None:  # every token dropped after layer K
+                ref = prefill(vlm.adapter, batch, m)
+                assert ref.kept_tokens == [0]
+            soft = prefill(vlm.adapter, batch, m, grad=True, soft=True)
+            torch.testing.assert_close(soft.logits, ref.logits, rtol=1e-4, atol=1e-4)
