@@ -7,7 +7,6 @@ from pathlib import Path
 
 import typer
 
-from vtprune.errors import VtpruneError
 
 train_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 
@@ -37,9 +36,33 @@ def base(
 
 
 @train_app.command("glimpse")
-def glimpse() -> None:
-    """Train a GlimpsePrune pruner (not available yet)."""
-    raise VtpruneError("'vtprune train glimpse' is not available yet")
+def glimpse(
+    model: str = typer.Option(..., "--model", help="Base model: random:<family>, zoo:<name> or a local path."),
+    data: list[str] = typer.Option(..., "--data", help="JSONL or testbed:<name> (repeatable)."),
+    out: Path = typer.Option(..., "--out", help="Where the pruner (and checkpoints/) go."),
+    mode: str = typer.Option("auto", "--mode", help="box (Dice+BCE on evidence boxes + glimpse CE), boxfree "
+                             "(distil from the unpruned model), auto (box if the data has boxes)."),
+    layer: int | None = typer.Option(None, "--layer", help="Prune after this LLM layer (default ceil(2L/3)-1)."),
+    epochs: float = typer.Option(1.0, "--epochs"),
+    lr: float = typer.Option(1e-4, "--lr"),
+    batch_size: int = typer.Option(4, "--batch-size"),
+    grad_accum: int = typer.Option(1, "--grad-accum"),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
+    vip_size: int | None = typer.Option(None, "--vip-size", help="VIP width S (default 256; small for tiny models)."),
+    cond_size: int | None = typer.Option(None, "--cond-size", help="ViT conditioning width C (default 512)."),
+    retention_weight: float = typer.Option(0.05, "--retention-weight", help="boxfree: weight of the mean keep probability."),
+    save_steps: int = typer.Option(500, "--save-steps"),
+    seed: int = typer.Option(0, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in OUT."),
+) -> None:
+    """Train a GlimpsePrune pruner (glimpse token + importance predictor) on a frozen base model."""
+    from vtprune.methods.glimpse.train import LossWeights, train_glimpse
+
+    config = {k: v for k, v in dict(vip_size=vip_size, cond_size=cond_size).items() if v is not None}
+    meta = train_glimpse(model=model, data=list(data), out=out, mode=mode, layer=layer, epochs=epochs, lr=lr,
+                         batch_size=batch_size, grad_accum=grad_accum, max_steps=max_steps, seed=seed, resume=resume,
+                         save_steps=save_steps, weights=LossWeights(retention=retention_weight), config=config)
+    typer.echo(json.dumps(meta))
 
 
 @train_app.command("stts")
