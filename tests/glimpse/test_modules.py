@@ -1,0 +1,107 @@
+"""The learned modules: VIP shapes, per-image attention, padding invariance, 2-D RoPE, the deep glimpse token."""
+
+from __future__ import annotations
+
+import torch
+
+from tests.glimpse.helpers import small_pruner
+from vtprune.methods.glimpse import GlimpseConfig, GlimpseModules
+from vtprune.methods.glimpse.modules import Rope2D, apply_rope
+
+CFG = GlimpseConfig(family="qwen2_5_vl", hidden_size=16, num_layers=4, num_heads=3, vision_hidden_size=10, layer=2,
+                    vision_blocks=[3, 1], vip_size=8, cond_size=8, vip_heads=2)
+
+
+def _inputs(G=2, M=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    attn = torch.randn(G, M, 3, generator=g)
+    conds = [torch.randn(G, M, 10, generator=g) for _ in range(2)]
+    pos = torch.stack(torch.meshgrid(torch.arange(M), torch.tensor([0]), indexing="ij"), -1).view(M, 2).expand(G, M, 2)
+    return attn, conds, pos, torch.ones(G, M, dtype=torch.bool)
+
+
+def test_vip_shapes_and_parameter_layout():
+    mods = GlimpseModules(CFG).eval()
+    attn, conds, pos, valid = _inputs()
+    assert mods.vip(attn, conds, pos, valid).shape == (2, 5)
+    names = dict(mods.named_parameters())
+    assert names["vip.attn_in_proj.weight"].shape == (8, 3)
+    assert names["vip.layers.0.attn.q_proj.weight"].shape == (16, 16)  # S + C
+    assert names["vip.layers.1.attn.v_proj.weight"].shape == (8, 8)
+    assert names["vip.layers.0.mlp.gate_proj.weight"].shape == (16, 8)
+    assert names["vip.cond_in_projs.1.weight"].shape == (8, 10) and names["vip.out_proj.weight"].shape == (1, 8)
+    assert names["glimpse.embeddings"].shape == (4, 1, 16) and names["glimpse.proj.weight"].shape == (16, 16)
+
+
+def test_vip_attends_within_each_image_only():
+    mods = GlimpseModules(CFG).eval()
+    attn, conds, pos, valid = _inputs()
+    with torch.no_grad():
+        ref = mods.vip(attn, conds, pos, valid)
+        attn2, conds2 = attn.clone(), [c.clone() for c in conds]
+        attn2[0] += 5.0
+        conds2[1][0] -= 3.0
+        out = mods.vip(attn2, conds2, pos, valid)
+    assert not torch.allclose(out[0], ref[0])
+    assert torch.equal(out[1], ref[1])  # image 2 is untouched by image 1
+
+
+def test_vip_ignores_padding():
+    mods = GlimpseModules(CFG).eval()
+    attn, conds, pos, valid = _inputs(G=1, M=6)
+    valid = valid.clone()
+    valid[0, 4:] = False
+    with torch.no_grad():
+        ref = mods.vip(attn, conds, pos, valid)
+        attn[0, 4:] = 100.0
+        conds[0][0, 4:] = -100.0
+        out = mods.vip(attn, conds, pos, valid)
+        short = mods.vip(attn[:, :4], [c[:, :4] for c in conds], pos[:, :4], valid[:, :4])
+    torch.testing.assert_close(out[0, :4], ref[0, :4])
+    torch.testing.assert_close(out[0, :4], short[0], rtol=1e-5, atol=1e-6)
+
+
+def test_rope_2d_rotates_row_and_column_pairs():
+    d, theta = 8, 10000.0
+    rope = Rope2D(d, theta)
+    pos = torch.tensor([[[3, 5]]])  # [G=1, M=1, 2] (row 3, col 5)
+    cos, sin = rope(pos)
+    x = torch.randn(1, 1, 1, d)  # [G, heads, M, d]
+    got = apply_rope(x, cos, sin)[0, 0, 0]
+    angles = [3 * 1.0, 3 * theta**-0.5, 5 * 1.0, 5 * theta**-0.5]  # d/4 frequencies for rows, then for cols
+    v = x[0, 0, 0]
+    want = torch.empty(d)
+    for i, a in enumerate(angles):  # pair (i, i + d/2) turns by angle a
+        c, s = torch.cos(torch.tensor(a)), torch.sin(torch.tensor(a))
+        want[i] = v[i] * c - v[i + 4] * s
+        want[i + 4] = v[i + 4] * c + v[i] * s
+    torch.testing.assert_close(got, want)
+
+
+def test_rope_2d_scores_depend_on_offsets_only():
+    rope = Rope2D(16)
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+
+    def score(pq, pk):
+        cq, sq = rope(torch.tensor([[pq]]))
+        ck, sk = rope(torch.tensor([[pk]]))
+        return float((apply_rope(q, cq, sq) * apply_rope(k, ck, sk)).sum())
+
+    assert abs(score([1, 2], [4, 0]) - score([7, 9], [10, 7])) < 1e-4
+    assert abs(score([1, 2], [4, 0]) - score([1, 2], [0, 4])) > 1e-4  # rows and columns are told apart
+
+
+def test_glimpse_token_is_a_deep_prompt(vlms):
+    m = small_pruner(vlms["qwen2_5_vl"])
+    mods = m.modules
+    assert mods.glimpse.layers == [0, 1, 2, 3]
+    first = m.prompt_tokens(torch.zeros(3, 7, 64))
+    assert first.shape == (3, 1, 64) and torch.equal(first[0], mods.glimpse.vector(0))
+    h = torch.randn(3, 1, 64)
+    assert torch.equal(m.before_layer(0, h), h)  # layer 0's vector is the input embedding, not added again
+    torch.testing.assert_close(m.before_layer(2, h), h + mods.glimpse.vector(2))
+    mods.glimpse.layers = [0, 1]  # a layer without a vector leaves the token alone
+    try:
+        assert torch.equal(m.before_layer(3, h), h)
+    finally:
+        mods.glimpse.layers = [0, 1, 2, 3]
