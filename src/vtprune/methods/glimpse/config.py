@@ -105,14 +105,15 @@ class GlimpseConfig:
         return cls(**d)
 
     @classmethod
-    def for_model(cls, model: Any, **overrides: Any) -> GlimpseConfig:
+    def for_model(cls, model: Any, base_model: str = "", **overrides: Any) -> GlimpseConfig:
         """Derive a config for a loaded HF model (``model.config``); ``overrides`` set any field.
 
         Defaults follow the paper: K = ceil(2L/3) - 1 (the official K for all six released depths: 28->18,
         36->23, 64->42, 80->53, 32->21, 40->26), a glimpse vector in every layer,
         four VIP blocks conditioned on evenly spaced ViT blocks ending at the last block (Qwen: 31, 23, 15, 7 on a
         32-block ViT, its full-attention blocks) or at LLaVA's feature layer (CLIP-L: 22, 16, 10, 4, i.e. the
-        official hidden-state indices 23, 17, 11, 5); logits for Qwen, log-softmax for LLaVA.
+        official hidden-state indices 23, 17, 11, 5); logits for Qwen, log-softmax for LLaVA; S = 256 and C = 512
+        (LLMs narrower than 256 get S = D rounded down to a multiple of 16, C = 2S).
         """
         cfg = model.config
         family = str(cfg.model_type)
@@ -137,19 +138,23 @@ class GlimpseConfig:
             logits = True
         step = max(1, depth // 4)
         blocks = [b for b in (last - i * step for i in range(4)) if b >= 0]
+        D = int(text.hidden_size)
+        S = max(16, min(256, D // 16 * 16))  # the paper's 256 (all its LLMs are >= 2048 wide); narrower LLMs: <= D
         defaults: dict[str, Any] = dict(
             family=family,
-            hidden_size=int(text.hidden_size),
+            hidden_size=D,
             num_layers=L,
             num_heads=int(text.num_attention_heads),
             vision_hidden_size=vis_hidden,
             layer=max(0, min(L - 1, -(-2 * L // 3) - 1)),
             vision_blocks=blocks,
             rms_norm_eps=float(getattr(text, "rms_norm_eps", 1e-6)),
+            vip_size=S,
+            cond_size=min(512, 2 * S),
             use_attention_logits=logits,
             vit_window=window,
             merge_size=merge,
-            base_model=str(getattr(cfg, "_name_or_path", "") or ""),
+            base_model=str(base_model or getattr(cfg, "_name_or_path", "") or ""),
         )
         defaults.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**defaults)

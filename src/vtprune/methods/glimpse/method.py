@@ -76,7 +76,7 @@ class GlimpsePruner(Pruner):
         """A freshly initialised pruner for ``model`` (a :class:`vtprune.VLM` or an HF model); ``overrides`` set
         :class:`GlimpseConfig` fields (e.g. ``layer``, ``vip_size``, ``cond_size``)."""
         hf = getattr(model, "model", model) if not hasattr(model, "config") else model
-        cfg = GlimpseConfig.for_model(hf, **overrides)
+        cfg = GlimpseConfig.for_model(hf, base_model=getattr(model, "name", ""), **overrides)
         return cls(config=cfg, modules=GlimpseModules(cfg))
 
     @classmethod
@@ -171,6 +171,9 @@ class GlimpsePruner(Pruner):
         if ctx.attention is not None and ctx.attention.shape[1] != cfg.num_heads:
             raise ConfigError(f"this glimpse pruner was trained for {cfg.num_heads} attention heads; "
                               f"the model has {ctx.attention.shape[1]}")
+        if ctx.extra_mask is None or not bool(ctx.extra_mask.any()):
+            raise ConfigError("glimpse needs its glimpse token, which this run did not append "
+                              "(a wrapper that does not forward prompt_tokens/before_layer?)")
         groups = Groups.of(ctx)
         mods = self._mods(ctx.hidden.device)
         if groups.G == 0:
