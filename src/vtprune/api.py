@@ -6,6 +6,7 @@ directory holding an HF checkpoint plus its tokenizer and image processor.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +39,11 @@ class Answer:
 class VLM:
     """A loaded model with its tokenizer, image processor and adapter."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, image_processor: Any, name: str = "") -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, image_processor: Any, name: str = "",
+                 video_frames: int | None = None) -> None:
         self.model = model.eval()
+        self.video_frames = video_frames
+        """Frames a video is resampled to unless the caller asks otherwise (the model's processing default)."""
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.adapter: Adapter = get_adapter(model, tokenizer, image_processor)
@@ -101,17 +105,25 @@ def load(name: str, *, device: str | torch.device | None = None, dtype: torch.dt
         from vtprune.testbed.random_models import build_random
 
         model, tok, proc = build_random(name.split(":", 1)[1])
+        frames = None
     elif name.startswith("zoo:"):
-        from vtprune.testbed.zoo import load_zoo_model
+        from vtprune.testbed.zoo import load_zoo_model, zoo_path
 
         model, tok, proc = load_zoo_model(name.split(":", 1)[1])
+        frames = _video_frames(zoo_path(name.split(":", 1)[1]))
     else:
         model, tok, proc = _load_local(name)
+        frames = _video_frames(Path(name))
     if dtype is not None:
         model = model.to(dtype)
     if device is not None:
         model = model.to(device)
-    return VLM(model, tok, proc, name=name)
+    return VLM(model, tok, proc, name=name, video_frames=frames)
+
+
+def _video_frames(path: Path) -> int | None:
+    p = path / "vtprune_processing.json"
+    return json.loads(p.read_text()).get("video_frames") if p.is_file() else None
 
 
 def _load_local(path: str) -> tuple[torch.nn.Module, Any, Any]:

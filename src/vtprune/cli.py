@@ -65,7 +65,7 @@ def ask(
 
     vlm = load(model)
     images = [load_image(p) for p in image]
-    frames = load_video(video) if video is not None else None
+    frames = load_video(video, num_frames=vlm.video_frames) if video is not None else None
     unpruned = not images and frames is None
     m = build_method(method, keep=keep, layer=layer, pruner=pruner_path, num_layers=vlm.num_layers)
     if unpruned:

@@ -103,6 +103,7 @@ def run_eval(
     if limit is not None:
         records = records[:limit]
     vlm = load(model)
+    num_frames = num_frames or vlm.video_frames
     m = build_method(method, keep=keep, layer=layer, pruner=pruner, num_layers=vlm.num_layers)
     settings = {"model": model, "data": data, "method": m.to_dict(), "max_new_tokens": max_new_tokens,
                 "num_frames": num_frames}

@@ -20,6 +20,7 @@ import torch
 from vtprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
+PROCESSING_FILE = "vtprune_processing.json"
 
 ZOO_SIZES: dict[str, dict[str, Any]] = {
     "qwen2_5_vl": dict(hidden=128, layers=8, heads=4, kv_heads=2, vit_depth=6, vit_hidden=96, vit_heads=4),
@@ -63,12 +64,12 @@ class _Records(torch.utils.data.Dataset):
         return self.records[i]
 
 
-def _collator(adapter: Any, rng: random.Random):
+def _collator(adapter: Any, rng: random.Random, num_frames: int | None):
     from vtprune.eval.runner import sample_for_record
     from vtprune.training.supervised import encode_with_answers
 
     def collate(records: list[Any]) -> dict[str, Any]:
-        samples = [sample_for_record(r) for r in records]
+        samples = [sample_for_record(r, num_frames) for r in records]
         answers = [rng.choice(r.answers) for r in records]
         return encode_with_answers(adapter, samples, answers).model_kwargs(adapter)
 
@@ -78,8 +79,12 @@ def _collator(adapter: Any, rng: random.Random):
 def train_base(
     *, model_type: str, data: list[str], out: Path, steps: int = 3000, batch_size: int = 16, lr: float = 2e-3,
     seed: int = 0, warmup: float = 0.05, resume: bool = False, threads: int | None = None,
+    video_frames: int | None = None,
 ) -> dict[str, Any]:
-    """Train a zoo-sized ``model_type`` on ``data`` (JSONL paths or ``testbed:`` names) and save it to ``out``."""
+    """Train a zoo-sized ``model_type`` on ``data`` (JSONL paths or ``testbed:`` names) and save it to ``out``.
+
+    ``video_frames`` resamples every video to that many frames; it is saved with the model as its processing
+    default (``vtprune_processing.json``), as HF video processors carry their frame sampling."""
     from transformers import Trainer, TrainingArguments
 
     from vtprune.adapters import get_adapter
@@ -103,7 +108,7 @@ def train_base(
         warmup_steps=max(1, int(warmup * steps)),
         weight_decay=0.01,
         max_grad_norm=1.0,
-        logging_steps=max(1, min(50, steps // 20)),
+        logging_steps=max(1, min(20, steps // 20)),
         save_steps=max(100, steps // 6),
         save_total_limit=1,
         report_to=[],
@@ -114,7 +119,7 @@ def train_base(
         disable_tqdm=True,
     )
     trainer = Trainer(model=model, args=args, train_dataset=_Records(records),
-                      data_collator=_collator(adapter, random.Random(seed)))
+                      data_collator=_collator(adapter, random.Random(seed), video_frames))
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if resume and any((out / "checkpoints").glob("checkpoint-*")) else None)
     seconds = time.perf_counter() - t0
@@ -123,12 +128,13 @@ def train_base(
     model.save_pretrained(out)
     tok.save_pretrained(out)
     proc.save_pretrained(out)
+    (out / PROCESSING_FILE).write_text(json.dumps({"video_frames": video_frames}))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     meta = {
         "model_type": model_type, "data": data, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
         "records": len(records), "seconds": round(seconds, 1), "final_loss": losses[-1] if losses else math.nan,
         "train_loss": result.training_loss, "params": sum(p.numel() for p in model.parameters()),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "video_frames": video_frames,
     }
     (out / "train_meta.json").write_text(json.dumps(meta, indent=1))
     return meta
