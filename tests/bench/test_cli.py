@@ -39,7 +39,8 @@ def test_tiny_json_run(capsys: pytest.CaptureFixture[str]) -> None:
     assert p["tokens_per_layer"] == [b["kv_cache_tokens"], p["kv_cache_tokens"]]
     assert rep["bound"]["K_prime"] == 1 and rep["bound"]["value"] == pytest.approx(0.5 + 0.5 * 0.25)
     assert rep["ratios"]["flops_llm_prefill"] < 1 and rep["ratios"]["vit"] > 0
-    assert b["peak_memory_bytes"] > 0 and b["decode_forwards"] == 1
+    assert b["peak_memory_bytes"] > 0 and b["decode_forwards"] == 1 and len(b["runs"]["decode_step_s"]) == 1
+    assert set(rep["ratios_views"]) == {"medians_of_totals", "best_runs", "paired_rounds"}
 
 
 @pytest.mark.parametrize(

@@ -163,7 +163,7 @@ def bench(
     shape: str = typer.Option(..., "--shape", help=f"Real model shape: {', '.join(SHAPES)}."),
     layers: Optional[int] = typer.Option(None, "--layers", help="LLM layers to build (real width; default: all)."),
     vit_layers: Optional[int] = typer.Option(None, "--vit-layers", help="Vision blocks to build (default: all)."),
-    visual_tokens: Optional[int] = typer.Option(None, "--visual-tokens", help="Visual tokens (Qwen: image sized to it)."),
+    visual_tokens: Optional[int] = typer.Option(None, "--visual-tokens", help="Visual tokens (Qwen: image sized)."),
     image_size: Optional[str] = typer.Option(None, "--image-size", help="Image size WxH (real preprocessor limits)."),
     frames: Optional[int] = typer.Option(None, "--frames", help="Video with T frames (Qwen families)."),
     frame_size: str = typer.Option("448x448", "--frame-size", help="Frame size WxH for --frames."),

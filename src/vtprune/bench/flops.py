@@ -58,7 +58,8 @@ def decode_flops_per_token(t: TextDims, kv_len: float, num_layers: int, batch: i
     return batch * (num_layers * per_layer + t.lm_head())
 
 
-def kv_cache_bytes(num_layers: int, kv_heads: int, head_dim: int, tokens: int, bytes_per_elem: int, batch: int = 1) -> int:
+def kv_cache_bytes(num_layers: int, kv_heads: int, head_dim: int, tokens: int, bytes_per_elem: int,
+                   batch: int = 1) -> int:
     """Bytes of a KV cache: keys and values, ``[B, Hkv, tokens, dh]`` each, in every layer."""
     return 2 * num_layers * kv_heads * head_dim * tokens * bytes_per_elem * batch
 

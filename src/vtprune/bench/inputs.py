@@ -110,7 +110,8 @@ def build_input(shape: Shape, spec: VisualSpec, batch_size: int) -> BenchInput:
     if spec.visual_tokens is not None:
         rows, cols = grid_for_tokens(spec.visual_tokens)
         if rows * cols != spec.visual_tokens:
-            notes.append(f"{spec.visual_tokens} visual tokens has no near-square grid; using {rows}x{cols} = {rows * cols}")
+            notes.append(f"{spec.visual_tokens} visual tokens has no near-square grid; "
+                         f"using {rows}x{cols} = {rows * cols}")
         w, h = cols * unit, rows * unit
         proc = Proc(min_pixels=min(QWEN_MIN_PIXELS, w * h), max_pixels=w * h)
     else:

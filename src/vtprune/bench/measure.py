@@ -1,11 +1,10 @@
 """Timers, memory meters and the interleaved A/B loop.
 
 Everything is measured in one process on one model: after ``warmup`` untimed rounds, each round runs the baseline
-(``none``) and the method once each, alternating which goes first, and the report takes medians over rounds.
-Times come from the runtime's own timers (``vision``, ``llm_prefill``, ``decode``) plus a wall timer around
-``prefill``; decoder-layer forward hooks (registered only inside :class:`LayerTimer`) record each layer's time and
-input length during prefill; the method's ``select`` is timed by wrapping the bench's own method instance.
-CUDA timers synchronise before reading the clock.
+(``none``) and the method once each, alternating which goes first. Times come from the runtime's own timers
+(``vision``, ``llm_prefill``, ``decode``) plus a wall timer around ``prefill``; forward hooks (registered only inside
+:class:`LayerTimer`) record each decoder layer's time and input length during prefill and each decode step's forward;
+the method's ``select`` is timed by wrapping the bench's own method instance. CUDA timers synchronise first.
 """
 
 from __future__ import annotations
@@ -133,22 +132,24 @@ class MemoryMeter:
 
 
 class LayerTimer:
-    """Forward hooks on the decoder layers, active only inside ``with`` and only while ``recording``: per-layer seconds
-    and input sequence length of the prefill."""
+    """Forward hooks, active only inside ``with``: while ``recording`` (prefill), each decoder layer's seconds and input
+    length; while ``decoding``, the seconds of each decode step's model forward."""
 
     def __init__(self, adapter: Adapter, on_first_layer: Callable[[], None] | None = None) -> None:
         self.adapter = adapter
         self.on_first_layer = on_first_layer
         self.device = adapter.device
         self.recording = False
+        self.decoding = False
         self.times: list[float] = []
         self.lengths: list[int] = []
+        self.steps: list[float] = []
         self._t0 = 0.0
         self._handles: list[Any] = []
 
     def reset(self) -> None:
         n = self.adapter.num_layers
-        self.times, self.lengths = [0.0] * n, [0] * n
+        self.times, self.lengths, self.steps = [0.0] * n, [0] * n, []
 
     def _pre(self, i: int) -> Callable[..., None]:
         def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -170,11 +171,23 @@ class LayerTimer:
 
         return hook
 
+    def _step_pre(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if self.decoding:
+            sync(self.device)
+            self._t0 = time.perf_counter()
+
+    def _step_post(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        if self.decoding:
+            sync(self.device)
+            self.steps.append(time.perf_counter() - self._t0)
+
     def __enter__(self) -> LayerTimer:
         self.reset()
         for i, layer in enumerate(self.adapter.layers):
             self._handles.append(layer.register_forward_pre_hook(self._pre(i), with_kwargs=True))
             self._handles.append(layer.register_forward_hook(self._post(i), with_kwargs=True))
+        self._handles.append(self.adapter.model.register_forward_pre_hook(self._step_pre, with_kwargs=True))
+        self._handles.append(self.adapter.model.register_forward_hook(self._step_post, with_kwargs=True))
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -223,6 +236,7 @@ class ArmRun:
     select: float
     layer_times: list[float]
     layer_lengths: list[int]
+    step_times: list[float]
     peak_memory: int
     peak_memory_vit: int
     peak_memory_llm: int
@@ -267,7 +281,9 @@ def run_arm(adapter: Adapter, batch: EncodedBatch, method: Pruner, new_tokens: i
         layers.recording = False
         kv_tokens, kv_bytes = kv_stats(state.cache)
         finite = bool(torch.isfinite(state.logits).all())
+        layers.decoding = True
         decode(adapter, state, Sampling(max_new_tokens=new_tokens), eos_ids=[-1])
+        layers.decoding = False
         llm_peak = meter.stop()
     layers.on_first_layer = None
     vit = vit_peak[0] if vit_peak else 0
@@ -275,6 +291,7 @@ def run_arm(adapter: Adapter, batch: EncodedBatch, method: Pruner, new_tokens: i
         vit=state.timings["vision"], llm_prefill=state.timings["llm_prefill"], prefill=t_prefill,
         decode=state.timings["decode"], decode_forwards=max(int(state.timings["decode_steps"]) - 1, 0),
         select=sel.total, layer_times=list(layers.times), layer_lengths=list(layers.lengths),
+        step_times=list(layers.steps),
         peak_memory=max(vit, llm_peak), peak_memory_vit=vit, peak_memory_llm=llm_peak,
         kv_tokens=kv_tokens, kv_bytes=kv_bytes, visual_tokens=list(state.visual_tokens),
         kept_tokens=list(state.kept_tokens), finite=finite,

@@ -192,7 +192,7 @@ def _fill_random(model: torch.nn.Module, seed: int) -> None:
 
 def build_model(shape: Shape, *, layers: int, vit_layers: int, dtype: torch.dtype, device: torch.device,
                 seed: int = 0) -> tuple[torch.nn.Module, Any]:
-    """Random-weight model of ``shape`` at the given depth, built in ``dtype`` on ``device``; returns (model, tokenizer)."""
+    """Random-weight model of ``shape`` at the given depth, in ``dtype`` on ``device``; returns (model, tokenizer)."""
     import transformers
     from transformers.initialization import no_init_weights
 
