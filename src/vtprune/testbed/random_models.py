@@ -31,7 +31,7 @@ def _ids(tok: Any) -> dict[str, int]:
 
 
 def qwen_config(family: str, tok: Any, *, hidden: int = 64, layers: int = 4, heads: int = 4, kv_heads: int = 2,
-                vit_depth: int = 4, vit_hidden: int = 32, vit_heads: int = 2) -> Any:
+                vit_depth: int = 4, vit_hidden: int = 32, vit_heads: int = 2, window_size: int = 56) -> Any:
     """A small Qwen2-VL / Qwen2.5-VL config over ``tok``'s vocabulary (M-RoPE sections sum to head_dim/2)."""
     from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
@@ -51,7 +51,7 @@ def qwen_config(family: str, tok: Any, *, hidden: int = 64, layers: int = 4, hea
     if family == "qwen2_5_vl":
         vision = dict(depth=vit_depth, hidden_size=vit_hidden, intermediate_size=vit_hidden * 2, num_heads=vit_heads,
                       out_hidden_size=hidden, fullatt_block_indexes=[i for i in range(vit_depth) if i % 2 == 1],
-                      window_size=56, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+                      window_size=window_size, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
         return Qwen2_5_VLConfig(vision_config=vision, text_config=text, **special)
     vision = dict(depth=vit_depth, embed_dim=vit_hidden, hidden_size=hidden, num_heads=vit_heads, mlp_ratio=2,
                   patch_size=14, spatial_merge_size=2, temporal_patch_size=2)

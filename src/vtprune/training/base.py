@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 PROCESSING_FILE = "vtprune_processing.json"
 
 ZOO_SIZES: dict[str, dict[str, Any]] = {
-    "qwen2_5_vl": dict(hidden=128, layers=8, heads=4, kv_heads=2, vit_depth=6, vit_hidden=96, vit_heads=4),
+    # ViT windows of 112 px (8x8 patches) as in the real Qwen2.5-VL; full attention in blocks 1, 3, 5
+    "qwen2_5_vl": dict(hidden=128, layers=8, heads=4, kv_heads=2, vit_depth=6, vit_hidden=96, vit_heads=4,
+                       window_size=112),
     # 336 px squashed (no centre crop: it could cut the evidence out) with 28 px patches: 12x12 = 144 visual tokens,
     # the same 28 px granularity as Qwen's merged tokens, so testbed glyphs (20x28 px) stay legible
     "llava": dict(hidden=128, layers=8, heads=4, kv_heads=2, vit_depth=6, vit_hidden=96, vit_heads=4, image_size=336,

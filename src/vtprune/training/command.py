@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -26,12 +27,14 @@ def base(
     lr: float = typer.Option(2e-3, "--lr"),
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in OUT."),
+    video_frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Resample videos to this many frames."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's)."),
 ) -> None:
     """Train a small VLM of a real HF class from scratch on testbed data (the zoo recipe)."""
     from vtprune.training.base import train_base
 
     meta = train_base(model_type=model_type, data=data, out=out, steps=steps, batch_size=batch_size, lr=lr,
-                      seed=seed, resume=resume)
+                      seed=seed, resume=resume, video_frames=video_frames, threads=threads)
     typer.echo(json.dumps(meta))
 
 
