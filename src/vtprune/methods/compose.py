@@ -71,6 +71,24 @@ class Compose(Pruner):
     def merge(self, ctx: Context, keep: torch.Tensor) -> torch.Tensor:
         return self._member(ctx.stage).merge(ctx, keep)
 
+    def score(self, ctx: Context) -> torch.Tensor:
+        return self._member(ctx.stage).score(ctx)
+
+    def _extra_owner(self) -> Pruner | None:
+        """The member that adds its own prompt tokens (e.g. GlimpsePrune's glimpse token), if any."""
+        owners = [m for m in self.methods if type(m).prompt_tokens is not Pruner.prompt_tokens]
+        if len(owners) > 1:
+            raise ConfigError("compose: at most one member may add prompt tokens")
+        return owners[0] if owners else None
+
+    def prompt_tokens(self, embeds: torch.Tensor) -> torch.Tensor | None:
+        owner = self._extra_owner()
+        return owner.prompt_tokens(embeds) if owner is not None else None
+
+    def before_layer(self, layer: int, extra: torch.Tensor) -> torch.Tensor:
+        owner = self._extra_owner()
+        return owner.before_layer(layer, extra) if owner is not None else extra
+
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.name, "methods": [m.to_dict() for m in self.methods]}
 
