@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import vtprune
 from tests.glimpse.helpers import small_pruner
 from vtprune.methods import Compose
