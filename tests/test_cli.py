@@ -126,3 +126,16 @@ def test_unsupported_family_is_a_typed_error():
                                          num_attention_heads=2, num_key_value_heads=1))
     with pytest.raises(UnsupportedModelError, match="supported families: llava, qwen2_5_vl, qwen2_vl"):
         get_adapter(model, None, None)
+
+
+def test_compare_table(capsys, tmp_path, dataset):
+    rc, out, _ = run(capsys, "compare", "--model", "random:qwen2_5_vl", "--data", dataset, "--methods", "random,uniform",
+                     "--keeps", "0.5,0.25", "--out", tmp_path / "cmp", "--max-new-tokens", "2", "--batch-size", "4")
+    assert rc == 0 and "| uniform |" in out and "keep 0.25" in out
+    res = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert [(r["method"], r["keep"]) for r in res["rows"]] == [("none", None), ("random", 0.5), ("random", 0.25),
+                                                               ("uniform", 0.5), ("uniform", 0.25)]
+    assert res["rows"][0]["retention"] == 1.0 and 0.2 < res["rows"][-1]["retention"] < 0.3
+    rc, _, err = run(capsys, "compare", "--model", "random:qwen2_5_vl", "--data", dataset, "--methods", "random",
+                     "--keeps", "half", "--out", tmp_path / "x")
+    assert rc == 2 and "--keeps" in err

@@ -119,6 +119,39 @@ def eval_cmd(
     print_report(report)
 
 
+@app.command()
+def compare(
+    model: str = typer.Option(..., "--model"),
+    data: str = typer.Option(..., "--data"),
+    methods_: str = typer.Option(..., "--methods", help="Comma-separated method names."),
+    keeps: str = typer.Option("0.5,0.25,0.11,0.05", "--keeps", help="Comma-separated keep ratios."),
+    out: Path = typer.Option(..., "--out", help="Folder for predictions, results.json and table.md."),
+    layer: Optional[int] = typer.Option(None, "--layer"),
+    pruner: list[str] = typer.Option([], "--pruner", help="METHOD=PATH for learned methods (repeatable)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1),
+    max_new_tokens: int = typer.Option(8, "--max-new-tokens", min=1),
+) -> None:
+    """Accuracy vs retention of several methods at several keep ratios (resumable), as a Markdown table."""
+    from vtprune.errors import ConfigError
+    from vtprune.eval.compare import run_compare
+
+    try:
+        keep_list = [float(k) for k in keeps.split(",") if k.strip()]
+    except ValueError:
+        raise ConfigError(f"--keeps must be comma-separated numbers, got {keeps!r}") from None
+    if any("=" not in p for p in pruner):
+        raise ConfigError("--pruner takes METHOD=PATH")
+    summary = run_compare(
+        model=model, data=data, methods=[m.strip() for m in methods_.split(",") if m.strip()], keeps=keep_list,
+        out=out, layer=layer, batch_size=batch_size, limit=limit, max_new_tokens=max_new_tokens,
+        pruners=dict(p.split("=", 1) for p in pruner),
+    )
+    from vtprune.eval.compare import markdown_table
+
+    typer.echo(markdown_table(summary))
+
+
 def _register_optional() -> None:
     """Attach the subcommands that live in their own modules."""
     from vtprune.bench.command import bench

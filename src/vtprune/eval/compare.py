@@ -1,0 +1,62 @@
+"""``vtprune compare``: accuracy vs retention of several methods at several keep ratios, as one table.
+
+Each (method, keep) cell is an ordinary resumable ``eval`` run whose predictions live in ``OUT/preds/``; the
+summary is written as ``OUT/results.json`` and a Markdown table ``OUT/table.md`` for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from vtprune.errors import ConfigError
+from vtprune.eval.runner import run_eval
+
+
+def run_compare(
+    *, model: str, data: str, methods: list[str], keeps: list[float], out: Path, layer: int | None = None,
+    batch_size: int = 8, limit: int | None = None, max_new_tokens: int = 8, pruners: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``none`` once and every method at every keep ratio; returns and writes the summary."""
+    if not methods or not keeps:
+        raise ConfigError("compare needs at least one method and one keep ratio")
+    pruners = pruners or {}
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+
+    def one(method: str, keep: float | None) -> None:
+        tag = f"{method}-{keep if keep is not None else 'all'}"
+        r = run_eval(model=model, data=data, method=method, keep=keep, layer=layer if method not in ("none",) else None,
+                     pruner=pruners.get(method), batch_size=batch_size, limit=limit,
+                     predictions=out / "preds" / f"{tag}.jsonl", max_new_tokens=max_new_tokens)
+        rows.append({"method": method, "keep": keep, "n": r["n"], "accuracy": r["accuracy"],
+                     "retention": r["retention_mean"], "prefill_retention": r["prefill_retention_mean"],
+                     "by_type": r["by_type"], "settings": r["method"]})
+
+    one("none", None)
+    for method in methods:
+        for keep in keeps:
+            one(method, keep)
+    summary = {"model": model, "data": data, "layer": layer, "limit": limit, "rows": rows,
+               "seconds": round(time.perf_counter() - t0, 1)}
+    (out / "results.json").write_text(json.dumps(summary, indent=1))
+    (out / "table.md").write_text(markdown_table(summary))
+    return summary
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    """Methods as rows, keep ratios as columns: accuracy (retention)."""
+    keeps = sorted({r["keep"] for r in summary["rows"] if r["keep"] is not None}, reverse=True)
+    base = next(r for r in summary["rows"] if r["method"] == "none")
+    lines = ["| method | " + " | ".join(f"keep {k}" for k in keeps) + " |", "|---|" + "---|" * len(keeps)]
+    lines.append(f"| none (all tokens) | {base['accuracy']:.3f} (1.00) " + "| " * (len(keeps) - 1) + "|")
+    for method in dict.fromkeys(r["method"] for r in summary["rows"] if r["method"] != "none"):
+        cells = []
+        for k in keeps:
+            r = next((x for x in summary["rows"] if x["method"] == method and x["keep"] == k), None)
+            cells.append(f"{r['accuracy']:.3f} ({r['retention']:.3f})" if r else "")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
