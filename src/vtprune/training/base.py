@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from vtprune.errors import ConfigError
+from vtprune.training.common import ListDataset
 
 log = logging.getLogger(__name__)
 PROCESSING_FILE = "vtprune_processing.json"
@@ -54,16 +55,6 @@ def build_untrained(model_type: str, seed: int = 0) -> tuple[torch.nn.Module, An
     # the model's text vocabulary is the tokenizer's; the LM head is untied (trained from scratch)
     return model.train(), tok, proc
 
-
-class _Records(torch.utils.data.Dataset):
-    def __init__(self, records: list[Any]) -> None:
-        self.records = records
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.records[i]
 
 
 def _collator(adapter: Any, rng: random.Random, num_frames: int | None):
@@ -120,7 +111,7 @@ def train_base(
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=_Records(records),
+    trainer = Trainer(model=model, args=args, train_dataset=ListDataset(records),
                       data_collator=_collator(adapter, random.Random(seed), video_frames))
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if resume and any((out / "checkpoints").glob("checkpoint-*")) else None)

@@ -26,6 +26,7 @@ from vtprune.errors import ConfigError, InputError
 from vtprune.methods.stts import STTS, STTSConfig
 from vtprune.runtime import ops, vision
 from vtprune.training.supervised import SupervisedBatch, encode_with_answers
+from vtprune.training.common import ListDataset
 
 log = logging.getLogger(__name__)
 
@@ -81,16 +82,6 @@ class _Trainee(nn.Module):
         self.history.append(parts)
         return {"loss": loss}
 
-
-class _Rows(torch.utils.data.Dataset):
-    def __init__(self, rows: list[Any]) -> None:
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.rows[i]
 
 
 def _load_rows(data: list[str], num_frames: int | None) -> list[tuple[Sample, list[str]]]:
@@ -174,7 +165,7 @@ def train_stts(
         dataloader_num_workers=0, remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,
     )
-    trainer = Trainer(model=trainee, args=args, train_dataset=_Rows(rows),
+    trainer = Trainer(model=trainee, args=args, train_dataset=ListDataset(rows),
                       data_collator=_collator(vlm.adapter, random.Random(seed)))
     t0 = time.perf_counter()
     result = trainer.train()

@@ -33,6 +33,7 @@ from PIL import Image
 
 from vtprune.errors import ConfigError
 from vtprune.methods.glimpse.method import GlimpsePruner
+from vtprune.training.common import ListDataset
 
 log = logging.getLogger(__name__)
 
@@ -209,16 +210,6 @@ def glimpse_loss(adapter: Any, method: GlimpsePruner, inputs: dict[str, Any], mo
 
 
 # --- the HF Trainer loop ----------------------------------------------------------------------------------------------
-class _Items(torch.utils.data.Dataset):
-    def __init__(self, items: list[Any]) -> None:
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.items[i]
-
 
 def _trainer_class() -> type:
     from transformers import Trainer
@@ -319,7 +310,7 @@ def train_glimpse(
         disable_tqdm=True,
     )
     trainer = _trainer_class()(
-        model=modules, args=args, train_dataset=_Items(with_images),
+        model=modules, args=args, train_dataset=ListDataset(with_images),
         data_collator=Collator(adapter, method.config.family, seed),  # type: ignore[union-attr]
         adapter=adapter, method=method, mode=mode, weights=weights or LossWeights(),
     )
