@@ -24,6 +24,9 @@ from vtprune.errors import ConfigError
 
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 _SWEEP_KEYS = {"keep": float, "frames": int, "visual-tokens": int}
+# CPU runs default to process CPU time: the project's CPU machines are shared, and other processes inflate wall time
+# (by 1.5-5x, in bursts) but not the CPU time this process spends. Wall-clock ratios are always reported beside it.
+AUTO_CLOCK = {"cuda": "wall", "cpu": "cpu"}
 
 
 @dataclass
@@ -121,7 +124,7 @@ def _config(plan: _Plan, method: Any, model: Any, inp: Any, args: dict[str, Any]
         "parameters": param_count(model),
         "input": text, "input_detail": d,
         "batch_size": args["batch_size"], "new_tokens": args["new_tokens"], "repeat": args["repeat"],
-        "warmup": args["warmup"], "dtype": plan.dtype, "device": device.type,
+        "warmup": args["warmup"], "dtype": plan.dtype, "device": device.type, "clock": args["clock"],
         "method": {"name": method.name, "settings": method.to_dict()},
         "machine": machine_info(device),
         "versions": {"vtprune": vtprune.__version__, "torch": torch.__version__,
@@ -176,6 +179,8 @@ def bench(
     repeat: int = typer.Option(3, "--repeat", min=1, help="Timed A/B rounds."),
     warmup: int = typer.Option(1, "--warmup", min=0, help="Untimed A/B rounds first."),
     dtype: str = typer.Option("bf16", "--dtype", help="bf16 | fp16 | fp32."),
+    clock: str = typer.Option("auto", "--clock",
+                              help="Clock of the headline ratios: wall | cpu (process CPU time) | auto (cpu on CPU)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="keep=0.5,0.25,0.11 | frames=16,32 | visual-tokens=..."),
@@ -200,6 +205,11 @@ def bench(
         raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available")
+    if clock not in ("auto", "wall", "cpu"):
+        raise ConfigError(f"--clock must be auto, wall or cpu, got {clock!r}")
+    if clock == "cpu" and device == "cuda":
+        raise ConfigError("--clock cpu measures CPU work; on CUDA use wall (the default)")
+    clock = AUTO_CLOCK[device] if clock == "auto" else clock
     sweep_key, sweep_values = _parse_sweep(sweep) if sweep else (None, [None])
     if sweep_key == "keep" and keep is not None:
         raise ConfigError("--sweep keep=... replaces --keep; give one of them")
@@ -229,7 +239,7 @@ def bench(
 
     model, tok = build_model(s, layers=n_layers, vit_layers=n_vit, dtype=getattr(torch, _DTYPES[dtype]),
                              device=torch.device(device), seed=seed)
-    args = dict(batch_size=batch_size, new_tokens=new_tokens, repeat=repeat, warmup=warmup)
+    args = dict(batch_size=batch_size, new_tokens=new_tokens, repeat=repeat, warmup=warmup, clock=clock)
     reports = []
     for v, m, spec in points:
         if progress and sweep_key:

@@ -131,9 +131,16 @@ class MemoryMeter:
 # --- timers ------------------------------------------------------------------------------------------------------
 
 
+def clock() -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process, all threads). CPU time does not advance while other processes
+    hold the cores, so on a shared CPU machine it measures this process's work where wall time also measures the
+    neighbours."""
+    return time.perf_counter(), time.process_time()
+
+
 class LayerTimer:
-    """Forward hooks, active only inside ``with``: while ``recording`` (prefill), each decoder layer's seconds and input
-    length; while ``decoding``, the seconds of each decode step's model forward."""
+    """Forward hooks, active only inside ``with``: while ``recording`` (prefill), each decoder layer's (wall, CPU)
+    seconds and input length, and the clock when layer 0 starts; while ``decoding``, each decode step's forward."""
 
     def __init__(self, adapter: Adapter, on_first_layer: Callable[[], None] | None = None) -> None:
         self.adapter = adapter
@@ -142,14 +149,16 @@ class LayerTimer:
         self.recording = False
         self.decoding = False
         self.times: list[float] = []
+        self.cpu_times: list[float] = []
         self.lengths: list[int] = []
-        self.steps: list[float] = []
-        self._t0 = 0.0
+        self.steps: list[tuple[float, float]] = []
+        self.first_layer_start = (0.0, 0.0)
+        self._t0 = (0.0, 0.0)
         self._handles: list[Any] = []
 
     def reset(self) -> None:
         n = self.adapter.num_layers
-        self.times, self.lengths, self.steps = [0.0] * n, [0] * n, []
+        self.times, self.cpu_times, self.lengths, self.steps = [0.0] * n, [0.0] * n, [0] * n, []
 
     def _pre(self, i: int) -> Callable[..., None]:
         def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -159,7 +168,9 @@ class LayerTimer:
                 sync(self.device)
                 if i == 0 and self.on_first_layer is not None:
                     self.on_first_layer()
-                self._t0 = time.perf_counter()
+                self._t0 = clock()
+                if i == 0:
+                    self.first_layer_start = self._t0
 
         return hook
 
@@ -167,19 +178,22 @@ class LayerTimer:
         def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
             if self.recording:
                 sync(self.device)
-                self.times[i] += time.perf_counter() - self._t0
+                w, c = clock()
+                self.times[i] += w - self._t0[0]
+                self.cpu_times[i] += c - self._t0[1]
 
         return hook
 
     def _step_pre(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if self.decoding:
             sync(self.device)
-            self._t0 = time.perf_counter()
+            self._t0 = clock()
 
     def _step_post(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
         if self.decoding:
             sync(self.device)
-            self.steps.append(time.perf_counter() - self._t0)
+            w, c = clock()
+            self.steps.append((w - self._t0[0], c - self._t0[1]))
 
     def __enter__(self) -> LayerTimer:
         self.reset()
@@ -237,6 +251,8 @@ class ArmRun:
     layer_times: list[float]
     layer_lengths: list[int]
     step_times: list[float]
+    cpu: dict[str, Any]
+    """CPU-time (all threads) counterparts: ``vit``, ``llm_prefill``, ``prefill``, ``layer_times``, ``step_times``."""
     peak_memory: int
     peak_memory_vit: int
     peak_memory_llm: int
@@ -274,11 +290,12 @@ def run_arm(adapter: Adapter, batch: EncodedBatch, method: Pruner, new_tokens: i
         layers.reset()
         layers.recording = True
         sync(dev)
-        t0 = time.perf_counter()
+        w0, c0 = clock()
         state = prefill(adapter, batch, method)
         sync(dev)
-        t_prefill = time.perf_counter() - t0
+        w1, c1 = clock()
         layers.recording = False
+        cl = layers.first_layer_start[1]
         kv_tokens, kv_bytes = kv_stats(state.cache)
         finite = bool(torch.isfinite(state.logits).all())
         layers.decoding = True
@@ -288,10 +305,12 @@ def run_arm(adapter: Adapter, batch: EncodedBatch, method: Pruner, new_tokens: i
     layers.on_first_layer = None
     vit = vit_peak[0] if vit_peak else 0
     run = ArmRun(
-        vit=state.timings["vision"], llm_prefill=state.timings["llm_prefill"], prefill=t_prefill,
+        vit=state.timings["vision"], llm_prefill=state.timings["llm_prefill"], prefill=w1 - w0,
         decode=state.timings["decode"], decode_forwards=max(int(state.timings["decode_steps"]) - 1, 0),
         select=sel.total, layer_times=list(layers.times), layer_lengths=list(layers.lengths),
-        step_times=list(layers.steps),
+        step_times=[w for w, _ in layers.steps],
+        cpu={"vit": cl - c0, "llm_prefill": c1 - cl, "prefill": c1 - c0, "layer_times": list(layers.cpu_times),
+             "step_times": [c for _, c in layers.steps]},
         peak_memory=max(vit, llm_peak), peak_memory_vit=vit, peak_memory_llm=llm_peak,
         kv_tokens=kv_tokens, kv_bytes=kv_bytes, visual_tokens=list(state.visual_tokens),
         kept_tokens=list(state.kept_tokens), finite=finite,

@@ -31,23 +31,17 @@ def summarize(runs: list[ArmRun], text: TextDims, vision: VisionDims, patch_grid
     f_vit = vit_flops(vision, patch_grids * batch_size)
     f_llm = llm_prefill_flops(text, r0.layer_lengths, batch_size)
     f_dec = decode_flops_per_token(text, kv_mean, num_layers, batch_size)
-    layers_s = [median([r.layer_times[i] for r in runs]) for i in range(len(r0.layer_times))]
-    outside = median([r.llm_prefill - sum(r.layer_times) for r in runs])
-    vit_s = median([r.vit for r in runs])
-    llm_s = sum(layers_s) + outside
-    rest = median([r.prefill - r.vit - r.llm_prefill for r in runs])
+    wall = _components([(r.vit, r.llm_prefill, r.prefill, r.layer_times, r.step_times) for r in runs])
+    cpu = _components([(r.cpu["vit"], r.cpu["llm_prefill"], r.cpu["prefill"], r.cpu["layer_times"],
+                        r.cpu["step_times"]) for r in runs])
     steps = [t for r in runs for t in r.step_times]
     return {
-        "vit_s": vit_s,
-        "llm_prefill_s": llm_s,
-        "prefill_s": vit_s + llm_s + rest,
-        "decode_per_token_s": median(steps),
+        **wall,
+        "cpu_time": cpu,
         "llm_prefill_total_s": median([r.llm_prefill for r in runs]),
         "prefill_total_s": median([r.prefill for r in runs]),
         "decode_per_token_total_s": median([r.decode_per_token for r in runs]),
         "decode_forwards": r0.decode_forwards,
-        "layers_s": layers_s,
-        "outside_layers_s": outside,
         "select_s": median([r.select for r in runs]),
         "peak_memory_bytes": int(median([float(r.peak_memory) for r in runs])),
         "peak_memory_vit_bytes": int(median([float(r.peak_memory_vit) for r in runs])),
@@ -69,14 +63,33 @@ def summarize(runs: list[ArmRun], text: TextDims, vision: VisionDims, patch_grid
     }
 
 
+def _components(runs: list[tuple[float, float, float, list[float], list[float]]]) -> dict[str, Any]:
+    """Per-component medians from (vit, llm_prefill, prefill, per-layer times, decode step times) of each run."""
+    layers_s = [median([r[3][i] for r in runs]) for i in range(len(runs[0][3]))]
+    outside = median([r[1] - sum(r[3]) for r in runs])
+    vit_s = median([r[0] for r in runs])
+    llm_s = sum(layers_s) + outside
+    rest = median([r[2] - r[0] - r[1] for r in runs])
+    return {
+        "vit_s": vit_s,
+        "llm_prefill_s": llm_s,
+        "prefill_s": vit_s + llm_s + rest,
+        "decode_per_token_s": median([t for r in runs for t in r[4]]),
+        "layers_s": layers_s,
+        "outside_layers_s": outside,
+    }
+
+
 def _ratio(a: float, b: float) -> float:
     return a / b if b and not math.isnan(b) else float("nan")
 
 
-def ratios(base: dict[str, Any], pruned: dict[str, Any]) -> dict[str, float]:
-    pairs = dict(_TIMES, peak_memory="peak_memory_bytes", peak_memory_llm="peak_memory_llm_bytes",
-                 kv_cache="kv_cache_bytes")
-    out = {k: _ratio(pruned[v], base[v]) for k, v in pairs.items()}
+def ratios(base: dict[str, Any], pruned: dict[str, Any], clock: str = "wall") -> dict[str, float]:
+    """pruned / baseline; times on the ``clock`` chosen for the headline (``wall`` or ``cpu``)."""
+    tb, tp = (base, pruned) if clock == "wall" else (base["cpu_time"], pruned["cpu_time"])
+    out = {k: _ratio(tp[v], tb[v]) for k, v in _TIMES.items()}
+    pairs = dict(peak_memory="peak_memory_bytes", peak_memory_llm="peak_memory_llm_bytes", kv_cache="kv_cache_bytes")
+    out.update({k: _ratio(pruned[v], base[v]) for k, v in pairs.items()})
     out["flops"] = _ratio(pruned["flops"]["prefill"], base["flops"]["prefill"])
     out["flops_llm_prefill"] = _ratio(pruned["flops"]["llm_prefill"], base["flops"]["llm_prefill"])
     out["flops_decode_per_token"] = _ratio(pruned["flops"]["decode_per_token"], base["flops"]["decode_per_token"])
@@ -84,10 +97,15 @@ def ratios(base: dict[str, Any], pruned: dict[str, Any]) -> dict[str, float]:
 
 
 def timing_views(base: dict[str, Any], pruned: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Other views of the time ratios, from the per-run totals: ``medians_of_totals``; ``best_runs`` (fastest run of
-    each arm: interference from other processes only ever slows a run down); ``paired_rounds`` (median over rounds of
-    the ratio within a round, whose two runs were adjacent in time)."""
-    views: dict[str, dict[str, float]] = {"medians_of_totals": {}, "best_runs": {}, "paired_rounds": {}}
+    """Every view of the time ratios: ``wall`` and ``cpu_time`` (per-component medians on each clock), and from the
+    per-run wall totals ``medians_of_totals``, ``best_runs`` (fastest run of each arm: interference from other
+    processes only ever slows a run down) and ``paired_rounds`` (median over rounds of the ratio within a round, whose
+    two runs were adjacent in time)."""
+    views: dict[str, dict[str, float]] = {
+        "wall": {k: _ratio(pruned[v], base[v]) for k, v in _TIMES.items()},
+        "cpu_time": {k: _ratio(pruned["cpu_time"][v], base["cpu_time"][v]) for k, v in _TIMES.items()},
+        "medians_of_totals": {}, "best_runs": {}, "paired_rounds": {},
+    }
     for k, v in _TIMES.items():
         a, b = base["runs"][v], pruned["runs"][v]
         views["medians_of_totals"][k] = _ratio(median(b), median(a))
@@ -96,10 +114,12 @@ def timing_views(base: dict[str, Any], pruned: dict[str, Any]) -> dict[str, dict
     return views
 
 
-def noise(base: dict[str, Any], pruned: dict[str, Any]) -> dict[str, float]:
-    """Run-to-run spread (max - min) / median of each arm's per-run totals."""
+def noise(base: dict[str, Any], pruned: dict[str, Any], threads: int) -> dict[str, float]:
+    """Run-to-run spread (max - min) / median of each arm's per-run wall totals, and ``occupancy``: CPU time of the
+    prefill / (wall time x torch threads), about 1 when the process had its cores to itself (CPU runs only)."""
     out = {}
     for name, arm in (("baseline", base), ("pruned", pruned)):
+        out[f"{name}_occupancy"] = _ratio(arm["cpu_time"]["prefill_s"], arm["prefill_s"] * threads)
         for k in ("prefill_s", "llm_prefill_s", "decode_per_token_s"):
             xs = arm["runs"][k]
             out[f"{name}_{k[:-2]}"] = (max(xs) - min(xs)) / median(xs) if len(xs) > 1 else 0.0
@@ -134,13 +154,15 @@ def build_report(config: dict[str, Any], ab: ABResult, text: TextDims, vision: V
     B, L = config["batch_size"], config["layers"]
     base = summarize(ab.baseline, text, vision, patch_grids, B, L)
     pr = summarize(ab.pruned, text, vision, patch_grids, B, L)
-    rat = ratios(base, pr)
+    rat = ratios(base, pr, config["clock"])
     views = timing_views(base, pr)
-    spread = noise(base, pr)
-    if max(spread.values()) > 0.2:
-        config = dict(config, notes=[*config.get("notes", []), "noisy timings: run-to-run spread up to "
-                                     f"{max(spread.values()):.0%} (other load on the machine?); compare ratios_views "
-                                     "and the FLOPs ratios, or use more --repeat"])
+    spread = noise(base, pr, config["machine"]["torch_threads"])
+    worst = max(v for k, v in spread.items() if not k.endswith("occupancy"))
+    occ = min(v for k, v in spread.items() if k.endswith("occupancy"))
+    if worst > 0.2 or (config["device"] == "cpu" and occ < 0.8):
+        config = dict(config, notes=[*config.get("notes", []), f"noisy timings: run-to-run spread up to {worst:.0%}, "
+                                     f"CPU occupancy down to {occ:.0%} (other processes on the machine); compare "
+                                     "ratios_views (cpu_time is robust to co-tenants) and the FLOPs ratios"])
     text_tokens = base["tokens_per_layer"][0] - base["visual_tokens"]
     config = dict(config, memory_measure=ab.memory_measure, text_tokens=text_tokens,
                   visual_tokens=base["visual_tokens"])
@@ -211,14 +233,21 @@ def print_report(rep: dict[str, Any]) -> None:
               f"{c['visual_tokens']} visual + {c['text_tokens']} text tokens, {c['input']}")
     con.print(f"method [bold]{c['method']['name']}[/] {c['method']['settings']} vs none; "
               f"{c['repeat']} interleaved rounds after {c['warmup']} warm-up, medians")
-    best = rep["ratios_views"]["best_runs"]
-    t = Table("metric", "none", c["method"]["name"], "ratio", "ratio, best runs")
+    views = rep["ratios_views"]
+    alt_name, alt = (("CPU time", views["cpu_time"]) if c["device"] == "cpu" else ("best runs", views["best_runs"]))
+    head = {"wall": "wall", "cpu": "CPU time"}[c["clock"]]
+    other = alt_name if head == "wall" else "wall"
+    t = Table("metric", "none", c["method"]["name"], f"ratio ({head})", f"ratio ({other})")
+    second = alt if head == "wall" else views["wall"]
+
+    def times(label: str, key: str) -> tuple[str, str, str, float, float]:
+        return label, _fmt_s(b[key + "_s"]), _fmt_s(p[key + "_s"]), r[key], second[key]
+
     rows = [
-        ("ViT", _fmt_s(b["vit_s"]), _fmt_s(p["vit_s"]), r["vit"], best["vit"]),
-        ("LLM prefill", _fmt_s(b["llm_prefill_s"]), _fmt_s(p["llm_prefill_s"]), r["llm_prefill"], best["llm_prefill"]),
-        ("prefill (end to end)", _fmt_s(b["prefill_s"]), _fmt_s(p["prefill_s"]), r["prefill"], best["prefill"]),
-        ("decode / token", _fmt_s(b["decode_per_token_s"]), _fmt_s(p["decode_per_token_s"]), r["decode_per_token"],
-         best["decode_per_token"]),
+        times("ViT", "vit"),
+        times("LLM prefill", "llm_prefill"),
+        times("prefill (end to end)", "prefill"),
+        times("decode / token", "decode_per_token"),
         ("peak memory (whole run)", _fmt_b(b["peak_memory_bytes"]), _fmt_b(p["peak_memory_bytes"]), r["peak_memory"],
          None),
         ("peak memory (LLM + decode)", _fmt_b(b["peak_memory_llm_bytes"]), _fmt_b(p["peak_memory_llm_bytes"]),
@@ -233,10 +262,12 @@ def print_report(rep: dict[str, Any]) -> None:
     ]
     for name, x, y, q, qb in rows:
         t.add_row(name, x, y, _fmt_r(q), "" if qb is None else _fmt_r(qb))
+    con.print(f"times shown: wall clock, medians per component; the {head} ratio is the headline (JSON 'ratios')")
     con.print(t)
     bd, ov = rep["bound"], rep["overhead"]
-    con.print(f"LLM-prefill bound K'/L + (1-K'/L)*keep = {bd['K_prime']}/{bd['L']} + (1-{bd['K_prime']}/{bd['L']})*"
-              f"{bd['keep']:g} = {bd['value']:.3f} ({bd['with_text']:.3f} counting text tokens); measured "
+    k, n = bd["K_prime"], bd["L"]
+    con.print(f"LLM-prefill bound K'/L + (1-K'/L)*keep = {k}/{n} + (1-{k}/{n})*{bd['keep']:g} = {bd['value']:.3f} "
+              f"({bd['with_text']:.3f} counting text tokens); measured ({head}) "
               f"{bd['measured_llm_prefill']:.3f} = {bd['measured_over_bound_with_text']:.2f}x the bound with text, "
               f"{bd['saving_realised'] * 100:.0f}% of the possible saving realised")
     con.print(f"method overhead: select {_fmt_s(ov['select_s'])}, pruning work outside the layers "
