@@ -37,3 +37,28 @@ def load_zoo_model(name: str) -> tuple[torch.nn.Module, Any, Any]:
     tok = transformers.AutoTokenizer.from_pretrained(p)
     proc = transformers.AutoImageProcessor.from_pretrained(p)
     return model, tok, proc
+
+
+SHIP_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+              "preprocessor_config.json", "vtprune_processing.json", "train_meta.json")
+
+
+def ship_model(src: Path, name: str, dtype: torch.dtype = torch.float16) -> Path:
+    """Copy a trained model directory into the package zoo as ``zoo:<name>``, weights stored in ``dtype``.
+
+    Only the files a load needs (plus the training record) are copied; weights are re-saved as one safetensors file
+    in half precision to keep the package small (they are loaded back as fp32).
+    """
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    dst = ZOO_DIR / name
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in SHIP_FILES:
+        if (src / f).is_file():
+            shutil.copy2(src / f, dst / f)
+    weights = load_file(str(src / "model.safetensors"))
+    save_file({k: v.to(dtype).contiguous() for k, v in weights.items()}, str(dst / "model.safetensors"),
+              metadata={"format": "pt"})
+    return dst

@@ -72,12 +72,14 @@ def _collator(adapter: Any, rng: random.Random, num_frames: int | None):
 def train_base(
     *, model_type: str, data: list[str], out: Path, steps: int = 3000, batch_size: int = 16, lr: float = 2e-3,
     seed: int = 0, warmup: float = 0.05, resume: bool = False, threads: int | None = None,
-    video_frames: int | None = None,
+    video_frames: int | None = None, init: str | None = None,
 ) -> dict[str, Any]:
     """Train a zoo-sized ``model_type`` on ``data`` (JSONL paths or ``testbed:`` names) and save it to ``out``.
 
     ``video_frames`` resamples every video to that many frames; it is saved with the model as its processing
-    default (``vtprune_processing.json``), as HF video processors carry their frame sampling."""
+    default (``vtprune_processing.json``), as HF video processors carry their frame sampling. ``init`` (a model
+    name or directory, e.g. ``zoo:synth-qwen2_5_vl``) starts from those weights with a fresh schedule instead of a
+    random initialisation: how a shipped zoo model is trained further."""
     from transformers import Trainer, TrainingArguments
 
     from vtprune.adapters import get_adapter
@@ -90,7 +92,15 @@ def train_base(
     records = [r for spec in data for r in read_jsonl(resolve_data(spec))]
     if not records:
         raise ConfigError("no training records")
-    model, tok, proc = build_untrained(model_type, seed=seed)
+    if init is not None:
+        from vtprune.api import load
+
+        start = load(init)
+        if start.model.config.model_type != model_type:
+            raise ConfigError(f"--init {init} is a {start.model.config.model_type} model, not {model_type}")
+        model, tok, proc = start.model.train(), start.tokenizer, start.image_processor
+    else:
+        model, tok, proc = build_untrained(model_type, seed=seed)
     adapter = get_adapter(model, tok, proc)
     args = TrainingArguments(
         output_dir=str(out / "checkpoints"),
@@ -127,7 +137,7 @@ def train_base(
         "model_type": model_type, "data": data, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
         "records": len(records), "seconds": round(seconds, 1), "final_loss": losses[-1] if losses else math.nan,
         "train_loss": result.training_loss, "params": sum(p.numel() for p in model.parameters()),
-        "torch_threads": torch.get_num_threads(), "video_frames": video_frames,
+        "torch_threads": torch.get_num_threads(), "video_frames": video_frames, "init": init,
     }
     (out / "train_meta.json").write_text(json.dumps(meta, indent=1))
     return meta

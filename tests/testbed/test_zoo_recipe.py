@@ -1,0 +1,45 @@
+"""The zoo recipe: train base runs end to end, saves a loadable model with its processing default, continues from
+saved weights, and ships into the package zoo in half precision."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import vtprune
+from vtprune.cli import main
+from vtprune.testbed import zoo
+
+
+def test_train_base_saves_loads_continues_and_ships(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "m"
+    rc = main(["train", "base", "--model-type", "qwen2_5_vl", "--data", "testbed:image-mini", "--data",
+               "testbed:video-mini", "--frames", "4", "--out", str(out), "--steps", "2", "--batch-size", "2",
+               "--threads", "1"])
+    meta = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rc == 0 and meta["steps"] == 2 and meta["video_frames"] == 4 and meta["records"] == 60
+    vlm = vtprune.load(str(out))
+    assert vlm.video_frames == 4 and vlm.num_layers == 8 and vlm.model.model.visual.config.depth == 6
+    rc = main(["train", "base", "--model-type", "qwen2_5_vl", "--data", "testbed:image-mini", "--out",
+               str(tmp_path / "m2"), "--steps", "1", "--batch-size", "2", "--init", str(out), "--lr", "1e-9"])
+    assert rc == 0
+    # with a vanishing learning rate, continuing changes (almost) nothing: the weights came from --init
+    a = vtprune.load(str(tmp_path / "m2")).model.lm_head.weight
+    torch.testing.assert_close(a, vlm.model.lm_head.weight, atol=1e-6, rtol=0)
+    rc = main(["train", "base", "--model-type", "llava", "--data", "testbed:image-mini", "--out", str(tmp_path / "x"),
+               "--steps", "1", "--init", str(out)])
+    assert rc == 2 and "not llava" in capsys.readouterr().err
+
+    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path / "zoo")
+    zoo.ship_model(out, "tiny")
+    shipped = vtprune.load("zoo:tiny")
+    assert shipped.video_frames == 4
+    torch.testing.assert_close(shipped.model.lm_head.weight, vlm.model.lm_head.weight.half().float())
+    assert (tmp_path / "zoo" / "tiny" / "model.safetensors").stat().st_size < (out / "model.safetensors").stat().st_size
+
+
+def test_unknown_zoo_entry_lists_what_is_shipped():
+    with pytest.raises(vtprune.ModelLoadError, match="unknown zoo entry"):
+        vtprune.load("zoo:nosuch")
