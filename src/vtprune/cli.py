@@ -171,7 +171,11 @@ _register_optional()
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app; user errors print one line on stderr and exit 2."""
     import click
+    from transformers.utils import logging as hf_logging
 
+    # an application's choice, made here and not at import: no weight-loading bars or backend notices on stderr
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     try:
         app(args=argv, standalone_mode=False)
     except VtpruneError as e:
