@@ -159,7 +159,8 @@ def _run_one(plan: _Plan, model: Any, tok: Any, method: Any, spec: VisualSpec, a
     except OSError:
         pass
     return build_report(cfg, ab, plan.shape.text_dims(), plan.shape.vision_dims(plan.vit_layers), grids,
-                        full_layers(method, plan.layers), float(method.keep))
+                        full_layers(method, plan.layers), float(method.keep),
+                        vit_identical=not any(st.site == "vit" for st in method.stages(plan.layers)))
 
 
 def bench(

@@ -150,7 +150,10 @@ def bound(full_layers: int, num_layers: int, keep: float, text_tokens: int, visu
 
 
 def build_report(config: dict[str, Any], ab: ABResult, text: TextDims, vision: VisionDims,
-                 patch_grids: list[tuple[int, int, int]], full_layers: int, keep: float) -> dict[str, Any]:
+                 patch_grids: list[tuple[int, int, int]], full_layers: int, keep: float,
+                 vit_identical: bool = False) -> dict[str, Any]:
+    """The full report. ``vit_identical``: the method does not prune inside the ViT, so both arms run the very same
+    ViT work and its ratio is an A/A control: its distance from 1 shows the timing noise of this run."""
     B, L = config["batch_size"], config["layers"]
     base = summarize(ab.baseline, text, vision, patch_grids, B, L)
     pr = summarize(ab.pruned, text, vision, patch_grids, B, L)
@@ -159,10 +162,14 @@ def build_report(config: dict[str, Any], ab: ABResult, text: TextDims, vision: V
     spread = noise(base, pr, config["machine"]["torch_threads"])
     worst = max(v for k, v in spread.items() if not k.endswith("occupancy"))
     occ = min(v for k, v in spread.items() if k.endswith("occupancy"))
+    if vit_identical:
+        spread["aa_control_vit"] = rat["vit"]
+        config = dict(config, notes=[*config.get("notes", []), f"A/A control: both arms run identical ViT work; its "
+                                     f"ratio {rat['vit']:.3f} shows this run's timing noise"])
     if worst > 0.2 or (config["device"] == "cpu" and occ < 0.8):
         config = dict(config, notes=[*config.get("notes", []), f"noisy timings: run-to-run spread up to {worst:.0%}, "
                                      f"CPU occupancy down to {occ:.0%} (other processes on the machine); compare "
-                                     "ratios_views (cpu_time is robust to co-tenants) and the FLOPs ratios"])
+                                     "ratios_views (cpu_time is less sensitive to co-tenants) and the FLOPs ratios"])
     text_tokens = base["tokens_per_layer"][0] - base["visual_tokens"]
     config = dict(config, memory_measure=ab.memory_measure, text_tokens=text_tokens,
                   visual_tokens=base["visual_tokens"])
