@@ -41,7 +41,7 @@ def test_tiny_json_run(capsys: pytest.CaptureFixture[str]) -> None:
     assert rep["ratios"]["flops_llm_prefill"] < 1 and rep["ratios"]["vit"] > 0
     assert b["peak_memory_bytes"] > 0 and b["decode_forwards"] == 1 and len(b["runs"]["decode_step_s"]) == 1
     assert set(rep["ratios_views"]) == {"wall", "cpu_time", "medians_of_totals", "best_runs", "paired_rounds"}
-    assert c["clock"] == "cpu" and b["cpu_time"]["llm_prefill_s"] > 0 and 0 < rep["noise"]["baseline_occupancy"]
+    assert c["machine"]["torch_threads"] == 1 and c["clock"] == "cpu" and b["cpu_time"]["llm_prefill_s"] > 0 and 0 < rep["noise"]["baseline_occupancy"]
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,11 @@ _SWEEP_KEYS = {"keep": float, "frames": int, "visual-tokens": int}
 # CPU runs default to process CPU time: the project's CPU machines are shared, and other processes inflate wall time
 # (by 1.5-5x, in bursts) but not the CPU time this process spends. Wall-clock ratios are always reported beside it.
 AUTO_CLOCK = {"cuda": "wall", "cpu": "cpu"}
+# CPU runs default to one torch thread. On a shared machine a second thread stalls at every parallel region while a
+# neighbour holds the other core: measured on the 2-core machines, a 185-row KV-cache gather took 23 ms with 2 threads
+# and 0.1 ms with 1, the pruning work of one prefill 180-370 ms instead of 1 ms, and the A/A control (the identical ViT
+# of both arms) drifted 4-8% instead of <1%. Pass --threads N on a dedicated machine.
+CPU_THREADS = 1
 
 
 @dataclass
@@ -78,7 +83,14 @@ def full_layers(method: Any, num_layers: int) -> int:
     return min(s.layer for s in stages if s.site == "llm") + 1
 
 
-def machine_info(device: Any) -> dict[str, Any]:
+def _load_avg() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def machine_info(device: Any, load_at_start: float | None = None) -> dict[str, Any]:
     import torch
 
     cpu = platform.processor()
@@ -89,10 +101,7 @@ def machine_info(device: Any) -> dict[str, Any]:
         pass
     info: dict[str, Any] = {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
                             "torch_threads": torch.get_num_threads(), "device_name": cpu}
-    try:
-        info["load_avg_1m_at_start"] = os.getloadavg()[0]
-    except OSError:
-        pass
+    info["load_avg_1m_at_start"], info["load_avg_1m_at_end"] = load_at_start, _load_avg()
     if device.type == "cuda":
         info["gpu"] = info["device_name"] = torch.cuda.get_device_name(device)
     return info
@@ -126,7 +135,7 @@ def _config(plan: _Plan, method: Any, model: Any, inp: Any, args: dict[str, Any]
         "batch_size": args["batch_size"], "new_tokens": args["new_tokens"], "repeat": args["repeat"],
         "warmup": args["warmup"], "dtype": plan.dtype, "device": device.type, "clock": args["clock"],
         "method": {"name": method.name, "settings": method.to_dict()},
-        "machine": machine_info(device),
+        "machine": machine_info(device, args["load_at_start"]),
         "versions": {"vtprune": vtprune.__version__, "torch": torch.__version__,
                      "transformers": transformers.__version__, "python": platform.python_version()},
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -146,6 +155,7 @@ def _run_one(plan: _Plan, model: Any, tok: Any, method: Any, spec: VisualSpec, a
     from vtprune.bench.report import build_report
     from vtprune.methods import pruner
 
+    load_at_start = _load_avg()
     inp = build_input(plan.shape, spec, args["batch_size"])
     adapter = get_adapter(model, tok, inp.image_processor)
     batch = adapter.encode(inp.samples)
@@ -153,11 +163,7 @@ def _run_one(plan: _Plan, model: Any, tok: Any, method: Any, spec: VisualSpec, a
                 new_tokens=args["new_tokens"], progress=progress)
     merge = plan.shape.merge
     grids = [(t, h * merge, w * merge) for t, h, w in batch.grids[0]]
-    cfg = _config(plan, method, model, inp, args, adapter.device)
-    try:
-        cfg["machine"]["load_avg_1m_at_end"] = os.getloadavg()[0]
-    except OSError:
-        pass
+    cfg = _config(plan, method, model, inp, dict(args, load_at_start=load_at_start), adapter.device)
     return build_report(cfg, ab, plan.shape.text_dims(), plan.shape.vision_dims(plan.vit_layers), grids,
                         full_layers(method, plan.layers), float(method.keep),
                         vit_identical=not any(st.site == "vit" for st in method.stages(plan.layers)))
@@ -183,6 +189,8 @@ def bench(
     clock: str = typer.Option("auto", "--clock",
                               help="Clock of the headline ratios: wall | cpu (process CPU time) | auto (cpu on CPU)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1,
+                                          help="torch CPU threads (default: 1 on CPU, see CPU_THREADS)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="keep=0.5,0.25,0.11 | frames=16,32 | visual-tokens=..."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write report.json (or sweep.csv + sweep.png) here."),
@@ -211,6 +219,10 @@ def bench(
     if clock == "cpu" and device == "cuda":
         raise ConfigError("--clock cpu measures CPU work; on CUDA use wall (the default)")
     clock = AUTO_CLOCK[device] if clock == "auto" else clock
+    if threads is None and device == "cpu":
+        threads = CPU_THREADS
+    if threads is not None:
+        torch.set_num_threads(threads)
     sweep_key, sweep_values = _parse_sweep(sweep) if sweep else (None, [None])
     if sweep_key == "keep" and keep is not None:
         raise ConfigError("--sweep keep=... replaces --keep; give one of them")
