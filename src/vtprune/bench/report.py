@@ -59,6 +59,8 @@ def summarize(runs: list[ArmRun], text: TextDims, vision: VisionDims, patch_grid
             "decode_per_token_s": [r.decode_per_token for r in runs],
             "decode_step_s": steps,
             "peak_memory_bytes": [r.peak_memory for r in runs],
+            "peak_memory_vit_bytes": [r.peak_memory_vit for r in runs],
+            "peak_memory_llm_bytes": [r.peak_memory_llm for r in runs],
         },
     }
 
