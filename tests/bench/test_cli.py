@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from vtprune.bench.command import auto_dtype, cpu_has_bf16
 from vtprune.cli import main
 
 TINY = ["bench", "--shape", "qwen2_5_vl-3b", "--layers", "2", "--vit-layers", "2", "--visual-tokens", "64",
@@ -26,7 +27,7 @@ def test_tiny_json_run(capsys: pytest.CaptureFixture[str]) -> None:
                 "versions", "date", "memory_measure"):
         assert key in c
     assert c["layers"] == 2 and c["layers_real"] == 36 and c["reduced_depth"] is True
-    assert c["visual_tokens"] == 64 and c["dtype"] == "bf16"
+    assert c["visual_tokens"] == 64 and c["dtype"] == auto_dtype("cpu")
     assert {"torch", "transformers"} <= set(c["versions"])
     b, p = rep["baseline"], rep["pruned"]
     assert b["kv_cache_tokens"] == 64 + c["text_tokens"] and p["kept_visual_tokens"] == 16
@@ -34,7 +35,8 @@ def test_tiny_json_run(capsys: pytest.CaptureFixture[str]) -> None:
     text_share = c["text_tokens"] / (c["text_tokens"] + 64)
     expected = 0.25 * (1 - text_share) + text_share
     assert rep["ratios"]["kv_cache"] == pytest.approx(expected, rel=1e-6)
-    assert b["kv_cache_bytes"] == 2 * 2 * 2 * 128 * b["kv_cache_tokens"] * 2  # layers, kv heads, head_dim, bf16
+    elem = 2 if c["dtype"] == "bf16" else 4
+    assert b["kv_cache_bytes"] == 2 * 2 * 2 * 128 * b["kv_cache_tokens"] * elem  # layers, kv heads, head_dim, dtype
     assert b["tokens_per_layer"] == [b["kv_cache_tokens"]] * 2
     assert p["tokens_per_layer"] == [b["kv_cache_tokens"], p["kv_cache_tokens"]]
     assert rep["bound"]["K_prime"] == 1 and rep["bound"]["value"] == pytest.approx(0.5 + 0.5 * 0.25)
@@ -66,3 +68,44 @@ def test_bad_input_exits_2_with_one_line(args: list[str], message: str, capsys: 
     assert main(["bench", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_sweep_writes_csv_and_png(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    import csv
+
+    out = tmp_path / "sw"
+    assert main([*TINY, *FAST, "--method", "random", "--layer", "0", "--sweep", "keep=0.5,0.25", "--out", str(out),
+                 "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["sweep"]["key"] == "keep" and rep["sweep"]["values"] == [0.5, 0.25] and len(rep["results"]) == 2
+    rows = list(csv.DictReader(open(out / "sweep.csv")))
+    assert [float(r["keep"]) for r in rows] == [0.5, 0.25]
+    assert [int(r["kept_visual_tokens"]) for r in rows] == [32, 16]
+    assert {"ratio_llm_prefill", "ratio_kv_cache", "ratio_flops", "bound", "bound_with_text"} <= set(rows[0])
+    assert float(rows[1]["ratio_kv_cache"]) < float(rows[0]["ratio_kv_cache"]) < 1
+    assert float(rows[0]["bound"]) == pytest.approx(0.5 + 0.5 * 0.5)
+    assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "report.json").read_text())["sweep"]["csv"] == str(out / "sweep.csv")
+
+
+def test_token_layer_bound_counts_every_stage() -> None:
+    from vtprune.bench.report import bound
+
+    # one cut after layer 0 of 2 (K' = 1): the formula and the per-layer lengths agree on the visual share
+    b = bound(1, 2, 0.25, 0, 64, 16, 0.7, ([64, 64], [64, 16]))
+    assert b["value"] == pytest.approx(0.625) and b["token_layers"] == pytest.approx(0.625)
+    # a two-stage schedule (100 -> 50 -> 25 over 4 layers): the K' formula with the average keep overstates it
+    b = bound(1, 4, 0.5, 0, 100, 25, 0.6, ([100] * 4, [100, 50, 50, 25]))
+    assert b["token_layers"] == pytest.approx(225 / 400) and b["value"] > b["token_layers"]
+    assert b["measured_over_token_layers"] == pytest.approx(0.6 / (225 / 400))
+
+
+def test_auto_dtype_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    import vtprune.bench.command as cmd
+
+    assert auto_dtype("cuda") == "bf16"
+    assert auto_dtype("cpu") == ("bf16" if cpu_has_bf16() else "fp32")
+    monkeypatch.setattr(cmd, "cpu_has_bf16", lambda: False)
+    assert cmd.auto_dtype("cpu") == "fp32"
+    monkeypatch.setattr(cmd, "cpu_has_bf16", lambda: True)
+    assert cmd.auto_dtype("cpu") == "bf16"
