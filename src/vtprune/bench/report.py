@@ -129,24 +129,34 @@ def noise(base: dict[str, Any], pruned: dict[str, Any], threads: int) -> dict[st
 
 
 def bound(full_layers: int, num_layers: int, keep: float, text_tokens: int, visual: int, kept: int,
-          measured: float) -> dict[str, Any]:
+          measured: float, tokens_per_layer: tuple[list[int], list[int]] | None = None) -> dict[str, Any]:
     """Theoretical LLM-prefill ratio when ``full_layers`` (K') of ``num_layers`` (L) layers see every token and the
     rest see a ``keep`` share: ``K'/L + (1 - K'/L) * keep`` (visual tokens only, linear cost). ``with_text`` counts the
-    unpruned text tokens too."""
+    unpruned text tokens too.
+
+    K' counts layers, not a layer index: a cut after 0-based layer ``--layer k`` leaves K' = k + 1 layers on the full
+    sequence (``--layer 3`` of 6 layers is K' = 4 = 2/3 depth). That formula assumes one cut; ``token_layers`` is the
+    same linear bound from the per-layer input lengths actually run (``tokens_per_layer`` of baseline and pruned arm:
+    sum pruned / sum baseline, text included), which is also right for multi-stage schedules (pdrop), where
+    ``keep`` is already a token-layer average and the K' formula overstates the bound."""
     f = full_layers / num_layers
     b = f + (1 - f) * keep
     share = (text_tokens + kept) / (text_tokens + visual) if text_tokens + visual else 1.0
     bt = f + (1 - f) * share
+    tl = _ratio(sum(tokens_per_layer[1]), sum(tokens_per_layer[0])) if tokens_per_layer else float("nan")
     return {
         "formula": "K'/L + (1 - K'/L) * keep",
+        "layer_convention": "K' = layers run on every token = (--layer) + 1 for a cut after 0-based layer --layer",
         "K_prime": full_layers,
         "L": num_layers,
         "keep": keep,
         "value": b,
         "with_text": bt,
+        "token_layers": tl,
         "measured_llm_prefill": measured,
         "measured_over_bound": _ratio(measured, b),
         "measured_over_bound_with_text": _ratio(measured, bt),
+        "measured_over_token_layers": _ratio(measured, tl),
         "saving_realised": _ratio(1 - measured, 1 - bt),
     }
 
@@ -183,7 +193,7 @@ def build_report(config: dict[str, Any], ab: ABResult, text: TextDims, vision: V
         "ratios_views": views,
         "noise": spread,
         "bound": bound(full_layers, L, keep, text_tokens, base["visual_tokens"], pr["kept_visual_tokens"],
-                       rat["llm_prefill"]),
+                       rat["llm_prefill"], (base["tokens_per_layer"], pr["tokens_per_layer"])),
         "overhead": {
             "select_s": pr["select_s"],
             "select_share_of_prefill": _ratio(pr["select_s"], pr["prefill_s"]),
@@ -278,7 +288,8 @@ def print_report(rep: dict[str, Any]) -> None:
     con.print(f"LLM-prefill bound K'/L + (1-K'/L)*keep = {k}/{n} + (1-{k}/{n})*{bd['keep']:g} = {bd['value']:.3f} "
               f"({bd['with_text']:.3f} counting text tokens); measured ({head}) "
               f"{bd['measured_llm_prefill']:.3f} = {bd['measured_over_bound_with_text']:.2f}x the bound with text, "
-              f"{bd['saving_realised'] * 100:.0f}% of the possible saving realised")
+              f"{bd['saving_realised'] * 100:.0f}% of the possible saving realised; K' = --layer + 1 (layers on "
+              f"every token); token-layer bound from the lengths run {_fmt_r(bd['token_layers'])}")
     con.print(f"method overhead: select {_fmt_s(ov['select_s'])}, pruning work outside the layers "
               f"{_fmt_s(ov['prune_overhead_s'])}; kept {p['kept_visual_tokens']}/{p['visual_tokens']} visual tokens")
     con.print(f"memory: {c['memory_measure']}")
