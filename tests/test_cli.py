@@ -139,3 +139,29 @@ def test_compare_table(capsys, tmp_path, dataset):
     rc, _, err = run(capsys, "compare", "--model", "random:qwen2_5_vl", "--data", dataset, "--methods", "random",
                      "--keeps", "half", "--out", tmp_path / "x")
     assert rc == 2 and "--keeps" in err
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--keep", "abc"], "--keep"),  # not a float: click's parse error
+        (["--max-new-tokens", "many"], "--max-new-tokens"),
+        (["--no-such-option"], "no-such-option"),
+    ],
+)
+def test_option_parse_errors_are_one_line_exit_2(capsys, image, args, needle):
+    """Typer (vendoring click) raises its own usage errors; they must not become tracebacks or exit 1."""
+    rc, out, err = run(capsys, "ask", "--model", "random:qwen2_5_vl", "--image", str(image), "--question", "q", *args)
+    assert rc == 2 and needle in err and err.startswith("error:") and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err and out == ""
+
+
+def test_option_below_minimum_is_one_line_exit_2(capsys, dataset):
+    rc, out, err = run(capsys, "eval", "--model", "random:qwen2_5_vl", "--data", str(dataset), "--frames", "0")
+    assert rc == 2 and "--frames" in err and err.startswith("error:") and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err and out == ""
+
+
+def test_missing_required_option_is_one_line_exit_2(capsys):
+    rc, _, err = run(capsys, "ask", "--question", "q")
+    assert rc == 2 and "--model" in err and len(err.strip().splitlines()) == 1

@@ -168,27 +168,45 @@ def _register_optional() -> None:
 _register_optional()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app; user errors print one line on stderr and exit 2."""
+def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(exit, abort, usage-error) exception classes of click and of the click that typer >= 0.24 vendors."""
     import click
+
+    exits: list[type] = [click.exceptions.Exit, typer.Exit]
+    aborts: list[type] = [click.exceptions.Abort, typer.Abort]
+    usage: list[type] = [click.ClickException]
+    try:
+        from typer._click import exceptions as vendored
+    except ImportError:  # an older typer on the real click
+        pass
+    else:
+        usage.append(vendored.ClickException)
+    return tuple(exits), tuple(aborts), tuple(usage)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app; user errors (bad options included) print one line on stderr and exit 2."""
     from transformers.utils import logging as hf_logging
 
     # an application's choice, made here and not at import: no weight-loading bars or backend notices on stderr
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    exits, aborts, usage = _click_errors()
     try:
         app(args=argv, standalone_mode=False)
     except VtpruneError as e:
         typer.echo(f"error: {e}", err=True)
         return 2
-    except click.exceptions.Exit as e:
-        return int(e.exit_code or 0)
-    except click.ClickException as e:
-        e.show()
-        return int(e.exit_code)
-    except click.exceptions.Abort:
+    except exits as e:
+        return int(getattr(e, "exit_code", 0) or 0)
+    except aborts:
         typer.echo("aborted", err=True)
         return 130
+    except usage as e:
+        msg = " ".join(e.format_message().split())
+        name = getattr(getattr(e, "param", None), "opts", None)
+        typer.echo(f"error: {name[0] + ': ' if name else ''}{msg}", err=True)
+        return 2
     return 0
 
 
