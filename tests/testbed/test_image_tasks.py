@@ -136,3 +136,28 @@ def test_document():
         for text, box in ((row.value, row.value_box), (row.key, row.key_box)):
             ink = text_mask(text, DOC_SCALE).sum()
             assert frac(arr, box, (20, 20, 20)) * (box[2] - box[0]) * (box[3] - box[1]) == pytest.approx(ink)
+
+
+def test_caption_lists_every_object_in_reading_order():
+    from vtprune.testbed.tasks.image import DocRow, describe
+    from vtprune.testbed.tasks.render import Obj
+
+    objs = [Obj("star", "red", (120, 10, 160, 50)), Obj("circle", "blue", (10, 70, 50, 110), "K"),
+            Obj("square", "green", (10, 10, 50, 50), "7")]
+    assert describe(objs) == "green square 7, red star, blue circle k"
+    rows = [DocRow("price", "47", (0, 0, 1, 1), (1, 0, 2, 1)), DocRow("name", "red", (0, 1, 1, 2), (1, 1, 2, 2))]
+    assert describe([], rows) == "table: price 47, name red"
+    assert describe(objs[:1], rows) == "table: price 47, name red; red star"
+
+
+@pytest.mark.parametrize("task", IMAGE_TASKS)
+@pytest.mark.parametrize("seed", range(3))
+def test_caption_holds_the_answer(task, seed):
+    s = make_image_sample(task, f"cap:{task}:{seed}")
+    parts = s.caption.split("; ")[-1].split(", ") if s.objects else []
+    assert len(parts) == len(s.objects)
+    if task == "counting":  # the count of the asked kind among the described objects
+        kind = next(k for k in KINDS if f"{k}s" in s.question)
+        assert sum(p.split()[1] == kind for p in parts) == int(s.answer)
+    else:  # every other answer is a word of the scene description
+        assert s.answer in s.caption.replace(",", " ").replace(";", " ").replace(":", " ").split()

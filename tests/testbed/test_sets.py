@@ -55,7 +55,7 @@ def test_video_set_records_load(tmp_path):
 
 def test_ensure_set_caches_atomically(cache, monkeypatch):
     path = resolve_data("testbed:video-mini")
-    assert path == cache / "testbed" / f"video-mini-v{sets.VERSION}" / "data.jsonl"
+    assert path == cache / "testbed" / f"video-mini-v{sets.VERSION['video']}" / "data.jsonl"
     assert len(read_jsonl(path)) == 20
     assert [p.name for p in path.parent.parent.iterdir()] == [path.parent.name]  # no temp folders left
     mtime = path.stat().st_mtime_ns

@@ -145,6 +145,10 @@ class Adapter:
     def encode(self, samples: list[Sample]) -> EncodedBatch:
         raise NotImplementedError
 
+    def followup_ids(self, question: str) -> list[int]:
+        """Tokens of a further text-only user turn, up to the assistant's reply, to follow an answer's end token."""
+        raise NotImplementedError
+
     def embed(self, batch: EncodedBatch, *, vision_outputs: bool = False) -> Embedded:
         raise NotImplementedError
 

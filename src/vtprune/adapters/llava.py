@@ -34,6 +34,9 @@ class LlavaAdapter(Adapter):
     def vision_tower(self) -> torch.nn.Module:
         return self.model.model.vision_tower
 
+    def followup_ids(self, question: str) -> list[int]:
+        return list(self.tokenizer(f" USER: {question} ASSISTANT:", add_special_tokens=False).input_ids)
+
     def encode(self, samples: list[Sample]) -> EncodedBatch:
         self.check_images(samples)
         image_id = int(self.model.config.image_token_id)

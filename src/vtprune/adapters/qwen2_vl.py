@@ -57,6 +57,9 @@ class Qwen2VLAdapter(Adapter):
         pv = pv.reshape((len(frames) // tp) * per, C * tp * P * P)
         return pv, torch.tensor([[len(frames) // tp, h, w]])
 
+    def followup_ids(self, question: str) -> list[int]:
+        return self._tok(f"\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
+
     def encode(self, samples: list[Sample]) -> EncodedBatch:
         self.check_images(samples)
         img_id, vid_id = self._special("<|image_pad|>"), self._special("<|video_pad|>")

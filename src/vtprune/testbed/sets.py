@@ -6,7 +6,7 @@ across types and ``--n`` exports exactly the first ``n`` samples of the full set
 
 Cache: ``$VTPRUNE_CACHE/testbed/<name>-v<VERSION>/`` (``VTPRUNE_CACHE`` defaults to ``~/.cache/vtprune``). A set is
 rendered into a temporary sibling folder and renamed into place, so a concurrent or interrupted run never leaves a
-partial set behind. Bump :data:`VERSION` whenever a generator's output changes.
+partial set behind. Bump the modality's :data:`VERSION` whenever its generator's output changes.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from vtprune.testbed.tasks import IMAGE_TASKS, VIDEO_TASKS, make_image_sample, m
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+# per modality, so a change to one generator re-renders only its sets; image 2: lines carry the scene ``caption``
+VERSION: dict[str, int] = {"image": 2, "video": 1}
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,9 @@ def cache_dir() -> Path:
 
 
 def set_dir(name: str) -> Path:
-    """Folder of the cached set ``name`` at the current :data:`VERSION`."""
-    return cache_dir() / f"{get_spec(name).name}-v{VERSION}"
+    """Folder of the cached set ``name`` at its modality's current :data:`VERSION`."""
+    spec = get_spec(name)
+    return cache_dir() / f"{spec.name}-v{VERSION[spec.modality]}"
 
 
 def list_sets() -> list[dict[str, Any]]:
@@ -95,7 +97,7 @@ def _line(spec: SetSpec, i: int, out: Path) -> dict[str, Any]:
         rel = f"images/{sid}.png"
         s.image.save(out / rel, compress_level=1)
         return {"id": sid, "image": rel, "question": s.question, "answers": [s.answer], "type": s.type,
-                "boxes": [list(b) for b in s.boxes]}
+                "boxes": [list(b) for b in s.boxes], "caption": s.caption}
     from vtprune.data.video import write_video
 
     v = make_video_sample(VIDEO_TASKS[i % len(VIDEO_TASKS)], seed, num_frames=spec.num_frames)

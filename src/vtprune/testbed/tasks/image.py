@@ -69,6 +69,30 @@ class ImageSample:
     objects: list[Obj] = field(default_factory=list)
     rows: list[DocRow] = field(default_factory=list)
 
+    @property
+    def caption(self) -> str:
+        """The whole scene in words (see :func:`describe`)."""
+        return describe(self.objects, self.rows)
+
+
+def describe(objects: list[Obj], rows: list[DocRow] | None = None) -> str:
+    """Every evidence object of a scene in reading order, e.g. ``"table: price 47, name red; red circle 7, blue star"``.
+
+    Objects are listed by grid row (56 px bands of their centre), then left to right; a glyph follows its shape.
+    The zoo recipe trains on it as a second turn after the answer (dense supervision of what is where); it is
+    derived from the scene alone, never from the question.
+    """
+    def key(o: Obj) -> tuple[int, int]:
+        cx, cy = (o.box[0] + o.box[2]) // 2, (o.box[1] + o.box[3]) // 2
+        return cy // 56, cx
+
+    parts = [" ".join([o.color, o.kind] + ([o.glyph.lower()] if o.glyph else [])) for o in sorted(objects, key=key)]
+    text = ", ".join(parts)
+    if rows:
+        table = "table: " + ", ".join(f"{r.key} {r.value}" for r in rows)
+        text = f"{table}; {text}" if text else table
+    return text
+
 
 @dataclass
 class _Built:
