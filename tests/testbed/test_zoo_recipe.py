@@ -43,3 +43,34 @@ def test_train_base_saves_loads_continues_and_ships(tmp_path, monkeypatch, capsy
 def test_unknown_zoo_entry_lists_what_is_shipped():
     with pytest.raises(vtprune.ModelLoadError, match="unknown zoo entry"):
         vtprune.load("zoo:nosuch")
+
+
+def test_caption_turn_leaves_the_answer_untouched(vlms):
+    from tests.conftest import make_image
+    from vtprune.training.base import _token_ce
+    from vtprune.training.supervised import encode_with_answers
+
+    vlm = vlms["qwen2_5_vl"]
+    ad = vlm.adapter
+    samples = [vtprune.Sample("what is red?", [make_image(56, 84, 1)]), vtprune.Sample("count", [make_image(56, 56, 2)])]
+    one = encode_with_answers(ad, samples, ["k", "3"])
+    two = encode_with_answers(ad, samples, ["k", "3"], [("Describe the image.", "red circle k"), None])
+    assert one.followup_labels is None
+    # the answer labels are the same tokens; the caption is labelled only in followup_labels
+    assert [r[r != -100].tolist() for r in one.labels] == [r[r != -100].tolist() for r in two.labels]
+    cap = two.followup_labels[0][two.followup_labels[0] != -100].tolist()
+    assert cap == ad.tokenizer("red circle k", add_special_tokens=False).input_ids + [ad.tokenizer.eos_token_id]
+    assert (two.followup_labels[1] == -100).all()
+    with torch.no_grad():
+        a = vlm.model(**one.model_kwargs(ad))
+        b = vlm.model(**two.model_kwargs(ad))
+    # the causal model cannot see the later turn: the answer loss is unchanged, and equals HF's own loss
+    torch.testing.assert_close(_token_ce(b.logits, two.labels), a.loss)
+    torch.testing.assert_close(_token_ce(a.logits, one.labels), a.loss)
+    assert _token_ce(b.logits, two.followup_labels) > 0
+
+
+def test_train_base_rejects_a_negative_caption_weight(tmp_path, capsys):
+    rc = main(["train", "base", "--model-type", "qwen2_5_vl", "--data", "testbed:image-mini", "--out",
+               str(tmp_path / "m"), "--steps", "1", "--describe-weight", "-1"])
+    assert rc == 2

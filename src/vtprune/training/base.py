@@ -57,36 +57,78 @@ def build_untrained(model_type: str, seed: int = 0) -> tuple[torch.nn.Module, An
 
 
 
-def _collator(adapter: Any, rng: random.Random, num_frames: int | None):
+DESCRIBE = "Describe the image."
+
+
+def _collator(adapter: Any, rng: random.Random, num_frames: int | None, describe: bool):
     from vtprune.eval.runner import sample_for_record
     from vtprune.training.supervised import encode_with_answers
 
     def collate(records: list[Any]) -> dict[str, Any]:
         samples = [sample_for_record(r, num_frames) for r in records]
         answers = [rng.choice(r.answers) for r in records]
-        return encode_with_answers(adapter, samples, answers).model_kwargs(adapter)
+        followups = [(DESCRIBE, r.extra["caption"]) if describe and r.extra.get("caption") else None for r in records]
+        b = encode_with_answers(adapter, samples, answers, followups)
+        kw = b.model_kwargs(adapter)
+        if b.followup_labels is not None:
+            kw["followup_labels"] = b.followup_labels
+        return kw
 
     return collate
+
+
+def _token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of ``logits`` [B, L, V] on ``labels`` [B, L] (-100 ignored); 0 if none."""
+    lab = labels[:, 1:]
+    if not bool((lab != -100).any()):
+        return logits.sum() * 0.0
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), lab.flatten(), ignore_index=-100)
+
+
+def _describe_trainer(weight: float):
+    """A Trainer whose loss is the answer's LM loss + ``weight`` x the LM loss of the caption turn.
+
+    Both are token means over their own spans, so a 20-token caption does not drown the 1-2 answer tokens. The
+    caption turn is dense supervision of what is where in the image (colours, shapes, glyphs, table cells): the
+    answer alone is one token per image, too sparse for a model trained from scratch to learn to see.
+    """
+    from transformers import Trainer
+
+    class DescribeTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+            follow = inputs.pop("followup_labels", None)
+            labels = inputs.pop("labels")
+            out = model(**inputs)
+            loss = _token_ce(out.logits, labels)
+            if follow is not None:
+                loss = loss + weight * _token_ce(out.logits, follow)
+            return (loss, out) if return_outputs else loss
+
+    return DescribeTrainer
 
 
 def train_base(
     *, model_type: str, data: list[str], out: Path, steps: int = 3000, batch_size: int = 16, lr: float = 2e-3,
     seed: int = 0, warmup: float = 0.05, resume: bool = False, threads: int | None = None,
-    video_frames: int | None = None, init: str | None = None,
+    video_frames: int | None = None, init: str | None = None, describe_weight: float = 0.5,
 ) -> dict[str, Any]:
     """Train a zoo-sized ``model_type`` on ``data`` (JSONL paths or ``testbed:`` names) and save it to ``out``.
 
     ``video_frames`` resamples every video to that many frames; it is saved with the model as its processing
     default (``vtprune_processing.json``), as HF video processors carry their frame sampling. ``init`` (a model
     name or directory, e.g. ``zoo:synth-qwen2_5_vl``) starts from those weights with a fresh schedule instead of a
-    random initialisation: how a shipped zoo model is trained further."""
-    from transformers import Trainer, TrainingArguments
+    random initialisation: how a shipped zoo model is trained further. ``describe_weight`` > 0 adds a second turn
+    "Describe the image." -> the record's ``caption`` (testbed image sets carry one) to every such sample, with
+    that weight on its loss; 0 trains on the answers alone."""
+    from transformers import TrainingArguments
 
     from vtprune.adapters import get_adapter
     from vtprune.data.dataset import read_jsonl, resolve_data
 
     if steps < 1 or batch_size < 1 or lr <= 0:
         raise ConfigError("steps, batch size and learning rate must be positive")
+    if describe_weight < 0:
+        raise ConfigError(f"--describe-weight must be >= 0, got {describe_weight}")
     if threads:
         torch.set_num_threads(threads)
     records = [r for spec in data for r in read_jsonl(resolve_data(spec))]
@@ -121,8 +163,9 @@ def train_base(
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=ListDataset(records),
-                      data_collator=_collator(adapter, random.Random(seed), video_frames))
+    trainer = _describe_trainer(describe_weight)(
+        model=model, args=args, train_dataset=ListDataset(records),
+        data_collator=_collator(adapter, random.Random(seed), video_frames, describe_weight > 0))
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if resume and any((out / "checkpoints").glob("checkpoint-*")) else None)
     seconds = time.perf_counter() - t0
@@ -138,6 +181,7 @@ def train_base(
         "records": len(records), "seconds": round(seconds, 1), "final_loss": losses[-1] if losses else math.nan,
         "train_loss": result.training_loss, "params": sum(p.numel() for p in model.parameters()),
         "torch_threads": torch.get_num_threads(), "video_frames": video_frames, "init": init,
+        "describe_weight": describe_weight,
     }
     (out / "train_meta.json").write_text(json.dumps(meta, indent=1))
     return meta

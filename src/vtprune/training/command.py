@@ -30,12 +30,15 @@ def base(
     video_frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Resample videos to this many frames."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's)."),
     init: Optional[str] = typer.Option(None, "--init", help="Start from this model (zoo:<name> or a directory)."),
+    describe_weight: float = typer.Option(0.5, "--describe-weight", min=0.0,
+                                          help="Loss weight of the 'Describe the image.' caption turn (0: off)."),
 ) -> None:
     """Train a small VLM of a real HF class from scratch on testbed data (the zoo recipe)."""
     from vtprune.training.base import train_base
 
     meta = train_base(model_type=model_type, data=data, out=out, steps=steps, batch_size=batch_size, lr=lr,
-                      seed=seed, resume=resume, video_frames=video_frames, threads=threads, init=init)
+                      seed=seed, resume=resume, video_frames=video_frames, threads=threads, init=init,
+                      describe_weight=describe_weight)
     typer.echo(json.dumps(meta))
 
 

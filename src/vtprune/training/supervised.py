@@ -24,6 +24,7 @@ class SupervisedBatch:
     model_inputs: dict[str, Any]  # pixel values, grids, mm_token_type_ids (padded to L)
     visual_mask: torch.Tensor  # [B, L] bool
     prompt_lengths: list[int]
+    followup_labels: torch.Tensor | None = None  # [B, L], -100 outside the follow-up turn's answer
 
     def model_kwargs(self, adapter: Adapter) -> dict[str, Any]:
         """Keyword arguments for the stock model forward (with labels)."""
@@ -43,16 +44,30 @@ def answer_ids(adapter: Adapter, answer: str) -> list[int]:
     return ids + [int(tok.eos_token_id)]
 
 
-def encode_with_answers(adapter: Adapter, samples: list[Sample], answers: list[str]) -> SupervisedBatch:
-    """Encode each sample alone with the adapter, append its answer, then left-pad the batch."""
-    rows, labels, types, visual, prompt_lens = [], [], [], [], []
+def encode_with_answers(adapter: Adapter, samples: list[Sample], answers: list[str],
+                        followups: list[tuple[str, str] | None] | None = None) -> SupervisedBatch:
+    """Encode each sample alone with the adapter, append its answer, then left-pad the batch.
+
+    ``followups`` optionally gives each sample a second, text-only turn ``(question, answer)`` after its answer
+    (e.g. "Describe the image." -> the scene caption): it is labelled in ``followup_labels`` only, so the first
+    answer's tokens and labels are exactly those of a one-turn batch (the causal model cannot see what follows).
+    """
+    rows, labels, types, visual, prompt_lens, extra = [], [], [], [], [], []
     merged: dict[str, list[torch.Tensor]] = {}
-    for s, a in zip(samples, answers):
+    followups = followups or [None] * len(samples)
+    for s, a, f in zip(samples, answers, followups):
         enc = adapter.encode([s])
         prompt = enc.input_ids[0].tolist()
         ans = answer_ids(adapter, a)
-        rows.append(prompt + ans)
-        labels.append([-100] * len(prompt) + ans)
+        more: list[int] = []
+        more_labels: list[int] = []
+        if f is not None:
+            turn, reply = adapter.followup_ids(f[0]), answer_ids(adapter, f[1])
+            more, more_labels = turn + reply, [-100] * len(turn) + reply
+        rows.append(prompt + ans + more)
+        labels.append([-100] * len(prompt) + ans + [-100] * len(more))
+        extra.append([-100] * (len(prompt) + len(ans)) + more_labels)
+        ans = ans + more  # the rest below pads the whole tail as text
         visual.append(enc.visual_mask[0].long().tolist() + [0] * len(ans))
         prompt_lens.append(len(prompt))
         for k, v in enc.model_inputs.items():
@@ -62,9 +77,10 @@ def encode_with_answers(adapter: Adapter, samples: list[Sample], answers: list[s
                 merged.setdefault(k, []).append(v)
     input_ids, attention_mask = left_pad(rows, adapter.pad_token_id)
     lab, _ = left_pad(labels, -100)
+    fol = left_pad(extra, -100)[0] if any(f is not None for f in followups) else None
     vis, _ = left_pad(visual, 0)
     model_inputs: dict[str, Any] = {k: torch.cat(v) for k, v in merged.items()}
     if types:
         tt, _ = left_pad(types, 0)
         model_inputs["mm_token_type_ids"] = tt.to(torch.int)
-    return SupervisedBatch(input_ids, attention_mask, lab, model_inputs, vis.bool(), prompt_lens)
+    return SupervisedBatch(input_ids, attention_mask, lab, model_inputs, vis.bool(), prompt_lens, fol)
