@@ -161,3 +161,24 @@ def test_caption_holds_the_answer(task, seed):
         assert sum(p.split()[1] == kind for p in parts) == int(s.answer)
     else:  # every other answer is a word of the scene description
         assert s.answer in s.caption.replace(",", " ").replace(";", " ").replace(":", " ").split()
+
+
+def test_reading_scenes_are_deterministic_dense_and_disjoint_from_tasks():
+    import numpy as np
+
+    from vtprune.testbed.tasks.image import make_reading_scene
+
+    a, b = make_reading_scene("reading:0:1"), make_reading_scene("reading:0:1")
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image)) and a.objects == b.objects
+    scenes = [make_reading_scene(f"reading:0:{i}") for i in range(20)]
+    glyphs = [sum(o.glyph is not None for o in s.objects) for s in scenes]
+    # the point: many glyphs per 224 px image (task images hold 0-5 in up to 448x448); a table takes room
+    assert min(g for g, s in zip(glyphs, scenes) if not s.rows) >= 4 and sum(glyphs) / len(glyphs) >= 6
+    assert any(s.rows for s in scenes) and all(s.type == "reading" and s.question == "" for s in scenes)
+    for s in scenes:  # every glyph is drawn: its ink colour sits inside its box
+        arr = np.asarray(s.image)
+        for o in s.objects:
+            if o.glyph:
+                x0, y0, x1, y1 = o.box
+                ink = np.array(INK[o.color])
+                assert (arr[y0:y1, x0:x1] == ink).all(-1).any()

@@ -26,8 +26,10 @@ from vtprune.testbed.tasks import IMAGE_TASKS, VIDEO_TASKS, make_image_sample, m
 
 log = logging.getLogger(__name__)
 
-# per modality, so a change to one generator re-renders only its sets; image 2: lines carry the scene ``caption``
-VERSION: dict[str, int] = {"image": 2, "video": 1}
+# per modality, so a change to one generator re-renders only its sets; image 2: lines carry the scene (``caption``,
+# ``objects`` = [kind, colour, glyph, box], table ``rows`` = [key, value, key box, value box])
+# video 2: lines carry the ``tracks`` = [kind, colour per frame, glyph, box per frame (None: hidden)]
+VERSION: dict[str, int] = {"image": 2, "video": 2}
 
 
 @dataclass(frozen=True)
@@ -97,14 +99,17 @@ def _line(spec: SetSpec, i: int, out: Path) -> dict[str, Any]:
         rel = f"images/{sid}.png"
         s.image.save(out / rel, compress_level=1)
         return {"id": sid, "image": rel, "question": s.question, "answers": [s.answer], "type": s.type,
-                "boxes": [list(b) for b in s.boxes], "caption": s.caption}
+                "boxes": [list(b) for b in s.boxes], "caption": s.caption,
+                "objects": [[o.kind, o.color, o.glyph, list(o.box)] for o in s.objects],
+                "rows": [[r.key, r.value, list(r.key_box), list(r.value_box)] for r in s.rows]}
     from vtprune.data.video import write_video
 
     v = make_video_sample(VIDEO_TASKS[i % len(VIDEO_TASKS)], seed, num_frames=spec.num_frames)
     rel = f"videos/{sid}.mp4"
     write_video(out / rel, v.frames)
     return {"id": sid, "video": rel, "question": v.question, "answers": [v.answer], "type": v.type,
-            "boxes": [list(b) for b in v.boxes], "frames": v.evidence_frames}
+            "boxes": [list(b) for b in v.boxes], "frames": v.evidence_frames,
+            "tracks": [[tr.kind, tr.colors, tr.glyph, [list(b) if b else None for b in tr.boxes]] for tr in v.tracks]}
 
 
 def write_set(name: str, out: str | Path, n: int | None = None) -> Path:

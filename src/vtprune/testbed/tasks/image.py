@@ -215,8 +215,8 @@ def _counting(rng: random.Random, img: Image.Image) -> _Built:
     return _Built(q, str(n), [o.box for o in objs if o.kind == kind], objs)
 
 
-def _document(rng: random.Random, img: Image.Image) -> _Built:
-    """A white key/value table (grid lines, 15x21 px text) somewhere on the canvas, plus up to two shapes."""
+def _table(rng: random.Random, img: Image.Image) -> tuple[list[DocRow], Box]:
+    """Draw a white key/value table (grid lines, 15x21 px text) at a random place; returns its rows and box."""
     pad, row_h = 8, 7 * DOC_SCALE + 12
     n = rng.randint(3, min(6, (img.height - 8) // row_h))
     keys = rng.sample(DOC_KEYS, n)
@@ -241,14 +241,46 @@ def _document(rng: random.Random, img: Image.Image) -> _Built:
         draw_text(img, k, (kbox[0] + pad, top + 6), DOC_SCALE, (20, 20, 20))
         draw_text(img, v, (vbox[0] + pad, top + 6), DOC_SCALE, (20, 20, 20))
         rows.append(DocRow(k, v, kbox, vbox))
+    return rows, table
+
+
+def _document(rng: random.Random, img: Image.Image) -> _Built:
+    """A white key/value table (grid lines, 15x21 px text) somewhere on the canvas, plus up to two shapes."""
+    rows, table = _table(rng, img)
     specs = [(rng.choice(KINDS), rng.choice(list(COLORS)), None) for _ in range(rng.randint(0, 2))]
     try:
         objs = _objects(rng, img, specs, avoid=table)
     except ValueError:  # the table leaves no free cell: no shapes then
         objs = []
-    row = rows[rng.randrange(n)]
+    row = rows[rng.randrange(len(rows))]
     q = rng.choice(TEMPLATES["document"]).format(key=row.key)
     return _Built(q, row.value, [row.value_box, row.key_box], objs, rows)
+
+
+def make_reading_scene(seed: int | str, size: tuple[int, int] = (224, 224)) -> ImageSample:
+    """A question-free scene packed with things to read, for pre-training a vision tower (type ``reading``).
+
+    Every free grid cell likely holds a shape, most of them holding a glyph, and 30% of scenes hold a table: some
+    10x more glyphs per pixel than the task images, the same drawing primitives. Rendered from its own seed
+    stream (the zoo recipe uses ``"reading:<seed>:<i>"``), so no task sample, val or test, is ever one of them.
+    """
+    rng = random.Random(seed)
+    w, h = size
+    img = background(rng, w, h, (6, 14))
+    rows: list[DocRow] = []
+    table = None
+    if rng.random() < 0.3:
+        rows, table = _table(rng, img)
+    objs: list[Obj] = []
+    for n in range(rng.randint(10, 16), 0, -1):  # as many as fit beside the table
+        specs = [(rng.choice(GLYPH_KINDS), rng.choice(list(COLORS)), rng.choice(GLYPHS)) if rng.random() < 0.8
+                 else (rng.choice(KINDS), rng.choice(list(COLORS)), None) for _ in range(n)]
+        try:
+            objs = _objects(rng, img, specs, avoid=table)
+            break
+        except ValueError:
+            continue
+    return ImageSample("reading", "", "", img, [], objs, rows)
 
 
 BUILDERS = {"lookup": _lookup, "attribute": _attribute, "spatial": _spatial, "counting": _counting,
