@@ -17,19 +17,21 @@ def test_train_base_saves_loads_continues_and_ships(tmp_path, monkeypatch, capsy
     out = tmp_path / "m"
     rc = main(["train", "base", "--model-type", "qwen2_5_vl", "--data", "testbed:image-mini", "--data",
                "testbed:video-mini", "--frames", "4", "--out", str(out), "--steps", "2", "--batch-size", "2",
-               "--threads", "1"])
+               "--threads", "1", "--vision-steps", "2", "--vision-batch-size", "2"])
     meta = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rc == 0 and meta["steps"] == 2 and meta["video_frames"] == 4 and meta["records"] == 60
+    assert [r["step"] for r in meta["vision_log"]] == [0, 1] and meta["log"][0]["probe_loss"] > 0
     vlm = vtprune.load(str(out))
     assert vlm.video_frames == 4 and vlm.num_layers == 8 and vlm.model.model.visual.config.depth == 6
     rc = main(["train", "base", "--model-type", "qwen2_5_vl", "--data", "testbed:image-mini", "--out",
-               str(tmp_path / "m2"), "--steps", "1", "--batch-size", "2", "--init", str(out), "--lr", "1e-9"])
+               str(tmp_path / "m2"), "--steps", "1", "--batch-size", "2", "--init", str(out), "--lr", "1e-9",
+               "--vision-steps", "0"])
     assert rc == 0
     # with a vanishing learning rate, continuing changes (almost) nothing: the weights came from --init
     a = vtprune.load(str(tmp_path / "m2")).model.lm_head.weight
     torch.testing.assert_close(a, vlm.model.lm_head.weight, atol=1e-6, rtol=0)
     rc = main(["train", "base", "--model-type", "llava", "--data", "testbed:image-mini", "--out", str(tmp_path / "x"),
-               "--steps", "1", "--init", str(out)])
+               "--steps", "1", "--init", str(out), "--vision-steps", "0"])
     assert rc == 2 and "not llava" in capsys.readouterr().err
 
     monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path / "zoo")

@@ -60,8 +60,9 @@ def build_untrained(model_type: str, seed: int = 0) -> tuple[torch.nn.Module, An
 DESCRIBE = "Describe the image."
 
 
-def _collator(adapter: Any, rng: random.Random, num_frames: int | None, describe: bool):
+def _collator(adapter: Any, rng: random.Random, num_frames: int | None, describe: bool, probe: bool):
     from vtprune.eval.runner import sample_for_record
+    from vtprune.training.probe import batch_targets
     from vtprune.training.supervised import encode_with_answers
 
     def collate(records: list[Any]) -> dict[str, Any]:
@@ -72,6 +73,10 @@ def _collator(adapter: Any, rng: random.Random, num_frames: int | None, describe
         kw = b.model_kwargs(adapter)
         if b.followup_labels is not None:
             kw["followup_labels"] = b.followup_labels
+        if probe:
+            t = batch_targets([r.extra for r in records], samples, b.visual_mask, b.coords, b.grids)
+            if t is not None:
+                kw["probe_targets"] = t
         return kw
 
     return collate
@@ -85,32 +90,77 @@ def _token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), lab.flatten(), ignore_index=-100)
 
 
-def _describe_trainer(weight: float):
-    """A Trainer whose loss is the answer's LM loss + ``weight`` x the LM loss of the caption turn.
+class ZooRecipe(torch.nn.Module):
+    """The VLM under training plus the recipe's throw-away token probe (see :mod:`vtprune.training.probe`).
 
-    Both are token means over their own spans, so a 20-token caption does not drown the 1-2 answer tokens. The
-    caption turn is dense supervision of what is where in the image (colours, shapes, glyphs, table cells): the
-    answer alone is one token per image, too sparse for a model trained from scratch to learn to see.
+    ``forward`` returns the recipe loss: answer LM loss + ``describe_weight`` x caption-turn LM loss +
+    ``probe_weight`` x token-probe loss. The LM losses are token means over their own spans, so a 20-token caption
+    does not drown the 1-2 answer tokens. Only ``vlm`` is saved as the model.
     """
+
+    def __init__(self, vlm: torch.nn.Module, describe_weight: float, probe_weight: float) -> None:
+        from vtprune.training.probe import TokenProbe
+
+        super().__init__()
+        self.vlm = vlm
+        self.probe = TokenProbe(vlm.config.get_text_config().hidden_size)
+        self.describe_weight, self.probe_weight = describe_weight, probe_weight
+        self.last: dict[str, float] = {}
+
+    def forward(self, labels: torch.Tensor, followup_labels: torch.Tensor | None = None,
+                probe_targets: torch.Tensor | None = None, **inputs: Any) -> dict[str, torch.Tensor]:
+        use_probe = probe_targets is not None and self.probe_weight > 0
+        out = self.vlm(**inputs, output_hidden_states=use_probe)
+        answer = _token_ce(out.logits, labels)
+        loss = answer
+        self.last = {"answer_loss": answer.detach().item()}
+        if followup_labels is not None and self.describe_weight > 0:
+            cap = _token_ce(out.logits, followup_labels)
+            loss = loss + self.describe_weight * cap
+            self.last["caption_loss"] = cap.detach().item()
+        if use_probe:
+            m = probe_targets[..., 0] != -100
+            if bool(m.any()):
+                states, targets = out.hidden_states[0][m], probe_targets[m]
+                pl = self.probe.loss(states, targets)
+                loss = loss + self.probe_weight * pl
+                self.last["probe_loss"] = pl.detach().item()
+                # per-head accuracy on the batch's informative tokens: is the tower learning to read?
+                self.last.update({f"probe_{k}": v for k, v in self.probe.accuracy(states, targets).items()
+                                  if not math.isnan(v)})
+        return {"loss": loss}
+
+
+def _trainer_class():
     from transformers import Trainer
 
-    class DescribeTrainer(Trainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
-            follow = inputs.pop("followup_labels", None)
-            labels = inputs.pop("labels")
-            out = model(**inputs)
-            loss = _token_ce(out.logits, labels)
-            if follow is not None:
-                loss = loss + weight * _token_ce(out.logits, follow)
-            return (loss, out) if return_outputs else loss
+    class ZooTrainer(Trainer):
+        """Logs the recipe's separate losses (answer, caption, probe) beside the total."""
 
-    return DescribeTrainer
+        _sums: dict[str, float] = {}
+        _count = 0
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+            out = model(**inputs)
+            for k, v in model.last.items():
+                self._sums[k] = self._sums.get(k, 0.0) + v
+            self._count += 1
+            return (out["loss"], out) if return_outputs else out["loss"]
+
+        def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+            if self._count and "loss" in logs:
+                logs.update({k: round(v / self._count, 4) for k, v in self._sums.items()})
+                self._sums, self._count = {}, 0
+            super().log(logs, *args, **kwargs)
+
+    return ZooTrainer
 
 
 def train_base(
     *, model_type: str, data: list[str], out: Path, steps: int = 3000, batch_size: int = 16, lr: float = 2e-3,
     seed: int = 0, warmup: float = 0.05, resume: bool = False, threads: int | None = None,
     video_frames: int | None = None, init: str | None = None, describe_weight: float = 0.5,
+    probe_weight: float = 1.0, vision_steps: int = 300, vision_batch_size: int = 32,
 ) -> dict[str, Any]:
     """Train a zoo-sized ``model_type`` on ``data`` (JSONL paths or ``testbed:`` names) and save it to ``out``.
 
@@ -119,7 +169,10 @@ def train_base(
     name or directory, e.g. ``zoo:synth-qwen2_5_vl``) starts from those weights with a fresh schedule instead of a
     random initialisation: how a shipped zoo model is trained further. ``describe_weight`` > 0 adds a second turn
     "Describe the image." -> the record's ``caption`` (testbed image sets carry one) to every such sample, with
-    that weight on its loss; 0 trains on the answers alone."""
+    that weight on its loss; 0 trains on the answers alone. ``probe_weight`` > 0 adds the dense token probe on the
+    visual tokens of records that carry their scene (testbed sets do; see :mod:`vtprune.training.probe`).
+    ``vision_steps`` > 0 first pre-trains the vision side alone with that probe on generated reading scenes
+    (:func:`~vtprune.training.probe.vision_warmup`), skipped when resuming from a checkpoint."""
     from transformers import TrainingArguments
 
     from vtprune.adapters import get_adapter
@@ -129,6 +182,10 @@ def train_base(
         raise ConfigError("steps, batch size and learning rate must be positive")
     if describe_weight < 0:
         raise ConfigError(f"--describe-weight must be >= 0, got {describe_weight}")
+    if probe_weight < 0:
+        raise ConfigError(f"--probe-weight must be >= 0, got {probe_weight}")
+    if vision_steps < 0 or vision_batch_size < 1:
+        raise ConfigError("--vision-steps must be >= 0 and --vision-batch-size >= 1")
     if threads:
         torch.set_num_threads(threads)
     records = [r for spec in data for r in read_jsonl(resolve_data(spec))]
@@ -163,12 +220,22 @@ def train_base(
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,
     )
-    trainer = _describe_trainer(describe_weight)(
-        model=model, args=args, train_dataset=ListDataset(records),
-        data_collator=_collator(adapter, random.Random(seed), video_frames, describe_weight > 0))
+    recipe = ZooRecipe(model, describe_weight, probe_weight)
+    resuming = resume and any((out / "checkpoints").glob("checkpoint-*"))
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=True if resume and any((out / "checkpoints").glob("checkpoint-*")) else None)
-    seconds = time.perf_counter() - t0
+    vision_log: list[dict[str, float]] = []
+    if vision_steps and not resuming:
+        from vtprune.training.probe import vision_warmup
+
+        vision_log = vision_warmup(adapter, recipe.probe, steps=vision_steps, batch_size=vision_batch_size, lr=lr,
+                                   seed=seed, sides=(224, 448) if model_type == "llava" else (224, 224))
+    vision_seconds = time.perf_counter() - t0
+    trainer = _trainer_class()(
+        model=recipe, args=args, train_dataset=ListDataset(records),
+        data_collator=_collator(adapter, random.Random(seed), video_frames, describe_weight > 0, probe_weight > 0))
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=True if resuming else None)
+    seconds = time.perf_counter() - t0 + vision_seconds
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
@@ -181,7 +248,9 @@ def train_base(
         "records": len(records), "seconds": round(seconds, 1), "final_loss": losses[-1] if losses else math.nan,
         "train_loss": result.training_loss, "params": sum(p.numel() for p in model.parameters()),
         "torch_threads": torch.get_num_threads(), "video_frames": video_frames, "init": init,
-        "describe_weight": describe_weight,
+        "describe_weight": describe_weight, "probe_weight": probe_weight, "vision_steps": vision_steps,
+        "vision_batch_size": vision_batch_size, "vision_seconds": round(vision_seconds, 1), "vision_log": vision_log,
+        "log": [h for h in trainer.state.log_history if "loss" in h],
     }
     (out / "train_meta.json").write_text(json.dumps(meta, indent=1))
     return meta

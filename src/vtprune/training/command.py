@@ -17,6 +17,18 @@ def _train() -> None:
     """Train zoo models (base) and learned pruners (glimpse, stts)."""
 
 
+def _progress_to_stderr() -> None:
+    """Long runs report their stages (e.g. the vision warm-up) as plain lines on stderr."""
+    import logging
+
+    log = logging.getLogger("vtprune.training")
+    if not log.handlers:
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(h)
+        log.setLevel(logging.INFO)
+
+
 @train_app.command("base")
 def base(
     model_type: str = typer.Option(..., "--model-type", help="qwen2_5_vl or llava"),
@@ -32,13 +44,21 @@ def base(
     init: Optional[str] = typer.Option(None, "--init", help="Start from this model (zoo:<name> or a directory)."),
     describe_weight: float = typer.Option(0.5, "--describe-weight", min=0.0,
                                           help="Loss weight of the 'Describe the image.' caption turn (0: off)."),
+    probe_weight: float = typer.Option(1.0, "--probe-weight", min=0.0,
+                                       help="Loss weight of the dense per-token scene probe on the visual tokens (0: off)."),
+    vision_steps: int = typer.Option(300, "--vision-steps", min=0,
+                                     help="Steps pre-training the vision side alone on reading scenes first (0: off)."),
+    vision_batch_size: int = typer.Option(32, "--vision-batch-size", min=1),
 ) -> None:
     """Train a small VLM of a real HF class from scratch on testbed data (the zoo recipe)."""
     from vtprune.training.base import train_base
 
+    _progress_to_stderr()
+
     meta = train_base(model_type=model_type, data=data, out=out, steps=steps, batch_size=batch_size, lr=lr,
                       seed=seed, resume=resume, video_frames=video_frames, threads=threads, init=init,
-                      describe_weight=describe_weight)
+                      describe_weight=describe_weight, probe_weight=probe_weight, vision_steps=vision_steps,
+                      vision_batch_size=vision_batch_size)
     typer.echo(json.dumps(meta))
 
 

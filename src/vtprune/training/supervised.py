@@ -25,6 +25,8 @@ class SupervisedBatch:
     visual_mask: torch.Tensor  # [B, L] bool
     prompt_lengths: list[int]
     followup_labels: torch.Tensor | None = None  # [B, L], -100 outside the follow-up turn's answer
+    coords: list[torch.Tensor] | None = None  # per sample [Nv, 4] (item, t, row, col) of its visual tokens
+    grids: list[list[tuple[int, int, int]]] | None = None  # per sample the (t, h, w) token grid of each item
 
     def model_kwargs(self, adapter: Adapter) -> dict[str, Any]:
         """Keyword arguments for the stock model forward (with labels)."""
@@ -52,12 +54,14 @@ def encode_with_answers(adapter: Adapter, samples: list[Sample], answers: list[s
     (e.g. "Describe the image." -> the scene caption): it is labelled in ``followup_labels`` only, so the first
     answer's tokens and labels are exactly those of a one-turn batch (the causal model cannot see what follows).
     """
-    rows, labels, types, visual, prompt_lens, extra = [], [], [], [], [], []
+    rows, labels, types, visual, prompt_lens, extra, coords, grids = [], [], [], [], [], [], [], []
     merged: dict[str, list[torch.Tensor]] = {}
     followups = followups or [None] * len(samples)
     for s, a, f in zip(samples, answers, followups):
         enc = adapter.encode([s])
         prompt = enc.input_ids[0].tolist()
+        coords.append(enc.coords[0])
+        grids.append(enc.grids[0])
         ans = answer_ids(adapter, a)
         more: list[int] = []
         more_labels: list[int] = []
@@ -83,4 +87,4 @@ def encode_with_answers(adapter: Adapter, samples: list[Sample], answers: list[s
     if types:
         tt, _ = left_pad(types, 0)
         model_inputs["mm_token_type_ids"] = tt.to(torch.int)
-    return SupervisedBatch(input_ids, attention_mask, lab, model_inputs, vis.bool(), prompt_lens, fol)
+    return SupervisedBatch(input_ids, attention_mask, lab, model_inputs, vis.bool(), prompt_lens, fol, coords, grids)
