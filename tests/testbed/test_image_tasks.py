@@ -182,3 +182,43 @@ def test_reading_scenes_are_deterministic_dense_and_disjoint_from_tasks():
                 x0, y0, x1, y1 = o.box
                 ink = np.array(INK[o.color])
                 assert (arr[y0:y1, x0:x1] == ink).all(-1).any()
+
+
+@pytest.mark.parametrize("task", IMAGE_TASKS)
+def test_scene_questions_agree_with_the_rendered_answer(task):
+    """The scene's own question, when the generator words it the same way, gets the sample's answer."""
+    import random
+
+    from vtprune.testbed.tasks.image import scene_questions
+
+    found = 0
+    for seed in range(12):
+        s = make_image_sample(task, seed)
+        union = {}
+        for k in range(8):  # the templates are drawn at random: several draws cover each wording
+            for q, a in scene_questions(s.objects, s.rows, random.Random(k)):
+                assert union.setdefault(q, a) == a  # one answer per question
+        if s.question in union:
+            found += 1
+            assert union[s.question] == s.answer
+    assert found >= 10
+
+
+def test_scene_questions_known_scene():
+    import random
+
+    from vtprune.testbed.tasks.image import DocRow, scene_questions
+    from vtprune.testbed.tasks.render import Obj
+
+    objs = [Obj("circle", "red", (0, 0, 48, 48), "K"), Obj("circle", "red", (56, 0, 104, 48), "M"),
+            Obj("square", "blue", (0, 56, 48, 104)), Obj("star", "green", (56, 56, 104, 104))]
+    qa = dict(scene_questions(objs, [DocRow("price", "47", (0, 0, 1, 1), (1, 0, 2, 1))], random.Random(0)))
+    answers = sorted(qa.values())
+    # two red circles: no look-up; K and M name one shape each; counts of circle, square, star; the star is the
+    # one object directly right of the blue square (the circles above it are above, not right); the table row
+    assert not any("circle?" in q and "symbol" in q.lower() for q in qa)
+    assert sorted(a for q, a in qa.items() if "shape with" in q or "holding" in q or "contains" in q) == ["red", "red"]
+    assert {qa[q] for q in qa if "star" in q and "ow many" in q} == {"1"} or any("Count the stars" in q for q in qa)
+    assert any(a in ("star", "green") for q, a in qa.items() if "right of the blue square" in q)
+    assert any(a in ("circle", "red") for q, a in qa.items() if "below the" not in q and "above the blue square" in q)
+    assert "47" in answers

@@ -76,3 +76,29 @@ def test_train_base_rejects_a_negative_caption_weight(tmp_path, capsys):
     rc = main(["train", "base", "--model-type", "qwen2_5_vl", "--data", "testbed:image-mini", "--out",
                str(tmp_path / "m"), "--steps", "1", "--describe-weight", "-1"])
     assert rc == 2
+
+
+def test_scene_question_turns_are_labelled_apart_from_answer_and_caption(vlms):
+    from tests.conftest import make_image
+    from vtprune.training.base import _token_ce
+    from vtprune.training.supervised import encode_with_answers
+
+    vlm = vlms["qwen2_5_vl"]
+    ad = vlm.adapter
+    tok = ad.tokenizer
+    samples = [vtprune.Sample("what is red?", [make_image(56, 84, 1)]), vtprune.Sample("count", [make_image(56, 56, 2)])]
+    one = encode_with_answers(ad, samples, ["k", "3"])
+    b = encode_with_answers(ad, samples, ["k", "3"], [("Describe the image.", "red circle k"), None],
+                            [[("How many stars are there?", "2"), ("What is the value of price?", "47")], []])
+    assert [r[r != -100].tolist() for r in one.labels] == [r[r != -100].tolist() for r in b.labels]
+    ids = lambda t: tok(t, add_special_tokens=False).input_ids + [tok.eos_token_id]  # noqa: E731
+    assert b.qa_labels[0][b.qa_labels[0] != -100].tolist() == ids("2") + ids("47")
+    assert b.followup_labels[0][b.followup_labels[0] != -100].tolist() == ids("red circle k")
+    assert (b.qa_labels[1] == -100).all()
+    # the three label sets never overlap
+    assert not ((b.labels != -100) & (b.qa_labels != -100)).any()
+    assert not ((b.followup_labels != -100) & (b.qa_labels != -100)).any()
+    with torch.no_grad():
+        a = vlm.model(**one.model_kwargs(ad))
+        c = vlm.model(**b.model_kwargs(ad))
+    torch.testing.assert_close(_token_ce(c.logits, b.labels), a.loss)  # the later turns cannot leak back

@@ -26,10 +26,10 @@ from vtprune.testbed.tasks import IMAGE_TASKS, VIDEO_TASKS, make_image_sample, m
 
 log = logging.getLogger(__name__)
 
-# per modality, so a change to one generator re-renders only its sets; image 2: lines carry the scene (``caption``,
-# ``objects`` = [kind, colour, glyph, box], table ``rows`` = [key, value, key box, value box])
+# per modality, so a change to one generator re-renders only its sets; image 2: lines carry the scene ``caption``;
+# image 3: + ``objects`` = [kind, colour, glyph, box], table ``rows`` = [key, value, key box, value box]
 # video 2: lines carry the ``tracks`` = [kind, colour per frame, glyph, box per frame (None: hidden)]
-VERSION: dict[str, int] = {"image": 2, "video": 2}
+VERSION: dict[str, int] = {"image": 3, "video": 2}
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,22 @@ def build_untrained(model_type: str, seed: int = 0) -> tuple[torch.nn.Module, An
 DESCRIBE = "Describe the image."
 
 
-def _collator(adapter: Any, rng: random.Random, num_frames: int | None, describe: bool, probe: bool):
+def scene_qa(extra: dict[str, Any], question: str, rng: random.Random, n: int) -> list[tuple[str, str]]:
+    """Up to ``n`` further questions the record's scene answers (not its own question), in random order."""
+    from vtprune.testbed.tasks.image import DocRow, scene_questions
+    from vtprune.testbed.tasks.render import Obj
+
+    if n <= 0 or "objects" not in extra:
+        return []
+    objs = [Obj(k, c, tuple(b), g) for k, c, g, b in extra["objects"]]
+    rows = [DocRow(k, v, tuple(kb), tuple(vb)) for k, v, kb, vb in extra.get("rows") or []]
+    qa = [t for t in scene_questions(objs, rows, rng) if t[0] != question]
+    rng.shuffle(qa)
+    return qa[:n]
+
+
+def _collator(adapter: Any, rng: random.Random, num_frames: int | None, describe: bool, probe: bool,
+              qa_turns: int = 0):
     from vtprune.eval.runner import sample_for_record
     from vtprune.training.probe import batch_targets
     from vtprune.training.supervised import encode_with_answers
@@ -69,10 +84,13 @@ def _collator(adapter: Any, rng: random.Random, num_frames: int | None, describe
         samples = [sample_for_record(r, num_frames) for r in records]
         answers = [rng.choice(r.answers) for r in records]
         followups = [(DESCRIBE, r.extra["caption"]) if describe and r.extra.get("caption") else None for r in records]
-        b = encode_with_answers(adapter, samples, answers, followups)
+        qa = [scene_qa(r.extra, r.question, rng, qa_turns) for r in records]
+        b = encode_with_answers(adapter, samples, answers, followups, qa)
         kw = b.model_kwargs(adapter)
         if b.followup_labels is not None:
             kw["followup_labels"] = b.followup_labels
+        if b.qa_labels is not None:
+            kw["qa_labels"] = b.qa_labels
         if probe:
             t = batch_targets([r.extra for r in records], samples, b.visual_mask, b.coords, b.grids)
             if t is not None:
@@ -94,21 +112,22 @@ class ZooRecipe(torch.nn.Module):
     """The VLM under training plus the recipe's throw-away token probe (see :mod:`vtprune.training.probe`).
 
     ``forward`` returns the recipe loss: answer LM loss + ``describe_weight`` x caption-turn LM loss +
-    ``probe_weight`` x token-probe loss. The LM losses are token means over their own spans, so a 20-token caption
+    ``qa_weight`` x LM loss of the extra scene-question turns + ``probe_weight`` x token-probe loss. The LM losses are token means over their own spans, so a 20-token caption
     does not drown the 1-2 answer tokens. Only ``vlm`` is saved as the model.
     """
 
-    def __init__(self, vlm: torch.nn.Module, describe_weight: float, probe_weight: float) -> None:
+    def __init__(self, vlm: torch.nn.Module, describe_weight: float, probe_weight: float, qa_weight: float = 1.0) -> None:
         from vtprune.training.probe import TokenProbe
 
         super().__init__()
         self.vlm = vlm
         self.probe = TokenProbe(vlm.config.get_text_config().hidden_size)
-        self.describe_weight, self.probe_weight = describe_weight, probe_weight
+        self.describe_weight, self.probe_weight, self.qa_weight = describe_weight, probe_weight, qa_weight
         self.last: dict[str, float] = {}
 
     def forward(self, labels: torch.Tensor, followup_labels: torch.Tensor | None = None,
-                probe_targets: torch.Tensor | None = None, **inputs: Any) -> dict[str, torch.Tensor]:
+                probe_targets: torch.Tensor | None = None, qa_labels: torch.Tensor | None = None,
+                **inputs: Any) -> dict[str, torch.Tensor]:
         use_probe = probe_targets is not None and self.probe_weight > 0
         out = self.vlm(**inputs, output_hidden_states=use_probe)
         answer = _token_ce(out.logits, labels)
@@ -118,6 +137,10 @@ class ZooRecipe(torch.nn.Module):
             cap = _token_ce(out.logits, followup_labels)
             loss = loss + self.describe_weight * cap
             self.last["caption_loss"] = cap.detach().item()
+        if qa_labels is not None and self.qa_weight > 0:
+            qa = _token_ce(out.logits, qa_labels)
+            loss = loss + self.qa_weight * qa
+            self.last["qa_loss"] = qa.detach().item()
         if use_probe:
             m = probe_targets[..., 0] != -100
             if bool(m.any()):
@@ -160,7 +183,7 @@ def train_base(
     *, model_type: str, data: list[str], out: Path, steps: int = 3000, batch_size: int = 16, lr: float = 2e-3,
     seed: int = 0, warmup: float = 0.05, resume: bool = False, threads: int | None = None,
     video_frames: int | None = None, init: str | None = None, describe_weight: float = 0.5,
-    probe_weight: float = 1.0, vision_steps: int = 300, vision_batch_size: int = 32,
+    probe_weight: float = 1.0, vision_steps: int = 300, vision_batch_size: int = 32, qa_turns: int = 4,
 ) -> dict[str, Any]:
     """Train a zoo-sized ``model_type`` on ``data`` (JSONL paths or ``testbed:`` names) and save it to ``out``.
 
@@ -172,7 +195,8 @@ def train_base(
     that weight on its loss; 0 trains on the answers alone. ``probe_weight`` > 0 adds the dense token probe on the
     visual tokens of records that carry their scene (testbed sets do; see :mod:`vtprune.training.probe`).
     ``vision_steps`` > 0 first pre-trains the vision side alone with that probe on generated reading scenes
-    (:func:`~vtprune.training.probe.vision_warmup`), skipped when resuming from a checkpoint."""
+    (:func:`~vtprune.training.probe.vision_warmup`), skipped when resuming from a checkpoint. ``qa_turns`` > 0
+    adds up to that many further questions the image's scene answers (:func:`scene_qa`) as extra turns."""
     from transformers import TrainingArguments
 
     from vtprune.adapters import get_adapter
@@ -184,6 +208,8 @@ def train_base(
         raise ConfigError(f"--describe-weight must be >= 0, got {describe_weight}")
     if probe_weight < 0:
         raise ConfigError(f"--probe-weight must be >= 0, got {probe_weight}")
+    if qa_turns < 0:
+        raise ConfigError(f"--qa-turns must be >= 0, got {qa_turns}")
     if vision_steps < 0 or vision_batch_size < 1:
         raise ConfigError("--vision-steps must be >= 0 and --vision-batch-size >= 1")
     if threads:
@@ -232,7 +258,8 @@ def train_base(
     vision_seconds = time.perf_counter() - t0
     trainer = _trainer_class()(
         model=recipe, args=args, train_dataset=ListDataset(records),
-        data_collator=_collator(adapter, random.Random(seed), video_frames, describe_weight > 0, probe_weight > 0))
+        data_collator=_collator(adapter, random.Random(seed), video_frames, describe_weight > 0, probe_weight > 0,
+                                qa_turns))
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if resuming else None)
     seconds = time.perf_counter() - t0 + vision_seconds
@@ -248,7 +275,7 @@ def train_base(
         "records": len(records), "seconds": round(seconds, 1), "final_loss": losses[-1] if losses else math.nan,
         "train_loss": result.training_loss, "params": sum(p.numel() for p in model.parameters()),
         "torch_threads": torch.get_num_threads(), "video_frames": video_frames, "init": init,
-        "describe_weight": describe_weight, "probe_weight": probe_weight, "vision_steps": vision_steps,
+        "describe_weight": describe_weight, "probe_weight": probe_weight, "vision_steps": vision_steps, "qa_turns": qa_turns,
         "vision_batch_size": vision_batch_size, "vision_seconds": round(vision_seconds, 1), "vision_log": vision_log,
         "log": [h for h in trainer.state.log_history if "loss" in h],
     }

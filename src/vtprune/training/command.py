@@ -49,6 +49,8 @@ def base(
     vision_steps: int = typer.Option(300, "--vision-steps", min=0,
                                      help="Steps pre-training the vision side alone on reading scenes first (0: off)."),
     vision_batch_size: int = typer.Option(32, "--vision-batch-size", min=1),
+    qa_turns: int = typer.Option(4, "--qa-turns", min=0,
+                                 help="Extra questions per image drawn from its scene, as further turns (0: off)."),
 ) -> None:
     """Train a small VLM of a real HF class from scratch on testbed data (the zoo recipe)."""
     from vtprune.training.base import train_base
@@ -58,7 +60,7 @@ def base(
     meta = train_base(model_type=model_type, data=data, out=out, steps=steps, batch_size=batch_size, lr=lr,
                       seed=seed, resume=resume, video_frames=video_frames, threads=threads, init=init,
                       describe_weight=describe_weight, probe_weight=probe_weight, vision_steps=vision_steps,
-                      vision_batch_size=vision_batch_size)
+                      vision_batch_size=vision_batch_size, qa_turns=qa_turns)
     typer.echo(json.dumps(meta))
 
 

@@ -25,6 +25,7 @@ class SupervisedBatch:
     visual_mask: torch.Tensor  # [B, L] bool
     prompt_lengths: list[int]
     followup_labels: torch.Tensor | None = None  # [B, L], -100 outside the follow-up turn's answer
+    qa_labels: torch.Tensor | None = None  # [B, L], -100 outside the answers of the extra question turns
     coords: list[torch.Tensor] | None = None  # per sample [Nv, 4] (item, t, row, col) of its visual tokens
     grids: list[list[tuple[int, int, int]]] | None = None  # per sample the (t, h, w) token grid of each item
 
@@ -47,17 +48,21 @@ def answer_ids(adapter: Adapter, answer: str) -> list[int]:
 
 
 def encode_with_answers(adapter: Adapter, samples: list[Sample], answers: list[str],
-                        followups: list[tuple[str, str] | None] | None = None) -> SupervisedBatch:
+                        followups: list[tuple[str, str] | None] | None = None,
+                        extra_qa: list[list[tuple[str, str]]] | None = None) -> SupervisedBatch:
     """Encode each sample alone with the adapter, append its answer, then left-pad the batch.
 
     ``followups`` optionally gives each sample a second, text-only turn ``(question, answer)`` after its answer
     (e.g. "Describe the image." -> the scene caption): it is labelled in ``followup_labels`` only, so the first
     answer's tokens and labels are exactly those of a one-turn batch (the causal model cannot see what follows).
+    ``extra_qa`` gives each sample further text-only question turns, placed before the follow-up and labelled
+    in ``qa_labels`` only.
     """
-    rows, labels, types, visual, prompt_lens, extra, coords, grids = [], [], [], [], [], [], [], []
+    rows, labels, types, visual, prompt_lens, extra, coords, grids, qa = [], [], [], [], [], [], [], [], []
     merged: dict[str, list[torch.Tensor]] = {}
     followups = followups or [None] * len(samples)
-    for s, a, f in zip(samples, answers, followups):
+    extra_qa = extra_qa or [[] for _ in samples]
+    for s, a, f, turns in zip(samples, answers, followups, extra_qa):
         enc = adapter.encode([s])
         prompt = enc.input_ids[0].tolist()
         coords.append(enc.coords[0])
@@ -65,12 +70,20 @@ def encode_with_answers(adapter: Adapter, samples: list[Sample], answers: list[s
         ans = answer_ids(adapter, a)
         more: list[int] = []
         more_labels: list[int] = []
+        qa_more: list[int] = []
+        for q, r in turns:
+            turn, reply = adapter.followup_ids(q), answer_ids(adapter, r)
+            more += turn + reply
+            qa_more += [-100] * len(turn) + reply
+            more_labels += [-100] * (len(turn) + len(reply))
         if f is not None:
             turn, reply = adapter.followup_ids(f[0]), answer_ids(adapter, f[1])
-            more, more_labels = turn + reply, [-100] * len(turn) + reply
+            more, more_labels = more + turn + reply, more_labels + [-100] * len(turn) + reply
+            qa_more += [-100] * (len(turn) + len(reply))
         rows.append(prompt + ans + more)
         labels.append([-100] * len(prompt) + ans + [-100] * len(more))
         extra.append([-100] * (len(prompt) + len(ans)) + more_labels)
+        qa.append([-100] * (len(prompt) + len(ans)) + qa_more)
         ans = ans + more  # the rest below pads the whole tail as text
         visual.append(enc.visual_mask[0].long().tolist() + [0] * len(ans))
         prompt_lens.append(len(prompt))
@@ -82,9 +95,11 @@ def encode_with_answers(adapter: Adapter, samples: list[Sample], answers: list[s
     input_ids, attention_mask = left_pad(rows, adapter.pad_token_id)
     lab, _ = left_pad(labels, -100)
     fol = left_pad(extra, -100)[0] if any(f is not None for f in followups) else None
+    qal = left_pad(qa, -100)[0] if any(extra_qa) else None
     vis, _ = left_pad(visual, 0)
     model_inputs: dict[str, Any] = {k: torch.cat(v) for k, v in merged.items()}
     if types:
         tt, _ = left_pad(types, 0)
         model_inputs["mm_token_type_ids"] = tt.to(torch.int)
-    return SupervisedBatch(input_ids, attention_mask, lab, model_inputs, vis.bool(), prompt_lens, fol, coords, grids)
+    return SupervisedBatch(input_ids, attention_mask, lab, model_inputs, vis.bool(), prompt_lens, fol, qal, coords,
+                           grids)

@@ -313,3 +313,38 @@ def make_image_sample(task: str, seed: int | str, *, size: tuple[int, int] | Non
     img = background(rng, w, h, (round(6 * k), round(14 * k)))
     b = BUILDERS[task](rng, img)
     return ImageSample(task, b.question, b.answer, img, b.boxes, b.objects, b.rows)
+
+
+def scene_questions(objects: list[Obj], rows: list[DocRow], rng: random.Random) -> list[tuple[str, str]]:
+    """Every task question a scene answers uniquely, as ``(question, answer)`` in the task templates' wording.
+
+    The zoo recipe trains on a few of them as extra turns after a training image's own question: the same
+    image then teaches look-up, attribute, counting, spatial and table reading at once (one question per image
+    is too sparse a signal for an LLM learning from scratch to route from the question to the evidence). Only
+    questions with one right answer are asked: a colour names one circle, a glyph one shape, a square one anchor
+    with exactly one object directly beside it on that side.
+    """
+    out: list[tuple[str, str]] = []
+    circles = [o for o in objects if o.kind == "circle"]
+    for o in circles:
+        if o.glyph and sum(c.color == o.color for c in circles) == 1:
+            out.append((rng.choice(TEMPLATES["lookup"]).format(color=o.color), o.glyph.lower()))
+    for o in objects:
+        if o.glyph and sum(p.glyph == o.glyph for p in objects) == 1:
+            out.append((rng.choice(TEMPLATES["attribute"]).format(glyph=o.glyph), o.color))
+    for kind in sorted({o.kind for o in objects}):
+        n = sum(o.kind == kind for o in objects)
+        out.append((rng.choice(TEMPLATES["counting"]).format(kind=kind), str(n)))
+    squares = [o for o in objects if o.kind == "square"]
+    for sq in squares:
+        if sum(s.color == sq.color for s in squares) != 1:
+            continue
+        for rel in RELATIONS:
+            hits = [o for o in objects if o is not sq and relation_holds(rel, o.box, sq.box)]
+            if len(hits) == 1:
+                ask = rng.choice(("kind", "color"))
+                q = rng.choice(TEMPLATES[f"spatial_{ask}"]).format(rel=rel, color=sq.color)
+                out.append((q, getattr(hits[0], ask)))
+    for r in rows:
+        out.append((rng.choice(TEMPLATES["document"]).format(key=r.key), r.value))
+    return out
