@@ -99,9 +99,7 @@ def _line(spec: SetSpec, i: int, out: Path) -> dict[str, Any]:
         rel = f"images/{sid}.png"
         s.image.save(out / rel, compress_level=1)
         return {"id": sid, "image": rel, "question": s.question, "answers": [s.answer], "type": s.type,
-                "boxes": [list(b) for b in s.boxes], "caption": s.caption,
-                "objects": [[o.kind, o.color, o.glyph, list(o.box)] for o in s.objects],
-                "rows": [[r.key, r.value, list(r.key_box), list(r.value_box)] for r in s.rows]}
+                "boxes": [list(b) for b in s.boxes], "caption": s.caption, **s.scene()}
     from vtprune.data.video import write_video
 
     v = make_video_sample(VIDEO_TASKS[i % len(VIDEO_TASKS)], seed, num_frames=spec.num_frames)

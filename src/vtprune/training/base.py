@@ -62,14 +62,11 @@ DESCRIBE = "Describe the image."
 
 def scene_qa(extra: dict[str, Any], question: str, rng: random.Random, n: int) -> list[tuple[str, str]]:
     """Up to ``n`` further questions the record's scene answers (not its own question), in random order."""
-    from vtprune.testbed.tasks.image import DocRow, scene_questions
-    from vtprune.testbed.tasks.render import Obj
+    from vtprune.testbed.tasks.image import scene_from_fields, scene_questions
 
     if n <= 0 or "objects" not in extra:
         return []
-    objs = [Obj(k, c, tuple(b), g) for k, c, g, b in extra["objects"]]
-    rows = [DocRow(k, v, tuple(kb), tuple(vb)) for k, v, kb, vb in extra.get("rows") or []]
-    qa = [t for t in scene_questions(objs, rows, rng) if t[0] != question]
+    qa = [t for t in scene_questions(*scene_from_fields(extra), rng) if t[0] != question]
     rng.shuffle(qa)
     return qa[:n]
 
@@ -112,8 +109,9 @@ class ZooRecipe(torch.nn.Module):
     """The VLM under training plus the recipe's throw-away token probe (see :mod:`vtprune.training.probe`).
 
     ``forward`` returns the recipe loss: answer LM loss + ``describe_weight`` x caption-turn LM loss +
-    ``qa_weight`` x LM loss of the extra scene-question turns + ``probe_weight`` x token-probe loss. The LM losses are token means over their own spans, so a 20-token caption
-    does not drown the 1-2 answer tokens. Only ``vlm`` is saved as the model.
+    ``qa_weight`` x LM loss of the extra scene-question turns + ``probe_weight`` x token-probe loss. The LM losses
+    are token means over their own spans, so a 20-token caption does not drown the 1-2 answer tokens. Only ``vlm``
+    is saved as the model.
     """
 
     def __init__(self, vlm: torch.nn.Module, describe_weight: float, probe_weight: float, qa_weight: float = 1.0) -> None:
@@ -158,10 +156,12 @@ def _trainer_class():
     from transformers import Trainer
 
     class ZooTrainer(Trainer):
-        """Logs the recipe's separate losses (answer, caption, probe) beside the total."""
+        """Logs the recipe's separate losses (answer, caption, questions, probe) beside the total."""
 
-        _sums: dict[str, float] = {}
-        _count = 0
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._sums: dict[str, float] = {}  # per instance: summed since the last log
+            self._count = 0
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
             out = model(**inputs)

@@ -158,12 +158,6 @@ class TokenProbe(torch.nn.Module):
         return acc
 
 
-def scene_extra(sample: Any) -> dict[str, Any]:
-    """The probe's scene fields of a rendered :class:`~vtprune.testbed.tasks.image.ImageSample`."""
-    return {"objects": [[o.kind, o.color, o.glyph, list(o.box)] for o in sample.objects],
-            "rows": [[r.key, r.value, list(r.key_box), list(r.value_box)] for r in sample.rows]}
-
-
 def vision_warmup(adapter: Any, probe: TokenProbe, *, steps: int, batch_size: int = 32, lr: float = 2e-3,
                   seed: int = 0, log_every: int = 20, sides: tuple[int, int] = (224, 224)) -> list[dict[str, float]]:
     """Pre-train the vision side (tower + projector, not the LLM) with the probe on reading scenes.
@@ -198,7 +192,7 @@ def vision_warmup(adapter: Any, probe: TokenProbe, *, steps: int, batch_size: in
         samples = [Sample("", [s.image]) for s in scenes]
         enc = adapter.encode(samples)
         states = adapter.embed(enc).embeds
-        t = batch_targets([scene_extra(s) for s in scenes], samples, enc.visual_mask, enc.coords, enc.grids)
+        t = batch_targets([s.scene() for s in scenes], samples, enc.visual_mask, enc.coords, enc.grids)
         m = enc.visual_mask
         loss = probe.loss(states[m], t[m])
         opt.zero_grad()

@@ -68,23 +68,19 @@ def encode_with_answers(adapter: Adapter, samples: list[Sample], answers: list[s
         coords.append(enc.coords[0])
         grids.append(enc.grids[0])
         ans = answer_ids(adapter, a)
-        more: list[int] = []
-        more_labels: list[int] = []
-        qa_more: list[int] = []
-        for q, r in turns:
+        # the tail after the answer: extra question turns, then the follow-up; each reply token tagged by its turn
+        tail: list[int] = []
+        tags: list[str | None] = []
+        for q, r, tag in [(q, r, "qa") for q, r in turns] + ([(f[0], f[1], "followup")] if f is not None else []):
             turn, reply = adapter.followup_ids(q), answer_ids(adapter, r)
-            more += turn + reply
-            qa_more += [-100] * len(turn) + reply
-            more_labels += [-100] * (len(turn) + len(reply))
-        if f is not None:
-            turn, reply = adapter.followup_ids(f[0]), answer_ids(adapter, f[1])
-            more, more_labels = more + turn + reply, more_labels + [-100] * len(turn) + reply
-            qa_more += [-100] * (len(turn) + len(reply))
-        rows.append(prompt + ans + more)
-        labels.append([-100] * len(prompt) + ans + [-100] * len(more))
-        extra.append([-100] * (len(prompt) + len(ans)) + more_labels)
-        qa.append([-100] * (len(prompt) + len(ans)) + qa_more)
-        ans = ans + more  # the rest below pads the whole tail as text
+            tail += turn + reply
+            tags += [None] * len(turn) + [tag] * len(reply)
+        rows.append(prompt + ans + tail)
+        labels.append([-100] * len(prompt) + ans + [-100] * len(tail))
+        head = [-100] * (len(prompt) + len(ans))
+        extra.append(head + [t if g == "followup" else -100 for t, g in zip(tail, tags)])
+        qa.append(head + [t if g == "qa" else -100 for t, g in zip(tail, tags)])
+        ans = ans + tail  # the rest below pads the whole tail as text
         visual.append(enc.visual_mask[0].long().tolist() + [0] * len(ans))
         prompt_lens.append(len(prompt))
         for k, v in enc.model_inputs.items():

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 from PIL import Image, ImageDraw
 
@@ -73,6 +74,18 @@ class ImageSample:
     def caption(self) -> str:
         """The whole scene in words (see :func:`describe`)."""
         return describe(self.objects, self.rows)
+
+    def scene(self) -> dict[str, Any]:
+        """The scene as JSON fields (a set line's ``objects`` and ``rows``); :func:`scene_from_fields` reads them."""
+        return {"objects": [[o.kind, o.color, o.glyph, list(o.box)] for o in self.objects],
+                "rows": [[r.key, r.value, list(r.key_box), list(r.value_box)] for r in self.rows]}
+
+
+def scene_from_fields(fields: dict[str, Any]) -> tuple[list[Obj], list[DocRow]]:
+    """The objects and table rows of :meth:`ImageSample.scene` fields (e.g. a record's ``extra``)."""
+    objs = [Obj(k, c, tuple(b), g) for k, c, g, b in fields.get("objects") or []]
+    rows = [DocRow(k, v, tuple(kb), tuple(vb)) for k, v, kb, vb in fields.get("rows") or []]
+    return objs, rows
 
 
 def describe(objects: list[Obj], rows: list[DocRow] | None = None) -> str:
