@@ -56,8 +56,11 @@ def _items(n=2):
 
 
 def test_a_few_steps_reduce_the_loss(vlms, tmp_path):
+    hf = vlms["qwen2_5_vl"].model
+    before = {n: p.requires_grad for n, p in hf.named_parameters()}
     meta = train_glimpse(model=vlms["qwen2_5_vl"], data=_items(), out=tmp_path, mode="box", max_steps=12, lr=5e-3,
                          batch_size=2, logging_steps=1, warmup=0.0, config=SMALL)
+    assert {n: p.requires_grad for n, p in hf.named_parameters()} == before  # the caller's model is not left frozen
     hist = json.loads((tmp_path / "checkpoints" / "checkpoint-12" / "trainer_state.json").read_text())["log_history"]
     hist = [h for h in hist if "loss" in h]
     assert len(hist) == 12 and meta["mode"] == "box" and meta["steps"] == 12

@@ -46,11 +46,11 @@ def test_rendered_lookup_answer_is_under_the_target_box():
         assert int(t[:, 3].sum()) == len(s.objects)  # one centre mark per object
 
 
-def test_probe_loss_reaches_the_vision_tower(vlms, tmp_path):
+def test_probe_loss_reaches_the_vision_tower(tmp_path):
     from vtprune.data.dataset import Record
     from vtprune.training.supervised import encode_with_answers
 
-    vlm = vlms["qwen2_5_vl"]
+    vlm = vtprune.load("random:qwen2_5_vl")  # its own model: the shared fixture's flags are other tests' business
     s = make_image_sample("attribute", 3, size=(224, 224))
     path = tmp_path / "a.png"
     s.image.save(path)

@@ -282,6 +282,9 @@ def train_glimpse(
     if method is None:
         method = GlimpsePruner.for_model(model, **{**(config or {}), **({"layer": layer} if layer is not None else {})})
     method.stages(adapter.num_layers)  # validates depth and layer
+    # the base model is frozen while the pruner trains; the caller's flags come back afterwards
+    saved_grad = {n: p.requires_grad for n, p in hf.named_parameters()}
+    was_training = hf.training
     hf.requires_grad_(False)
     hf.eval()
     modules = method.modules
@@ -317,7 +320,12 @@ def train_glimpse(
     hf.to(trainer.args.device)
     ckpt = Path(out) / "checkpoints"
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=True if resume and any(ckpt.glob("checkpoint-*")) else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=True if resume and any(ckpt.glob("checkpoint-*")) else None)
+    finally:
+        for n, p in hf.named_parameters():
+            p.requires_grad_(saved_grad[n])
+        hf.train(was_training)
     seconds = time.perf_counter() - t0
     modules.eval()
     method.save_pretrained(out)
