@@ -185,11 +185,19 @@ class Adapter:
         q = attn.q_proj(x).view(B, Q, -1, attn.head_dim)
         if getattr(attn, "q_norm", None) is not None:  # Qwen3-style
             q = attn.q_norm(q)
-        q = q.transpose(1, 2)  # [B, H, Q, dh]
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        half = q.shape[-1] // 2
-        rot = torch.cat((-q[..., half:], q[..., :half]), dim=-1)
-        return q * cos + rot * sin
+        return _rotate(q.transpose(1, 2), cos, sin)  # [B, H, Q, dh]
+
+    def key_states(self, layer_idx: int, hidden_in: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Post-RoPE attention keys ``[B, Hkv, L, dh]`` of layer ``layer_idx`` for the given layer-input rows (what
+        the layer's cache would hold); arguments as :meth:`query_states`."""
+        layer = self.layers[layer_idx]
+        attn = layer.self_attn
+        x = layer.input_layernorm(hidden_in)
+        B, L, _ = x.shape
+        k = attn.k_proj(x).view(B, L, -1, attn.head_dim)
+        if getattr(attn, "k_norm", None) is not None:  # Qwen3-style
+            k = attn.k_norm(k)
+        return _rotate(k.transpose(1, 2), cos, sin)
 
     def vision_token_stats(self, batch: EncodedBatch, vision: dict[str, Any]) -> dict[str, Any]:
         """Vision-encoder attention per LLM visual token (:mod:`vtprune.adapters.vit_attention`), in each sample's
@@ -223,3 +231,10 @@ def grid_coords(item: int, t: int, h: int, w: int) -> torch.Tensor:
     tt, hh, ww = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
     it = torch.full_like(tt, item)
     return torch.stack([it, tt, hh, ww], dim=-1).reshape(-1, 4)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding (HF's rotate-half layout) of ``x`` ``[B, H, L, dh]`` with tables ``[B, L, dh]``."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin

@@ -60,19 +60,20 @@ def build_untrained(model_type: str, seed: int = 0) -> tuple[torch.nn.Module, An
 DESCRIBE = "Describe the image."
 
 
-def scene_qa(extra: dict[str, Any], question: str, rng: random.Random, n: int) -> list[tuple[str, str]]:
-    """Up to ``n`` further questions the record's scene answers (not its own question), in random order."""
-    from vtprune.testbed.tasks.image import scene_from_fields, scene_questions
+def scene_qa(extra: dict[str, Any], question: str, rng: random.Random, n: int) -> list[tuple[str, str, list[Any]]]:
+    """Up to ``n`` further questions the record's scene answers (not its own question), in random order, as
+    ``(question, answer, evidence boxes)``."""
+    from vtprune.testbed.tasks.image import scene_from_fields, scene_questions_with_evidence
 
     if n <= 0 or "objects" not in extra:
         return []
-    qa = [t for t in scene_questions(*scene_from_fields(extra), rng) if t[0] != question]
+    qa = [t for t in scene_questions_with_evidence(*scene_from_fields(extra), rng) if t[0] != question]
     rng.shuffle(qa)
     return qa[:n]
 
 
 def _collator(adapter: Any, rng: random.Random, num_frames: int | None, describe: bool, probe: bool,
-              qa_turns: int = 0):
+              qa_turns: int = 0, evidence: bool = False):
     from vtprune.eval.runner import sample_for_record
     from vtprune.training.probe import batch_targets
     from vtprune.training.supervised import encode_with_answers
@@ -82,8 +83,19 @@ def _collator(adapter: Any, rng: random.Random, num_frames: int | None, describe
         answers = [rng.choice(r.answers) for r in records]
         followups = [(DESCRIBE, r.extra["caption"]) if describe and r.extra.get("caption") else None for r in records]
         qa = [scene_qa(r.extra, r.question, rng, qa_turns) for r in records]
-        b = encode_with_answers(adapter, samples, answers, followups, qa)
+        b = encode_with_answers(adapter, samples, answers, followups, [[(q, a) for q, a, _ in t] for t in qa])
         kw = b.model_kwargs(adapter)
+        if evidence:
+            from vtprune.training.evidence import batch_evidence
+
+            # reply spans in order: the record's answer, then its question turns (the caption turn has no evidence)
+            spans = b.labels if b.qa_labels is None else torch.where(b.labels != -100, b.labels, b.qa_labels)
+            boxes = [[getattr(r, "boxes", None) or None] + [ev for _, _, ev in t] for r, t in zip(records, qa)]
+            ev = batch_evidence(boxes, samples, list(spans), b.visual_mask, b.coords, b.grids)
+            if ev is not None:
+                kw["evidence_query"], kw["evidence_keys"] = ev
+                kw["evidence_positions"] = adapter.positions(b.input_ids, b.attention_mask, b.model_inputs)
+                kw["evidence_visual"] = b.visual_mask
         if b.followup_labels is not None:
             kw["followup_labels"] = b.followup_labels
         if b.qa_labels is not None:
@@ -114,20 +126,26 @@ class ZooRecipe(torch.nn.Module):
     is saved as the model.
     """
 
-    def __init__(self, vlm: torch.nn.Module, describe_weight: float, probe_weight: float, qa_weight: float = 1.0) -> None:
+    def __init__(self, vlm: torch.nn.Module, describe_weight: float, probe_weight: float, qa_weight: float = 1.0,
+                 adapter: Any = None, attn_weight: float = 0.0, attn_layers: tuple[int, ...] = (),
+                 attn_heads: int = 1) -> None:
         from vtprune.training.probe import TokenProbe
 
         super().__init__()
         self.vlm = vlm
         self.probe = TokenProbe(vlm.config.get_text_config().hidden_size)
         self.describe_weight, self.probe_weight, self.qa_weight = describe_weight, probe_weight, qa_weight
+        self.adapter, self.attn_weight, self.attn_layers, self.attn_heads = adapter, attn_weight, attn_layers, attn_heads
         self.last: dict[str, float] = {}
 
     def forward(self, labels: torch.Tensor, followup_labels: torch.Tensor | None = None,
                 probe_targets: torch.Tensor | None = None, qa_labels: torch.Tensor | None = None,
+                evidence_query: torch.Tensor | None = None, evidence_keys: torch.Tensor | None = None,
+                evidence_positions: torch.Tensor | None = None, evidence_visual: torch.Tensor | None = None,
                 **inputs: Any) -> dict[str, torch.Tensor]:
         use_probe = probe_targets is not None and self.probe_weight > 0
-        out = self.vlm(**inputs, output_hidden_states=use_probe)
+        use_attn = evidence_query is not None and self.attn_weight > 0 and bool(self.attn_layers)
+        out = self.vlm(**inputs, output_hidden_states=use_probe or use_attn)
         answer = _token_ce(out.logits, labels)
         loss = answer
         self.last = {"answer_loss": answer.detach().item()}
@@ -139,6 +157,14 @@ class ZooRecipe(torch.nn.Module):
             qa = _token_ce(out.logits, qa_labels)
             loss = loss + self.qa_weight * qa
             self.last["qa_loss"] = qa.detach().item()
+        if use_attn:
+            from vtprune.training.evidence import evidence_attention_loss
+
+            al, mass = evidence_attention_loss(self.adapter, out.hidden_states, evidence_positions, evidence_visual,
+                                               evidence_query, evidence_keys, self.attn_layers, self.attn_heads)
+            loss = loss + self.attn_weight * al
+            self.last["attn_loss"] = al.detach().item()
+            self.last["evidence_mass"] = mass
         if use_probe:
             m = probe_targets[..., 0] != -100
             if bool(m.any()):
@@ -184,6 +210,7 @@ def train_base(
     seed: int = 0, warmup: float = 0.05, resume: bool = False, threads: int | None = None,
     video_frames: int | None = None, init: str | None = None, describe_weight: float = 0.5,
     probe_weight: float = 1.0, vision_steps: int = 300, vision_batch_size: int = 32, qa_turns: int = 4,
+    attn_weight: float = 0.5, attn_layers: tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
     """Train a zoo-sized ``model_type`` on ``data`` (JSONL paths or ``testbed:`` names) and save it to ``out``.
 
@@ -196,7 +223,9 @@ def train_base(
     visual tokens of records that carry their scene (testbed sets do; see :mod:`vtprune.training.probe`).
     ``vision_steps`` > 0 first pre-trains the vision side alone with that probe on generated reading scenes
     (:func:`~vtprune.training.probe.vision_warmup`), skipped when resuming from a checkpoint. ``qa_turns`` > 0
-    adds up to that many further questions the image's scene answers (:func:`scene_qa`) as extra turns."""
+    adds up to that many further questions the image's scene answers (:func:`scene_qa`) as extra turns.
+    ``attn_weight`` > 0 adds evidence attention (:mod:`vtprune.training.evidence`) on the first head of each of
+    ``attn_layers`` (default: layers L/4 and L/2 of an L-layer LLM) for every reply whose evidence boxes are known."""
     from transformers import TrainingArguments
 
     from vtprune.adapters import get_adapter
@@ -210,6 +239,8 @@ def train_base(
         raise ConfigError(f"--probe-weight must be >= 0, got {probe_weight}")
     if qa_turns < 0:
         raise ConfigError(f"--qa-turns must be >= 0, got {qa_turns}")
+    if attn_weight < 0:
+        raise ConfigError(f"--attn-weight must be >= 0, got {attn_weight}")
     if vision_steps < 0 or vision_batch_size < 1:
         raise ConfigError("--vision-steps must be >= 0 and --vision-batch-size >= 1")
     if threads:
@@ -227,6 +258,11 @@ def train_base(
     else:
         model, tok, proc = build_untrained(model_type, seed=seed)
     adapter = get_adapter(model, tok, proc)
+    n_layers = adapter.num_layers
+    if attn_layers is None:
+        attn_layers = tuple(sorted({n_layers // 4, n_layers // 2}))
+    if any(not 0 <= i < n_layers for i in attn_layers):
+        raise ConfigError(f"--attn-layers must lie in 0..{n_layers - 1}, got {list(attn_layers)}")
     args = TrainingArguments(
         output_dir=str(out / "checkpoints"),
         max_steps=steps,
@@ -246,7 +282,8 @@ def train_base(
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,
     )
-    recipe = ZooRecipe(model, describe_weight, probe_weight)
+    recipe = ZooRecipe(model, describe_weight, probe_weight, adapter=adapter, attn_weight=attn_weight,
+                       attn_layers=attn_layers)
     resuming = resume and any((out / "checkpoints").glob("checkpoint-*"))
     t0 = time.perf_counter()
     vision_log: list[dict[str, float]] = []
@@ -259,7 +296,7 @@ def train_base(
     trainer = _trainer_class()(
         model=recipe, args=args, train_dataset=ListDataset(records),
         data_collator=_collator(adapter, random.Random(seed), video_frames, describe_weight > 0, probe_weight > 0,
-                                qa_turns))
+                                qa_turns, attn_weight > 0 and bool(attn_layers)))
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if resuming else None)
     seconds = time.perf_counter() - t0 + vision_seconds
@@ -276,6 +313,7 @@ def train_base(
         "train_loss": result.training_loss, "params": sum(p.numel() for p in model.parameters()),
         "torch_threads": torch.get_num_threads(), "video_frames": video_frames, "init": init,
         "describe_weight": describe_weight, "probe_weight": probe_weight, "vision_steps": vision_steps, "qa_turns": qa_turns,
+        "attn_weight": attn_weight, "attn_layers": list(attn_layers),
         "vision_batch_size": vision_batch_size, "vision_seconds": round(vision_seconds, 1), "vision_log": vision_log,
         "log": [h for h in trainer.state.log_history if "loss" in h],
     }

@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from vtprune.errors import ConfigError
+
 
 train_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 
@@ -27,6 +29,15 @@ def _progress_to_stderr() -> None:
         h.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(h)
         log.setLevel(logging.INFO)
+
+
+def _int_list(text: str | None, option: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise ConfigError(f"{option} must be comma-separated integers, got {text!r}") from None
 
 
 @train_app.command("base")
@@ -51,6 +62,11 @@ def base(
     vision_batch_size: int = typer.Option(32, "--vision-batch-size", min=1),
     qa_turns: int = typer.Option(4, "--qa-turns", min=0,
                                  help="Extra questions per image drawn from its scene, as further turns (0: off)."),
+    attn_weight: float = typer.Option(0.5, "--attn-weight", min=0.0,
+                                      help="Loss weight of evidence attention: one head per supervised layer looks "
+                                           "at the question's evidence boxes (0: off)."),
+    attn_layers: Optional[str] = typer.Option(None, "--attn-layers",
+                                              help="Comma-separated LLM layers for --attn-weight (default: L/4 and L/2)."),
 ) -> None:
     """Train a small VLM of a real HF class from scratch on testbed data (the zoo recipe)."""
     from vtprune.training.base import train_base
@@ -60,7 +76,8 @@ def base(
     meta = train_base(model_type=model_type, data=data, out=out, steps=steps, batch_size=batch_size, lr=lr,
                       seed=seed, resume=resume, video_frames=video_frames, threads=threads, init=init,
                       describe_weight=describe_weight, probe_weight=probe_weight, vision_steps=vision_steps,
-                      vision_batch_size=vision_batch_size, qa_turns=qa_turns)
+                      vision_batch_size=vision_batch_size, qa_turns=qa_turns, attn_weight=attn_weight,
+                      attn_layers=_int_list(attn_layers, "--attn-layers"))
     typer.echo(json.dumps(meta))
 
 

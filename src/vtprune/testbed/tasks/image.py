@@ -335,19 +335,27 @@ def scene_questions(objects: list[Obj], rows: list[DocRow], rng: random.Random) 
     image then teaches look-up, attribute, counting, spatial and table reading at once (one question per image
     is too sparse a signal for an LLM learning from scratch to route from the question to the evidence). Only
     questions with one right answer are asked: a colour names one circle, a glyph one shape, a square one anchor
-    with exactly one object directly beside it on that side.
+    with exactly one object directly beside it on that side. :func:`scene_questions_with_evidence` also gives
+    each question's evidence boxes.
     """
-    out: list[tuple[str, str]] = []
+    return [(q, a) for q, a, _ in scene_questions_with_evidence(objects, rows, rng)]
+
+
+def scene_questions_with_evidence(objects: list[Obj], rows: list[DocRow],
+                                  rng: random.Random) -> list[tuple[str, str, list[Box]]]:
+    """:func:`scene_questions` with each question's evidence boxes, as the task builders define them (the object
+    read; every counted object; the answer object then the anchor square; the value cell then the key cell)."""
+    out: list[tuple[str, str, list[Box]]] = []
     circles = [o for o in objects if o.kind == "circle"]
     for o in circles:
         if o.glyph and sum(c.color == o.color for c in circles) == 1:
-            out.append((rng.choice(TEMPLATES["lookup"]).format(color=o.color), o.glyph.lower()))
+            out.append((rng.choice(TEMPLATES["lookup"]).format(color=o.color), o.glyph.lower(), [o.box]))
     for o in objects:
         if o.glyph and sum(p.glyph == o.glyph for p in objects) == 1:
-            out.append((rng.choice(TEMPLATES["attribute"]).format(glyph=o.glyph), o.color))
+            out.append((rng.choice(TEMPLATES["attribute"]).format(glyph=o.glyph), o.color, [o.box]))
     for kind in sorted({o.kind for o in objects}):
-        n = sum(o.kind == kind for o in objects)
-        out.append((rng.choice(TEMPLATES["counting"]).format(kind=kind), str(n)))
+        counted = [o.box for o in objects if o.kind == kind]
+        out.append((rng.choice(TEMPLATES["counting"]).format(kind=kind), str(len(counted)), counted))
     squares = [o for o in objects if o.kind == "square"]
     for sq in squares:
         if sum(s.color == sq.color for s in squares) != 1:
@@ -357,7 +365,7 @@ def scene_questions(objects: list[Obj], rows: list[DocRow], rng: random.Random) 
             if len(hits) == 1:
                 ask = rng.choice(("kind", "color"))
                 q = rng.choice(TEMPLATES[f"spatial_{ask}"]).format(rel=rel, color=sq.color)
-                out.append((q, getattr(hits[0], ask)))
+                out.append((q, getattr(hits[0], ask), [hits[0].box, sq.box]))
     for r in rows:
-        out.append((rng.choice(TEMPLATES["document"]).format(key=r.key), r.value))
+        out.append((rng.choice(TEMPLATES["document"]).format(key=r.key), r.value, [r.value_box, r.key_box]))
     return out

@@ -1,0 +1,112 @@
+"""Evidence attention of the zoo recipe: explicit keys equal the model's cache, the loss equals the one read off
+eager attention probabilities, the query and evidence positions are the right ones, and the scene questions'
+evidence is the builders' evidence."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+import vtprune
+from tests.conftest import FAMILIES, make_image
+from vtprune.testbed.tasks import IMAGE_TASKS, make_image_sample
+from vtprune.training.evidence import batch_evidence, evidence_attention_loss, evidence_tokens, reply_queries
+from vtprune.training.supervised import encode_with_answers
+
+
+def _hw(gh: int, gw: int) -> torch.Tensor:
+    r, c = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    return torch.stack([r.flatten(), c.flatten()], 1)
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_key_states_equal_the_cache_of_the_stock_forward(fam):
+    vlm = vtprune.load(f"random:{fam}")
+    ad = vlm.adapter
+    enc = ad.encode([vtprune.Sample("what is red?", [make_image(84, 56, 1)]), vtprune.Sample("count", [make_image(56, 56, 2)])])
+    pos = ad.positions(enc.input_ids, enc.attention_mask, enc.model_inputs)
+    with torch.no_grad():
+        out = vlm.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
+                        position_ids=ad.forward_position_ids(pos), use_cache=True, output_hidden_states=True,
+                        **enc.model_inputs)
+        cos, sin = ad.rope(out.hidden_states[0], pos)
+        for layer in (0, ad.num_layers - 1):
+            k = ad.key_states(layer, out.hidden_states[layer], cos, sin)
+            torch.testing.assert_close(k, out.past_key_values.layers[layer].keys, atol=1e-5, rtol=1e-4)
+
+
+def test_known_queries_and_evidence_tokens():
+    lab = torch.tensor([-100, -100, 5, 6, -100, -100, 7, -100, 8, 9])
+    assert reply_queries(lab) == [1, 5, 7]
+    # a 5x10 grid of 28 px tokens; a 56 px box covers 2x2 token centres, a box smaller than a token marks its centre's
+    ev = evidence_tokens([[28, 28, 84, 84], [200, 120, 204, 124]], (280, 140), _hw(5, 10), (5, 10)).view(5, 10)
+    assert ev.sum() == 5 and ev[1:3, 1:3].all() and ev[4, 7]
+
+
+def test_loss_equals_the_mass_read_off_eager_attention():
+    vlm = vtprune.load("random:qwen2_5_vl")
+    vlm.model.set_attn_implementation("eager")
+    ad = vlm.adapter
+    samples = [vtprune.Sample("what is red?", [make_image(112, 56, 1)]), vtprune.Sample("count", [make_image(56, 56, 2)])]
+    b = encode_with_answers(ad, samples, ["k", "3"], extra_qa=[[("q two", "z")], []])
+    boxes = [[[[0, 0, 28, 28]], [[28, 0, 56, 56]]], [[[0, 0, 56, 28]]]]
+    spans = torch.where(b.labels != -100, b.labels, b.qa_labels)
+    query, keys = batch_evidence(boxes, samples, list(spans), b.visual_mask, b.coords, b.grids)
+    assert query[1, 1] == -1 and (keys.sum(-1) == torch.tensor([[1, 2], [2, 0]])).all()
+    pos = ad.positions(b.input_ids, b.attention_mask, b.model_inputs)
+    with torch.no_grad():
+        out = vlm.model(**b.model_kwargs(ad), output_hidden_states=True, output_attentions=True)
+        loss, mass = evidence_attention_loss(ad, out.hidden_states, pos, b.visual_mask, query, keys, (1,), heads=1)
+    # the same quantity from the model's own attention probabilities: head 0 of layer 1 at each query row
+    want = []
+    for bi, qi in ((0, 0), (0, 1), (1, 0)):
+        p = out.attentions[1][bi, 0, query[bi, qi]]
+        want.append(-torch.log(p[keys[bi, qi]].sum() / p[b.visual_mask[bi]].sum()))
+    torch.testing.assert_close(loss, torch.stack(want).mean(), atol=1e-5, rtol=1e-4)
+    assert 0 < mass < 1
+
+
+@pytest.mark.parametrize("task", IMAGE_TASKS)
+def test_scene_question_evidence_is_the_builders_evidence(task):
+    from vtprune.testbed.tasks.image import scene_questions, scene_questions_with_evidence
+
+    found = 0
+    for seed in range(12):
+        s = make_image_sample(task, seed)
+        for k in range(8):
+            triples = scene_questions_with_evidence(s.objects, s.rows, random.Random(k))
+            assert [(q, a) for q, a, _ in triples] == scene_questions(s.objects, s.rows, random.Random(k))
+            for q, a, ev in triples:
+                if q == s.question:
+                    found += 1
+                    assert a == s.answer and sorted(ev) == sorted(s.boxes)
+    assert found >= 10
+
+
+def test_recipe_adds_the_loss_and_trains_the_supervised_layers_queries():
+    from vtprune.data.dataset import read_jsonl, resolve_data
+    from vtprune.training.base import ZooRecipe, _collator
+
+    vlm = vtprune.load("random:qwen2_5_vl")
+    recs = [r for r in read_jsonl(resolve_data("testbed:image-mini"))][:3]
+    kw = _collator(vlm.adapter, random.Random(0), None, False, False, 2, evidence=True)(recs)
+    assert kw["evidence_query"].shape == (3, 3) and (kw["evidence_query"] >= 0).all()
+    recipe = ZooRecipe(vlm.model, 0.0, 0.0, adapter=vlm.adapter, attn_weight=1.0, attn_layers=(1,))
+    out = recipe(**kw)
+    assert set(recipe.last) == {"answer_loss", "qa_loss", "attn_loss", "evidence_mass"}
+    out["loss"].backward()
+    layers = vlm.adapter.layers
+    assert layers[1].self_attn.q_proj.weight.grad.abs().sum() > 0
+    assert layers[1].self_attn.o_proj.weight.grad is not None  # (the LM loss; o_proj gets no evidence gradient)
+
+
+def test_bad_attention_layers_are_one_line_errors(tmp_path, capsys):
+    from vtprune.cli import main
+
+    for bad, msg in (("2,x", "comma-separated integers"), ("9", "must lie in 0..7")):
+        rc = main(["train", "base", "--model-type", "qwen2_5_vl", "--data", "testbed:image-mini", "--out",
+                   str(tmp_path / "m"), "--steps", "1", "--vision-steps", "0", "--attn-layers", bad])
+        err = capsys.readouterr().err
+        assert rc == 2 and msg in err and "Traceback" not in err
