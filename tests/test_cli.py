@@ -136,6 +136,15 @@ def test_compare_table(capsys, tmp_path, dataset):
     assert [(r["method"], r["keep"]) for r in res["rows"]] == [("none", None), ("random", 0.5), ("random", 0.25),
                                                                ("uniform", 0.5), ("uniform", 0.25)]
     assert res["rows"][0]["retention"] == 1.0 and 0.2 < res["rows"][-1]["retention"] < 0.3
+    # pdrop cannot average below its first stage's share (2 of the 4 layers of the random model): an n/a cell
+    rc, out, _ = run(capsys, "compare", "--model", "random:qwen2_5_vl", "--data", dataset, "--methods", "pdrop",
+                     "--keeps", "0.6,0.05", "--out", tmp_path / "pd", "--max-new-tokens", "2", "--limit", "2")
+    res = json.loads((tmp_path / "pd" / "results.json").read_text())
+    assert rc == 0 and "| pdrop | 0." in out and out.rstrip().endswith("| n/a |")
+    assert "below" in res["rows"][2]["skipped"] and "accuracy" in res["rows"][1]
+    rc, _, err = run(capsys, "compare", "--model", "random:qwen2_5_vl", "--data", dataset, "--methods", "nosuch",
+                     "--keeps", "0.5", "--out", tmp_path / "y")
+    assert rc == 2 and "nosuch" in err and not (tmp_path / "y").exists()
     rc, _, err = run(capsys, "compare", "--model", "random:qwen2_5_vl", "--data", dataset, "--methods", "random",
                      "--keeps", "half", "--out", tmp_path / "x")
     assert rc == 2 and "--keeps" in err

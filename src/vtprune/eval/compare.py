@@ -23,15 +23,27 @@ def run_compare(
     if not methods or not keeps:
         raise ConfigError("compare needs at least one method and one keep ratio")
     pruners = pruners or {}
+    from vtprune.methods.base import get_method
+
+    for m in methods:
+        get_method(m)  # an unknown name fails before any cell runs
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
 
     def one(method: str, keep: float | None) -> None:
         tag = f"{method}-{keep if keep is not None else 'all'}"
-        r = run_eval(model=model, data=data, method=method, keep=keep, layer=layer if method not in ("none",) else None,
-                     pruner=pruners.get(method), batch_size=batch_size, limit=limit,
-                     predictions=out / "preds" / f"{tag}.jsonl", max_new_tokens=max_new_tokens)
+        try:
+            r = run_eval(model=model, data=data, method=method, keep=keep,
+                         layer=layer if method not in ("none",) else None, pruner=pruners.get(method),
+                         batch_size=batch_size, limit=limit, predictions=out / "preds" / f"{tag}.jsonl",
+                         max_new_tokens=max_new_tokens)
+        except ConfigError as e:
+            if method == "none":
+                raise
+            # a keep the method cannot reach (e.g. below pdrop's floor): an empty cell with the reason, not a crash
+            rows.append({"method": method, "keep": keep, "skipped": str(e)})
+            return
         rows.append({"method": method, "keep": keep, "n": r["n"], "accuracy": r["accuracy"],
                      "retention": r["retention_mean"], "prefill_retention": r["prefill_retention_mean"],
                      "by_type": r["by_type"], "settings": r["method"]})
@@ -48,7 +60,8 @@ def run_compare(
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
-    """Methods as rows, keep ratios as columns: accuracy (retention)."""
+    """Methods as rows, keep ratios as columns: accuracy (retention); ``n/a`` where the method cannot reach the
+    keep (the reason is in ``results.json``)."""
     keeps = sorted({r["keep"] for r in summary["rows"] if r["keep"] is not None}, reverse=True)
     base = next(r for r in summary["rows"] if r["method"] == "none")
     lines = ["| method | " + " | ".join(f"keep {k}" for k in keeps) + " |", "|---|" + "---|" * len(keeps)]
@@ -57,6 +70,6 @@ def markdown_table(summary: dict[str, Any]) -> str:
         cells = []
         for k in keeps:
             r = next((x for x in summary["rows"] if x["method"] == method and x["keep"] == k), None)
-            cells.append(f"{r['accuracy']:.3f} ({r['retention']:.3f})" if r else "")
+            cells.append("n/a" if r and "skipped" in r else f"{r['accuracy']:.3f} ({r['retention']:.3f})" if r else "")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
