@@ -140,7 +140,7 @@ def test_compare_table(capsys, tmp_path, dataset):
     rc, out, _ = run(capsys, "compare", "--model", "random:qwen2_5_vl", "--data", dataset, "--methods", "pdrop",
                      "--keeps", "0.6,0.05", "--out", tmp_path / "pd", "--max-new-tokens", "2", "--limit", "2")
     res = json.loads((tmp_path / "pd" / "results.json").read_text())
-    assert rc == 0 and "| pdrop | 0." in out and out.rstrip().endswith("| n/a |")
+    assert rc == 0 and "| pdrop | 0." in out and out.rstrip().endswith("| n/a |") and " / " in out
     assert "below" in res["rows"][2]["skipped"] and "accuracy" in res["rows"][1]
     rc, _, err = run(capsys, "compare", "--model", "random:qwen2_5_vl", "--data", dataset, "--methods", "nosuch",
                      "--keeps", "0.5", "--out", tmp_path / "y")

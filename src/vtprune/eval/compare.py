@@ -61,7 +61,9 @@ def run_compare(
 
 def markdown_table(summary: dict[str, Any]) -> str:
     """Methods as rows, keep ratios as columns: accuracy (retention); ``n/a`` where the method cannot reach the
-    keep (the reason is in ``results.json``)."""
+    keep (the reason is in ``results.json``). Where a method prunes inside the LLM, the token-layer (prefill)
+    retention differs from the share of visual tokens kept for decoding: the cell then shows both, as
+    ``(decode / token-layer)`` (pdrop's ``--keep`` is the token-layer one)."""
     keeps = sorted({r["keep"] for r in summary["rows"] if r["keep"] is not None}, reverse=True)
     base = next(r for r in summary["rows"] if r["method"] == "none")
     lines = ["| method | " + " | ".join(f"keep {k}" for k in keeps) + " |", "|---|" + "---|" * len(keeps)]
@@ -70,6 +72,13 @@ def markdown_table(summary: dict[str, Any]) -> str:
         cells = []
         for k in keeps:
             r = next((x for x in summary["rows"] if x["method"] == method and x["keep"] == k), None)
-            cells.append("n/a" if r and "skipped" in r else f"{r['accuracy']:.3f} ({r['retention']:.3f})" if r else "")
+            cells.append("n/a" if r and "skipped" in r else _cell(r) if r else "")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(r: dict[str, Any]) -> str:
+    ret, pre = r["retention"], r.get("prefill_retention", r["retention"])
+    if abs(ret - pre) < 5e-4:
+        return f"{r['accuracy']:.3f} ({ret:.3f})"
+    return f"{r['accuracy']:.3f} ({ret:.3f} / {pre:.3f})"
