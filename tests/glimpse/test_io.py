@@ -42,6 +42,20 @@ def test_round_trip_saves_only_the_pruner(vlms, tmp_path, fam):
     assert all(torch.equal(a, b) for a, b in zip(_kept(vlm, back), _kept(vlm, m)))
 
 
+def test_shipped_pruner_loads_from_the_zoo_in_half_precision(vlms, tmp_path, monkeypatch):
+    from vtprune.testbed import zoo
+
+    vlm = vlms["qwen2_5_vl"]
+    m = small_pruner(vlm, seed=2)
+    m.save_pretrained(tmp_path / "p")
+    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path / "zoo")
+    zoo.ship_model(tmp_path / "p", "glimpse-tiny")
+    back = vtprune.pruner("glimpse", pruner="zoo:glimpse-tiny")
+    assert back.config == m.config
+    for k, v in back.modules.state_dict().items():
+        torch.testing.assert_close(v, m.modules.state_dict()[k].half().float())
+
+
 def test_pruner_wiring_and_errors(vlms, tmp_path):
     vlm = vlms["qwen2_5_vl"]
     small_pruner(vlm).save_pretrained(tmp_path)

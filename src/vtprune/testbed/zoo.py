@@ -40,11 +40,13 @@ def load_zoo_model(name: str) -> tuple[torch.nn.Module, Any, Any]:
 
 
 SHIP_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-              "preprocessor_config.json", "vtprune_processing.json", "train_meta.json")
+              "preprocessor_config.json", "vtprune_processing.json", "train_meta.json",
+              "vtprune_config.json")  # the last: a learned pruner's config (``zoo:glimpse-...``, ``zoo:stts-...``)
 
 
 def ship_model(src: Path, name: str, dtype: torch.dtype = torch.float16) -> Path:
-    """Copy a trained model directory into the package zoo as ``zoo:<name>``, weights stored in ``dtype``.
+    """Copy a trained model (or learned pruner) directory into the package zoo as ``zoo:<name>``, weights stored
+    in ``dtype``.
 
     Only the files a load needs (plus the training record) are copied; weights are re-saved as one safetensors file
     in half precision to keep the package small (they are loaded back as fp32).
