@@ -178,26 +178,24 @@ class Adapter:
         Returns:
             ``[B, H, Q, dh]``.
         """
-        layer = self.layers[layer_idx]
-        attn = layer.self_attn
-        x = layer.input_layernorm(hidden_in)
-        B, Q, _ = x.shape
-        q = attn.q_proj(x).view(B, Q, -1, attn.head_dim)
-        if getattr(attn, "q_norm", None) is not None:  # Qwen3-style
-            q = attn.q_norm(q)
-        return _rotate(q.transpose(1, 2), cos, sin)  # [B, H, Q, dh]
+        return self._rope_states(layer_idx, hidden_in, cos, sin, "q")
 
     def key_states(self, layer_idx: int, hidden_in: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Post-RoPE attention keys ``[B, Hkv, L, dh]`` of layer ``layer_idx`` for the given layer-input rows (what
         the layer's cache would hold); arguments as :meth:`query_states`."""
+        return self._rope_states(layer_idx, hidden_in, cos, sin, "k")
+
+    def _rope_states(self, layer_idx: int, hidden_in: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                     which: str) -> torch.Tensor:
+        """``which`` = "q" or "k": the layer's projection of its normed input, per-head norm if any, then RoPE."""
         layer = self.layers[layer_idx]
         attn = layer.self_attn
         x = layer.input_layernorm(hidden_in)
-        B, L, _ = x.shape
-        k = attn.k_proj(x).view(B, L, -1, attn.head_dim)
-        if getattr(attn, "k_norm", None) is not None:  # Qwen3-style
-            k = attn.k_norm(k)
-        return _rotate(k.transpose(1, 2), cos, sin)
+        B, N, _ = x.shape
+        y = getattr(attn, f"{which}_proj")(x).view(B, N, -1, attn.head_dim)
+        if getattr(attn, f"{which}_norm", None) is not None:  # Qwen3-style
+            y = getattr(attn, f"{which}_norm")(y)
+        return _rotate(y.transpose(1, 2), cos, sin)  # [B, heads, N, dh]
 
     def vision_token_stats(self, batch: EncodedBatch, vision: dict[str, Any]) -> dict[str, Any]:
         """Vision-encoder attention per LLM visual token (:mod:`vtprune.adapters.vit_attention`), in each sample's

@@ -84,7 +84,8 @@ def _collator(adapter: Any, rng: random.Random, num_frames: int | None, describe
         followups = [(DESCRIBE, r.extra["caption"]) if describe and r.extra.get("caption") else None for r in records]
         qa = [scene_qa(r.extra, r.question, rng, qa_turns) for r in records]
         b = encode_with_answers(adapter, samples, answers, followups, [[(q, a) for q, a, _ in t] for t in qa])
-        kw = b.model_kwargs(adapter)
+        pos = adapter.positions(b.input_ids, b.attention_mask, b.model_inputs)
+        kw = b.model_kwargs(adapter, pos)
         if evidence:
             from vtprune.training.evidence import batch_evidence
 
@@ -94,7 +95,7 @@ def _collator(adapter: Any, rng: random.Random, num_frames: int | None, describe
             ev = batch_evidence(boxes, samples, list(spans), b.visual_mask, b.coords, b.grids)
             if ev is not None:
                 kw["evidence_query"], kw["evidence_keys"] = ev
-                kw["evidence_positions"] = adapter.positions(b.input_ids, b.attention_mask, b.model_inputs)
+                kw["evidence_positions"] = pos
                 kw["evidence_visual"] = b.visual_mask
         if b.followup_labels is not None:
             kw["followup_labels"] = b.followup_labels

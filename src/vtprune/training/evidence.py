@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-Box = tuple[int, int, int, int]
+from vtprune.training.probe import TokenGrid
 
 
 def evidence_tokens(boxes: list[Any], image_size: tuple[int, int], hw: torch.Tensor,
@@ -27,20 +27,12 @@ def evidence_tokens(boxes: list[Any], image_size: tuple[int, int], hw: torch.Ten
     """``[N]`` bool: the visual tokens of one image that cover an evidence box.
 
     A token counts when its centre lies in a box; a box smaller than a token still marks the token that holds
-    its centre. Geometry as :func:`vtprune.training.probe.token_targets` (``hw`` ``[N, 2]`` row/column on a
-    ``grid`` of (rows, columns) tokens over an image of ``image_size`` (width, height) pixels).
+    its centre. Arguments as :class:`vtprune.training.probe.TokenGrid`.
     """
-    w, h = image_size
-    gh, gw = grid
-    sx, sy = w / gw, h / gh
-    cy = (hw[:, 0].double() + 0.5) * sy
-    cx = (hw[:, 1].double() + 0.5) * sx
+    g = TokenGrid(image_size, hw, grid)
     out = torch.zeros(hw.shape[0], dtype=torch.bool)
-    for x0, y0, x1, y1 in boxes:
-        out |= (cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1)
-        r = min(int((y0 + y1) / 2 / sy), gh - 1)
-        c = min(int((x0 + x1) / 2 / sx), gw - 1)
-        out |= (hw[:, 0] == r) & (hw[:, 1] == c)
+    for box in boxes:
+        out |= g.inside(box) | g.centre(box)
     return out
 
 
@@ -108,11 +100,10 @@ def evidence_attention_loss(adapter: Any, hidden_states: tuple[torch.Tensor, ...
         h = hidden_states[layer]
         rows = h.gather(1, qi[..., None].expand(B, Q, h.shape[-1]))
         pick = qi[..., None].expand(B, Q, cos.shape[-1])
-        q = adapter.query_states(layer, rows, cos.gather(1, pick), sin.gather(1, pick))[:, :heads]  # [B, h, Q, dh]
+        q = adapter.query_states(layer, rows, cos.gather(1, pick), sin.gather(1, pick))  # [B, H, Q, dh]
         k = adapter.key_states(layer, h, cos, sin)  # [B, Hkv, L, dh]
-        group = adapter.layers[layer].self_attn.num_key_value_groups if hasattr(
-            adapter.layers[layer].self_attn, "num_key_value_groups") else q.shape[1] // k.shape[1]
-        k = k[:, [i // group for i in range(heads)]]
+        group = q.shape[1] // k.shape[1]  # query heads per key head
+        q, k = q[:, :heads], k[:, [i // group for i in range(heads)]]
         scale = getattr(adapter.layers[layer].self_attn, "scaling", q.shape[-1] ** -0.5)
         logits = (q.float() @ k.float().transpose(-1, -2)) * scale  # [B, h, Q, L]
         neg = torch.finfo(logits.dtype).min

@@ -38,6 +38,29 @@ def has_scene(extra: dict[str, Any]) -> bool:
     return "objects" in extra or "tracks" in extra
 
 
+class TokenGrid:
+    """Where the visual tokens of one image sit in its pixels: ``hw`` ``[N, 2]`` (row, column) on a ``grid`` of
+    (rows, columns) tokens over an image of ``image_size`` (width, height); a token covers ``width/columns x
+    height/rows`` pixels (so a processor's squash, e.g. LLaVA's fixed 336 px, is accounted for)."""
+
+    def __init__(self, image_size: tuple[int, int], hw: torch.Tensor, grid: tuple[int, int]) -> None:
+        w, h = image_size
+        self.hw, (self.gh, self.gw) = hw, grid
+        self.sx, self.sy = w / self.gw, h / self.gh
+        self.cy = (hw[:, 0].double() + 0.5) * self.sy
+        self.cx = (hw[:, 1].double() + 0.5) * self.sx
+
+    def inside(self, box: Any) -> torch.Tensor:
+        """``[N]`` bool: tokens whose centre lies in ``box`` (x0, y0, x1, y1; x1, y1 exclusive)."""
+        return (self.cx >= box[0]) & (self.cx < box[2]) & (self.cy >= box[1]) & (self.cy < box[3])
+
+    def centre(self, box: Any) -> torch.Tensor:
+        """``[N]`` bool: the one token holding the centre of ``box``, whatever the box's size and alignment."""
+        r = min(int((box[1] + box[3]) / 2 / self.sy), self.gh - 1)
+        c = min(int((box[0] + box[2]) / 2 / self.sx), self.gw - 1)
+        return (self.hw[:, 0] == r) & (self.hw[:, 1] == c)
+
+
 def token_targets(extra: dict[str, Any], image_size: tuple[int, int], hw: torch.Tensor,
                   grid: tuple[int, int]) -> torch.Tensor:
     """Targets ``[N, 4]`` (colour, kind, content, centre) for ``N`` visual tokens of one image.
@@ -47,33 +70,21 @@ def token_targets(extra: dict[str, Any], image_size: tuple[int, int], hw: torch.
             ``[[key, value, key_box, value_box], ...]`` in image pixels.
         image_size: (width, height) of the image the boxes refer to.
         hw: ``[N, 2]`` (row, column) of each token on the token grid.
-        grid: (rows, columns) of the token grid; a token covers ``width/columns x height/rows`` image pixels
-            (so a processor's squash, e.g. LLaVA's fixed 336 px, is accounted for).
+        grid: (rows, columns) of the token grid (see :class:`TokenGrid`).
     """
-    w, h = image_size
-    gh, gw = grid
-    sx, sy = w / gw, h / gh
-    cy = (hw[:, 0].double() + 0.5) * sy
-    cx = (hw[:, 1].double() + 0.5) * sx
+    g = TokenGrid(image_size, hw, grid)
     out = torch.zeros(hw.shape[0], 4, dtype=torch.long)
-
-    def inside(box: list[int]) -> torch.Tensor:
-        return (cx >= box[0]) & (cx < box[2]) & (cy >= box[1]) & (cy < box[3])
-
     for key, value, kbox, vbox in extra.get("rows") or []:
         for box, kind, content in ((kbox, "table key", key), (vbox, "table value", value)):
-            m = inside(box)
+            m = g.inside(box)
             out[m, 1] = _KIND[kind]
             out[m, 2] = _CONTENT.get(content, 0)
     for kind, color, glyph, box in extra.get("objects") or []:
-        m = inside(box)
+        m = g.inside(box)
         out[m, 0] = _COLOR.get(color, 0)
         out[m, 1] = _KIND[kind]
         out[m, 2] = _CONTENT[glyph.lower()] if glyph else 0
-        # the one token holding the box centre (counting: one mark per object, whatever the box's alignment)
-        r = min(int((box[1] + box[3]) / 2 / sy), gh - 1)
-        c = min(int((box[0] + box[2]) / 2 / sx), gw - 1)
-        out[(hw[:, 0] == r) & (hw[:, 1] == c), 3] = 1
+        out[g.centre(box), 3] = 1  # counting: one mark per object
     return out
 
 

@@ -29,9 +29,10 @@ class SupervisedBatch:
     coords: list[torch.Tensor] | None = None  # per sample [Nv, 4] (item, t, row, col) of its visual tokens
     grids: list[list[tuple[int, int, int]]] | None = None  # per sample the (t, h, w) token grid of each item
 
-    def model_kwargs(self, adapter: Adapter) -> dict[str, Any]:
-        """Keyword arguments for the stock model forward (with labels)."""
-        pos = adapter.positions(self.input_ids, self.attention_mask, self.model_inputs)
+    def model_kwargs(self, adapter: Adapter, positions: torch.Tensor | None = None) -> dict[str, Any]:
+        """Keyword arguments for the stock model forward (with labels); ``positions`` (``adapter.positions`` of
+        this batch) when the caller has them already."""
+        pos = adapter.positions(self.input_ids, self.attention_mask, self.model_inputs) if positions is None else positions
         return dict(
             input_ids=self.input_ids,
             attention_mask=self.attention_mask,
