@@ -109,3 +109,38 @@ def test_auto_dtype_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> Non
     assert cmd.auto_dtype("cpu") == "fp32"
     monkeypatch.setattr(cmd, "cpu_has_bf16", lambda: True)
     assert cmd.auto_dtype("cpu") == "bf16"
+
+
+VIDEO_TINY = ["bench", "--shape", "qwen2_5_vl-3b", "--layers", "2", "--vit-layers", "2", "--frames", "4",
+              "--repeat", "1", "--new-tokens", "2", *FAST, "--json"]
+
+
+def test_learned_methods_without_pruner_are_timed_untrained(capsys: pytest.CaptureFixture[str]) -> None:
+    # STTS in the ViT: half of the units after the first temporal step survive; the report says the weights are untrained
+    assert main([*VIDEO_TINY, "--method", "stts", "--keep", "0.5"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    b, p = rep["baseline"], rep["pruned"]
+    assert p["kept_visual_tokens"] == round(0.5 * b["kept_visual_tokens"])
+    assert any("untrained stts" in n for n in rep["config"]["notes"])
+    assert rep["ratios"]["flops_llm_prefill"] < 1
+    # GlimpsePrune at layer 0 of 2 keeps exactly --keep of the image's tokens (the untrained threshold is replaced)
+    assert main([*TINY, *FAST, "--method", "glimpse", "--keep", "0.25", "--layer", "0", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["pruned"]["kept_visual_tokens"] == 16
+    assert any("untrained glimpse" in n for n in rep["config"]["notes"])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([*TINY[1:], "--method", "random", "--keep", "0.5", "--layer", "0", "--pruner", "zoo:glimpse-synth-qwen2_5_vl"],
+         "pruner"),
+        ([*TINY[1:], "--method", "glimpse", "--keep", "0.5", "--layer", "5"], "out of range"),
+        (["--shape", "qwen2_5_vl-3b", "--layers", "2", "--vit-layers", "2", "--frames", "4", "--method", "stts",
+          "--keep", "0.5", "--layer", "0"], "no --layer"),
+    ],
+)
+def test_untrained_path_still_checks_input(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err

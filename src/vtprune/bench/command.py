@@ -82,12 +82,42 @@ def _parse_sweep(text: str) -> tuple[str, list[Any]]:
     return key, values
 
 
-def _make_method(plan: _Plan, keep: float | None) -> Any:
-    """The method under test, built and range-checked against the LLM depth actually run (the eval harness's
-    builder: learned methods need ``--pruner``, training-free ones refuse it)."""
-    from vtprune.eval.runner import build_method
+UNTRAINED_NOTE = ("untrained {name} weights (no --pruner): the selection is arbitrary but the compute is that of a "
+                  "trained pruner of the same architecture at this retention")
 
-    return build_method(plan.method, keep=keep, layer=plan.layer, pruner=plan.pruner, num_layers=plan.layers)
+
+def _is_untrained(plan: _Plan) -> bool:
+    """A learned method benched without ``--pruner``: timed with seeded untrained weights sized to the shape."""
+    from vtprune.methods import get_method
+
+    return plan.pruner is None and getattr(get_method(plan.method), "trainable", False)
+
+
+def _make_method(plan: _Plan, keep: float | None, model: Any = None) -> Any:
+    """The method under test, built and range-checked against the LLM depth actually run (the eval harness's
+    builder; training-free methods refuse ``--pruner``). A learned method without ``--pruner`` is built untrained
+    for ``model`` (its ``untrained`` constructor); with ``model`` None it is only validated and None returned."""
+    from vtprune.eval.runner import build_method
+    from vtprune.runtime.executor import _check_stages
+    from vtprune.methods.base import Stage
+    from vtprune.methods import get_method
+
+    if not _is_untrained(plan):
+        return build_method(plan.method, keep=keep, layer=plan.layer, pruner=plan.pruner, num_layers=plan.layers)
+    if keep is not None and not 0.0 < keep <= 1.0:
+        raise ConfigError(f"--keep must be in (0, 1], got {keep}")
+    cls = get_method(plan.method)
+    if not hasattr(cls, "untrained"):
+        raise ConfigError(f"method {plan.method!r} is learned and cannot be built untrained: pass --pruner")
+    if plan.layer is not None:  # checked before the model is built, as build_method does for the rest
+        if "llm" not in cls.sites:
+            raise ConfigError(f"{plan.method} prunes inside the vision encoder; it takes no --layer")
+        _check_stages([Stage("llm", int(plan.layer))], plan.layers)
+    if model is None:
+        return None
+    m = cls.untrained(model, keep=keep, layer=plan.layer)
+    _check_stages(m.stages(plan.layers), plan.layers)
+    return m
 
 
 def full_layers(method: Any, num_layers: int) -> int:
@@ -137,6 +167,8 @@ def _config(plan: _Plan, method: Any, model: Any, inp: Any, args: dict[str, Any]
             else f"image {d['pixels'][0]}x{d['pixels'][1]}")
     reduced = plan.layers < s.layers or plan.vit_layers < s.vit_layers
     notes = list(inp.notes)
+    if _is_untrained(plan):
+        notes.append(UNTRAINED_NOTE.format(name=plan.method))
     if args.get("dtype_note"):
         notes.append(args["dtype_note"])
     if reduced:
@@ -199,7 +231,8 @@ def bench(
     method: str = typer.Option(..., "--method", help="Method to compare with none."),
     keep: Optional[float] = typer.Option(None, "--keep", help="Fraction of visual tokens to keep, in (0, 1]."),
     layer: Optional[int] = typer.Option(None, "--layer", help="Prune after this LLM layer (0-based)."),
-    pruner_path: Optional[str] = typer.Option(None, "--pruner", help="Trained pruner (zoo:<name> or directory)."),
+    pruner_path: Optional[str] = typer.Option(None, "--pruner", help="Trained pruner (zoo:<name> or directory); "
+                                              "learned methods without it are timed with untrained weights."),
     batch_size: int = typer.Option(1, "--batch-size", min=1),
     new_tokens: int = typer.Option(8, "--new-tokens", min=2, help="Tokens to decode (>= 2: one step is timed)."),
     repeat: int = typer.Option(3, "--repeat", min=1, help="Timed A/B rounds."),
@@ -287,6 +320,8 @@ def bench(
                 dtype_note=dtype_note)
     reports = []
     for v, m, spec in points:
+        if m is None:
+            m = _make_method(plan, v if sweep_key == "keep" else keep, model)
         if progress and sweep_key:
             progress(f"sweep {sweep_key}={v}")
         reports.append(_run_one(plan, model, tok, m, spec, args, progress))

@@ -80,6 +80,18 @@ class GlimpsePruner(Pruner):
         return cls(config=cfg, modules=GlimpseModules(cfg))
 
     @classmethod
+    def untrained(cls, model: Any, *, keep: float | None = None, layer: int | None = None, seed: int = 0
+                  ) -> GlimpsePruner:
+        """A seeded, untrained pruner of the paper's architecture for ``model``, selecting exactly ``keep`` of each
+        image's tokens (the learned threshold means nothing untrained). For cost measurement only: its compute
+        equals a trained pruner's at the same retention."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            p = cls.for_model(model, **({} if layer is None else {"layer": int(layer)}))
+        k = 1.0 if keep is None else float(keep)
+        return cls(keep=k, config=p.config, modules=p.modules, fixed_remain_ratio=k)
+
+    @classmethod
     def from_pretrained(cls, path: str | Path, *, keep: float | None = None, layer: int | None = None,
                         **settings: Any) -> GlimpsePruner:
         """Load a saved pruner (``save_pretrained`` layout, the official ``new_modules_gp.pt`` layout, or

@@ -163,6 +163,17 @@ class STTS(Pruner):
         return VitDecision(keep=torch.cat(keeps), key_bias=torch.cat(biases) if self.bias else None, aux_loss=aux,
                            scores=torch.cat(scores))
 
+    @classmethod
+    def untrained(cls, model: Any, *, keep: float | None = None, layer: int | None = None, seed: int = 0) -> STTS:
+        """A seeded, untrained scorer sized for ``model``'s vision encoder (:meth:`STTSConfig.for_vision_config`).
+        For cost measurement only: the selection is arbitrary, the compute that of a trained scorer."""
+        if layer is not None:
+            raise ConfigError("stts prunes inside the vision encoder; it takes no --layer")
+        hf = model if hasattr(model, "config") else model.model
+        m = cls(keep=1.0 if keep is None else float(keep), seed=seed)
+        m.init_scorer(STTSConfig.for_vision_config(hf.config.vision_config))
+        return m
+
     # --- save / load: only the scorer's weights -------------------------------------------------------------------
     def save_pretrained(self, path: str | Path) -> None:
         """Write ``vtprune_config.json`` (settings + scorer shape + version) and ``model.safetensors`` (scorer only)."""
