@@ -20,6 +20,7 @@ from vtprune.methods.compose import Compose
 from vtprune.methods import cdpruner as _cdpruner  # noqa: F401  (training-free baselines)
 from vtprune.methods import dart as _dart  # noqa: F401
 from vtprune.methods import divprune as _divprune  # noqa: F401
+from vtprune.methods import evs as _evs  # noqa: F401
 from vtprune.methods import fastv as _fastv  # noqa: F401
 from vtprune.methods import pdrop as _pdrop  # noqa: F401
 from vtprune.methods import vispruner as _vispruner  # noqa: F401

@@ -69,6 +69,28 @@ def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(scores.float(), descending=True, stable=True).indices[:k]
 
 
+def budget_groups(ctx: Context, b: int, ratio: float, per_frame: bool) -> list[tuple[torch.Tensor, int]]:
+    """How sample ``b``'s budget is split: a list of (positions among its first ``n`` current visual tokens, how
+    many of them to keep). One group of all its tokens (``keep_counts`` of the sample), or with ``per_frame`` one
+    group per temporal step of each item (image or video frame), each keeping ``round(ratio * h * w)`` of that
+    step's original ``h * w`` tokens, at least 1 where any remain: an image method applied frame by frame."""
+    from vtprune.methods.base import keep_counts
+
+    n = int(ctx.visual_counts[b])
+    dev = ctx.visual_ids.device
+    if not per_frame:
+        k = int(keep_counts(ratio, ctx.visual_total[b : b + 1], ctx.visual_counts[b : b + 1])[0])
+        return [(torch.arange(n, device=dev), k)]
+    coords = ctx.coords[b, :n]
+    out = []
+    for (item, t) in torch.unique(coords[:, :2], dim=0).tolist():
+        idx = torch.nonzero((coords[:, 0] == item) & (coords[:, 1] == t)).flatten()
+        _, h, w = ctx.grids[b][item]
+        k = int(keep_counts(ratio, torch.tensor([h * w]), torch.tensor([len(idx)]))[0])
+        out.append((idx, k))
+    return out
+
+
 def rows_to_mask(picks: list[torch.Tensor], shape: torch.Size | tuple[int, int], device: torch.device) -> torch.Tensor:
     """``[B, Nv]`` bool with ``picks[b]`` (1-D long indices) set in row ``b``."""
     mask = torch.zeros(shape, dtype=torch.bool, device=device)

@@ -179,7 +179,26 @@ def register_method(cls: type[Pruner]) -> type[Pruner]:
     return cls
 
 
+FRAME_SUFFIX = "@frame"
+
+
+def _split_name(name: str) -> tuple[str, bool]:
+    """``"divprune@frame"`` -> ``("divprune", True)``: an image method run frame by frame (its ``per_frame`` setting)."""
+    if name.endswith(FRAME_SUFFIX):
+        return name[: -len(FRAME_SUFFIX)], True
+    return name, False
+
+
 def get_method(name: str) -> type[Pruner]:
+    """The class registered as ``name``; ``<name>@frame`` names the same class run per frame (it must have a
+    ``per_frame`` setting)."""
+    base, frame = _split_name(name)
+    if frame:
+        cls = get_method(base)
+        if "per_frame" not in {f.name for f in dataclasses.fields(cls)}:
+            per = sorted(n for n, c in _METHODS.items() if "per_frame" in {f.name for f in dataclasses.fields(c)})
+            raise UnknownMethodError(f"method {base!r} has no per-frame form; {FRAME_SUFFIX} works with: {', '.join(per)}")
+        return cls
     try:
         return _METHODS[name]
     except KeyError:
@@ -282,7 +301,8 @@ class Pruner:
 
 
 def pruner(name: str, **settings: Any) -> Pruner:
-    """Build a registered method by name, e.g. ``pruner("random", keep=0.25, layer=2)``.
+    """Build a registered method by name, e.g. ``pruner("random", keep=0.25, layer=2)``; ``pruner("divprune@frame",
+    keep=0.5)`` is ``pruner("divprune", keep=0.5, per_frame=True)`` (an image method applied frame by frame).
 
     ``then=<Pruner>`` chains a second method after this one (see :class:`vtprune.methods.compose.Compose`), e.g.
     ``pruner("stts", keep=0.5, then=pruner("random", keep=0.25, layer=2))``.
@@ -293,6 +313,8 @@ def pruner(name: str, **settings: Any) -> Pruner:
 
         return Compose([pruner(name, **settings), then])
     cls = get_method(name)
+    if _split_name(name)[1]:
+        settings["per_frame"] = True
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(k for k, v in settings.items() if k not in known and v is not None)
     if unknown:

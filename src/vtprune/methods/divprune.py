@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from vtprune.methods._common import farthest_point, rows_to_mask
-from vtprune.methods.base import Context, Pruner, keep_counts, register_method
+from vtprune.methods._common import budget_groups, farthest_point, rows_to_mask
+from vtprune.methods.base import Context, Pruner, register_method
 
 
 @register_method
@@ -27,9 +27,14 @@ class DivPrune(Pruner):
     name = "divprune"
     sites = ("pre_llm",)
 
+    per_frame: bool = False
+    """Solve each temporal step of a video (and each image) alone with its share of the budget (``divprune@frame``)
+    instead of once over all of a sample's tokens."""
+
     def select(self, ctx: Context) -> torch.Tensor:
         feats = ctx.visual_hidden  # [B, Nv, D]
-        counts = keep_counts(self.keep, ctx.visual_total, ctx.visual_counts)
-        n = ctx.visual_counts.tolist()
-        picks = [farthest_point(feats[b, : n[b]], int(counts[b])) for b in range(feats.shape[0])]
+        picks = []
+        for b in range(feats.shape[0]):
+            groups = budget_groups(ctx, b, self.keep, self.per_frame)
+            picks.append(torch.cat([idx[farthest_point(feats[b, idx], k)] for idx, k in groups]))
         return rows_to_mask(picks, ctx.visual_valid.shape, feats.device)

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import torch
 
 from vtprune.errors import ConfigError
-from vtprune.methods._common import rows_to_mask, top_indices, unit, vision_scores
-from vtprune.methods.base import Context, Pruner, keep_counts, register_method
+from vtprune.methods._common import budget_groups, rows_to_mask, top_indices, unit, vision_scores
+from vtprune.methods.base import Context, Pruner, register_method
 
 
 def split_budget(k: int, share: float) -> tuple[int, int]:
@@ -65,39 +65,42 @@ class VisionZip(Pruner):
         if not 0.0 <= self.contextual_share < 1.0:
             raise ConfigError(f"contextual_share must be in [0, 1), got {self.contextual_share}")
 
-    def _split(self, ctx: Context) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per sample: dominant and target indices among its current visual tokens."""
+    per_frame: bool = False
+    """Run on each temporal step of a video (and each image) alone with its share of the budget, merging only
+    within the step (``visionzip@frame``), instead of once over all of a sample's tokens."""
+
+    def _split(self, ctx: Context) -> list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+        """Per sample, per budget group: (group positions, dominant positions, target positions), positions among
+        the sample's current visual tokens."""
         att, _ = vision_scores(ctx)
-        counts = keep_counts(self.keep, ctx.visual_total, ctx.visual_counts)
-        dominant, targets = [], []
+        out = []
         for b in range(att.shape[0]):
-            n = int(ctx.visual_counts[b])
-            n_dom, n_ctx = split_budget(int(counts[b]), self.contextual_share)
-            dom = top_indices(att[b, :n], n_dom)
-            free = torch.ones(n, dtype=torch.bool, device=att.device)
-            free[dom] = False
-            dominant.append(dom)
-            targets.append(contextual_targets(torch.nonzero(free).flatten(), n_ctx))
-        return dominant, targets
+            rows = []
+            for idx, k in budget_groups(ctx, b, self.keep, self.per_frame):
+                n_dom, n_ctx = split_budget(k, self.contextual_share)
+                dom = top_indices(att[b, idx], n_dom)
+                free = torch.ones(len(idx), dtype=torch.bool, device=att.device)
+                free[dom] = False
+                rows.append((idx, idx[dom], idx[contextual_targets(torch.nonzero(free).flatten(), n_ctx)]))
+            out.append(rows)
+        return out
 
     def select(self, ctx: Context) -> torch.Tensor:
-        dominant, targets = self._split(ctx)
-        picks = [torch.cat([d, t]) for d, t in zip(dominant, targets)]
+        picks = [torch.cat([torch.cat([d, t]) for _, d, t in rows]) for rows in self._split(ctx)]
         return rows_to_mask(picks, ctx.visual_valid.shape, ctx.hidden.device)
 
     def merge(self, ctx: Context, keep: torch.Tensor) -> torch.Tensor:
         _, keys = vision_scores(ctx)  # [B, Nv, Dk]
         hidden = ctx.visual_hidden  # [B, Nv, D]
         out = hidden.clone()
-        _, targets = self._split(ctx)
-        for b, tgt in enumerate(targets):
-            if tgt.numel() == 0:
-                continue
-            n = int(ctx.visual_counts[b])
-            others = torch.nonzero(~keep[b, :n]).flatten()
-            group = (unit(keys[b, others]) @ unit(keys[b, tgt]).T).argmax(dim=1)  # [n_others] -> target slot
-            sums = hidden[b, tgt].float().index_add(0, group, hidden[b, others].float())
-            ones = torch.ones(len(others), device=hidden.device)
-            sizes = torch.ones(len(tgt), device=hidden.device).index_add(0, group, ones)  # target + its members
-            out[b, tgt] = (sums / sizes[:, None]).to(hidden.dtype)
+        for b, rows in enumerate(self._split(ctx)):
+            for idx, _, tgt in rows:
+                if tgt.numel() == 0:
+                    continue
+                others = idx[~keep[b, idx]]
+                group = (unit(keys[b, others]) @ unit(keys[b, tgt]).T).argmax(dim=1)  # [n_others] -> target slot
+                sums = hidden[b, tgt].float().index_add(0, group, hidden[b, others].float())
+                ones = torch.ones(len(others), device=hidden.device)
+                sizes = torch.ones(len(tgt), device=hidden.device).index_add(0, group, ones)  # target + its members
+                out[b, tgt] = (sums / sizes[:, None]).to(hidden.dtype)
         return out
