@@ -114,7 +114,7 @@ def glimpse(
 @train_app.command("stts")
 def stts(
     out: Path = typer.Option(..., "--out", help="Directory for the scorer (model.safetensors + vtprune_config.json)."),
-    model: str = typer.Option("zoo:synth-qwen2_5_vl", "--model", help="Base VLM (Qwen2-VL / Qwen2.5-VL)."),
+    model: str = typer.Option("zoo:synth-video-qwen2_5_vl", "--model", help="Base VLM (Qwen2-VL / Qwen2.5-VL)."),
     data: list[str] = typer.Option(["testbed:video-train"], "--data", help="JSONL or testbed:<name> (repeatable)."),
     keep: float = typer.Option(0.5, "--keep", help="Fraction of each video's units kept after the bias block."),
     block: int | None = typer.Option(None, "--block", help="ViT block the scorer reads (default round(3/27*depth))."),

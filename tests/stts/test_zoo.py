@@ -1,0 +1,31 @@
+"""The shipped STTS scorer fits the shipped video model and selects as configured at any keep."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import vtprune
+from tests.stts.helpers import video
+from vtprune.methods.stts import STTS
+from vtprune.runtime.executor import prefill
+from vtprune.testbed.zoo import zoo_path
+
+
+@pytest.fixture(scope="module")
+def video_vlm() -> vtprune.VLM:
+    return vtprune.load("zoo:synth-video-qwen2_5_vl")
+
+
+@pytest.mark.parametrize("keep", [0.7, 0.5, 0.3])
+def test_shipped_scorer_on_the_shipped_video_model(video_vlm: vtprune.VLM, keep: float) -> None:
+    m = STTS.from_pretrained("zoo:stts-synth-qwen2_5_vl", keep=keep)
+    batch = video_vlm.adapter.encode([vtprune.Sample("In which direction is the red square moving?",
+                                                     video=video(8, 224, 224, 3))])
+    st = prefill(video_vlm.adapter, batch, m)
+    # 8 frames of 224 px -> 4 temporal steps of 8x8 units = 256; the first step's 64 are always kept
+    n = int(st.kept_visual[0].numel())
+    assert n == max(64, round(keep * 256))
+    meta = json.loads((zoo_path("stts-synth-qwen2_5_vl") / "train_meta.json").read_text())
+    assert meta["model"] == "zoo:synth-video-qwen2_5_vl" and meta["tune"] == "none"
