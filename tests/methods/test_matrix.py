@@ -1,4 +1,4 @@
-"""Every registered training-free method at keep 0.25 on every random family, batch 1 and 3: kept counts and
+"""Every registered training-free image method at keep 0.25 on every random family, batch 1 and 3: kept counts and
 generation. Learned methods (``trainable``) need a trained or model-built module and have their own suites."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import torch
 import vtprune
 from vtprune.methods.base import keep_counts
 
-METHODS = [m["name"] for m in vtprune.list_methods() if not m["trainable"]]
+METHODS = [m["name"] for m in vtprune.list_methods() if not m["trainable"] and "image" in m["modalities"]]
+# video-only methods (evs) are covered on videos in test_video_baselines.py
 
 
 def _expected(method: vtprune.Pruner, n: int, num_layers: int) -> int:
@@ -34,7 +35,7 @@ def test_method_matrix(vlm, three_samples, name, batch_size):
         assert isinstance(a.text, str)
 
 
-@pytest.mark.parametrize("name", [m for m in METHODS if m not in ("none", "random", "uniform")])
+@pytest.mark.parametrize("name", [m for m in [*METHODS, "evs"] if m not in ("none", "random", "uniform")])
 def test_keep_all_equals_unpruned(vlm, three_samples, name):
     """keep=1.0 changes nothing: same prompt logits as the unpruned runtime (merging methods included)."""
     from vtprune.runtime.executor import prefill
