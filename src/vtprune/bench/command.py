@@ -97,22 +97,22 @@ def _make_method(plan: _Plan, keep: float | None, model: Any = None) -> Any:
     """The method under test, built and range-checked against the LLM depth actually run (the eval harness's
     builder; training-free methods refuse ``--pruner``). A learned method without ``--pruner`` is built untrained
     for ``model`` (its ``untrained`` constructor); with ``model`` None it is only validated and None returned."""
+    from vtprune.api import check_keep
     from vtprune.eval.runner import build_method
-    from vtprune.runtime.executor import _check_stages
-    from vtprune.methods.base import Stage
     from vtprune.methods import get_method
+    from vtprune.methods._common import check_layer
+    from vtprune.runtime.executor import _check_stages
 
     if not _is_untrained(plan):
         return build_method(plan.method, keep=keep, layer=plan.layer, pruner=plan.pruner, num_layers=plan.layers)
-    if keep is not None and not 0.0 < keep <= 1.0:
-        raise ConfigError(f"--keep must be in (0, 1], got {keep}")
+    check_keep(keep)
     cls = get_method(plan.method)
     if not hasattr(cls, "untrained"):
         raise ConfigError(f"method {plan.method!r} is learned and cannot be built untrained: pass --pruner")
     if plan.layer is not None:  # checked before the model is built, as build_method does for the rest
         if "llm" not in cls.sites:
             raise ConfigError(f"{plan.method} prunes inside the vision encoder; it takes no --layer")
-        _check_stages([Stage("llm", int(plan.layer))], plan.layers)
+        check_layer(plan.layer, plan.layers)
     if model is None:
         return None
     m = cls.untrained(model, keep=keep, layer=plan.layer)

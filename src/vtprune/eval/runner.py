@@ -13,6 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from vtprune.api import check_keep
 from vtprune.errors import ConfigError, InputError
 from vtprune.eval.metrics import anls, exact_match, vqa_accuracy
 from vtprune.methods import Pruner, get_method, pruner as make_pruner
@@ -22,8 +23,7 @@ from vtprune.runtime.executor import _check_stages
 def build_method(name: str, *, keep: float | None, layer: int | None, pruner: str | None, num_layers: int) -> Pruner:
     """Build and validate a method for an LLM of ``num_layers`` layers (errors are :class:`ConfigError`)."""
     cls = get_method(name)
-    if keep is not None and not (0.0 < keep <= 1.0):
-        raise ConfigError(f"--keep must be in (0, 1], got {keep}")
+    check_keep(keep)
     if pruner is not None:
         loader = getattr(cls, "from_pretrained", None)
         if loader is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from vtprune.errors import ConfigError
-from vtprune.methods.base import Context
+from vtprune.methods.base import Context, keep_counts
 
 _EPS = 1e-6
 
@@ -74,8 +74,6 @@ def budget_groups(ctx: Context, b: int, ratio: float, per_frame: bool) -> list[t
     many of them to keep). One group of all its tokens (``keep_counts`` of the sample), or with ``per_frame`` one
     group per temporal step of each item (image or video frame), each keeping ``round(ratio * h * w)`` of that
     step's original ``h * w`` tokens, at least 1 where any remain: an image method applied frame by frame."""
-    from vtprune.methods.base import keep_counts
-
     n = int(ctx.visual_counts[b])
     dev = ctx.visual_ids.device
     if not per_frame:
