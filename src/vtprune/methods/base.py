@@ -142,6 +142,11 @@ class VitDecision:
     scores: torch.Tensor | None = None
 
 
+def hf_model(model: Any) -> torch.nn.Module:
+    """The HF model of ``model``: a :class:`vtprune.VLM` (its ``.model``) or an HF model itself (has ``.config``)."""
+    return model if hasattr(model, "config") else model.model
+
+
 def keep_counts(ratio: float, total: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     """How many visual tokens to keep per sample: ``round(ratio * total)``, at least 1 where any exist, at most
     what is present. ``total`` and ``present`` are ``[B]`` long."""

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from vtprune.errors import ConfigError, ModelLoadError
-from vtprune.methods.base import Context, Pruner, Stage, register_method
+from vtprune.methods.base import Context, Pruner, Stage, hf_model, register_method
 from vtprune.methods.glimpse.config import GlimpseConfig, check_selection
 from vtprune.methods.glimpse.features import Groups, glimpse_attention, select_tokens, vision_levels
 from vtprune.methods.glimpse.modules import GlimpseModules
@@ -75,8 +75,7 @@ class GlimpsePruner(Pruner):
     def for_model(cls, model: Any, **overrides: Any) -> GlimpsePruner:
         """A freshly initialised pruner for ``model`` (a :class:`vtprune.VLM` or an HF model); ``overrides`` set
         :class:`GlimpseConfig` fields (e.g. ``layer``, ``vip_size``, ``cond_size``)."""
-        hf = getattr(model, "model", model) if not hasattr(model, "config") else model
-        cfg = GlimpseConfig.for_model(hf, base_model=getattr(model, "name", ""), **overrides)
+        cfg = GlimpseConfig.for_model(hf_model(model), base_model=getattr(model, "name", ""), **overrides)
         return cls(config=cfg, modules=GlimpseModules(cfg))
 
     @classmethod

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from vtprune.errors import ConfigError, ModelLoadError
-from vtprune.methods.base import Pruner, Stage, VisionContext, VitDecision, register_method
+from vtprune.methods.base import Pruner, Stage, VisionContext, hf_model, VitDecision, register_method
 from vtprune.methods.stts.config import STTSConfig
 from vtprune.methods.stts.modules import STTSScorer
 
@@ -169,7 +169,7 @@ class STTS(Pruner):
         For cost measurement only: the selection is arbitrary, the compute that of a trained scorer."""
         if layer is not None:
             raise ConfigError("stts prunes inside the vision encoder; it takes no --layer")
-        hf = model if hasattr(model, "config") else model.model
+        hf = hf_model(model)
         m = cls(keep=1.0 if keep is None else float(keep), seed=seed)
         m.init_scorer(STTSConfig.for_vision_config(hf.config.vision_config))
         return m
