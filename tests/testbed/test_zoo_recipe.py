@@ -102,3 +102,19 @@ def test_scene_question_turns_are_labelled_apart_from_answer_and_caption(vlms):
         a = vlm.model(**one.model_kwargs(ad))
         c = vlm.model(**b.model_kwargs(ad))
     torch.testing.assert_close(_token_ce(c.logits, b.labels), a.loss)  # the later turns cannot leak back
+
+
+def test_llava_recipe_starts_from_sincos_positions():
+    import math
+
+    from vtprune.training.base import build_untrained
+
+    model, _, _ = build_untrained("llava")
+    emb = model.model.vision_tower.embeddings
+    w = emb.position_embedding.weight.detach().double()
+    side, q = math.isqrt(emb.num_patches), w.shape[1] // 4
+    assert side == 16 and bool((w[0] == 0).all())  # 224 px / 14 px patches; CLS row zero
+    r, c = 3, 11
+    freq = 1.0 / 10000 ** (torch.arange(q, dtype=torch.float64) / q)
+    want = torch.cat([(r * freq).sin(), (r * freq).cos(), (c * freq).sin(), (c * freq).cos()])
+    torch.testing.assert_close(w[1 + r * side + c], want, rtol=0, atol=1e-6)

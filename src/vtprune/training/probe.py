@@ -178,8 +178,8 @@ def vision_warmup(adapter: Any, probe: TokenProbe, *, steps: int, batch_size: in
     where on task images it stays at chance for the whole budget. Only the visual features the LLM would receive
     are computed (the adapter's own ``embed``; no decoder layer runs). Scene sides are multiples of 28 px in
     ``sides``: 224 px for Qwen (cost grows with the side), 224..336 for a fixed-resolution tower like LLaVA's 224 px
-    (same cost; the glyph scale then varies, 0.67..1, towards the 0.5..1 of task images after the squash). Returns the log (step,
-    loss, per-head accuracy, glyph accuracy) every ``log_every`` steps.
+    (same cost; the glyph scale then varies, 0.67..1, towards the 0.5..1 of task images after the squash).
+    Returns the log (step, loss, per-head accuracy, glyph accuracy) every ``log_every`` steps.
     """
     import random
 

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from vtprune.errors import ConfigError, ModelLoadError
-from vtprune.methods.base import Pruner, Stage, VisionContext, hf_model, VitDecision, register_method
+from vtprune.methods.base import Pruner, Stage, VisionContext, VitDecision, hf_model, register_method
 from vtprune.methods.stts.config import STTSConfig
 from vtprune.methods.stts.modules import STTSScorer
 
