@@ -1,5 +1,6 @@
 """Every shipped zoo model loads offline as its real HF class, with its own tokenizer and processor, and sees an
-image the way its recipe says: Qwen at native resolution (one token per 28 px cell)."""
+image the way its recipe says: Qwen at native resolution (one token per 28 px cell), LLaVA squashed to 224 px (16x16
+patches of 14 px, whatever the image's shape)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import vtprune
 from vtprune.testbed.zoo import zoo_names, zoo_path
 
 QWEN_TOKENS = {(224, 224): 64, (448, 224): 128, (280, 336): 120}
+LLAVA_TOKENS = {(224, 224): 256, (448, 224): 256, (280, 336): 256}
 MODELS = {
     "synth-qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration", QWEN_TOKENS),
     "synth-video-qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration", QWEN_TOKENS),
+    "synth-llava": ("LlavaForConditionalGeneration", LLAVA_TOKENS),
 }
 
 
