@@ -13,7 +13,7 @@ from vtprune.data.dataset import read_jsonl, resolve_data
 from vtprune.runtime.executor import prefill
 from vtprune.testbed.zoo import zoo_path
 
-PAIRS = [("synth-qwen2_5_vl", "glimpse-synth-qwen2_5_vl")]
+PAIRS = [("synth-qwen2_5_vl", "glimpse-synth-qwen2_5_vl"), ("synth-llava", "glimpse-synth-llava")]
 
 
 @pytest.mark.parametrize(("base", "name"), PAIRS)
