@@ -1,6 +1,7 @@
 #!/bin/bash
 # Batch-invariance check: every training-free image method at --keep 0.25, batch 1 vs 4, on the first 40 samples
-# of testbed:image-val; prints how many (prediction, kept tokens) pairs are identical. Usage: scripts/batch_check.sh MODEL TAG (vtprune on PATH, e.g. the .venv active)
+# of testbed:image-val; prints how many (prediction, kept tokens) pairs are identical.
+# Usage: scripts/batch_check.sh MODEL TAG   (with vtprune on PATH, e.g. the .venv active)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 M=$1; tag=$2; mkdir -p runs/bs-$tag
