@@ -13,6 +13,7 @@ def small_pruner(vlm, seed: int = 0, **settings) -> GlimpsePruner:
     """An untrained pruner with a narrow VIP (seeded), selection settings from ``settings``."""
     torch.manual_seed(seed)
     base = GlimpsePruner.for_model(vlm, **SMALL)
+    base.modules.reset_parameters(zero_head=False)  # the trained-from default starts every logit at 0 (a tie)
     return GlimpsePruner(config=base.config, modules=base.modules, **settings)
 
 

@@ -12,6 +12,20 @@ CFG = GlimpseConfig(family="qwen2_5_vl", hidden_size=16, num_layers=4, num_heads
                     vision_blocks=[3, 1], vip_size=8, cond_size=8, vip_heads=2)
 
 
+def _mods() -> GlimpseModules:
+    mods = GlimpseModules(CFG).eval()
+    mods.reset_parameters(zero_head=False)  # per-token outputs that differ (the default head starts at zero)
+    return mods
+
+
+def test_default_init_starts_every_token_at_keep_probability_half():
+    attn, conds, pos, valid = _inputs()
+    for shift in (0.0, -5.5):  # raw logits (Qwen) and log-softmax-like scores (LLaVA)
+        out = GlimpseModules(CFG).eval().vip(attn + shift, conds, pos, valid)
+        assert torch.equal(out, torch.zeros(2, 5))
+    assert not torch.equal(_mods().vip(attn, conds, pos, valid), torch.zeros(2, 5))
+
+
 def _inputs(G=2, M=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     attn = torch.randn(G, M, 3, generator=g)
@@ -21,7 +35,7 @@ def _inputs(G=2, M=5, seed=0):
 
 
 def test_vip_shapes_and_parameter_layout():
-    mods = GlimpseModules(CFG).eval()
+    mods = _mods()
     attn, conds, pos, valid = _inputs()
     assert mods.vip(attn, conds, pos, valid).shape == (2, 5)
     names = dict(mods.named_parameters())
@@ -34,7 +48,7 @@ def test_vip_shapes_and_parameter_layout():
 
 
 def test_vip_attends_within_each_image_only():
-    mods = GlimpseModules(CFG).eval()
+    mods = _mods()
     attn, conds, pos, valid = _inputs()
     with torch.no_grad():
         ref = mods.vip(attn, conds, pos, valid)
@@ -47,7 +61,7 @@ def test_vip_attends_within_each_image_only():
 
 
 def test_vip_ignores_padding():
-    mods = GlimpseModules(CFG).eval()
+    mods = _mods()
     attn, conds, pos, valid = _inputs(G=1, M=6)
     valid = valid.clone()
     valid[0, 4:] = False

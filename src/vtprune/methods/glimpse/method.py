@@ -87,6 +87,7 @@ class GlimpsePruner(Pruner):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             p = cls.for_model(model, **({} if layer is None else {"layer": int(layer)}))
+            p.modules.reset_parameters(zero_head=False)  # scores that differ per token: a spread, not a tie
         k = 1.0 if keep is None else float(keep)
         return cls(keep=k, config=p.config, modules=p.modules, fixed_remain_ratio=k)
 

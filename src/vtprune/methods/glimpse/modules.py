@@ -184,8 +184,15 @@ class GlimpseModules(nn.Module):
         self.reset_parameters()
 
     @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """The official init: embeddings ~ N(0, 0.02); every Linear Xavier-uniform with zero bias; norms = 1."""
+    def reset_parameters(self, zero_head: bool = True) -> None:
+        """The official init (embeddings ~ N(0, 0.02); every Linear Xavier-uniform with zero bias; norms = 1), except
+        the VIP's ``out_proj``, zero: every token starts at keep probability 0.5 whatever the score scale.
+
+        With the official init a LLaVA VIP (log-softmax inputs, about -5.5 at 256 tokens, carried by the residual
+        stream to ``out_proj``) starts at logit 3.3, sigmoid 0.965 (measured on ``zoo:synth-llava``), where the
+        box-free retention penalty has almost no gradient: keep probability went to 1.00 within 20 steps and stayed.
+        Qwen's VIP (raw logits) started at 0.49 either way. ``zero_head=False``: the official init throughout (an
+        untrained pruner whose scores differ per token, for tests and cost measurement)."""
         nn.init.normal_(self.glimpse.embeddings, 0.0, 0.02)
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -194,3 +201,6 @@ class GlimpseModules(nn.Module):
                     nn.init.zeros_(m.bias)
             elif isinstance(m, RMSNorm):
                 nn.init.ones_(m.weight)
+        if zero_head:
+            nn.init.zeros_(self.vip.out_proj.weight)
+            nn.init.zeros_(self.vip.out_proj.bias)
