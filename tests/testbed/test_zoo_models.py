@@ -34,3 +34,5 @@ def test_zoo_model_loads_offline_and_counts_its_visual_tokens(name: str) -> None
     for size, n in tokens.items():
         batch = vlm.adapter.encode([vtprune.Sample("What colour is the circle?", [Image.new("RGB", size, "white")])])
         assert int(batch.visual_mask.sum()) == n, size
+    if cls == "LlavaForConditionalGeneration":  # a fixed count, which the config states
+        assert set(tokens.values()) == {vlm.model.config.image_seq_length}

@@ -72,8 +72,10 @@ def llava_config(tok: Any, *, hidden: int = 64, layers: int = 4, heads: int = 4,
                 num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                 max_position_embeddings=4096, bos_token_id=ids["bos"], eos_token_id=ids["eos"],
                 pad_token_id=ids["pad"], tie_word_embeddings=False)
+    # image_seq_length is metadata (HF's default is LLaVA-1.5's 576); state this tower's own count
     return LlavaConfig(vision_config=vision, text_config=text, image_token_id=ids["llava_image"],
-                       vision_feature_layer=-2, vision_feature_select_strategy="default")
+                       vision_feature_layer=-2, vision_feature_select_strategy="default",
+                       image_seq_length=(image_size // patch_size) ** 2)
 
 
 def image_processor_for(family: str, *, image_size: int = 56, max_tokens: int = 64) -> Any:
