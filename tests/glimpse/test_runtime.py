@@ -9,7 +9,8 @@ import torch
 import vtprune
 from tests.conftest import make_image, stock_generate
 from tests.glimpse.helpers import small_pruner, with_modules
-from vtprune.runtime.executor import Sampling, _Seq, decode, prefill
+from vtprune.errors import ConfigError
+from vtprune.runtime.executor import HARD_FLOOR, Sampling, _Seq, decode, prefill, relaxed_log_keep
 
 FAMS = ["qwen2_5_vl", "llava"]
 
@@ -96,8 +97,9 @@ def test_grad_mode_scores_and_glimpse_logits(vlms, fam):
     assert m.modules.vip.out_proj.weight.grad is not None
 
 
+@pytest.mark.parametrize("relax", ["sigmoid", "hard", "sampled"])
 @pytest.mark.parametrize("fam", FAMS)
-def test_soft_relaxation_matches_hard_cut_at_the_extremes(vlms, fam):
+def test_soft_relaxation_matches_hard_cut_at_the_extremes(vlms, fam, relax):
     vlm = vlms[fam]
     m = small_pruner(vlm, min_remain=0)
     batch = vlm.adapter.encode([vtprune.Sample("where?", [make_image(112, 84, 1)])])
@@ -108,5 +110,60 @@ def test_soft_relaxation_matches_hard_cut_at_the_extremes(vlms, fam):
             if ref is None:  # every token dropped after layer K
                 ref = prefill(vlm.adapter, batch, m)
                 assert ref.kept_tokens == [0]
-            soft = prefill(vlm.adapter, batch, m, grad=True, soft=True)
-            torch.testing.assert_close(soft.logits, ref.logits, rtol=1e-4, atol=1e-4)
+            soft = prefill(vlm.adapter, batch, m, grad=True, soft=True if relax == "sigmoid" else relax)
+            torch.testing.assert_close(soft.logits, ref.logits, rtol=1e-4, atol=1e-3 if relax != "sigmoid" else 1e-4)
+
+
+def test_relaxed_log_keep_known_values_and_gradients():
+    z = torch.tensor([-3.0, -0.5, 0.5, 3.0], requires_grad=True)
+    out = relaxed_log_keep(z, "hard")
+    w = torch.tensor([HARD_FLOOR, HARD_FLOOR, 1.0, 1.0])
+    torch.testing.assert_close(out.detach(), w.log())  # the forward is the threshold's cut
+    out.sum().backward()
+    p = torch.sigmoid(z.detach())
+    torch.testing.assert_close(z.grad, p * (1 - p) / w)  # straight through: d log w / dz = sigmoid'(z) / w
+    z2 = torch.tensor([-3.0, -0.5, 0.5, 3.0], requires_grad=True)
+    torch.testing.assert_close(relaxed_log_keep(z2, "sigmoid"), torch.nn.functional.logsigmoid(z2))
+    # the threshold moves the cut: sigmoid(1) = 0.73 is dropped at 0.8, sigmoid(2) = 0.88 kept
+    kept = relaxed_log_keep(torch.tensor([1.0, 2.0]), "hard", threshold=0.8) > -1
+    assert kept.tolist() == [False, True]
+    with pytest.raises(ConfigError, match="relaxation"):
+        relaxed_log_keep(z2, "gumbel")
+
+
+def test_sampled_relaxation_keeps_with_the_keep_probability():
+    torch.manual_seed(0)
+    z = torch.tensor([-2.0, 0.0, 1.5]).repeat(40000, 1)
+    freq = (relaxed_log_keep(z, "sampled") > -1).float().mean(0)
+    torch.testing.assert_close(freq, torch.sigmoid(z[0]), atol=0.01, rtol=0)
+    freq = (relaxed_log_keep(z, "sampled", threshold=0.8) > -1).float().mean(0)  # P = sigmoid(z - logit(0.8))
+    torch.testing.assert_close(freq, torch.sigmoid(z[0] - torch.tensor(4.0).log()), atol=0.01, rtol=0)
+
+
+@pytest.mark.parametrize("fam", FAMS)
+def test_hard_relaxation_is_the_inference_cut_and_trains_dropped_tokens(vlms, fam):
+    """Between the extremes: the ``hard`` forward is the real cut of the threshold rule (to the floor's 10^-4
+    weight), and the answer's gradient reaches the dropped tokens' logits too (the ``sigmoid`` forward is not the
+    cut)."""
+    vlm = vlms[fam]
+    m = small_pruner(vlm, min_remain=0, seed=3)
+    batch = vlm.adapter.encode([vtprune.Sample("where?", [make_image(112, 84, 1)])])
+    with torch.no_grad():
+        m.modules.vip.out_proj.bias.fill_(0.0)
+        m.modules.vip.out_proj.weight.normal_(0, 5.0)
+        s0 = prefill(vlm.adapter, batch, m, grad=True).scores[0]
+        m.modules.vip.out_proj.bias.fill_(-float(s0[s0 != 0].median()) + 0.01)  # logits both sides of 0
+        ref = prefill(vlm.adapter, batch, m)
+    assert 0 < ref.kept_tokens[0] < ref.visual_tokens[0]
+    hard = prefill(vlm.adapter, batch, m, grad=True, soft="hard")
+    torch.testing.assert_close(hard.logits.detach(), ref.logits, rtol=1e-3, atol=2e-3)
+    sig = prefill(vlm.adapter, batch, m, grad=True, soft="sigmoid")
+    assert (sig.logits.detach() - ref.logits).abs().max() > 10 * (hard.logits.detach() - ref.logits).abs().max()
+    s = hard.scores[0]
+    s.retain_grad()
+    hard.logits.log_softmax(-1)[0, 0].backward()
+    g = s.grad[0]
+    dropped = (s.detach()[0] <= 0) & (hard.score_ids[0][0] >= 0)
+    assert bool(torch.isfinite(g).all()) and bool((g[dropped] != 0).all()) and bool((g[~dropped] != 0).any())
+    with pytest.raises(ConfigError, match="relaxation"):
+        prefill(vlm.adapter, batch, m, grad=True, soft="nope")

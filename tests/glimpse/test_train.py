@@ -77,7 +77,12 @@ def test_modes_follow_the_data(vlms, tmp_path):
     with pytest.raises(ConfigError, match="boxfree"):
         train_glimpse(model=vlms["llava"], data=no_boxes, out=tmp_path, mode="box", max_steps=1, config=SMALL)
     meta = train_glimpse(model=vlms["llava"], data=no_boxes, out=tmp_path, max_steps=2, batch_size=1, config=SMALL)
-    assert meta["mode"] == "boxfree" and meta["steps"] == 2
+    assert meta["mode"] == "boxfree" and meta["steps"] == 2 and meta["relax"] == "sampled"
+    meta = train_glimpse(model=vlms["llava"], data=no_boxes, out=tmp_path / "s", max_steps=1, batch_size=1,
+                         config=SMALL, relax="sigmoid")
+    assert meta["relax"] == "sigmoid"
+    with pytest.raises(ConfigError, match="relax"):
+        train_glimpse(model=vlms["llava"], data=no_boxes, out=tmp_path, max_steps=1, config=SMALL, relax="st")
     with pytest.raises(ConfigError, match="image"):
         train_glimpse(model=vlms["llava"], data=[TrainItem("q", [], ["a"])], out=tmp_path, max_steps=1)
 

@@ -8,6 +8,7 @@ inputs stock ``generate`` would build, so keep-all is token-identical to it.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,6 +129,43 @@ def last_query_attention(
     return logits.masked_fill(mask[:, None, :] == 0, float("-inf"))
 
 
+RELAXATIONS = ("sigmoid", "hard", "sampled")
+"""How a training run through a relaxed cut weighs the visual keys after the stage (see :func:`relaxed_log_keep`)."""
+HARD_FLOOR = 1e-4
+"""Attention weight left on a token the ``hard``/``sampled`` relaxations drop: small enough that the forward is the
+cut (10^-4 of its weight), large enough that its gradient does not vanish (it stays finite, see below)."""
+
+
+def relaxed_log_keep(logits: torch.Tensor, relax: str = "sigmoid", threshold: float = 0.5) -> torch.Tensor:
+    """The log weight a training run adds to each visual key's attention logits after a stage, from the method's
+    keep logits (``keep if sigmoid(logit) > threshold`` at inference).
+
+    - ``sigmoid``: ``logsigmoid(logit)``, each key scaled by its keep probability p. Nothing is ever cut, so a
+      retention penalty on the mean of p can lower every p together at almost no cost to the answer (the softmax
+      renormalises), while the hard rule at inference then keeps almost nothing.
+    - ``hard``: straight-through. The forward is the inference rule's cut (weight 1 above the threshold,
+      :data:`HARD_FLOOR` below); the backward treats the weight as p (``w = hard + p - p.detach()``), so
+      ``dL/dp = (dL/dbias) / w``: for a dropped key that is the first-order effect of putting it back, finite
+      because both factors scale with the floor.
+    - ``sampled``: as ``hard`` with the decision drawn, ``P(keep) = sigmoid(logit - logit(threshold))`` (logistic
+      noise, the binary-concrete / Gumbel-sigmoid trick): the forward explores, and at threshold 0.5 the expected
+      retention of the cut it sees is exactly the mean keep probability a retention penalty measures.
+    """
+    if relax not in RELAXATIONS:
+        raise ConfigError(f"relaxation must be one of {', '.join(RELAXATIONS)}, got {relax!r}")
+    z = logits.float()
+    if relax == "sigmoid":
+        return torch.nn.functional.logsigmoid(z)
+    t = min(max(float(threshold), 1e-6), 1.0 - 1e-6)
+    z = z - math.log(t / (1.0 - t))
+    if relax == "sampled":
+        u = torch.rand_like(z).clamp(1e-6, 1.0 - 1e-6)
+        z = z + (torch.log(u) - torch.log1p(-u))
+    p = torch.sigmoid(z)
+    w = (z > 0).to(p.dtype).clamp(min=HARD_FLOOR) + (p - p.detach())
+    return torch.log(w)
+
+
 def soft_keep_mask(mask: torch.Tensor, extra: torch.Tensor, key_bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Float attention mask ``[B, 1, L, L]`` for training through a relaxed cut: causal + padding, extra tokens hidden
     from every other query (they are cut at the stage), plus ``key_bias`` ``[B, L]`` (log keep probability on
@@ -139,6 +177,14 @@ def soft_keep_mask(mask: torch.Tensor, extra: torch.Tensor, key_bias: torch.Tens
     return (out + key_bias[:, None, :].to(dtype)).unsqueeze(1)
 
 
+def _threshold(method: Any) -> float:
+    """The keep threshold a method's hard cut uses (its own override, then its config's; 0.5 otherwise)."""
+    t = getattr(method, "threshold", None)
+    if t is None:
+        t = getattr(getattr(method, "config", None), "threshold", None)
+    return 0.5 if t is None else float(t)
+
+
 def _check_stages(stages: list[Stage], num_layers: int) -> None:
     for st in stages:
         if st.site == "vit" and st.layer < -1:
@@ -148,21 +194,27 @@ def _check_stages(stages: list[Stage], num_layers: int) -> None:
 
 
 def prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, all_logits: bool = False,
-            grad: bool = False, soft: bool = False) -> PrefillState:
+            grad: bool = False, soft: bool | str = False) -> PrefillState:
     """Run the prompt through the model, pruning where ``method`` says; returns the state decoding continues from.
 
     ``grad=True`` (training a learned method): gradients on, nothing is cut; at each stage the runtime records
     ``method.score(ctx)`` instead of calling ``select``, the method's extra prompt tokens run through every layer
-    (their logits come back as ``extra_logits``), and ``logits`` are the last prompt token's. With ``soft=True`` the
-    cut is relaxed: after the stage, visual keys get ``logsigmoid(score)`` added to their attention logits and the
-    extra tokens are hidden from the rest. The cache of a grad run is not meant for decoding.
+    (their logits come back as ``extra_logits``), and ``logits`` are the last prompt token's. With ``soft`` the cut
+    is relaxed: after the stage, visual keys get :func:`relaxed_log_keep` of the scores (``soft`` names the
+    relaxation; ``True`` is ``"sigmoid"``, the method's ``threshold`` attribute or config sets the hard ones' cut)
+    added to their attention logits and the extra tokens are hidden from the rest. The cache of a grad run is not
+    meant for decoding.
     """
+    if soft is True:
+        soft = "sigmoid"
+    if soft and soft not in RELAXATIONS:
+        raise ConfigError(f"relaxation must be one of {', '.join(RELAXATIONS)}, got {soft!r}")
     with torch.set_grad_enabled(grad):
         return _prefill(adapter, batch, method, all_logits=all_logits, grad=grad, soft=soft)
 
 
 def _prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, all_logits: bool, grad: bool,
-             soft: bool) -> PrefillState:
+             soft: bool | str) -> PrefillState:
     dev = adapter.device
     L_layers = adapter.num_layers
     stages = method.stages(L_layers) if method is not None else []
@@ -237,7 +289,7 @@ def _prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, al
             scores.append(s)
             score_ids.append(ids.masked_fill(~valid, -1))
             if soft:
-                lp = torch.nn.functional.logsigmoid(s.float()).masked_fill(~valid, 0.0)
+                lp = relaxed_log_keep(s, str(soft), _threshold(method)).masked_fill(~valid, 0.0)
                 soft_bias = torch.zeros(seq.mask.shape, dtype=lp.dtype, device=lp.device).scatter_add(1, index, lp)
             return
         keep_vis = method.select(ctx)  # type: ignore[union-attr]

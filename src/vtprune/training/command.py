@@ -97,6 +97,9 @@ def glimpse(
     vip_size: int | None = typer.Option(None, "--vip-size", help="VIP width S (default 256; small for tiny models)."),
     cond_size: int | None = typer.Option(None, "--cond-size", help="ViT conditioning width C (default 512)."),
     retention_weight: float = typer.Option(0.05, "--retention-weight", help="boxfree: weight of the mean keep probability."),
+    relax: str = typer.Option("sampled", "--relax", help="boxfree: how training sees the cut: sampled (the hard cut, "
+                              "decisions drawn with P = keep probability, straight-through), hard (the threshold's cut, "
+                              "straight-through) or sigmoid (every key scaled by its keep probability)."),
     save_steps: int = typer.Option(500, "--save-steps"),
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in OUT."),
@@ -107,7 +110,8 @@ def glimpse(
     config = {k: v for k, v in dict(vip_size=vip_size, cond_size=cond_size).items() if v is not None}
     meta = train_glimpse(model=model, data=list(data), out=out, mode=mode, layer=layer, epochs=epochs, lr=lr,
                          batch_size=batch_size, grad_accum=grad_accum, max_steps=max_steps, seed=seed, resume=resume,
-                         save_steps=save_steps, weights=LossWeights(retention=retention_weight), config=config)
+                         save_steps=save_steps, weights=LossWeights(retention=retention_weight), config=config,
+                         relax=relax)
     typer.echo(json.dumps(meta))
 
 

@@ -5,10 +5,12 @@ Two recipes:
 - ``box`` (the paper's stage 1): loss = ``loc_weight * (Dice + 0.1 * BCE)`` of the VIP logits against the evidence
   boxes rasterised onto the token grid, plus ``le_weight * CE`` of the glimpse position predicting the first answer
   token. The sequence is not pruned (``prefill(grad=True)``).
-- ``boxfree`` (for data without boxes): distil from the unpruned model. The keep probabilities enter layers > K as
-  ``logsigmoid(logit)`` on the visual key columns (``prefill(grad=True, soft=True)``); loss =
-  ``KL(unpruned || relaxed-pruned)`` of the first answer token + ``retention_weight * mean keep probability`` +
-  ``le_weight * CE`` as above.
+- ``boxfree`` (for data without boxes): distil from the unpruned model. The keep decisions enter layers > K as a
+  log weight on the visual key columns (``prefill(grad=True, soft=relax)``, see
+  :func:`vtprune.runtime.executor.relaxed_log_keep`): by default the inference rule's own cut, drawn with
+  ``P(keep) = sigmoid(logit)`` and trained straight-through (``sampled``); ``sigmoid`` scales every key by its keep
+  probability instead. Loss = ``KL(unpruned || relaxed-pruned)`` of the first answer token +
+  ``retention_weight * mean keep probability`` + ``le_weight * CE`` as above.
 
 Samples without images are skipped; in ``box`` mode a sample without boxes contributes its CE only. Boxes belong to
 the sample's first image (``[x0, y0, x1, y1]`` pixels of the original image; every token cell the box touches is
@@ -38,6 +40,7 @@ from vtprune.training.common import ListDataset
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "box", "boxfree")
+DEFAULT_RELAX = "sampled"
 
 
 # --- targets ----------------------------------------------------------------------------------------------------
@@ -178,8 +181,9 @@ class LossWeights:
 
 
 def glimpse_loss(adapter: Any, method: GlimpsePruner, inputs: dict[str, Any], mode: str,
-                 w: LossWeights) -> tuple[torch.Tensor, dict[str, float]]:
-    """The training loss of one collated batch and its parts (floats, for logging)."""
+                 w: LossWeights, relax: str = DEFAULT_RELAX) -> tuple[torch.Tensor, dict[str, float]]:
+    """The training loss of one collated batch and its parts (floats, for logging); ``relax`` is the box-free
+    mode's relaxation of the cut."""
     from vtprune.runtime.executor import prefill
 
     batch, first = inputs["batch"], inputs["first_token"].to(adapter.device)
@@ -194,14 +198,15 @@ def glimpse_loss(adapter: Any, method: GlimpsePruner, inputs: dict[str, Any], mo
     else:
         with torch.no_grad():
             teacher = prefill(adapter, batch, None).logits.float()
-        out = prefill(adapter, batch, method, grad=True, soft=True)
+        out = prefill(adapter, batch, method, grad=True, soft=relax)
         kl = F.kl_div(out.logits.float().log_softmax(-1), teacher.log_softmax(-1), log_target=True, reduction="batchmean")
         valid = out.score_ids[0] >= 0
         keep_p = (torch.sigmoid(out.scores[0]) * valid).sum(1) / valid.sum(1).clamp(min=1)
         has = valid.any(1)
         retention = keep_p[has].mean() if bool(has.any()) else keep_p.sum() * 0
         loss = w.kl * kl + w.retention * retention
-        parts.update(kl=kl.item(), keep_prob=retention.item())
+        parts.update(kl=kl.item(), keep_prob=retention.item(),
+                     kept=((out.scores[0] > 0) & valid).sum().item() / max(1, int(valid.sum())))
     assert out.extra_logits is not None
     ce = F.cross_entropy(out.extra_logits[:, 0], first)
     loss = loss + w.le * ce
@@ -218,9 +223,9 @@ def _trainer_class() -> type:
         """HF Trainer whose model is the pruner's modules; the frozen base model runs inside ``compute_loss``."""
 
         def __init__(self, *args: Any, adapter: Any, method: GlimpsePruner, mode: str, weights: LossWeights,
-                     **kwargs: Any) -> None:
+                     relax: str = DEFAULT_RELAX, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self.adapter, self.method, self.mode, self.weights = adapter, method, mode, weights
+            self.adapter, self.method, self.mode, self.weights, self.relax = adapter, method, mode, weights, relax
             self._parts: dict[str, list[float]] = defaultdict(list)
 
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
@@ -228,7 +233,7 @@ def _trainer_class() -> type:
             if inputs.get("empty"):
                 loss = sum(p.sum() * 0 for p in model.parameters())
                 return (loss, None) if return_outputs else loss
-            loss, parts = glimpse_loss(self.adapter, self.method, inputs, self.mode, self.weights)
+            loss, parts = glimpse_loss(self.adapter, self.method, inputs, self.mode, self.weights, self.relax)
             for k, v in parts.items():
                 self._parts[k].append(v)
             return (loss, None) if return_outputs else loss
@@ -249,18 +254,24 @@ def train_glimpse(
     lr: float = 1e-4, batch_size: int = 4, grad_accum: int = 1, max_steps: int | None = None, seed: int = 0,
     warmup: float = 0.1, resume: bool = False, save_steps: int = 500, logging_steps: int = 10,
     weights: LossWeights | None = None, config: dict[str, Any] | None = None, method: GlimpsePruner | None = None,
+    relax: str = DEFAULT_RELAX,
 ) -> dict[str, Any]:
     """Train a GlimpsePrune pruner for ``model`` (a :class:`vtprune.VLM` or a model name) on ``data`` (records from
     :func:`vtprune.data.dataset.read_jsonl`, :class:`TrainItem`s, or JSONL / ``testbed:`` specs) and save it to
     ``out`` (``model.safetensors`` + ``vtprune_config.json``; Trainer checkpoints under ``out/checkpoints``).
 
     ``config`` overrides :class:`GlimpseConfig` fields of a fresh pruner (e.g. ``vip_size`` for tiny models);
-    ``method`` continues training an existing one instead. Returns the run's metadata (also ``out/train_meta.json``).
+    ``method`` continues training an existing one instead; ``relax`` is the box-free relaxation of the cut
+    (``sampled``, ``hard`` or ``sigmoid``, see :func:`vtprune.runtime.executor.relaxed_log_keep`). Returns the run's metadata (also ``out/train_meta.json``).
     """
     from transformers import TrainingArguments
 
+    from vtprune.runtime.executor import RELAXATIONS
+
     if mode not in MODES:
         raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if relax not in RELAXATIONS:
+        raise ConfigError(f"--relax must be one of {', '.join(RELAXATIONS)}, got {relax!r}")
     if lr <= 0 or batch_size < 1 or grad_accum < 1 or epochs <= 0 or (max_steps is not None and max_steps < 1):
         raise ConfigError("learning rate, batch size, gradient accumulation, epochs and max steps must be positive")
     if isinstance(model, str):
@@ -315,7 +326,7 @@ def train_glimpse(
     trainer = _trainer_class()(
         model=modules, args=args, train_dataset=ListDataset(with_images),
         data_collator=Collator(adapter, method.config.family, seed),  # type: ignore[union-attr]
-        adapter=adapter, method=method, mode=mode, weights=weights or LossWeights(),
+        adapter=adapter, method=method, mode=mode, weights=weights or LossWeights(), relax=relax,
     )
     hf.to(trainer.args.device)
     ckpt = Path(out) / "checkpoints"
@@ -331,7 +342,8 @@ def train_glimpse(
     method.save_pretrained(out)
     history = [h for h in trainer.state.log_history if "loss" in h]
     meta = {
-        "method": "glimpse", "model": getattr(model, "name", ""), "mode": mode, "layer": method.config.layer,  # type: ignore[union-attr]
+        "method": "glimpse", "model": getattr(model, "name", ""), "mode": mode,
+        **({"relax": relax} if mode == "boxfree" else {}), "layer": method.config.layer,  # type: ignore[union-attr]
         "samples": len(with_images), "with_boxes": with_boxes, "steps": trainer.state.global_step, "epochs": epochs,
         "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr, "seed": seed, "seconds": round(seconds, 1),
         "train_loss": result.training_loss, "first_loss": history[0]["loss"] if history else math.nan,
