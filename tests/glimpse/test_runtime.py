@@ -157,6 +157,12 @@ def test_hard_relaxation_is_the_inference_cut_and_trains_dropped_tokens(vlms, fa
     assert 0 < ref.kept_tokens[0] < ref.visual_tokens[0]
     hard = prefill(vlm.adapter, batch, m, grad=True, soft="hard")
     torch.testing.assert_close(hard.logits.detach(), ref.logits, rtol=1e-3, atol=2e-3)
+    strict = with_modules(m, min_remain=0, threshold=0.9)  # the relaxed cut follows the method's threshold
+    with torch.no_grad():
+        ref9 = prefill(vlm.adapter, batch, strict)
+    assert ref9.kept_tokens[0] < ref.kept_tokens[0]
+    torch.testing.assert_close(prefill(vlm.adapter, batch, strict, grad=True, soft="hard").logits.detach(),
+                               ref9.logits, rtol=1e-3, atol=2e-3)
     sig = prefill(vlm.adapter, batch, m, grad=True, soft="sigmoid")
     assert (sig.logits.detach() - ref.logits).abs().max() > 10 * (hard.logits.detach() - ref.logits).abs().max()
     s = hard.scores[0]

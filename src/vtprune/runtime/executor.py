@@ -136,6 +136,12 @@ HARD_FLOOR = 1e-4
 cut (10^-4 of its weight), large enough that its gradient does not vanish (it stays finite, see below)."""
 
 
+def check_relaxation(relax: str) -> None:
+    """Raise :class:`ConfigError` unless ``relax`` names one of :data:`RELAXATIONS`."""
+    if relax not in RELAXATIONS:
+        raise ConfigError(f"relaxation must be one of {', '.join(RELAXATIONS)}, got {relax!r}")
+
+
 def relaxed_log_keep(logits: torch.Tensor, relax: str = "sigmoid", threshold: float = 0.5) -> torch.Tensor:
     """The log weight a training run adds to each visual key's attention logits after a stage, from the method's
     keep logits (``keep if sigmoid(logit) > threshold`` at inference).
@@ -151,8 +157,7 @@ def relaxed_log_keep(logits: torch.Tensor, relax: str = "sigmoid", threshold: fl
       noise, the binary-concrete / Gumbel-sigmoid trick): the forward explores, and at threshold 0.5 the expected
       retention of the cut it sees is exactly the mean keep probability a retention penalty measures.
     """
-    if relax not in RELAXATIONS:
-        raise ConfigError(f"relaxation must be one of {', '.join(RELAXATIONS)}, got {relax!r}")
+    check_relaxation(relax)
     z = logits.float()
     if relax == "sigmoid":
         return torch.nn.functional.logsigmoid(z)
@@ -177,14 +182,6 @@ def soft_keep_mask(mask: torch.Tensor, extra: torch.Tensor, key_bias: torch.Tens
     return (out + key_bias[:, None, :].to(dtype)).unsqueeze(1)
 
 
-def _threshold(method: Any) -> float:
-    """The keep threshold a method's hard cut uses (its own override, then its config's; 0.5 otherwise)."""
-    t = getattr(method, "threshold", None)
-    if t is None:
-        t = getattr(getattr(method, "config", None), "threshold", None)
-    return 0.5 if t is None else float(t)
-
-
 def _check_stages(stages: list[Stage], num_layers: int) -> None:
     for st in stages:
         if st.site == "vit" and st.layer < -1:
@@ -201,14 +198,14 @@ def prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, all
     ``method.score(ctx)`` instead of calling ``select``, the method's extra prompt tokens run through every layer
     (their logits come back as ``extra_logits``), and ``logits`` are the last prompt token's. With ``soft`` the cut
     is relaxed: after the stage, visual keys get :func:`relaxed_log_keep` of the scores (``soft`` names the
-    relaxation; ``True`` is ``"sigmoid"``, the method's ``threshold`` attribute or config sets the hard ones' cut)
+    relaxation; ``True`` is ``"sigmoid"``; the hard ones cut at the method's ``keep_threshold``, 0.5 without one)
     added to their attention logits and the extra tokens are hidden from the rest. The cache of a grad run is not
     meant for decoding.
     """
     if soft is True:
         soft = "sigmoid"
-    if soft and soft not in RELAXATIONS:
-        raise ConfigError(f"relaxation must be one of {', '.join(RELAXATIONS)}, got {soft!r}")
+    if soft:
+        check_relaxation(str(soft))  # before any layer runs
     with torch.set_grad_enabled(grad):
         return _prefill(adapter, batch, method, all_logits=all_logits, grad=grad, soft=soft)
 
@@ -289,7 +286,7 @@ def _prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, al
             scores.append(s)
             score_ids.append(ids.masked_fill(~valid, -1))
             if soft:
-                lp = relaxed_log_keep(s, str(soft), _threshold(method)).masked_fill(~valid, 0.0)
+                lp = relaxed_log_keep(s, str(soft), getattr(method, "keep_threshold", 0.5)).masked_fill(~valid, 0.0)
                 soft_bias = torch.zeros(seq.mask.shape, dtype=lp.dtype, device=lp.device).scatter_add(1, index, lp)
             return
         keep_vis = method.select(ctx)  # type: ignore[union-attr]

@@ -151,6 +151,12 @@ class GlimpsePruner(Pruner):
         logits, groups = self._packed_logits(ctx)
         return groups.unpack(logits, fill=0.0)
 
+    @property
+    def keep_threshold(self) -> float:
+        """The threshold the hard cut uses: this method's own, else the pruner's config's (what a training run's
+        relaxed cut, :func:`vtprune.runtime.executor.relaxed_log_keep`, cuts at too)."""
+        return self._cfg.threshold if self.threshold is None else float(self.threshold)
+
     def select(self, ctx: Context) -> torch.Tensor:
         cfg = self._cfg
         logits, groups = self._packed_logits(ctx)
@@ -159,7 +165,7 @@ class GlimpsePruner(Pruner):
             cap = self.keep if cap is None else min(cap, self.keep)
         keep = select_tokens(
             logits, groups.valid,
-            threshold=cfg.threshold if self.threshold is None else float(self.threshold),
+            threshold=self.keep_threshold,
             max_remain_ratio=cap,
             min_remain=cfg.min_remain if self.min_remain is None else int(self.min_remain),
             fixed_remain_ratio=self.fixed_remain_ratio if self.fixed_remain_ratio is not None else cfg.fixed_remain_ratio,

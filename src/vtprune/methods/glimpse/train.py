@@ -201,12 +201,13 @@ def glimpse_loss(adapter: Any, method: GlimpsePruner, inputs: dict[str, Any], mo
         out = prefill(adapter, batch, method, grad=True, soft=relax)
         kl = F.kl_div(out.logits.float().log_softmax(-1), teacher.log_softmax(-1), log_target=True, reduction="batchmean")
         valid = out.score_ids[0] >= 0
-        keep_p = (torch.sigmoid(out.scores[0]) * valid).sum(1) / valid.sum(1).clamp(min=1)
+        p = torch.sigmoid(out.scores[0])
+        keep_p = (p * valid).sum(1) / valid.sum(1).clamp(min=1)
         has = valid.any(1)
         retention = keep_p[has].mean() if bool(has.any()) else keep_p.sum() * 0
         loss = w.kl * kl + w.retention * retention
         parts.update(kl=kl.item(), keep_prob=retention.item(),
-                     kept=((out.scores[0] > 0) & valid).sum().item() / max(1, int(valid.sum())))
+                     kept=((p > method.keep_threshold) & valid).sum().item() / max(1, int(valid.sum())))
     assert out.extra_logits is not None
     ce = F.cross_entropy(out.extra_logits[:, 0], first)
     loss = loss + w.le * ce
@@ -266,12 +267,11 @@ def train_glimpse(
     """
     from transformers import TrainingArguments
 
-    from vtprune.runtime.executor import RELAXATIONS
+    from vtprune.runtime.executor import check_relaxation
 
     if mode not in MODES:
         raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if relax not in RELAXATIONS:
-        raise ConfigError(f"--relax must be one of {', '.join(RELAXATIONS)}, got {relax!r}")
+    check_relaxation(relax)
     if lr <= 0 or batch_size < 1 or grad_accum < 1 or epochs <= 0 or (max_steps is not None and max_steps < 1):
         raise ConfigError("learning rate, batch size, gradient accumulation, epochs and max steps must be positive")
     if isinstance(model, str):
