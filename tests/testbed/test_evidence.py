@@ -12,6 +12,7 @@ import torch
 import vtprune
 from tests.conftest import FAMILIES, make_image
 from vtprune.testbed.tasks import IMAGE_TASKS, make_image_sample
+from vtprune.training.common import CollatorRandom
 from vtprune.training.evidence import batch_evidence, evidence_attention_loss, evidence_tokens, reply_queries
 from vtprune.training.supervised import encode_with_answers
 
@@ -91,7 +92,7 @@ def test_recipe_adds_the_loss_and_trains_the_supervised_layers_queries():
 
     vlm = vtprune.load("random:qwen2_5_vl")
     recs = [r for r in read_jsonl(resolve_data("testbed:image-mini"))][:3]
-    kw = _collator(vlm.adapter, random.Random(0), None, False, False, 2, evidence=True)(recs)
+    kw = _collator(vlm.adapter, CollatorRandom(0), None, False, False, 2, evidence=True)(recs)
     assert kw["evidence_query"].shape == (3, 3) and (kw["evidence_query"] >= 0).all()
     recipe = ZooRecipe(vlm.model, 0.0, 0.0, adapter=vlm.adapter, attn_weight=1.0, attn_layers=(1,))
     out = recipe(**kw)

@@ -67,6 +67,11 @@ def base(
                                            "at the question's evidence boxes (0: off)."),
     attn_layers: Optional[str] = typer.Option(None, "--attn-layers",
                                               help="Comma-separated LLM layers for --attn-weight (default: L/4 and L/2)."),
+    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader processes that collate batches (0: in the "
+                                "training process; a few keep a GPU fed)."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes",
+                                                help="Stop training after this much wall time and save (the "
+                                                     "learning-rate schedule still follows --steps)."),
 ) -> None:
     """Train a small VLM of a real HF class from scratch on testbed data (the zoo recipe)."""
     from vtprune.training.base import train_base
@@ -77,7 +82,8 @@ def base(
                       seed=seed, resume=resume, video_frames=video_frames, threads=threads, init=init,
                       describe_weight=describe_weight, probe_weight=probe_weight, vision_steps=vision_steps,
                       vision_batch_size=vision_batch_size, qa_turns=qa_turns, attn_weight=attn_weight,
-                      attn_layers=_int_list(attn_layers, "--attn-layers"))
+                      attn_layers=_int_list(attn_layers, "--attn-layers"), workers=workers,
+                      max_minutes=max_minutes)
     typer.echo(json.dumps(meta))
 
 
@@ -103,6 +109,8 @@ def glimpse(
     save_steps: int = typer.Option(500, "--save-steps"),
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in OUT."),
+    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader processes that collate batches (0: in the "
+                                "training process; a few keep a GPU fed)."),
 ) -> None:
     """Train a GlimpsePrune pruner (glimpse token + importance predictor) on a frozen base model."""
     from vtprune.methods.glimpse.train import LossWeights, train_glimpse
@@ -111,7 +119,7 @@ def glimpse(
     meta = train_glimpse(model=model, data=list(data), out=out, mode=mode, layer=layer, epochs=epochs, lr=lr,
                          batch_size=batch_size, grad_accum=grad_accum, max_steps=max_steps, seed=seed, resume=resume,
                          save_steps=save_steps, weights=LossWeights(retention=retention_weight), config=config,
-                         relax=relax)
+                         relax=relax, workers=workers)
     typer.echo(json.dumps(meta))
 
 
@@ -130,11 +138,13 @@ def stts(
     num_frames: int | None = typer.Option(None, "--num-frames", help="Frames decoded per video (default: all)."),
     lora_rank: int = typer.Option(8, "--lora-rank"),
     seed: int = typer.Option(0, "--seed"),
+    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader processes that collate batches (0: in the "
+                                "training process; a few keep a GPU fed)."),
 ) -> None:
     """Train an STTS scorer end to end: LM loss through the pruned ViT and LLM + temporal MSE."""
     from vtprune.training.stts import train_stts
 
     meta = train_stts(model=model, out=out, data=data, keep=keep, block=block, tune=tune, steps=steps,
                       batch_size=batch_size, lr=lr, temporal_weight=temporal_weight, num_frames=num_frames,
-                      lora_rank=lora_rank, seed=seed)
+                      lora_rank=lora_rank, seed=seed, workers=workers)
     typer.echo(json.dumps(meta))

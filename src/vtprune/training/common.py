@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import torch
@@ -18,3 +19,68 @@ class ListDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> Any:
         return self.items[i]
+
+
+class CollatorRandom(random.Random):
+    """A collator's random stream that stays distinct in every DataLoader worker.
+
+    Forked workers inherit the parent's generator state, so with ``--workers N`` every worker would draw the same
+    answers and question turns for its batches. :meth:`stream` reseeds the generator the first time it is used in a
+    worker, from the recipe seed and the worker's own seed (which the DataLoader derives from the trainer's seeded
+    torch generator, new each epoch): reproducible for a given seed and worker count. In the main process
+    (``--workers 0``) it is a plain ``random.Random(seed)``, so single-process runs draw exactly what they always did.
+    """
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self.base_seed = seed
+        self._worker_seed: int | None = None
+
+    def stream(self) -> random.Random:
+        info = torch.utils.data.get_worker_info()
+        if info is not None and info.seed != self._worker_seed:
+            self._worker_seed = info.seed
+            self.seed(f"{self.base_seed}:{info.seed}")
+        return self
+
+
+def check_workers(workers: int) -> int:
+    """``workers`` DataLoader processes (0: collate in the training process); negative raises ``ConfigError``."""
+    from vtprune.errors import ConfigError
+
+    if workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {workers}")
+    return workers
+
+
+def time_limit_callback(minutes: float | None) -> list[Any]:
+    """A Trainer callback list that ends training (the run still saves as usual) once ``minutes`` of wall time have
+    passed since training started; ``[]`` for ``None``. For runs on a lent machine with a fixed time budget: the
+    learning-rate schedule still follows ``--steps``, so a run stopped early ends at a higher learning rate."""
+    from transformers import TrainerCallback
+
+    from vtprune.errors import ConfigError
+
+    if minutes is None:
+        return []
+    if minutes <= 0:
+        raise ConfigError(f"--max-minutes must be > 0, got {minutes}")
+
+    class TimeLimit(TrainerCallback):
+        def __init__(self) -> None:
+            self.start: float | None = None
+            self.stopped_at: int | None = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            import time
+
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            import time
+
+            if self.start is not None and time.perf_counter() - self.start > minutes * 60:
+                control.should_training_stop = True
+                self.stopped_at = state.global_step
+
+    return [TimeLimit()]

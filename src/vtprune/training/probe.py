@@ -204,7 +204,7 @@ def vision_warmup(adapter: Any, probe: TokenProbe, *, steps: int, batch_size: in
         enc = adapter.encode(samples)
         states = adapter.embed(enc).embeds
         t = batch_targets([s.scene() for s in scenes], samples, enc.visual_mask, enc.coords, enc.grids)
-        m = enc.visual_mask
+        t, m = t.to(states.device), enc.visual_mask.to(states.device)  # the model's device (CUDA where there is one)
         loss = probe.loss(states[m], t[m])
         opt.zero_grad()
         loss.backward()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from vtprune.errors import ConfigError, InputError
 from vtprune.methods.stts import STTS, STTSConfig
 from vtprune.runtime import ops, vision
 from vtprune.training.supervised import SupervisedBatch, encode_with_answers
-from vtprune.training.common import ListDataset
+from vtprune.training.common import CollatorRandom, ListDataset, check_workers
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +96,10 @@ def _load_rows(data: list[str], num_frames: int | None) -> list[tuple[Sample, li
     return rows
 
 
-def _collator(adapter: Adapter, rng: random.Random):
+def _collator(adapter: Adapter, rng: CollatorRandom):
     def collate(rows: list[tuple[Sample, list[str]]]) -> dict[str, Any]:
-        b = encode_with_answers(adapter, [s for s, _ in rows], [rng.choice(list(a)) for _, a in rows])
+        rng_ = rng.stream()
+        b = encode_with_answers(adapter, [s for s, _ in rows], [rng_.choice(list(a)) for _, a in rows])
         return dict(input_ids=b.input_ids, attention_mask=b.attention_mask, labels=b.labels,
                     visual_mask=b.visual_mask, **b.model_inputs)
 
@@ -132,12 +132,12 @@ def train_stts(
     *, model: str, out: Path, data: list[str] | None = None, rows: list[tuple[Sample, list[str]]] | None = None,
     keep: float = 0.5, block: int | None = None, tune: str = "none", steps: int = 1000, batch_size: int = 4,
     lr: float = 1e-4, temporal_weight: float = 0.5, num_frames: int | None = None, lora_rank: int = 8, seed: int = 0,
-    threads: int | None = None,
+    threads: int | None = None, workers: int = 0,
 ) -> dict[str, Any]:
     """Train an STTS scorer on ``model`` (any :func:`vtprune.load` name) and save it to ``out``.
 
     ``data``: JSONL paths or ``testbed:`` names (video records; ``num_frames`` frames each); or ``rows`` of
-    ``(Sample, answers)`` directly."""
+    ``(Sample, answers)`` directly. ``workers`` > 0 collates in that many DataLoader processes."""
     from transformers import Trainer, TrainingArguments
 
     import vtprune
@@ -146,6 +146,7 @@ def train_stts(
         raise ConfigError(f"--tune must be one of {', '.join(TUNE)}, got {tune!r}")
     if steps < 1 or batch_size < 1 or lr <= 0 or lora_rank < 1:
         raise ConfigError("steps, batch size, learning rate and LoRA rank must be positive")
+    check_workers(workers)
     if not 0 < keep < 1:
         raise ConfigError(f"--keep must be in (0, 1) to train a pruner, got {keep}")
     if threads:
@@ -162,11 +163,11 @@ def train_stts(
         output_dir=str(out / "checkpoints"), max_steps=steps, per_device_train_batch_size=batch_size,
         learning_rate=lr, lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20), weight_decay=0.0,
         max_grad_norm=1.0, logging_steps=max(1, min(50, steps // 20)), save_strategy="no", report_to=[], seed=seed,
-        dataloader_num_workers=0, remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=workers, remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,
     )
     trainer = Trainer(model=trainee, args=args, train_dataset=ListDataset(rows),
-                      data_collator=_collator(vlm.adapter, random.Random(seed)))
+                      data_collator=_collator(vlm.adapter, CollatorRandom(seed)))
     t0 = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - t0

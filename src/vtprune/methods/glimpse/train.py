@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from PIL import Image
 
 from vtprune.errors import ConfigError
 from vtprune.methods.glimpse.method import GlimpsePruner
-from vtprune.training.common import ListDataset
+from vtprune.training.common import CollatorRandom, ListDataset, check_workers
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +144,7 @@ class Collator:
     """Records -> encoded prompts, first answer tokens and per-image box targets."""
 
     def __init__(self, adapter: Any, family: str, seed: int = 0) -> None:
-        self.adapter, self.family, self.rng = adapter, family, random.Random(seed)
+        self.adapter, self.family, self.rng = adapter, family, CollatorRandom(seed)
 
     def __call__(self, items: list[Any]) -> dict[str, Any]:
         from vtprune.adapters import Sample
@@ -155,7 +154,8 @@ class Collator:
         if not its:
             return {"empty": True}
         batch = self.adapter.encode([Sample(i.question, list(i.images)) for i in its])
-        first = torch.tensor([answer_ids(self.adapter, self.rng.choice(i.answers))[0] for i in its])
+        rng = self.rng.stream()
+        first = torch.tensor([answer_ids(self.adapter, rng.choice(i.answers))[0] for i in its])
         targets = []
         for b, it in enumerate(its):
             if not it.boxes or not batch.grids[b]:
@@ -255,7 +255,7 @@ def train_glimpse(
     lr: float = 1e-4, batch_size: int = 4, grad_accum: int = 1, max_steps: int | None = None, seed: int = 0,
     warmup: float = 0.1, resume: bool = False, save_steps: int = 500, logging_steps: int = 10,
     weights: LossWeights | None = None, config: dict[str, Any] | None = None, method: GlimpsePruner | None = None,
-    relax: str = DEFAULT_RELAX,
+    relax: str = DEFAULT_RELAX, workers: int = 0,
 ) -> dict[str, Any]:
     """Train a GlimpsePrune pruner for ``model`` (a :class:`vtprune.VLM` or a model name) on ``data`` (records from
     :func:`vtprune.data.dataset.read_jsonl`, :class:`TrainItem`s, or JSONL / ``testbed:`` specs) and save it to
@@ -263,7 +263,9 @@ def train_glimpse(
 
     ``config`` overrides :class:`GlimpseConfig` fields of a fresh pruner (e.g. ``vip_size`` for tiny models);
     ``method`` continues training an existing one instead; ``relax`` is the box-free relaxation of the cut
-    (``sampled``, ``hard`` or ``sigmoid``, see :func:`vtprune.runtime.executor.relaxed_log_keep`). Returns the run's metadata (also ``out/train_meta.json``).
+    (``sampled``, ``hard`` or ``sigmoid``, see :func:`vtprune.runtime.executor.relaxed_log_keep`); ``workers`` > 0
+    collates (loads images, encodes) in that many DataLoader processes. Returns the run's metadata (also
+    ``out/train_meta.json``).
     """
     from transformers import TrainingArguments
 
@@ -272,6 +274,7 @@ def train_glimpse(
     if mode not in MODES:
         raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
     check_relaxation(relax)
+    check_workers(workers)
     if lr <= 0 or batch_size < 1 or grad_accum < 1 or epochs <= 0 or (max_steps is not None and max_steps < 1):
         raise ConfigError("learning rate, batch size, gradient accumulation, epochs and max steps must be positive")
     if isinstance(model, str):
@@ -318,7 +321,7 @@ def train_glimpse(
         save_total_limit=2,
         report_to=[],
         seed=seed,
-        dataloader_num_workers=0,
+        dataloader_num_workers=workers,
         remove_unused_columns=False,
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,

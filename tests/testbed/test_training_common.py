@@ -1,0 +1,77 @@
+"""Shared training pieces: per-worker collator randomness, the wall-time limit, and train base with both."""
+
+from __future__ import annotations
+
+import json
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from vtprune.cli import main
+from vtprune.errors import ConfigError
+from vtprune.training.common import CollatorRandom, ListDataset, check_workers, time_limit_callback
+
+
+def _draws(rng: random.Random, workers: int, seed: int) -> list[tuple[int, float]]:
+    """(worker id, first draw) of each batch of an 8-item loader collated with ``rng``."""
+    def collate(batch: list[int]) -> tuple[int, float]:
+        info = torch.utils.data.get_worker_info()
+        r = rng.stream() if isinstance(rng, CollatorRandom) else rng
+        return (-1 if info is None else info.id, r.random())
+
+    loader = torch.utils.data.DataLoader(ListDataset(list(range(8))), batch_size=2, num_workers=workers,
+                                         collate_fn=collate, generator=torch.Generator().manual_seed(seed))
+    return list(loader)
+
+
+def test_collator_random_in_the_main_process_is_plain_random():
+    plain = random.Random(3)
+    assert [d for _, d in _draws(CollatorRandom(3), 0, 0)] == [plain.random() for _ in range(4)]
+
+
+def test_collator_random_gives_each_worker_its_own_reproducible_stream():
+    # a plain Random is copied into every forked worker: both workers draw the same numbers (the defect)
+    plain = _draws(random.Random(3), 2, 0)
+    assert plain[0][0] != plain[1][0] and plain[0][1] == plain[1][1]
+    first = _draws(CollatorRandom(3), 2, 0)
+    assert first[0][0] != first[1][0] and first[0][1] != first[1][1]
+    assert _draws(CollatorRandom(3), 2, 0) == first  # same seeds, same draws
+    assert _draws(CollatorRandom(3), 2, 1) != first  # the loader's seed (new each epoch) changes them
+
+
+def test_time_limit_stops_training_once_the_time_is_up():
+    assert time_limit_callback(None) == []
+    with pytest.raises(ConfigError, match="max-minutes"):
+        time_limit_callback(0)
+    [cb] = time_limit_callback(1e-9)
+    control = SimpleNamespace(should_training_stop=False)
+    cb.on_step_end(None, SimpleNamespace(global_step=1), control)  # before on_train_begin: never stops
+    assert not control.should_training_stop
+    cb.on_train_begin(None, None, control)
+    cb.on_step_end(None, SimpleNamespace(global_step=3), control)
+    assert control.should_training_stop and cb.stopped_at == 3
+    [cb] = time_limit_callback(60)
+    control = SimpleNamespace(should_training_stop=False)
+    cb.on_train_begin(None, None, control)
+    cb.on_step_end(None, SimpleNamespace(global_step=1), control)
+    assert not control.should_training_stop
+
+
+def test_check_workers():
+    assert check_workers(0) == 0 and check_workers(3) == 3
+    with pytest.raises(ConfigError, match="--workers"):
+        check_workers(-1)
+
+
+def test_train_base_with_workers_stops_at_its_time_limit(tmp_path, capsys):
+    rc = main(["train", "base", "--model-type", "qwen2_5_vl", "--data", "testbed:image-mini", "--out",
+               str(tmp_path / "m"), "--steps", "50", "--batch-size", "2", "--threads", "1", "--vision-steps", "0",
+               "--workers", "2", "--max-minutes", "0.000001"])
+    meta = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rc == 0 and meta["steps"] == 50 and meta["steps_done"] == 1 and meta["workers"] == 2
+    assert (tmp_path / "m" / "model.safetensors").is_file()
+    rc = main(["train", "base", "--model-type", "qwen2_5_vl", "--data", "testbed:image-mini", "--out",
+               str(tmp_path / "x"), "--workers", "-1"])
+    assert rc == 2 and "--workers" in capsys.readouterr().err
