@@ -80,6 +80,26 @@ def test_eval_batch_sizes_agree_and_resume(capsys, tmp_path, dataset):
     assert rc == 2 and "different run" in err
 
 
+def test_eval_refuses_predictions_without_their_sidecar(capsys, tmp_path, dataset):
+    args = ["eval", "--model", "random:llava", "--data", dataset, "--limit", "3", "--max-new-tokens", "2", "--json"]
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    rc, _, _ = run(capsys, *args, "--method", "random", "--keep", "0.25", "--layer", "1", "--predictions", a)
+    assert rc == 0 and (tmp_path / "a.jsonl.meta.json").exists()
+    b.write_text(a.read_text())  # copied without its .meta.json: the run that wrote it cannot be checked
+    rc, out, err = run(capsys, *args, "--method", "none", "--predictions", b)
+    assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert str(b) in err and "--predictions" in err and "delete" in err
+    assert b.read_text() == a.read_text() and not (tmp_path / "b.jsonl.meta.json").exists()
+    # a corrupt sidecar is refused the same way; an empty file starts afresh
+    (tmp_path / "b.jsonl.meta.json").write_text("{not json")
+    rc, _, err = run(capsys, *args, "--method", "none", "--predictions", b)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "not valid JSON" in err
+    e = tmp_path / "empty.jsonl"
+    e.write_text("\n")
+    rc, out, _ = run(capsys, *args, "--method", "none", "--predictions", e)
+    assert rc == 0 and json.loads(out)["computed"] == 3 and json.loads(out)["retention_mean"] == 1.0
+
+
 def test_methods_json(capsys):
     rc, out, _ = run(capsys, "methods", "--json")
     rows = {r["name"]: r for r in json.loads(out)}
@@ -114,6 +134,16 @@ def test_unsupported_and_unknown_models(capsys, tmp_path, image):
     assert rc == 2 and "cannot load model" in err
     rc, _, err = run(capsys, "eval", "--model", "random:llava", "--data", tmp_path / "none.jsonl")
     assert rc == 2 and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("config", ['{"model_type": "gpt2"}', "{not json", "{}"])
+def test_unloadable_local_model_dir_is_one_line(capsys, tmp_path, image, config):
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "config.json").write_text(config)
+    rc, out, err = run(capsys, "ask", "--model", d, "--image", image, "--question", "q")
+    assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: cannot load model from {d}: ") and "Traceback" not in err
 
 
 def test_unsupported_family_is_a_typed_error():

@@ -142,8 +142,15 @@ def _load_local(path: str) -> tuple[torch.nn.Module, Any, Any]:
         tok = transformers.AutoTokenizer.from_pretrained(p)
         proc = transformers.AutoImageProcessor.from_pretrained(p)
     except (OSError, ValueError, AttributeError) as e:
-        raise ModelLoadError(f"cannot load model from {path}: {e}") from e
+        raise ModelLoadError(f"cannot load model from {path}: {_first_line(e)}") from e
     return model, tok, proc
+
+
+def _first_line(e: BaseException) -> str:
+    """The first non-blank line of an exception's message, so a wrapped error stays one line on stderr.
+
+    transformers often appends a long second line (e.g. every supported config class) that adds nothing here."""
+    return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
 
 
 def check_keep(keep: float | None) -> None:

@@ -100,6 +100,21 @@ def test_token_layer_bound_counts_every_stage() -> None:
     assert b["measured_over_token_layers"] == pytest.approx(0.6 / (225 / 400))
 
 
+def test_bound_line_when_no_saving_is_possible() -> None:
+    from vtprune.bench.report import bound, bound_line, sanitize
+
+    # a cut after the last layer (K' = L = 2) leaves nothing to save: no NaN share in the table, null in the JSON
+    b = bound(2, 2, 0.25, 10, 256, 64, 0.97, ([266, 266], [266, 266]))
+    assert b["with_text"] == 1.0 and json.loads(json.dumps(sanitize(b)))["saving_realised"] is None
+    for bd in (b, sanitize(b)):
+        line = bound_line(bd, "wall")
+        assert "nan" not in line.lower() and "no saving possible at this layer (bound 1.000" in line
+    assert "no saving possible (bound 1.000)" in bound_line(bound(1, 2, 1.0, 10, 256, 256, 1.0), "wall")
+    # otherwise the realised share is printed
+    b = bound(1, 2, 0.25, 0, 64, 16, 0.8125, ([64, 64], [64, 16]))
+    assert "50% of the possible saving realised" in bound_line(b, "wall")
+
+
 def test_auto_dtype_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
     import vtprune.bench.command as cmd
 

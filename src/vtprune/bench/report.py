@@ -238,6 +238,30 @@ def _fmt_f(x: float) -> str:
     return f"{x / 1e12:.3f} TFLOP" if x >= 1e11 else f"{x / 1e9:.2f} GFLOP"
 
 
+def _saving(bd: dict[str, Any]) -> str:
+    """How much of the possible LLM-prefill saving was realised; no share when the bound leaves none to realise."""
+    bt, q = bd["with_text"], bd["saving_realised"]
+    if bt >= 1:
+        if bd["K_prime"] >= bd["L"]:
+            return f"no saving possible at this layer (bound {bt:.3f}, cut after the last layer)"
+        return f"no saving possible (bound {bt:.3f})"
+    if q is None or math.isnan(q):
+        return "n/a of the possible saving realised"
+    return f"{q * 100:.0f}% of the possible saving realised"
+
+
+def bound_line(bd: dict[str, Any], head: str) -> str:
+    """The table's one-paragraph summary of ``report["bound"]`` (raw or :func:`sanitize`-d: NaN or None print n/a)."""
+    k, n = bd["K_prime"], bd["L"]
+    x = bd["measured_over_bound_with_text"]
+    times = "n/a" if x is None or math.isnan(x) else f"{x:.2f}x"
+    return (f"LLM-prefill bound K'/L + (1-K'/L)*keep = {k}/{n} + (1-{k}/{n})*{bd['keep']:g} = {bd['value']:.3f} "
+            f"({bd['with_text']:.3f} counting text tokens); measured ({head}) "
+            f"{_fmt_r(bd['measured_llm_prefill'])} = {times} the bound with text, {_saving(bd)}; "
+            f"K' = --layer + 1 (layers on every token); token-layer bound from the lengths run "
+            f"{_fmt_r(bd['token_layers'])}")
+
+
 def print_report(rep: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -284,12 +308,7 @@ def print_report(rep: dict[str, Any]) -> None:
     con.print(f"times shown: wall clock, medians per component; the {head} ratio is the headline (JSON 'ratios')")
     con.print(t)
     bd, ov = rep["bound"], rep["overhead"]
-    k, n = bd["K_prime"], bd["L"]
-    con.print(f"LLM-prefill bound K'/L + (1-K'/L)*keep = {k}/{n} + (1-{k}/{n})*{bd['keep']:g} = {bd['value']:.3f} "
-              f"({bd['with_text']:.3f} counting text tokens); measured ({head}) "
-              f"{bd['measured_llm_prefill']:.3f} = {bd['measured_over_bound_with_text']:.2f}x the bound with text, "
-              f"{bd['saving_realised'] * 100:.0f}% of the possible saving realised; K' = --layer + 1 (layers on "
-              f"every token); token-layer bound from the lengths run {_fmt_r(bd['token_layers'])}")
+    con.print(bound_line(bd, head))
     con.print(f"method overhead: select {_fmt_s(ov['select_s'])}, pruning work outside the layers "
               f"{_fmt_s(ov['prune_overhead_s'])}; kept {p['kept_visual_tokens']}/{p['visual_tokens']} visual tokens")
     con.print(f"memory: {c['memory_measure']}")

@@ -65,6 +65,29 @@ def _read_done(path: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
+def check_resumable(predictions: Path, meta: Path, settings: dict[str, Any]) -> None:
+    """Refuse (:class:`ConfigError`) to resume ``predictions`` unless its ``meta`` sidecar holds the same ``settings``.
+
+    A missing or blank file starts afresh; a file with rows but no readable sidecar cannot be verified, so it is
+    refused rather than silently reused or overwritten."""
+    if not predictions.exists() or not predictions.read_text().strip():
+        return
+    if not meta.exists():
+        raise ConfigError(
+            f"{predictions} holds predictions but no {meta.name} recording the run that wrote them, so they cannot "
+            "be resumed; delete it or pass another --predictions path"
+        )
+    try:
+        old = json.loads(meta.read_text())
+    except json.JSONDecodeError:
+        raise ConfigError(
+            f"{meta} is not valid JSON, so {predictions} cannot be resumed; "
+            "delete both or pass another --predictions path"
+        ) from None
+    if old != json.loads(json.dumps(settings)):
+        raise ConfigError(f"{predictions} holds predictions of a different run ({old}); use another path")
+
+
 def score_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Aggregate per-sample predictions into the report's metrics."""
     n = len(rows)
@@ -112,10 +135,7 @@ def run_eval(
     out = None
     if predictions is not None:
         meta = predictions.with_suffix(predictions.suffix + ".meta.json")
-        if predictions.exists() and meta.exists():
-            old = json.loads(meta.read_text())
-            if old != json.loads(json.dumps(settings)):
-                raise ConfigError(f"{predictions} holds predictions of a different run ({old}); use another path")
+        check_resumable(predictions, meta, settings)
         done = _read_done(predictions)
         predictions.parent.mkdir(parents=True, exist_ok=True)
         meta.write_text(json.dumps(settings, sort_keys=True))
