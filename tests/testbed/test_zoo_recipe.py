@@ -118,3 +118,46 @@ def test_llava_recipe_starts_from_sincos_positions():
     freq = 1.0 / 10000 ** (torch.arange(q, dtype=torch.float64) / q)
     want = torch.cat([(r * freq).sin(), (r * freq).cos(), (c * freq).sin(), (c * freq).cos()])
     torch.testing.assert_close(w[1 + r * side + c], want, rtol=0, atol=1e-6)
+
+
+def test_readout_loss_is_the_lm_head_read_at_the_chosen_layer():
+    from tests.conftest import make_image
+    from vtprune.errors import ConfigError
+    from vtprune.testbed.random_models import build_random
+    from vtprune.training.base import ZooRecipe
+    from vtprune.training.probe import CONTENT_CLASSES, IGNORE, content_token_ids
+    from vtprune.training.supervised import encode_with_answers
+
+    model, tok, proc = build_random("qwen2_5_vl", seed=1)
+    ad = vtprune.VLM(model, tok, proc).adapter
+    ids = content_token_ids(tok)
+    k = CONTENT_CLASSES.index("k")
+    assert ids[0] == IGNORE and ids[k] == tok.encode("k", add_special_tokens=False)[0]
+    assert ids[CONTENT_CLASSES.index("47")] == tok.encode("4", add_special_tokens=False)[0]
+
+    b = encode_with_answers(ad, [vtprune.Sample("what?", [make_image(56, 84, 1)])], ["k"])
+    targets = torch.full((*b.input_ids.shape, 4), IGNORE, dtype=torch.long)
+    pos = b.visual_mask[0].nonzero().squeeze(1)
+    targets[0, pos, 2] = 0  # visual, nothing drawn: no readout target
+    targets[0, pos[:3], 2] = torch.tensor([k, k + 1, CONTENT_CLASSES.index("47")])
+    n = model.config.get_text_config().num_hidden_layers
+    out = model(**b.model_kwargs(ad), output_hidden_states=True)
+    want = ids[targets[0, pos[:3], 2]]
+    # at the last layer the readout is exactly the model's own logits at those tokens
+    last = ZooRecipe(model, 0.0, 0.0, adapter=ad, readout_weight=1.0, readout_layer=n)
+    torch.testing.assert_close(last.readout(out.hidden_states, targets),
+                               torch.nn.functional.cross_entropy(out.logits[0, pos[:3]].float(), want))
+    # in the middle: final norm + LM head on that layer's output (a logit lens)
+    mid = ZooRecipe(model, 0.0, 0.0, adapter=ad, readout_weight=1.0)
+    assert mid.readout_layer == n // 2
+    h = model.model.language_model.norm(out.hidden_states[n // 2][0, pos[:3]])
+    torch.testing.assert_close(mid.readout(out.hidden_states, targets),
+                               torch.nn.functional.cross_entropy(model.lm_head(h).float(), want))
+    # the loss reaches the vision tower through the visual tokens
+    model.zero_grad()
+    mid.readout(out.hidden_states, targets).backward()
+    assert model.model.visual.merger.mlp[0].weight.grad.abs().sum() > 0
+    targets[..., 2] = 0
+    assert mid.readout(out.hidden_states, targets) is None
+    with pytest.raises(ConfigError, match="readout-layer"):
+        ZooRecipe(model, 0.0, 0.0, adapter=ad, readout_weight=1.0, readout_layer=0)

@@ -147,22 +147,54 @@ class ZooRecipe(torch.nn.Module):
     """The VLM under training plus the recipe's throw-away token probe (see :mod:`vtprune.training.probe`).
 
     ``forward`` returns the recipe loss: answer LM loss + ``describe_weight`` x caption-turn LM loss +
-    ``qa_weight`` x LM loss of the extra scene-question turns + ``probe_weight`` x token-probe loss. The LM losses
-    are token means over their own spans, so a 20-token caption does not drown the 1-2 answer tokens. Only ``vlm``
-    is saved as the model.
+    ``qa_weight`` x LM loss of the extra scene-question turns + ``probe_weight`` x token-probe loss +
+    ``readout_weight`` x readout loss. The LM losses are token means over their own spans, so a 20-token caption
+    does not drown the 1-2 answer tokens. Only ``vlm`` is saved as the model.
+
+    The readout loss (:meth:`readout`) is the model's own LM head, after the final norm, applied to the residual
+    stream of each visual token that shows a glyph or table word, at the output of decoder layer
+    ``readout_layer - 1`` (a logit lens), trained to name that content's first token. The probe makes content
+    linearly readable at the LLM's input; the readout puts it in the vocabulary's directions inside the LLM, where
+    an answer position can copy it with one attention step.
     """
 
     def __init__(self, vlm: torch.nn.Module, describe_weight: float, probe_weight: float, qa_weight: float = 1.0,
                  adapter: Any = None, attn_weight: float = 0.0, attn_layers: tuple[int, ...] = (),
-                 attn_heads: int = 1) -> None:
-        from vtprune.training.probe import TokenProbe
+                 attn_heads: int = 1, readout_weight: float = 0.0, readout_layer: int | None = None) -> None:
+        from vtprune.training.probe import TokenProbe, content_token_ids
 
         super().__init__()
         self.vlm = vlm
         self.probe = TokenProbe(vlm.config.get_text_config().hidden_size)
         self.describe_weight, self.probe_weight, self.qa_weight = describe_weight, probe_weight, qa_weight
         self.adapter, self.attn_weight, self.attn_layers, self.attn_heads = adapter, attn_weight, attn_layers, attn_heads
+        self.readout_weight = readout_weight
+        n_layers = vlm.config.get_text_config().num_hidden_layers
+        self.readout_layer = n_layers // 2 if readout_layer is None else readout_layer
+        if not 1 <= self.readout_layer <= n_layers:
+            raise ConfigError(f"--readout-layer must lie in 1..{n_layers}, got {self.readout_layer}")
+        if readout_weight > 0:
+            if adapter is None:
+                raise ConfigError("the readout loss needs the model's adapter (tokenizer, final norm)")
+            self.register_buffer("content_ids", content_token_ids(adapter.tokenizer), persistent=False)
         self.last: dict[str, float] = {}
+
+    def readout(self, hidden_states: tuple[torch.Tensor, ...], probe_targets: torch.Tensor) -> torch.Tensor | None:
+        """Cross-entropy of the LM head read at layer ``readout_layer`` on the visual tokens with content
+        (``probe_targets[..., 2] > 0``) against that content's first token; ``None`` when the batch has none.
+
+        ``hidden_states`` is the HF tuple (embeddings, then each layer's output); ``probe_targets`` ``[B, L, 4]``."""
+        content = probe_targets[..., 2]
+        m = content > 0
+        if not bool(m.any()):
+            return None
+        h = hidden_states[self.readout_layer][m]  # [N, D]
+        if self.readout_layer < len(hidden_states) - 1:  # HF's last entry is already normed
+            h = self.adapter.text_model.norm(h)
+        logits = self.adapter.lm_head(h).float()
+        target = self.content_ids[content[m]]
+        self.last["readout_acc"] = float((logits.argmax(-1) == target).float().mean())
+        return torch.nn.functional.cross_entropy(logits, target)
 
     def forward(self, labels: torch.Tensor, followup_labels: torch.Tensor | None = None,
                 probe_targets: torch.Tensor | None = None, qa_labels: torch.Tensor | None = None,
@@ -171,10 +203,16 @@ class ZooRecipe(torch.nn.Module):
                 **inputs: Any) -> dict[str, torch.Tensor]:
         use_probe = probe_targets is not None and self.probe_weight > 0
         use_attn = evidence_query is not None and self.attn_weight > 0 and bool(self.attn_layers)
-        out = self.vlm(**inputs, output_hidden_states=use_probe or use_attn)
+        use_readout = probe_targets is not None and self.readout_weight > 0
+        out = self.vlm(**inputs, output_hidden_states=use_probe or use_attn or use_readout)
         answer = _token_ce(out.logits, labels)
         loss = answer
         self.last = {"answer_loss": answer.detach().item()}
+        if use_readout:
+            rl = self.readout(out.hidden_states, probe_targets)
+            if rl is not None:
+                loss = loss + self.readout_weight * rl
+                self.last["readout_loss"] = rl.detach().item()
         if followup_labels is not None and self.describe_weight > 0:
             cap = _token_ce(out.logits, followup_labels)
             loss = loss + self.describe_weight * cap
@@ -237,7 +275,7 @@ def train_base(
     video_frames: int | None = None, init: str | None = None, describe_weight: float = 0.5,
     probe_weight: float = 1.0, vision_steps: int = 300, vision_batch_size: int = 32, qa_turns: int = 4,
     attn_weight: float = 0.5, attn_layers: tuple[int, ...] | None = None, workers: int = 0,
-    max_minutes: float | None = None,
+    max_minutes: float | None = None, readout_weight: float = 0.0, readout_layer: int | None = None,
 ) -> dict[str, Any]:
     """Train a zoo-sized ``model_type`` on ``data`` (JSONL paths or ``testbed:`` names) and save it to ``out``.
 
@@ -256,7 +294,8 @@ def train_base(
     ``workers`` > 0 collates batches in that many DataLoader processes (what keeps a GPU busy: collation, i.e.
     image processing and question drawing, costs about 7 ms a sample on one core). ``max_minutes`` ends training
     after that much wall time (the model is saved as at the last step). On a machine with CUDA everything,
-    the vision warm-up included, runs on the GPU."""
+    the vision warm-up included, runs on the GPU. ``readout_weight`` > 0 adds the readout loss at
+    ``readout_layer`` (default L/2; see :class:`ZooRecipe`) on records that carry their scene."""
     from transformers import TrainingArguments
 
     from vtprune.adapters import get_adapter
@@ -272,6 +311,8 @@ def train_base(
         raise ConfigError(f"--qa-turns must be >= 0, got {qa_turns}")
     if attn_weight < 0:
         raise ConfigError(f"--attn-weight must be >= 0, got {attn_weight}")
+    if readout_weight < 0:
+        raise ConfigError(f"--readout-weight must be >= 0, got {readout_weight}")
     if vision_steps < 0 or vision_batch_size < 1:
         raise ConfigError("--vision-steps must be >= 0 and --vision-batch-size >= 1")
     check_workers(workers)
@@ -316,7 +357,8 @@ def train_base(
         disable_tqdm=True,
     )
     recipe = ZooRecipe(model, describe_weight, probe_weight, adapter=adapter, attn_weight=attn_weight,
-                       attn_layers=attn_layers).to(args.device)
+                       attn_layers=attn_layers, readout_weight=readout_weight,
+                       readout_layer=readout_layer).to(args.device)
     resuming = resume and any((out / "checkpoints").glob("checkpoint-*"))
     t0 = time.perf_counter()
     vision_log: list[dict[str, float]] = []
@@ -328,7 +370,8 @@ def train_base(
     vision_seconds = time.perf_counter() - t0
     trainer = _trainer_class()(
         model=recipe, args=args, train_dataset=ListDataset(records),
-        data_collator=_collator(adapter, CollatorRandom(seed), video_frames, describe_weight > 0, probe_weight > 0,
+        data_collator=_collator(adapter, CollatorRandom(seed), video_frames, describe_weight > 0,
+                                probe_weight > 0 or readout_weight > 0,
                                 qa_turns, attn_weight > 0 and bool(attn_layers)), callbacks=stop)
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if resuming else None)
@@ -348,6 +391,7 @@ def train_base(
         "describe_weight": describe_weight, "probe_weight": probe_weight, "vision_steps": vision_steps, "qa_turns": qa_turns,
         "attn_weight": attn_weight, "attn_layers": list(attn_layers), "workers": workers,
         "max_minutes": max_minutes, "steps_done": trainer.state.global_step, "device": str(args.device),
+        "readout_weight": readout_weight, "readout_layer": recipe.readout_layer,
         "vision_batch_size": vision_batch_size, "vision_seconds": round(vision_seconds, 1), "vision_log": vision_log,
         "log": [h for h in trainer.state.log_history if "loss" in h],
     }

@@ -69,6 +69,11 @@ def base(
                                               help="Comma-separated LLM layers for --attn-weight (default: L/4 and L/2)."),
     workers: int = typer.Option(0, "--workers", min=0, help="DataLoader processes that collate batches (0: in the "
                                 "training process; a few keep a GPU fed)."),
+    readout_weight: float = typer.Option(0.0, "--readout-weight", min=0.0,
+                                         help="Loss weight of the vocabulary readout: the LM head, read at "
+                                              "--readout-layer, names each visual token's glyph or table word (0: off)."),
+    readout_layer: Optional[int] = typer.Option(None, "--readout-layer",
+                                                help="Decoder layers before the readout (1..L; default L/2)."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes",
                                                 help="Stop training after this much wall time and save (the "
                                                      "learning-rate schedule still follows --steps)."),
@@ -83,7 +88,7 @@ def base(
                       describe_weight=describe_weight, probe_weight=probe_weight, vision_steps=vision_steps,
                       vision_batch_size=vision_batch_size, qa_turns=qa_turns, attn_weight=attn_weight,
                       attn_layers=_int_list(attn_layers, "--attn-layers"), workers=workers,
-                      max_minutes=max_minutes)
+                      max_minutes=max_minutes, readout_weight=readout_weight, readout_layer=readout_layer)
     typer.echo(json.dumps(meta))
 
 
