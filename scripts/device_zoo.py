@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--workers", type=int, default=12)
-    p.add_argument("--qa-turns", type=int, default=6)
+    p.add_argument("--qa-turns", type=int, default=8)
     p.add_argument("--eval-limit", type=int, default=None)
     p.add_argument("--scratch", action="store_true", help="train from a random init (with the vision warm-up)")
     a = p.parse_args(argv)
@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     run = a.out / "run"
     meta = train_base(model_type=model_type, data=data, out=run, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                       video_frames=frames, init=None if a.scratch else init, vision_steps=300 if a.scratch else 0,
-                      qa_turns=a.qa_turns, attn_weight=0.0, workers=a.workers, max_minutes=a.minutes)
+                      qa_turns=a.qa_turns, workers=a.workers, max_minutes=a.minutes,
+                      # the shipped zoo:synth-qwen2_5_vl's stage (p9, BENCHMARKS.md): readout + evidence attention
+                      readout_weight=1.0, readout_layer=2, attn_weight=0.5, attn_layers=(2, 4))
     meta["render_seconds"] = round(render_s, 1)
     meta["cuda"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     report = run_eval(model=str(run), data=val, batch_size=64, limit=a.eval_limit, num_frames=frames)
