@@ -65,12 +65,13 @@ def _read_done(path: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
-def check_resumable(predictions: Path, meta: Path, settings: dict[str, Any]) -> None:
+def check_resumable(predictions: Path, meta: Path, settings: dict[str, Any], has_rows: bool) -> None:
     """Refuse (:class:`ConfigError`) to resume ``predictions`` unless its ``meta`` sidecar holds the same ``settings``.
 
-    A missing or blank file starts afresh; a file with rows but no readable sidecar cannot be verified, so it is
-    refused rather than silently reused or overwritten."""
-    if not predictions.exists() or not predictions.read_text().strip():
+    ``has_rows``: the file holds predictions (:func:`_read_done` found some). A missing or blank file starts
+    afresh; a file with rows but no readable sidecar cannot be verified, so it is refused rather than silently
+    reused or overwritten."""
+    if not has_rows:
         return
     if not meta.exists():
         raise ConfigError(
@@ -135,8 +136,8 @@ def run_eval(
     out = None
     if predictions is not None:
         meta = predictions.with_suffix(predictions.suffix + ".meta.json")
-        check_resumable(predictions, meta, settings)
         done = _read_done(predictions)
+        check_resumable(predictions, meta, settings, has_rows=bool(done))
         predictions.parent.mkdir(parents=True, exist_ok=True)
         meta.write_text(json.dumps(settings, sort_keys=True))
         out = predictions.open("a")

@@ -40,6 +40,13 @@ def _int_list(text: str | None, option: str) -> tuple[int, ...] | None:
         raise ConfigError(f"{option} must be comma-separated integers, got {text!r}") from None
 
 
+def _workers_option() -> typer.models.OptionInfo:
+    """``--workers``, the same for every training command."""
+    return typer.Option(0, "--workers", min=0,
+                        help="DataLoader processes that collate batches (0: in the training process; "
+                             "a few keep a GPU fed).")
+
+
 @train_app.command("base")
 def base(
     model_type: str = typer.Option(..., "--model-type", help="qwen2_5_vl or llava"),
@@ -67,11 +74,11 @@ def base(
                                            "at the question's evidence boxes (0: off)."),
     attn_layers: Optional[str] = typer.Option(None, "--attn-layers",
                                               help="Comma-separated LLM layers for --attn-weight (default: L/4 and L/2)."),
-    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader processes that collate batches (0: in the "
-                                "training process; a few keep a GPU fed)."),
+    workers: int = _workers_option(),
     readout_weight: float = typer.Option(0.0, "--readout-weight", min=0.0,
                                          help="Loss weight of the vocabulary readout: the LM head, read at "
-                                              "--readout-layer, names each visual token's glyph or table word (0: off)."),
+                                              "--readout-layer, names each visual token's glyph or table word "
+                                              "(0: off)."),
     readout_layer: Optional[int] = typer.Option(None, "--readout-layer",
                                                 help="Decoder layers before the readout (1..L; default L/2)."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes",
@@ -114,8 +121,7 @@ def glimpse(
     save_steps: int = typer.Option(500, "--save-steps"),
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in OUT."),
-    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader processes that collate batches (0: in the "
-                                "training process; a few keep a GPU fed)."),
+    workers: int = _workers_option(),
 ) -> None:
     """Train a GlimpsePrune pruner (glimpse token + importance predictor) on a frozen base model."""
     from vtprune.methods.glimpse.train import LossWeights, train_glimpse
@@ -143,8 +149,7 @@ def stts(
     num_frames: int | None = typer.Option(None, "--num-frames", help="Frames decoded per video (default: all)."),
     lora_rank: int = typer.Option(8, "--lora-rank"),
     seed: int = typer.Option(0, "--seed"),
-    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader processes that collate batches (0: in the "
-                                "training process; a few keep a GPU fed)."),
+    workers: int = _workers_option(),
 ) -> None:
     """Train an STTS scorer end to end: LM loss through the pruned ViT and LLM + temporal MSE."""
     from vtprune.training.stts import train_stts

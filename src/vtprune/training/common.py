@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
 import torch
@@ -72,13 +73,9 @@ def time_limit_callback(minutes: float | None) -> list[Any]:
             self.stopped_at: int | None = None
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            import time
-
             self.start = time.perf_counter()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            import time
-
             if self.start is not None and time.perf_counter() - self.start > minutes * 60:
                 control.should_training_stop = True
                 self.stopped_at = state.global_step
