@@ -11,7 +11,7 @@ import torch
 
 import vtprune
 from tests.conftest import FAMILIES, make_image
-from vtprune.testbed.tasks import IMAGE_TASKS, make_image_sample
+from vtprune.testbed.tasks import IMAGE_TASKS, VIDEO_TASKS, make_image_sample, make_video_sample
 from vtprune.training.common import CollatorRandom
 from vtprune.training.evidence import batch_evidence, evidence_attention_loss, evidence_tokens, reply_queries
 from vtprune.training.supervised import encode_with_answers
@@ -111,3 +111,78 @@ def test_bad_attention_layers_are_one_line_errors(tmp_path, capsys):
                    str(tmp_path / "m"), "--steps", "1", "--vision-steps", "0", "--attn-layers", bad])
         err = capsys.readouterr().err
         assert rc == 2 and msg in err and "Traceback" not in err
+
+
+def test_video_evidence_tokens_known_answer():
+    from vtprune.training.evidence import video_evidence_tokens
+
+    # 16 stored frames, 8 given (frames 1, 3, ..., 15), 4 temporal patches of 2 given frames on a 2x2 token grid
+    t, r, c = torch.meshgrid(torch.arange(4), torch.arange(2), torch.arange(2), indexing="ij")
+    thw = torch.stack([t.flatten(), r.flatten(), c.flatten()], 1)
+    # frame 4 lies between given frames 3 (patch 0) and 5 (patch 1): the later one; frame 15 is patch 3
+    ev = video_evidence_tokens([(4, [0, 0, 28, 28]), (15, [28, 28, 56, 56])], 16, (56, 56), thw, (4, 2, 2), 8)
+    assert ev.view(4, 2, 2).nonzero().tolist() == [[1, 0, 0], [3, 1, 1]]
+    # every frame given: frame f is in patch f // 2
+    ev = video_evidence_tokens([(5, [0, 28, 28, 56])], 8, (56, 56), thw, (4, 2, 2), 8)
+    assert ev.view(4, 2, 2).nonzero().tolist() == [[2, 1, 0]]
+
+
+@pytest.mark.parametrize("task", VIDEO_TASKS)
+def test_video_scene_questions_include_the_builders_question_and_evidence(task):
+    from vtprune.testbed.tasks.video import tracks_from_fields, video_scene_questions
+
+    found = 0
+    for seed in range(10):
+        s = make_video_sample(task, seed, num_frames=16)
+        fields = [[tr.kind, tr.colors, tr.glyph, [list(b) if b else None for b in tr.boxes]] for tr in s.tracks]
+        tracks = tracks_from_fields(fields)  # as a record stores them
+        for k in range(12):
+            triples = video_scene_questions(tracks, random.Random(k))
+            assert len({q for q, _, _ in triples}) == len(triples)
+            for q, a, ev in triples:
+                assert ev and all(0 <= f < 16 for f, _ in ev)
+                if q == s.question:
+                    found += 1
+                    assert a == s.answer and sorted(ev) == sorted(zip(s.evidence_frames, s.boxes))
+    assert found >= 8
+
+
+def test_video_scene_questions_known_answers():
+    from vtprune.testbed.tasks.video import Track, video_scene_questions
+
+    b, c = (0, 0, 40, 40), (100, 100, 140, 140)
+    t = 8
+    movers = [Track("circle", [(10 * f, 0, 10 * f + 40, 40) for f in range(t)], ["red"] * t),
+              Track("star", [(100, 100 - 5 * f, 140, 140 - 5 * f) for f in range(t)], ["blue"] * t),
+              Track("square", [c] * t, ["green"] * t)]
+    got = {q: a for q, a, _ in video_scene_questions(movers, random.Random(0))}
+    assert sorted(got.values()) == ["right", "up"] and any("red circle" in q for q in got)
+    appear = [Track("star", [None] * 4 + [b] * 4, ["pink"] * t), Track("square", [c] * t, ["green"] * t)]
+    got3 = video_scene_questions(appear, random.Random(0))
+    assert sorted(a for _, a, _ in got3) == ["pink", "star"] and all("appeared" in q for q, _, _ in got3)
+    assert got3[0][2] == [(3, b), (4, b)]
+    order = [Track("star", [None] * 4 + [b] * 2 + [None] * 2, ["pink"] * t),
+             Track("circle", [c] * 2 + [None] * 6, ["red"] * t)]
+    assert sorted(a for _, a, _ in video_scene_questions(order, random.Random(0))) == ["circle", "red"]
+    changes = [Track("square", [c] * t, ["red"] * 2 + ["blue"] * 4 + ["red"] * 2)]
+    assert [(a, [f for f, _ in ev]) for _, a, ev in video_scene_questions(changes, random.Random(0))] == [("2", [2, 6])]
+
+
+def test_recipe_supervises_video_evidence_and_question_turns():
+    from vtprune.data.dataset import read_jsonl, resolve_data
+    from vtprune.training.base import ZooRecipe, _collator
+
+    vlm = vtprune.load("random:qwen2_5_vl")
+    recs = [r for r in read_jsonl(resolve_data("testbed:video-mini"))][:5]  # one of each task
+    kw = _collator(vlm.adapter, CollatorRandom(0), 8, False, False, 2, evidence=True)(recs)
+    query, keys = kw["evidence_query"], kw["evidence_keys"]
+    # every record's own question has evidence; each supervised query has evidence keys among the visual tokens
+    assert (query[:, 0] >= 0).all()
+    valid = query >= 0
+    assert (keys[valid].sum(-1) > 0).all()
+    assert not (keys & ~kw["evidence_visual"][:, None, :]).any()
+    assert "qa_labels" in kw  # motion and appear videos answer more than their own question
+    recipe = ZooRecipe(vlm.model, 0.0, 0.0, adapter=vlm.adapter, attn_weight=1.0, attn_layers=(1,))
+    out = recipe(**kw)
+    assert {"attn_loss", "qa_loss"} <= set(recipe.last)
+    out["loss"].backward()

@@ -86,14 +86,31 @@ DESCRIBE = "Describe the image."
 
 def scene_qa(extra: dict[str, Any], question: str, rng: random.Random, n: int) -> list[tuple[str, str, list[Any]]]:
     """Up to ``n`` further questions the record's scene answers (not its own question), in random order, as
-    ``(question, answer, evidence boxes)``."""
+    ``(question, answer, evidence)``: evidence boxes for an image, ``(frame, box)`` pairs for a video (whose
+    record carries its ``tracks``)."""
     from vtprune.testbed.tasks.image import scene_from_fields, scene_questions_with_evidence
+    from vtprune.testbed.tasks.video import tracks_from_fields, video_scene_questions
 
-    if n <= 0 or "objects" not in extra:
+    if n <= 0:
         return []
-    qa = [t for t in scene_questions_with_evidence(*scene_from_fields(extra), rng) if t[0] != question]
+    if "objects" in extra:
+        qa = scene_questions_with_evidence(*scene_from_fields(extra), rng)
+    elif extra.get("tracks"):
+        qa = video_scene_questions(tracks_from_fields(extra["tracks"]), rng)
+    else:
+        return []
+    qa = [t for t in qa if t[0] != question]
     rng.shuffle(qa)
     return qa[:n]
+
+
+def _own_evidence(record: Any) -> list[Any] | None:
+    """The evidence of a record's own question: its boxes, paired with their frames for a video."""
+    boxes = getattr(record, "boxes", None) or None
+    if boxes and getattr(record, "video", None) is not None:
+        frames = getattr(record, "frames", None) or []
+        return list(zip(frames, boxes)) if len(frames) == len(boxes) else None
+    return boxes
 
 
 def _collator(adapter: Any, rng: CollatorRandom, num_frames: int | None, describe: bool, probe: bool,
@@ -116,8 +133,9 @@ def _collator(adapter: Any, rng: CollatorRandom, num_frames: int | None, describ
 
             # reply spans in order: the record's answer, then its question turns (the caption turn has no evidence)
             spans = b.labels if b.qa_labels is None else torch.where(b.labels != -100, b.labels, b.qa_labels)
-            boxes = [[getattr(r, "boxes", None) or None] + [ev for _, _, ev in t] for r, t in zip(records, qa)]
-            ev = batch_evidence(boxes, samples, list(spans), b.visual_mask, b.coords, b.grids)
+            boxes = [[_own_evidence(r)] + [ev for _, _, ev in t] for r, t in zip(records, qa)]
+            total = [len(r.extra["tracks"][0][3]) if r.extra.get("tracks") else None for r in records]
+            ev = batch_evidence(boxes, samples, list(spans), b.visual_mask, b.coords, b.grids, total)
             if ev is not None:
                 kw["evidence_query"], kw["evidence_keys"] = ev
                 kw["evidence_positions"] = pos

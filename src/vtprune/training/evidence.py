@@ -43,29 +43,60 @@ def reply_queries(labels: torch.Tensor) -> list[int]:
     return [int(p) - 1 for p in starts]
 
 
+def video_evidence_tokens(evidence: list[Any], total_frames: int, frame_size: tuple[int, int], thw: torch.Tensor,
+                          grid: tuple[int, int, int], num_frames: int) -> torch.Tensor:
+    """``[N]`` bool: the visual tokens of one video that cover an evidence box in its frame.
+
+    ``evidence`` is ``[(frame, box), ...]`` with frames counted in the stored video of ``total_frames``; the model
+    was given ``num_frames`` of them (the loader's :func:`~vtprune.data.video.sample_indices`), in temporal patches
+    of ``num_frames // grid[0]``; an evidence frame counts in the patch of the nearest given frame (the later one
+    on a tie). ``thw`` is ``[N, 3]`` (temporal patch, row, column); ``frame_size`` (width, height)."""
+    from vtprune.data.video import sample_indices
+
+    given = sample_indices(total_frames, num_frames) if num_frames != total_frames else list(range(total_frames))
+    per = max(1, num_frames // grid[0])
+    out = torch.zeros(thw.shape[0], dtype=torch.bool)
+    for frame, box in evidence:
+        # ties go to the later frame: events start on even frames, so the frame after shows the new state
+        nearest = min(range(len(given)), key=lambda i: (abs(given[i] - frame), -i))
+        m = thw[:, 0] == min(nearest // per, grid[0] - 1)
+        out[m] |= evidence_tokens([box], frame_size, thw[m, 1:], grid[1:])
+    return out
+
+
 def batch_evidence(turn_boxes: list[list[list[Any] | None]], samples: list[Any], labels: list[torch.Tensor],
                    visual_mask: torch.Tensor, coords: list[torch.Tensor], grids: list[list[tuple[int, int, int]]],
-                   ) -> tuple[torch.Tensor, torch.Tensor] | None:
+                   total_frames: list[int | None] | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Query positions ``[B, Q]`` (-1: none) and their evidence keys ``[B, Q, L]`` over a left-padded batch.
 
     Args:
-        turn_boxes: per sample, the evidence boxes of each reply in order (``None``: no evidence known).
+        turn_boxes: per sample, the evidence of each reply in order (``None``: no evidence known): boxes for an
+            image, ``(frame, box)`` pairs for a video (see :func:`video_evidence_tokens`).
         labels: per sample ``[L]`` labels marking every reply span in the same order (answer and question turns).
-    Only single-image samples get evidence (a video's evidence is a track over frames: not supervised here).
+        total_frames: per sample, how many frames its stored video has (the evidence's frame numbering); videos
+            without it get no evidence.
+    Single-image and video samples get evidence; multi-image samples none.
     """
     B, L = visual_mask.shape
+    total_frames = total_frames or [None] * B
     rows: list[list[tuple[int, torch.Tensor]]] = []
     for b in range(B):
         s = samples[b]
         got: list[tuple[int, torch.Tensor]] = []
-        if len(s.images) == 1 and s.video is None:
+        image = len(s.images) == 1 and s.video is None
+        video = not s.images and s.video is not None and total_frames[b]
+        if image or video:
             queries = reply_queries(labels[b])
             pos = visual_mask[b].nonzero().squeeze(1)
             _, gh, gw = grids[b][0]
             for q, boxes in zip(queries, turn_boxes[b]):
                 if not boxes:
                     continue
-                ev = evidence_tokens(boxes, s.images[0].size, coords[b][:, 2:4], (gh, gw))
+                if image:
+                    ev = evidence_tokens(boxes, s.images[0].size, coords[b][:, 2:4], (gh, gw))
+                else:
+                    ev = video_evidence_tokens(boxes, int(total_frames[b]), s.video[0].size, coords[b][:, 1:4],
+                                               grids[b][0], len(s.video))
                 keys = torch.zeros(L, dtype=torch.bool)
                 keys[pos[ev]] = True
                 got.append((q, keys))

@@ -233,3 +233,75 @@ def make_video_sample(task: str, seed: int | str, *, num_frames: int = 16, size:
     else:  # pragma: no cover - layouts are sparse; 50 failures would be a bug
         raise RuntimeError(f"could not lay out a {task} scene for seed {seed!r}")
     return VideoSample(task, q, a, render_frames(bg, tracks), frames, boxes, tracks)
+
+
+Evidence = list[tuple[int, Box]]  # (frame index, box in that frame)
+
+
+def _intervals(boxes: list[Box | None]) -> list[tuple[int, int]]:
+    """Maximal runs ``[start, end)`` of frames where the track is visible."""
+    runs, start = [], None
+    for f, b in enumerate(list(boxes) + [None]):
+        if b is not None and start is None:
+            start = f
+        elif b is None and start is not None:
+            runs.append((start, f))
+            start = None
+    return runs
+
+
+def video_scene_questions(tracks: list[Track], rng: random.Random) -> list[tuple[str, str, Evidence]]:
+    """Every question of the five task types that ``tracks`` answer uniquely, as ``(question, answer, evidence)``
+    with evidence as (frame, box) pairs, as the builders define it (the mover's first and last box; the frames
+    around an appearance; each flash's first frame; each colour change; the symbol's frames).
+
+    The video analogue of :func:`~vtprune.testbed.tasks.image.scene_questions_with_evidence`: a video of one task
+    type usually answers more than its own question (both movers' directions; an event's colour and its shape;
+    either order of naming two flashes), which the zoo recipe turns into further supervised turns."""
+    out: list[tuple[str, str, Evidence]] = []
+    t = len(tracks[0].boxes)
+    shapes = [tr for tr in tracks if tr.kind != "tile"]
+    for tr in shapes:  # motion: visible throughout, displaced between the first and last frame
+        b0, b1 = tr.boxes[0], tr.boxes[-1]
+        if b0 is None or b1 is None or any(b is None for b in tr.boxes) or b0 == b1:
+            continue
+        dx, dy = b1[0] - b0[0], b1[1] - b0[1]
+        if (dx == 0) == (dy == 0) or sum(o.kind == tr.kind and o.colors[0] == tr.colors[0] for o in shapes) != 1:
+            continue
+        d = ("left" if dx < 0 else "right") if dx else ("up" if dy < 0 else "down")
+        q = rng.choice(TEMPLATES["motion"]).format(color=tr.colors[0], kind=tr.kind)
+        out.append((q, d, [(0, b0), (t - 1, b1)]))
+    partial = [(tr, _intervals(tr.boxes)) for tr in shapes if any(b is None for b in tr.boxes)]
+    if len(partial) == 1 and len(partial[0][1]) == 1:  # appear / disappear: one event, a suffix or a prefix
+        tr, [(s, e)] = partial[0]
+        if (s > 0) != (e < t):
+            event, k = ("appeared", s) if s > 0 else ("disappeared", e)
+            box = tr.boxes[k if s > 0 else k - 1]
+            ev: Evidence = [(k - 1, box), (k, box)]
+            out.append((rng.choice(TEMPLATES["appear_color"]).format(event=event), tr.colors[0], ev))
+            out.append((rng.choice(TEMPLATES["appear_kind"]).format(event=event), tr.kind, ev))
+    if len(partial) == 2 and all(len(iv) == 1 for _, iv in partial):  # order: two flashes, one before the other
+        (ta, [(sa, ea)]), (tb, [(sb, eb)]) = sorted(partial, key=lambda p: p[1][0][0])
+        if ea <= sb:
+            ev = [(sa, ta.boxes[sa]), (sb, tb.boxes[sb])]
+            for ask, (na, nb) in (("color", (ta.colors[0], tb.colors[0])), ("kind", (ta.kind, tb.kind))):
+                if na != nb:
+                    x, y = rng.sample([na, nb], 2)
+                    out.append((rng.choice(TEMPLATES[f"order_{ask}"]).format(x=x, y=y), na, ev))
+    changing = [tr for tr in shapes if tr.kind == "square" and len(set(tr.colors)) > 1 and None not in tr.boxes]
+    if len(changing) == 1:  # count_changes
+        tr = changing[0]
+        at = [f for f in range(1, t) if tr.colors[f] != tr.colors[f - 1]]
+        out.append((rng.choice(TEMPLATES["count_changes"]), str(len(at)), [(f, tr.boxes[f]) for f in at]))
+    tiles = [tr for tr in tracks if tr.kind == "tile" and tr.glyph]
+    if len(tiles) == 1:  # flash_symbol
+        tr = tiles[0]
+        seen = [(f, b) for f, b in enumerate(tr.boxes) if b is not None]
+        out.append((rng.choice(TEMPLATES["flash_symbol"]), tr.glyph.lower(), seen))
+    return out
+
+
+def tracks_from_fields(fields: list[list]) -> list[Track]:
+    """The ``tracks`` of a testbed video record (``[kind, colours, glyph, boxes]`` per track) as :class:`Track`."""
+    return [Track(kind, [tuple(b) if b else None for b in boxes], list(colors), glyph)
+            for kind, colors, glyph, boxes in fields]
