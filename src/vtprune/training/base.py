@@ -306,9 +306,11 @@ def train_base(
     visual tokens of records that carry their scene (testbed sets do; see :mod:`vtprune.training.probe`).
     ``vision_steps`` > 0 first pre-trains the vision side alone with that probe on generated reading scenes
     (:func:`~vtprune.training.probe.vision_warmup`), skipped when resuming from a checkpoint. ``qa_turns`` > 0
-    adds up to that many further questions the image's scene answers (:func:`scene_qa`) as extra turns.
+    adds up to that many further questions the image's scene or the video's tracks answer (:func:`scene_qa`) as
+    extra turns.
     ``attn_weight`` > 0 adds evidence attention (:mod:`vtprune.training.evidence`) on the first head of each of
-    ``attn_layers`` (default: layers L/4 and L/2 of an L-layer LLM) for every reply whose evidence boxes are known.
+    ``attn_layers`` (default: layers L/4 and L/2 of an L-layer LLM) for every reply whose evidence boxes are known
+    (a video's in the temporal patches of their frames).
     ``workers`` > 0 collates batches in that many DataLoader processes (what keeps a GPU busy: collation, i.e.
     image processing and question drawing, costs about 7 ms a sample on one core). ``max_minutes`` ends training
     after that much wall time (the model is saved as at the last step). On a machine with CUDA everything,

@@ -68,7 +68,8 @@ def base(
                                      help="Steps pre-training the vision side alone on reading scenes first (0: off)."),
     vision_batch_size: int = typer.Option(32, "--vision-batch-size", min=1),
     qa_turns: int = typer.Option(4, "--qa-turns", min=0,
-                                 help="Extra questions per image drawn from its scene, as further turns (0: off)."),
+                                 help="Extra questions per image or video drawn from its scene, as further turns "
+                                      "(0: off)."),
     attn_weight: float = typer.Option(0.5, "--attn-weight", min=0.0,
                                       help="Loss weight of evidence attention: one head per supervised layer looks "
                                            "at the question's evidence boxes (0: off)."),
