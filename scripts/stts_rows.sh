@@ -27,7 +27,8 @@ print("\n| 16 frames | accuracy (retention) |\n|---|---|")
 for k in ("none-f16", "stts-0.5-f16", "random-0.5-f16", "uniform-0.5-f16", "evs-0.5-f16"):
     print(f"| {k} | {cell(k)} |")
 types = sorted({t for v in r.values() for t in v["by_type"]})
-print("\n| run | " + " | ".join(types) + " |\n|---" * 1 + "|---" * len(types) + "|")
+print("\n| run | " + " | ".join(types) + " |")
+print("|---" * (1 + len(types)) + "|")
 for k in ("none-f8", "stts-0.5-f8", "evs-0.5-f8", "random-0.5-f8", "uniform-0.5-f8", "none-f16", "stts-0.5-f16"):
     if k in r:
         print(f"| {k} | " + " | ".join(f"{r[k]['by_type'][t]['accuracy']:.2f}" for t in types) + " |")

@@ -53,7 +53,7 @@ def video_evidence_tokens(evidence: list[Any], total_frames: int, frame_size: tu
     on a tie). ``thw`` is ``[N, 3]`` (temporal patch, row, column); ``frame_size`` (width, height)."""
     from vtprune.data.video import sample_indices
 
-    given = sample_indices(total_frames, num_frames) if num_frames != total_frames else list(range(total_frames))
+    given = sample_indices(total_frames, num_frames)  # every frame when num_frames == total_frames
     per = max(1, num_frames // grid[0])
     out = torch.zeros(thw.shape[0], dtype=torch.bool)
     for frame, box in evidence:

@@ -100,7 +100,7 @@ def video_token_targets(extra: dict[str, Any], frame_size: tuple[int, int], thw:
 
     tracks = extra["tracks"]
     total = len(tracks[0][3])
-    frames = sample_indices(total, num_frames) if num_frames != total else list(range(total))
+    frames = sample_indices(total, num_frames)  # every frame when num_frames == total
     per = max(1, num_frames // grid[0])
     out = torch.zeros(thw.shape[0], 4, dtype=torch.long)
     for t in range(grid[0]):

@@ -263,7 +263,7 @@ def video_scene_questions(tracks: list[Track], rng: random.Random) -> list[tuple
     shapes = [tr for tr in tracks if tr.kind != "tile"]
     for tr in shapes:  # motion: visible throughout, displaced between the first and last frame
         b0, b1 = tr.boxes[0], tr.boxes[-1]
-        if b0 is None or b1 is None or any(b is None for b in tr.boxes) or b0 == b1:
+        if None in tr.boxes or b0 == b1:
             continue
         dx, dy = b1[0] - b0[0], b1[1] - b0[1]
         if (dx == 0) == (dy == 0) or sum(o.kind == tr.kind and o.colors[0] == tr.colors[0] for o in shapes) != 1:
