@@ -39,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("target", choices=sorted(TARGETS))
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--minutes", type=float, required=True, help="wall-time budget of the training loop")
-    p.add_argument("--steps", type=int, default=6000, help="schedule length (training stops at --minutes)")
+    p.add_argument("--steps", type=int, default=100000,
+                   help="cap on the steps (with --schedule time the minutes end the run and the schedule)")
+    p.add_argument("--schedule", choices=("time", "steps"), default="time",
+                   help="cosine learning rate over the --minutes (time) or over --steps")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--workers", type=int, default=12)
@@ -50,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
     import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = True  # fp32 weights, TF32 matmuls on the GPU
+    torch.backends.cudnn.allow_tf32 = True
 
     from vtprune.eval.runner import run_eval
     from vtprune.testbed.sets import ensure_set
@@ -63,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     run = a.out / "run"
     meta = train_base(model_type=model_type, data=data, out=run, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                       video_frames=frames, init=None if a.scratch else init, vision_steps=300 if a.scratch else 0,
-                      qa_turns=a.qa_turns, workers=a.workers, max_minutes=a.minutes,
-                      # the shipped zoo:synth-qwen2_5_vl's stage (p9, BENCHMARKS.md): readout + evidence attention
+                      qa_turns=a.qa_turns, workers=a.workers, max_minutes=a.minutes, schedule=a.schedule,
+                      # the shipped zoo:synth-qwen2_5_vl's stages (p9-p12, BENCHMARKS.md): readout + evidence attention
                       readout_weight=1.0, readout_layer=2, attn_weight=0.5, attn_layers=(2, 4))
     meta["render_seconds"] = round(render_s, 1)
     meta["cuda"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from types import SimpleNamespace
 
@@ -11,7 +12,13 @@ import torch
 
 from vtprune.cli import main
 from vtprune.errors import ConfigError
-from vtprune.training.common import CollatorRandom, ListDataset, check_workers, time_limit_callback
+from vtprune.training.common import (
+    CollatorRandom,
+    ListDataset,
+    WallClockCosine,
+    check_workers,
+    time_limit_callback,
+)
 
 
 def _draws(rng: random.Random, workers: int, seed: int) -> list[tuple[int, float]]:
@@ -59,6 +66,46 @@ def test_time_limit_stops_training_once_the_time_is_up():
     assert not control.should_training_stop
 
 
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_wall_clock_cosine_follows_the_time_not_the_steps():
+    clock = _Clock()
+    f = WallClockCosine(100.0, warmup=0.1, clock=clock)
+    assert f(0) == 0.0  # the clock starts at the first call
+    clock.t = 105.0
+    assert f(1) == pytest.approx(0.5)  # half-way through the 10 s warm-up, whatever the step
+    clock.t = 110.0
+    assert f(999) == pytest.approx(1.0)
+    clock.t = 155.0  # half of the 90 s after the warm-up: cos(pi/2)
+    assert f(2) == pytest.approx(0.5)
+    clock.t = 132.5  # a quarter
+    assert f(3) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    clock.t = 300.0  # past the budget: stays at 0
+    assert f(4) == pytest.approx(0.0)
+    g = WallClockCosine(10.0, warmup=0.0, clock=clock)
+    assert g(0) == 1.0  # no warm-up: starts at the full rate
+    for bad in [dict(seconds=0.0), dict(seconds=10.0, warmup=1.0), dict(seconds=10.0, warmup=-0.1)]:
+        with pytest.raises(ConfigError):
+            WallClockCosine(**bad)
+
+
+def test_wall_clock_cosine_drives_a_lambda_lr():
+    clock = _Clock()
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, WallClockCosine(10.0, warmup=0.0, clock=clock))
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+    clock.t += 5.0
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+
+
 def test_check_workers():
     assert check_workers(0) == 0 and check_workers(3) == 3
     with pytest.raises(ConfigError, match="--workers"):
@@ -75,3 +122,21 @@ def test_train_base_with_workers_stops_at_its_time_limit(tmp_path, capsys):
     rc = main(["train", "base", "--model-type", "qwen2_5_vl", "--data", "testbed:image-mini", "--out",
                str(tmp_path / "x"), "--workers", "-1"])
     assert rc == 2 and "--workers" in capsys.readouterr().err
+
+
+def test_train_base_with_a_wall_clock_schedule(tmp_path, capsys):
+    rc = main(["train", "base", "--model-type", "qwen2_5_vl", "--data", "testbed:image-mini", "--out",
+               str(tmp_path / "m"), "--steps", "4", "--batch-size", "2", "--threads", "1", "--vision-steps", "0",
+               "--lr", "0.01", "--max-minutes", "10", "--schedule", "time"])
+    meta = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rc == 0 and meta["schedule"] == "time" and meta["steps_done"] == 4
+    # four quick steps are still inside the 5% warm-up of a 10-minute budget: the rate stays far below --lr,
+    # where the step schedule (warm-up of one step of four) would already be at its peak
+    rates = [h["learning_rate"] for h in meta["log"]]
+    assert len(rates) == 4 and rates == sorted(rates) and 0 < rates[-1] < 0.01 * 0.5
+    rc = main(["train", "base", "--model-type", "qwen2_5_vl", "--data", "testbed:image-mini", "--out",
+               str(tmp_path / "x"), "--schedule", "time"])
+    assert rc == 2 and "--max-minutes" in capsys.readouterr().err
+    rc = main(["train", "base", "--model-type", "qwen2_5_vl", "--data", "testbed:image-mini", "--out",
+               str(tmp_path / "x"), "--schedule", "epochs", "--max-minutes", "1"])
+    assert rc == 2 and "--schedule" in capsys.readouterr().err

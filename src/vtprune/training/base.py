@@ -18,7 +18,13 @@ from typing import Any
 import torch
 
 from vtprune.errors import ConfigError
-from vtprune.training.common import CollatorRandom, ListDataset, check_workers, time_limit_callback
+from vtprune.training.common import (
+    CollatorRandom,
+    ListDataset,
+    WallClockCosine,
+    check_workers,
+    time_limit_callback,
+)
 
 log = logging.getLogger(__name__)
 PROCESSING_FILE = "vtprune_processing.json"
@@ -266,10 +272,18 @@ def _trainer_class():
     class ZooTrainer(Trainer):
         """Logs the recipe's separate losses (answer, caption, questions, probe) beside the total."""
 
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
+        def __init__(self, *args: Any, lr_lambda: Any = None, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._sums: dict[str, float] = {}  # per instance: summed since the last log
             self._count = 0
+            self._lr_lambda = lr_lambda  # e.g. WallClockCosine: replaces the step schedule
+
+        def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+            if self._lr_lambda is None or self.lr_scheduler is not None:
+                return super().create_scheduler(num_training_steps, optimizer)
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, self._lr_lambda)
+            self._created_lr_scheduler = True
+            return self.lr_scheduler
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
             out = model(**inputs)
@@ -294,6 +308,7 @@ def train_base(
     probe_weight: float = 1.0, vision_steps: int = 300, vision_batch_size: int = 32, qa_turns: int = 4,
     attn_weight: float = 0.5, attn_layers: tuple[int, ...] | None = None, workers: int = 0,
     max_minutes: float | None = None, readout_weight: float = 0.0, readout_layer: int | None = None,
+    schedule: str = "steps",
 ) -> dict[str, Any]:
     """Train a zoo-sized ``model_type`` on ``data`` (JSONL paths or ``testbed:`` names) and save it to ``out``.
 
@@ -315,7 +330,10 @@ def train_base(
     image processing and question drawing, costs about 7 ms a sample on one core). ``max_minutes`` ends training
     after that much wall time (the model is saved as at the last step). On a machine with CUDA everything,
     the vision warm-up included, runs on the GPU. ``readout_weight`` > 0 adds the readout loss at
-    ``readout_layer`` (default L/2; see :class:`ZooRecipe`) on records that carry their scene."""
+    ``readout_layer`` (default L/2; see :class:`ZooRecipe`) on records that carry their scene. ``schedule``
+    "steps" runs the cosine learning-rate schedule over ``steps``; "time" runs it over ``max_minutes`` of wall
+    time instead (:class:`~vtprune.training.common.WallClockCosine`), ``steps`` then only capping the run: for a
+    fixed time budget on a machine whose step rate is not known beforehand."""
     from transformers import TrainingArguments
 
     from vtprune.adapters import get_adapter
@@ -336,7 +354,12 @@ def train_base(
     if vision_steps < 0 or vision_batch_size < 1:
         raise ConfigError("--vision-steps must be >= 0 and --vision-batch-size >= 1")
     check_workers(workers)
+    if schedule not in ("steps", "time"):
+        raise ConfigError(f"--schedule must be steps or time, got {schedule!r}")
+    if schedule == "time" and max_minutes is None:
+        raise ConfigError("--schedule time follows the wall-time budget: give --max-minutes")
     stop = time_limit_callback(max_minutes)
+    lr_lambda = WallClockCosine(max_minutes * 60, warmup) if schedule == "time" else None
     if threads:
         torch.set_num_threads(threads)
     records = [r for spec in data for r in read_jsonl(resolve_data(spec))]
@@ -392,7 +415,8 @@ def train_base(
         model=recipe, args=args, train_dataset=ListDataset(records),
         data_collator=_collator(adapter, CollatorRandom(seed), video_frames, describe_weight > 0,
                                 probe_weight > 0 or readout_weight > 0,
-                                qa_turns, attn_weight > 0 and bool(attn_layers)), callbacks=stop)
+                                qa_turns, attn_weight > 0 and bool(attn_layers)), callbacks=stop,
+        lr_lambda=lr_lambda)
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if resuming else None)
     seconds = time.perf_counter() - t0 + vision_seconds
@@ -410,7 +434,7 @@ def train_base(
         "torch_threads": torch.get_num_threads(), "video_frames": video_frames, "init": init,
         "describe_weight": describe_weight, "probe_weight": probe_weight, "vision_steps": vision_steps, "qa_turns": qa_turns,
         "attn_weight": attn_weight, "attn_layers": list(attn_layers), "workers": workers,
-        "max_minutes": max_minutes, "steps_done": trainer.state.global_step, "device": str(args.device),
+        "max_minutes": max_minutes, "schedule": schedule, "steps_done": trainer.state.global_step, "device": str(args.device),
         "readout_weight": readout_weight, "readout_layer": recipe.readout_layer,
         "vision_batch_size": vision_batch_size, "vision_seconds": round(vision_seconds, 1), "vision_log": vision_log,
         "log": [h for h in trainer.state.log_history if "loss" in h],

@@ -84,7 +84,11 @@ def base(
                                                 help="Decoder layers before the readout (1..L; default L/2)."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes",
                                                 help="Stop training after this much wall time and save (the "
-                                                     "learning-rate schedule still follows --steps)."),
+                                                     "learning-rate schedule still follows --steps unless "
+                                                     "--schedule time)."),
+    schedule: str = typer.Option("steps", "--schedule",
+                                 help="steps: cosine learning rate over --steps | time: over --max-minutes of wall "
+                                      "time (--steps then only caps the run)."),
 ) -> None:
     """Train a small VLM of a real HF class from scratch on testbed data (the zoo recipe)."""
     from vtprune.training.base import train_base
@@ -96,7 +100,8 @@ def base(
                       describe_weight=describe_weight, probe_weight=probe_weight, vision_steps=vision_steps,
                       vision_batch_size=vision_batch_size, qa_turns=qa_turns, attn_weight=attn_weight,
                       attn_layers=_int_list(attn_layers, "--attn-layers"), workers=workers,
-                      max_minutes=max_minutes, readout_weight=readout_weight, readout_layer=readout_layer)
+                      max_minutes=max_minutes, readout_weight=readout_weight, readout_layer=readout_layer,
+                      schedule=schedule)
     typer.echo(json.dumps(meta))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from typing import Any
@@ -81,3 +82,34 @@ def time_limit_callback(minutes: float | None) -> list[Any]:
                 self.stopped_at = state.global_step
 
     return [TimeLimit()]
+
+
+class WallClockCosine:
+    """Learning-rate multiplier (for ``torch.optim.lr_scheduler.LambdaLR``) that follows wall time, not steps:
+    linear warm-up over the first ``warmup`` fraction of ``seconds``, then a cosine from 1 to 0 at ``seconds``.
+
+    For runs on a lent machine with a fixed time budget, where the step rate is not known in advance: a step
+    schedule sized by guess either ends at a high learning rate when the time runs out or decays too early. The
+    clock starts at the first call (``LambdaLR`` makes it when it is built, as training starts); the multiplier
+    is 0 once the budget is spent. HF's warm-up and cosine formulas, with the fraction of time in place of the
+    fraction of steps."""
+
+    def __init__(self, seconds: float, warmup: float = 0.05, clock: Any = time.perf_counter) -> None:
+        from vtprune.errors import ConfigError
+
+        if seconds <= 0:
+            raise ConfigError(f"the time budget must be > 0 s, got {seconds}")
+        if not 0 <= warmup < 1:
+            raise ConfigError(f"warm-up must be a fraction in [0, 1), got {warmup}")
+        self.seconds, self.warmup, self.clock = float(seconds), float(warmup), clock
+        self.start: float | None = None
+
+    def __call__(self, step: int) -> float:
+        now = self.clock()
+        if self.start is None:
+            self.start = now
+        f = min(1.0, (now - self.start) / self.seconds)
+        if f < self.warmup:
+            return f / self.warmup
+        progress = (f - self.warmup) / (1.0 - self.warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
