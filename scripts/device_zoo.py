@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=12)
     p.add_argument("--qa-turns", type=int, default=8)
     p.add_argument("--eval-limit", type=int, default=None)
+    p.add_argument("--init", default=None, help="start from this model (default: the target's zoo model)")
     p.add_argument("--scratch", action="store_true", help="train from a random init (with the vision warm-up)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     render_s = time.perf_counter() - t0
     run = a.out / "run"
     meta = train_base(model_type=model_type, data=data, out=run, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
-                      video_frames=frames, init=None if a.scratch else init, vision_steps=300 if a.scratch else 0,
+                      video_frames=frames, init=None if a.scratch else (a.init or init), vision_steps=300 if a.scratch else 0,
                       qa_turns=a.qa_turns, workers=a.workers, max_minutes=a.minutes, schedule=a.schedule,
                       # the shipped zoo:synth-qwen2_5_vl's stages (p9-p12, BENCHMARKS.md): readout + evidence attention
                       readout_weight=1.0, readout_layer=2, attn_weight=0.5, attn_layers=(2, 4))
