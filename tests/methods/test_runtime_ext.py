@@ -119,7 +119,9 @@ def test_qwen_received_attention_matches_the_block(vlms, family):
     batch = vlm.adapter.encode([vtprune.Sample("q", [make_image(112, 84, 1), make_image(56, 56, 2)])])
     with torch.no_grad():
         box = {}
-        embed = lambda: box.setdefault("emb", vlm.adapter.embed(batch, vision_outputs=True))  # noqa: E731
+        # only the hidden state the statistics read is recorded (what the runtime asks for)
+        sel = vlm.adapter.vision_stats_hidden_states()
+        embed = lambda: box.setdefault("emb", vlm.adapter.embed(batch, vision_outputs=sel))  # noqa: E731
         args, kwargs, out = _capture_attention_inputs(blk.attn, embed)
         stats = vlm.adapter.vision_token_stats(batch, box["emb"].vision)
         h = args[0] if args else kwargs["hidden_states"]
@@ -155,7 +157,9 @@ def test_clip_cls_attention_matches_the_block(vlms):
     batch = vlm.adapter.encode([vtprune.Sample("q", [make_image(112, 84, 1), make_image(56, 56, 2)])])
     with torch.no_grad():
         box = {}
-        embed = lambda: box.setdefault("emb", vlm.adapter.embed(batch, vision_outputs=True))  # noqa: E731
+        # only the hidden state the statistics read is recorded (what the runtime asks for)
+        sel = vlm.adapter.vision_stats_hidden_states()
+        embed = lambda: box.setdefault("emb", vlm.adapter.embed(batch, vision_outputs=sel))  # noqa: E731
         args, kwargs, out = _capture_attention_inputs(attn, embed)
         stats = vlm.adapter.vision_token_stats(batch, box["emb"].vision)
         x = kwargs.get("hidden_states", args[0] if args else None)
@@ -168,3 +172,42 @@ def test_clip_cls_attention_matches_the_block(vlms):
     cls = p[:, :, 0, 1:].mean(1)  # [n, P]
     torch.testing.assert_close(stats["token_attention"][0], cls.reshape(-1), rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(stats["token_keys"][0], k.mean(1)[:, 1:].reshape(-1, k.shape[-1]), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl", "llava"])
+def test_selected_vision_hidden_states_are_the_stock_ones_and_only_those(vlms, family):
+    """A selection records exactly the stock tensors at its indices and nothing else, and the visual features the
+    LLM gets are unchanged (LLaVA's own feature layer is kept in the selection)."""
+    vlm = vlms[family]
+    batch = vlm.adapter.encode([vtprune.Sample("q", [make_image(112, 84, 1)])])
+    with torch.no_grad():
+        full = vlm.adapter.embed(batch, vision_outputs=True)
+        part = vlm.adapter.embed(batch, vision_outputs=[0, 1])
+    hs_full, hs_part = full.vision["image"].hidden_states, part.vision["image"].hidden_states
+    assert len(hs_part) == len(hs_full) and all(h is not None for h in hs_full)
+    kept = [i for i, h in enumerate(hs_part) if h is not None]
+    extra = set(kept) - {0, 1}
+    if family == "llava":  # plus the feature layer, -2, that LLaVA itself reads
+        assert extra == {len(hs_full) - 2}
+    else:
+        assert not extra
+    for i in kept:
+        torch.testing.assert_close(hs_part[i], hs_full[i], rtol=0, atol=0)
+    torch.testing.assert_close(part.embeds, full.embeds, rtol=0, atol=0)
+
+
+def test_runtime_records_only_the_hidden_states_a_method_reads(vlms):
+    from vtprune.methods import get_method
+    from vtprune.runtime.executor import vision_hidden_states
+
+    vlm = vlms["qwen2_5_vl"]
+    glimpse = get_method("glimpse").untrained(vlm.model, keep=0.5)
+    assert vision_hidden_states(vlm.adapter, glimpse) == sorted(b + 1 for b in set(glimpse.config.vision_blocks))
+    vz = vtprune.pruner("visionzip", keep=0.5)
+    assert vision_hidden_states(vlm.adapter, vz) == list(vlm.adapter.vision_stats_hidden_states())
+
+    class AllOutputs(Pruner):  # a method that cannot say which it reads gets them all
+        name = "all-outputs-test"
+        requires = frozenset({"vision_outputs"})
+
+    assert vision_hidden_states(vlm.adapter, AllOutputs(keep=0.5)) is True

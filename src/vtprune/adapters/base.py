@@ -10,6 +10,7 @@ cut them without knowing which family it holds. A new family is a new file with 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -149,7 +150,9 @@ class Adapter:
         """Tokens of a further text-only user turn, up to the assistant's reply, to follow an answer's end token."""
         raise NotImplementedError
 
-    def embed(self, batch: EncodedBatch, *, vision_outputs: bool = False) -> Embedded:
+    def embed(self, batch: EncodedBatch, *, vision_outputs: bool | Sequence[int] = False) -> Embedded:
+        """Token embeddings with the visual features in place, and positions. ``vision_outputs``: also return the
+        vision tower's outputs (``Embedded.vision``) with every hidden state (True) or only those indices."""
         raise NotImplementedError
 
     def positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, model_inputs: dict[str, Any]) -> torch.Tensor:
@@ -197,10 +200,16 @@ class Adapter:
             y = getattr(attn, f"{which}_norm")(y)
         return _rotate(y.transpose(1, 2), cos, sin)  # [B, heads, N, dh]
 
+    def vision_stats_hidden_states(self) -> tuple[int, ...] | None:
+        """The tower's hidden states :meth:`vision_token_stats` reads (indices as in HF's ``hidden_states``), or
+        ``None`` for all."""
+        return None
+
     def vision_token_stats(self, batch: EncodedBatch, vision: dict[str, Any]) -> dict[str, Any]:
         """Vision-encoder attention per LLM visual token (:mod:`vtprune.adapters.vit_attention`), in each sample's
         visual-token order: ``token_attention`` ``[B, Nv0]`` and ``token_keys`` ``[B, Nv0, Dk]`` float32. ``vision``
-        holds the tower outputs from ``embed(..., vision_outputs=True)``."""
+        holds the tower outputs from ``embed(..., vision_outputs=...)`` with at least
+        :meth:`vision_stats_hidden_states` recorded."""
         raise UnsupportedModelError(f"{type(self).__name__} cannot compute vision-encoder attention")
 
     def check_images(self, samples: list[Sample]) -> None:

@@ -6,6 +6,7 @@ out on the tower's square patch grid. Positions are 1-D, carried as ``[1, B, L]`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -64,7 +65,9 @@ class LlavaAdapter(Adapter):
             model_inputs["pixel_values"] = torch.cat(pixels)
         return EncodedBatch(input_ids, attention_mask, model_inputs, input_ids == image_id, coords, grids)
 
-    def embed(self, batch: EncodedBatch, *, vision_outputs: bool = False) -> Embedded:
+    def embed(self, batch: EncodedBatch, *, vision_outputs: bool | Sequence[int] = False) -> Embedded:
+        """``vision_outputs``: keep the tower outputs with every hidden state (True) or only those indices (and the
+        feature layer LLaVA itself reads; the others are None)."""
         dev = self.device
         inner = self.model.model
         input_ids = batch.input_ids.to(dev)
@@ -73,11 +76,15 @@ class LlavaAdapter(Adapter):
         vision: dict[str, Any] = {}
         if "pixel_values" in batch.model_inputs:
             pv = batch.model_inputs["pixel_values"].to(dev, self.vision_tower.dtype)
+            hidden: bool | list[int] = vision_outputs if isinstance(vision_outputs, bool) else list(vision_outputs)
+            if isinstance(hidden, list):  # a selection replaces LLaVA's own: it must hold the feature layer(s)
+                fl = self.model.config.vision_feature_layer
+                hidden += list(fl) if isinstance(fl, (list, tuple)) else [fl]
             out = inner.get_image_features(
                 pixel_values=pv,
                 vision_feature_layer=self.model.config.vision_feature_layer,
                 vision_feature_select_strategy=self.model.config.vision_feature_select_strategy,
-                output_hidden_states=vision_outputs,  # all layers when asked (vision-side methods)
+                output_hidden_states=hidden,  # all layers, or the selected ones, when asked
                 return_dict=True,
             )
             feats = torch.cat(list(out.pooler_output), dim=0).to(embeds.dtype)
@@ -91,6 +98,12 @@ class LlavaAdapter(Adapter):
         """Generate-style ``[1, B, L]`` positions (cumsum over the mask: left padding is skipped)."""
         pos = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
         return pos.unsqueeze(0)
+
+    def vision_stats_hidden_states(self) -> tuple[int, ...] | None:
+        from vtprune.adapters.vit_attention import clip_stats_layer
+
+        fl = self.model.config.vision_feature_layer
+        return (clip_stats_layer(self.vision_tower, fl),) if isinstance(fl, int) else None
 
     def vision_token_stats(self, batch: EncodedBatch, vision: dict[str, Any]) -> dict[str, Any]:
         """[CLS] attention and keys at the feature layer's CLIP block, per patch token (see base class)."""

@@ -7,6 +7,7 @@ exactly where the unpruned prompt would have.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -119,9 +120,11 @@ class Qwen2VLAdapter(Adapter):
         visual_mask = tt_ids > 0
         return EncodedBatch(input_ids, attention_mask, model_inputs, visual_mask, coords, grids)
 
-    def embed(self, batch: EncodedBatch, *, vision_outputs: bool = False, video_tower: Any = None) -> Embedded:
+    def embed(self, batch: EncodedBatch, *, vision_outputs: bool | Sequence[int] = False, video_tower: Any = None
+              ) -> Embedded:
         """``video_tower(pixel_values, grid_thw) -> (features [U_kept, D], keep [U] bool)`` replaces the stock video
-        features (the ``vit`` site); placeholders of dropped units keep their token embedding."""
+        features (the ``vit`` site); placeholders of dropped units keep their token embedding. ``vision_outputs``:
+        keep the tower outputs with every hidden state (True) or only those indices (the others are None)."""
         dev = self.device
         inner = self.model.model
         input_ids = batch.input_ids.to(dev)
@@ -143,7 +146,8 @@ class Qwen2VLAdapter(Adapter):
                 embeds = embeds.masked_scatter(sel, feats.to(embeds.dtype))
                 continue
             getter = inner.get_image_features if kind == "image" else inner.get_video_features
-            out = getter(mi[pv_key], mi[grid_key], output_hidden_states=vision_outputs, return_dict=True)
+            hidden = vision_outputs if isinstance(vision_outputs, bool) else list(vision_outputs)
+            out = getter(mi[pv_key], mi[grid_key], output_hidden_states=hidden, return_dict=True)
             feats = torch.cat(list(out.pooler_output), dim=0).to(embeds.dtype)
             embeds = embeds.masked_scatter(mask, feats)
             if vision_outputs:
@@ -165,6 +169,11 @@ class Qwen2VLAdapter(Adapter):
         else:
             mrope = text_pos.unsqueeze(0).expand(3, -1, -1)
         return torch.cat([text_pos.unsqueeze(0), mrope.to(text_pos.dtype)], dim=0)
+
+    def vision_stats_hidden_states(self) -> tuple[int, ...] | None:
+        from vtprune.adapters.vit_attention import qwen_stats_block
+
+        return (qwen_stats_block(self.vision_tower),)  # the input of that block
 
     def vision_token_stats(self, batch: EncodedBatch, vision: dict[str, Any]) -> dict[str, Any]:
         """Mean attention received in the last full-attention ViT block, and keys, per LLM token (see base class)."""

@@ -36,6 +36,23 @@ def _received(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
     return out / q.shape[0]
 
 
+def qwen_stats_block(visual: torch.nn.Module) -> int:
+    """The Qwen tower block whose attention :func:`qwen_token_stats` recomputes: the last full-attention one."""
+    full = list(getattr(visual.config, "fullatt_block_indexes", None) or [])
+    return full[-1] if full else len(visual.blocks) - 1
+
+
+def clip_stats_layer(tower: torch.nn.Module, feature_layer: int) -> int:
+    """The CLIP encoder layer whose [CLS] attention :func:`clip_cls_stats` recomputes: the one that produces
+    ``hidden_states[feature_layer]``."""
+    encoder = tower.encoder if hasattr(tower, "encoder") else tower.vision_model.encoder
+    layers = encoder.layers
+    li = len(layers) + feature_layer if feature_layer < 0 else feature_layer - 1
+    if not 0 <= li < len(layers):
+        raise ValueError(f"vision_feature_layer {feature_layer} has no attention block")
+    return li
+
+
 def qwen_token_stats(visual: torch.nn.Module, hidden_states: tuple[torch.Tensor, ...], grid_thw: torch.Tensor
                      ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per item (row of ``grid_thw``) of one Qwen2-VL/2.5-VL tower call: ``attention`` ``[n_tok]`` and ``keys``
@@ -43,8 +60,7 @@ def qwen_token_stats(visual: torch.nn.Module, hidden_states: tuple[torch.Tensor,
     from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
 
     cfg = visual.config
-    full = list(getattr(cfg, "fullatt_block_indexes", None) or [])
-    li = full[-1] if full else len(visual.blocks) - 1
+    li = qwen_stats_block(visual)
     blk = visual.blocks[li]
     attn = blk.attn
     merge = int(cfg.spatial_merge_size)
@@ -78,11 +94,8 @@ def clip_cls_stats(tower: torch.nn.Module, hidden_states: tuple[torch.Tensor, ..
     """[CLS] attention ``[n_img, N]`` (mean over heads) and head-mean keys ``[n_img, N, dh]`` at the CLIP block that
     produces ``hidden_states[feature_layer]``; ``N`` excludes the [CLS] column when ``drop_cls``."""
     encoder = tower.encoder if hasattr(tower, "encoder") else tower.vision_model.encoder
-    layers = encoder.layers
-    li = len(layers) + feature_layer if feature_layer < 0 else feature_layer - 1
-    if not 0 <= li < len(layers):
-        raise ValueError(f"vision_feature_layer {feature_layer} has no attention block")
-    layer = layers[li]
+    li = clip_stats_layer(tower, feature_layer)
+    layer = encoder.layers[li]
     attn = layer.self_attn
     x = layer.layer_norm1(hidden_states[li])  # [n, 1+P, C]
     n, T, _ = x.shape

@@ -257,6 +257,13 @@ class Pruner:
             if int(self.layer) < 0:
                 raise ConfigError(f"layer must be >= 0, got {self.layer}")
 
+    def vision_hidden_states(self) -> tuple[int, ...] | None:
+        """With ``"vision_outputs"`` required: the vision tower's hidden states ``select`` reads (0: the input of
+        block 0; ``i``: the output of block ``i - 1``), or ``None`` for all of them. The runtime records only these
+        (HF's ``output_hidden_states`` index selection); every block's output of a large image or video is a
+        tensor the size of the ViT's activations, 33 of them on Qwen2.5-VL."""
+        return None
+
     def stages(self, num_layers: int) -> list[Stage]:
         """Where this configuration prunes on an LLM of ``num_layers`` layers."""
         if self.layer is not None:

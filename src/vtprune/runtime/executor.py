@@ -210,6 +210,19 @@ def prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, all
         return _prefill(adapter, batch, method, all_logits=all_logits, grad=grad, soft=soft)
 
 
+def vision_hidden_states(adapter: Adapter, method: Pruner) -> bool | list[int]:
+    """The vision tower's hidden states ``method`` needs recorded: the union of what its ``select`` reads and what
+    the adapter's vision-attention statistics read, or True (all) where either cannot say."""
+    parts = []
+    if "vision_outputs" in method.requires:
+        parts.append(method.vision_hidden_states())
+    if "vision_attention" in method.requires:
+        parts.append(adapter.vision_stats_hidden_states())
+    if not parts or any(p is None for p in parts):
+        return True
+    return sorted({i for p in parts for i in p})  # type: ignore[union-attr]
+
+
 def _prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, all_logits: bool, grad: bool,
              soft: bool | str) -> PrefillState:
     dev = adapter.device
@@ -221,7 +234,7 @@ def _prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, al
     requires = method.requires if method is not None else frozenset()
 
     t0 = time.perf_counter()
-    want_vision = bool(requires & {"vision_outputs", "vision_attention"})
+    want_vision = vision_hidden_states(adapter, method) if requires & {"vision_outputs", "vision_attention"} else False
     vit = vision.vit_stage(stages)
     if vit is not None:  # the 'vit' site: video units cut inside the encoder (runtime/vision.py)
         emb, vit_keep, _ = vision.embed_with_vit(adapter, batch, method, vit, vision_outputs=want_vision)  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ With every unit kept and no bias, the loop performs exactly the stock tower's op
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
@@ -150,7 +151,7 @@ def vit_stage(stages: list[Stage]) -> Stage | None:
     return vit[0] if vit else None
 
 
-def embed_with_vit(adapter: Any, batch: Any, method: Pruner, stage: Stage, *, vision_outputs: bool = False
+def embed_with_vit(adapter: Any, batch: Any, method: Pruner, stage: Stage, *, vision_outputs: bool | Sequence[int] = False
                    ) -> tuple[Any, torch.Tensor, list[VitDecision]]:
     """The adapter's embedding step with video items pruned inside the encoder.
 

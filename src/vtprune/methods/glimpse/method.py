@@ -172,6 +172,12 @@ class GlimpsePruner(Pruner):
         )
         return groups.unpack(keep, fill=False)
 
+    def vision_hidden_states(self) -> tuple[int, ...] | None:
+        """The ViT levels the VIP reads (``vision_blocks``; hidden state ``b + 1`` is block ``b``'s output)."""
+        if self.config is None:
+            return None
+        return tuple(sorted({b + 1 for b in self.config.vision_blocks}))
+
     # --- internals ------------------------------------------------------------------------------
     @property
     def _cfg(self) -> GlimpseConfig:
