@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                       readout_weight=1.0, readout_layer=2, attn_weight=0.5, attn_layers=(2, 4))
     meta["render_seconds"] = round(render_s, 1)
     meta["cuda"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    (run / "train_meta.json").write_text(json.dumps(meta, indent=1))  # with the machine's GPU and the render time
     report = run_eval(model=str(run), data=val, batch_size=64, limit=a.eval_limit, num_frames=frames)
     (a.out / "eval.json").write_text(json.dumps(report, indent=1))
     # at most 8 files come back from $OUT: the weights and the numbers as they are, the small files in one tar

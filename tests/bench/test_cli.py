@@ -62,6 +62,9 @@ def test_tiny_json_run(capsys: pytest.CaptureFixture[str]) -> None:
         ([*TINY[1:], "--method", "random", "--keep", "0.5", "--sweep", "keep=0.5,0.25"], "replaces --keep"),
         (["--shape", "qwen2_5_vl-3b", "--image-size", "12x", "--method", "random"], "--image-size"),
         ([*TINY[1:], "--method", "random", "--dtype", "int8"], "--dtype"),
+        ([*TINY[1:], "--method", "random", "--vit-attention", "flash"], "--vit-attention"),
+        (["--shape", "llava-1.5-7b", "--layers", "1", "--vit-layers", "1", "--visual-tokens", "576", "--method",
+          "random", "--vit-attention", "packed"], "Qwen"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -137,7 +140,22 @@ def test_learned_methods_without_pruner_are_timed_untrained(capsys: pytest.Captu
     b, p = rep["baseline"], rep["pruned"]
     assert p["kept_visual_tokens"] == round(0.5 * b["kept_visual_tokens"])
     assert any("untrained stts" in n for n in rep["config"]["notes"])
-    assert rep["ratios"]["flops_llm_prefill"] < 1
+    assert rep["ratios"]["flops_llm_prefill"] < 1 and rep["config"]["vit_attention"] == "stock"
+    # the ViT's FLOPs count the cut: with 2 blocks, the cut after block 0 and the bias block 1 run on every patch,
+    # so only the merger sees the kept half
+    import vtprune
+    from vtprune.bench.command import vit_blocks_all
+
+    stts = vtprune.pruner("stts", keep=0.5)
+    [st] = [s for s in stts.stages(2) if s.site == "vit"]
+    assert vit_blocks_all(stts, st, 2) == 2 and vit_blocks_all(stts, st, 8) == 2 + 1  # block 1 of 8 (round 8/9)
+    assert vit_blocks_all(vtprune.pruner("stts", keep=0.5, bias=False), st, 8) == 2
+    assert 0 < b["flops"]["vit"] - p["flops"]["vit"] < 0.1 * b["flops"]["vit"]
+    # the same with packed vision attention in both arms: the same tokens survive
+    assert main([*VIDEO_TINY, "--method", "stts", "--keep", "0.5", "--vit-attention", "packed"]) == 0
+    packed = json.loads(capsys.readouterr().out)
+    assert packed["config"]["vit_attention"] == "packed"
+    assert packed["pruned"]["kept_visual_tokens"] == p["kept_visual_tokens"]
     # GlimpsePrune at layer 0 of 2 keeps exactly --keep of the image's tokens (the untrained threshold is replaced)
     assert main([*TINY, *FAST, "--method", "glimpse", "--keep", "0.25", "--layer", "0", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)

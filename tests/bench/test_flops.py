@@ -70,6 +70,18 @@ def test_qwen2_5_vl_window_and_full_blocks_by_hand() -> None:
     assert vit_flops(v, [(2, 4, 4)]) == 2 * 18560
 
 
+def test_a_cut_inside_the_tower_by_hand() -> None:
+    """Block 0 on every patch, block 1 and the merger on half of them; attention pairs at a quarter."""
+    v = VisionDims("qwen2_5_vl", d=4, inter=8, depth=2, out=6, merge=2, patch_in=3, window=1, full_blocks=(1,))
+    patch = 2 * 16 * 3 * 4
+    block = 2 * 16 * (4 * 16 + 3 * 4 * 8)
+    attn0, attn1 = 4 * 64 * 4, 4 * 256 * 4
+    merger = 2 * 4 * (16 * 16 + 16 * 6)
+    assert vit_flops(v, [(1, 4, 4)], cut=(1, 0.5)) == patch + block + attn0 + block // 2 + attn1 // 4 + merger // 2
+    assert vit_flops(v, [(1, 4, 4)], cut=(2, 0.5)) == vit_flops(v, [(1, 4, 4)]) - merger // 2  # only the merger
+    assert vit_flops(v, [(1, 4, 4)], cut=(0, 1.0)) == vit_flops(v, [(1, 4, 4)]) == 18560
+
+
 def test_window_edges_are_smaller() -> None:
     # 6x6 patches, merge 2 -> 3x3 merged, windows of 2x2 merged: 2x2, 2x1, 1x2, 1x1 -> 16, 8, 8, 4 patches
     assert _window_pairs(6, 6, 2, 2) == 16**2 + 8**2 + 8**2 + 4**2

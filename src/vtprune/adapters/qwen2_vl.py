@@ -231,5 +231,4 @@ class Qwen2VLAdapter(Adapter):
             block_cu = [cu] * len(vis.blocks)
         grids = [(int(t), int(hh) // m, int(ww) // m) for t, hh, ww in grid_thw.tolist()]
         return VisionPlan(hidden=h, position_embeddings=(cos, sin), blocks=list(vis.blocks), block_cu=block_cu,
-                          unit=m * m, unit_order=order, unit_grids=grids, merger=vis.merger,
-                          bias_ok=getattr(vis.config, "_attn_implementation", "sdpa") == "sdpa")
+                          unit=m * m, unit_order=order, unit_grids=grids, merger=vis.merger)

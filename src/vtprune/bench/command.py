@@ -185,6 +185,7 @@ def _config(plan: _Plan, method: Any, model: Any, inp: Any, args: dict[str, Any]
         "input": text, "input_detail": d,
         "batch_size": args["batch_size"], "new_tokens": args["new_tokens"], "repeat": args["repeat"],
         "warmup": args["warmup"], "dtype": plan.dtype, "device": device.type, "clock": args["clock"],
+        "vit_attention": args.get("vit_attention", "stock"),
         "method": {"name": method.name, "settings": method.to_dict()},
         "machine": machine_info(device, args["load_at_start"]),
         "versions": {"vtprune": vtprune.__version__, "torch": torch.__version__,
@@ -215,9 +216,19 @@ def _run_one(plan: _Plan, model: Any, tok: Any, method: Any, spec: VisualSpec, a
     merge = plan.shape.merge
     grids = [(t, h * merge, w * merge) for t, h, w in batch.grids[0]]
     cfg = _config(plan, method, model, inp, dict(args, load_at_start=load_at_start), adapter.device)
+    vit = [st for st in method.stages(plan.layers) if st.site == "vit"]
     return build_report(cfg, ab, plan.shape.text_dims(), plan.shape.vision_dims(plan.vit_layers), grids,
-                        full_layers(method, plan.layers), float(method.keep),
-                        vit_identical=not any(st.site == "vit" for st in method.stages(plan.layers)))
+                        full_layers(method, plan.layers), float(method.keep), vit_identical=not vit,
+                        vit_blocks_all=vit_blocks_all(method, vit[0], plan.vit_layers) if vit else None)
+
+
+def vit_blocks_all(method: Any, stage: Any, depth: int) -> int:
+    """Vision blocks a ``vit``-site method runs on every patch: up to its cut, plus the key-bias block after it
+    when the method biases (STTS's ``bias``)."""
+    from vtprune.runtime.vision import resolve_block
+
+    cut = resolve_block(stage.layer, depth) + 1
+    return min(depth, cut + (1 if getattr(method, "bias", False) else 0))
 
 
 def bench(
@@ -248,6 +259,10 @@ def bench(
     sweep: Optional[str] = typer.Option(None, "--sweep", help="keep=0.5,0.25,0.11 | frames=16,32 | visual-tokens=..."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write report.json (or sweep.csv + sweep.png) here."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
+    vit_attention: str = typer.Option("stock", "--vit-attention",
+                                      help="Qwen vision attention in both arms: stock (HF sdpa, one call per window "
+                                           "or frame) | packed (one call per block: vtprune.runtime."
+                                           "packed_attention)."),
 ) -> None:
     """Time a method against the unpruned model (A/B, same process) at a real model shape."""
     import torch
@@ -276,6 +291,10 @@ def bench(
     elif dtype == "bf16" and device == "cpu" and not cpu_has_bf16():
         dtype_note = ("bf16 on a CPU without bf16 matmul hardware (no avx512_bf16/amx_bf16): expect ~300x slower "
                       "matmuls than fp32; --dtype auto picks fp32 here")
+    if vit_attention not in ("stock", "packed"):
+        raise ConfigError(f"--vit-attention must be stock or packed, got {vit_attention!r}")
+    if vit_attention == "packed" and s.family == "llava":
+        raise ConfigError("--vit-attention packed serves the Qwen vision towers; llava shapes take stock")
     if clock not in ("auto", "wall", "cpu"):
         raise ConfigError(f"--clock must be auto, wall or cpu, got {clock!r}")
     if clock == "cpu" and device == "cuda":
@@ -316,8 +335,12 @@ def bench(
 
     model, tok = build_model(s, layers=n_layers, vit_layers=n_vit, dtype=getattr(torch, _DTYPES[dtype]),
                              device=torch.device(device), seed=seed)
+    if vit_attention == "packed":
+        from vtprune.runtime.packed_attention import use_packed_vision_attention
+
+        use_packed_vision_attention(model)
     args = dict(batch_size=batch_size, new_tokens=new_tokens, repeat=repeat, warmup=warmup, clock=clock,
-                dtype_note=dtype_note)
+                dtype_note=dtype_note, vit_attention=vit_attention)
     reports = []
     for v, m, spec in points:
         if m is None:

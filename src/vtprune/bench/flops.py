@@ -104,25 +104,32 @@ def _window_pairs(h: int, w: int, merge: int, window: int) -> int:
     return pairs
 
 
-def vit_flops(v: VisionDims, grids: list[tuple[int, int, int]]) -> int:
+def vit_flops(v: VisionDims, grids: list[tuple[int, int, int]], cut: tuple[int, float] | None = None) -> int:
     """FLOPs of the vision tower plus projector/merger for items with patch grids ``(t, h, w)`` (patches, before the
-    merge). Qwen towers attend within each temporal slice (their ``cu_seqlens``); CLIP adds a CLS token."""
-    total = 0
+    merge). Qwen towers attend within each temporal slice (their ``cu_seqlens``); CLIP adds a CLS token.
+
+    ``cut = (blocks, kept)``: a ``vit``-site method ran the first ``blocks`` blocks on every patch and the rest, and
+    the merger, on the ``kept`` fraction of them. Linear work then scales by ``kept`` exactly; attention pairs are
+    taken as ``kept**2`` of the full ones, as if the kept units were spread evenly over the attention segments (a
+    lower bound: uneven segments have more pairs; attention is a few percent of a Qwen ViT's FLOPs at 448 px)."""
+    blocks_all, kept = (v.depth, 1.0) if cut is None else cut
+    total = 0.0
     for t, h, w in grids:
         n = t * h * w + (1 if v.kind == "clip" else 0)
         mlp = (3 if v.kind == "qwen2_5_vl" else 2) * v.d * v.inter
         total += 2 * t * h * w * v.patch_in * v.d  # patch embedding (not the CLS token)
-        total += v.depth * 2 * n * (4 * v.d * v.d + mlp)
         full_pairs = t * (h * w) ** 2 if v.kind != "clip" else n * n
         for blk in range(v.depth):
+            share = 1.0 if blk < blocks_all else kept
+            total += share * 2 * n * (4 * v.d * v.d + mlp)
             if v.kind == "qwen2_5_vl" and blk not in v.full_blocks:
                 pairs = t * _window_pairs(h, w, v.merge, v.window)
             else:
                 pairs = full_pairs
-            total += 4 * pairs * v.d
+            total += share * share * 4 * pairs * v.d
         if v.kind == "clip":  # 2-layer MLP projector on the patch tokens (CLS dropped by the "default" strategy)
-            total += 2 * (n - 1) * (v.d * v.out + v.out * v.out)
+            total += kept * 2 * (n - 1) * (v.d * v.out + v.out * v.out)
         else:  # merger: merge**2 patches -> one token, MLP (m*d -> m*d -> out)
             m = v.merge * v.merge * v.d
-            total += 2 * (t * h * w // (v.merge * v.merge)) * (m * m + m * v.out)
-    return total
+            total += kept * 2 * (t * h * w // (v.merge * v.merge)) * (m * m + m * v.out)
+    return int(round(total))

@@ -18,7 +18,7 @@ _TIMES = {"prefill": "prefill_s", "llm_prefill": "llm_prefill_s", "vit": "vit_s"
 
 
 def summarize(runs: list[ArmRun], text: TextDims, vision: VisionDims, patch_grids: list[tuple[int, int, int]],
-              batch_size: int, num_layers: int) -> dict[str, Any]:
+              batch_size: int, num_layers: int, vit_blocks_all: int | None = None) -> dict[str, Any]:
     """One arm's times, memory, token counts and analytic FLOPs.
 
     Times are medians over the rounds, taken per component: LLM prefill is the sum over decoder layers of each
@@ -28,7 +28,10 @@ def summarize(runs: list[ArmRun], text: TextDims, vision: VisionDims, patch_grid
     drops, instead of a whole run. Medians of the plain per-run totals are kept under ``*_total_s`` and ``runs``."""
     r0 = runs[0]
     kv_mean = r0.kv_tokens + (r0.decode_forwards + 1) / 2  # mean cache length seen by the decode forwards
-    f_vit = vit_flops(vision, patch_grids * batch_size)
+    cut = None
+    if vit_blocks_all is not None:  # cut inside the ViT: the blocks after it (and the merger) see the kept units
+        cut = (vit_blocks_all, r0.kept_tokens[0] / max(1, r0.visual_tokens[0]))
+    f_vit = vit_flops(vision, patch_grids * batch_size, cut)
     f_llm = llm_prefill_flops(text, r0.layer_lengths, batch_size)
     f_dec = decode_flops_per_token(text, kv_mean, num_layers, batch_size)
     wall = _components([(r.vit, r.llm_prefill, r.prefill, r.layer_times, r.step_times) for r in runs])
@@ -163,12 +166,13 @@ def bound(full_layers: int, num_layers: int, keep: float, text_tokens: int, visu
 
 def build_report(config: dict[str, Any], ab: ABResult, text: TextDims, vision: VisionDims,
                  patch_grids: list[tuple[int, int, int]], full_layers: int, keep: float,
-                 vit_identical: bool = False) -> dict[str, Any]:
+                 vit_identical: bool = False, vit_blocks_all: int | None = None) -> dict[str, Any]:
     """The full report. ``vit_identical``: the method does not prune inside the ViT, so both arms run the very same
-    ViT work and its ratio is an A/A control: its distance from 1 shows the timing noise of this run."""
+    ViT work and its ratio is an A/A control: its distance from 1 shows the timing noise of this run.
+    ``vit_blocks_all``: a ``vit``-site method's blocks run on every patch (the rest on the kept units)."""
     B, L = config["batch_size"], config["layers"]
     base = summarize(ab.baseline, text, vision, patch_grids, B, L)
-    pr = summarize(ab.pruned, text, vision, patch_grids, B, L)
+    pr = summarize(ab.pruned, text, vision, patch_grids, B, L, vit_blocks_all)
     rat = ratios(base, pr, config["clock"])
     views = timing_views(base, pr)
     spread = noise(base, pr, config["machine"]["torch_threads"])

@@ -3,8 +3,8 @@
 The adapter prepares a :class:`VisionPlan` (patch embeddings in the tower's processing order, rotary tables, the
 attention segments of every block, the merger). :func:`run_tower` then calls the stock vision blocks
 (``blk(hidden, cu_seqlens=..., position_embeddings=...)``) up to block ``j``, asks the method which LLM-token units
-to keep, and, when the method returns a key bias, runs block ``j + 1`` on every token with that bias as the
-additive attention mask (the stock sdpa path's ``position_bias`` argument, segment by segment). Then the dropped
+to keep, and, when the method returns a key bias, runs block ``j + 1`` on every token with that bias added to the
+attention logits on each key (one block call, its attention packed: :mod:`vtprune.runtime.packed_attention`). Then the dropped
 units leave: rows, rotary tables and every block's segment boundaries are cut (:mod:`vtprune.runtime.ops`), so the
 remaining blocks, windowed and full attention alike, run on the kept rows only (varlen packing: the compute
 shrinks), and the stock merger turns the survivors into LLM tokens. :func:`embed_with_vit` plugs this into the
@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from vtprune.errors import ConfigError, UnsupportedModelError
+from vtprune.errors import ConfigError
 from vtprune.methods.base import Pruner, Stage, VisionContext, VitDecision
 from vtprune.runtime import ops
 
@@ -40,7 +40,6 @@ class VisionPlan:
         unit_order: ``[U]`` long, the raster unit id (items concatenated) of each processing-order unit.
         unit_grids: per item its ``(t, h, w)`` unit grid.
         merger: the stock merger, ``[n * unit, Dv] -> [n, D]``.
-        bias_ok: the blocks' attention honours ``position_bias`` (sdpa); needed for a key bias.
     """
 
     hidden: torch.Tensor
@@ -51,7 +50,6 @@ class VisionPlan:
     unit_order: torch.Tensor
     unit_grids: list[tuple[int, int, int]]
     merger: Callable[[torch.Tensor], torch.Tensor]
-    bias_ok: bool = True
 
 
 @dataclass
@@ -86,17 +84,13 @@ def _as_decision(out: torch.Tensor | VitDecision, U: int, name: str) -> VitDecis
 
 def _biased_block(blk: torch.nn.Module, h: torch.Tensor, cu: torch.Tensor, pe: tuple[torch.Tensor, torch.Tensor],
                   bias: torch.Tensor) -> torch.Tensor:
-    """The stock block with ``bias`` ``[N]`` added to every query's logits on each key, one attention segment at a
-    time (the bias is a per-segment ``[1, 1, 1, n]`` mask; the block's norms and MLP are row-wise, so running it
-    per segment equals one packed call)."""
-    cos, sin = pe
-    outs = []
-    bounds = cu.tolist()
-    for s, e in zip(bounds[:-1], bounds[1:]):
-        one = torch.tensor([0, e - s], dtype=torch.int32, device=cu.device)
-        mask = bias[s:e].to(h.dtype).view(1, 1, 1, e - s)
-        outs.append(blk(h[s:e], cu_seqlens=one, position_embeddings=(cos[s:e], sin[s:e]), position_bias=mask))
-    return torch.cat(outs, dim=0)
+    """The stock block with ``bias`` ``[N]`` added to every query's logits on each key, within each attention
+    segment of ``cu``: one block call, its attention packed (:mod:`vtprune.runtime.packed_attention`: the segments
+    padded into one sdpa call, the bias on the keys), not one block call per window."""
+    from vtprune.runtime.packed_attention import packed_vision_attention
+
+    with packed_vision_attention(blk.attn.config):
+        return blk(h, cu_seqlens=cu, position_embeddings=pe, key_bias=bias.to(h.dtype))
 
 
 def run_tower(plan: VisionPlan, block: int, select: Callable[[VisionContext], torch.Tensor | VitDecision], *,
@@ -124,8 +118,6 @@ def run_tower(plan: VisionPlan, block: int, select: Callable[[VisionContext], to
     if dec.key_bias is not None:
         if block + 1 >= depth:
             raise ConfigError(f"a key bias needs a block after ViT block {block}; the encoder has {depth}")
-        if not plan.bias_ok:
-            raise UnsupportedModelError("a ViT key bias needs attn_implementation='sdpa' in the vision encoder")
         bias_rows = ops.unit_rows(dec.key_bias.to(h.device)[order], m)
         h = _biased_block(plan.blocks[nxt], h, cus[nxt], (cos, sin), bias_rows)
         nxt += 1
