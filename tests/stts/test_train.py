@@ -110,3 +110,17 @@ def test_cli_rejects_bad_settings(capsys, tmp_path):
 
     assert main(["train", "stts", "--out", str(tmp_path), "--model", "random:qwen2_5_vl", "--tune", "bogus"]) == 2
     assert "--tune must be one of" in capsys.readouterr().err
+    for bad in ["0.2", "0.7,0.3", "0,0.5", "0.3,x"]:
+        assert main(["train", "stts", "--out", str(tmp_path), "--model", "random:qwen2_5_vl", "--keep-range", bad]) == 2
+        assert "--keep-range" in capsys.readouterr().err
+
+
+def test_train_stts_with_a_keep_range_draws_each_step_and_saves_the_default(tmp_path):
+    rows = [(vtprune.Sample("what moves?", video=video(8, 84, 56, s)), ["bar"]) for s in range(2)]
+    meta = train_stts(model="random:qwen2_5_vl", out=tmp_path, rows=rows, steps=6, batch_size=2, lr=1e-3,
+                      keep=0.5, keep_range=(0.2, 0.8), seed=1)
+    assert meta["keep_range"] == (0.2, 0.8) and STTS.from_pretrained(tmp_path).keep == 0.5
+    # the kept share varies from step to step (one fixed keep gives one share)
+    assert meta["visual_kept_min"] < meta["visual_kept_max"]
+    fixed = train_stts(model="random:qwen2_5_vl", out=tmp_path / "f", rows=rows, steps=3, batch_size=2, keep=0.5)
+    assert fixed["visual_kept_min"] == fixed["visual_kept_max"] == pytest.approx(0.5)

@@ -40,6 +40,13 @@ def _int_list(text: str | None, option: str) -> tuple[int, ...] | None:
         raise ConfigError(f"{option} must be comma-separated integers, got {text!r}") from None
 
 
+def _float_list(text: str, option: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise ConfigError(f"{option} must be comma-separated numbers, got {text!r}") from None
+
+
 def _workers_option() -> typer.models.OptionInfo:
     """``--workers``, the same for every training command."""
     return typer.Option(0, "--workers", min=0,
@@ -156,11 +163,20 @@ def stts(
     lora_rank: int = typer.Option(8, "--lora-rank"),
     seed: int = typer.Option(0, "--seed"),
     workers: int = _workers_option(),
+    keep_range: str | None = typer.Option(None, "--keep-range",
+                                          help="LO,HI: draw each step's keep ratio from [LO, HI] instead of --keep "
+                                               "(which stays the saved default)."),
 ) -> None:
     """Train an STTS scorer end to end: LM loss through the pruned ViT and LLM + temporal MSE."""
     from vtprune.training.stts import train_stts
 
+    kr = None
+    if keep_range is not None:
+        parts = _float_list(keep_range, "--keep-range")
+        if len(parts) != 2:
+            raise ConfigError(f"--keep-range takes LO,HI, got {keep_range!r}")
+        kr = (parts[0], parts[1])
     meta = train_stts(model=model, out=out, data=data, keep=keep, block=block, tune=tune, steps=steps,
                       batch_size=batch_size, lr=lr, temporal_weight=temporal_weight, num_frames=num_frames,
-                      lora_rank=lora_rank, seed=seed, workers=workers)
+                      lora_rank=lora_rank, seed=seed, workers=workers, keep_range=kr)
     typer.echo(json.dumps(meta))

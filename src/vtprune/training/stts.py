@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -63,16 +64,20 @@ def stts_loss(adapter: Adapter, method: STTS, batch: SupervisedBatch) -> tuple[t
 class _Trainee(nn.Module):
     """What HF Trainer sees: the base model and the scorer as submodules; ``forward`` returns the STTS loss."""
 
-    def __init__(self, adapter: Adapter, method: STTS) -> None:
+    def __init__(self, adapter: Adapter, method: STTS, keep_range: tuple[float, float] | None = None,
+                 seed: int = 0) -> None:
         super().__init__()
         assert method.scorer is not None
         self.model = adapter.model
         self.scorer = method.scorer
         self._adapter, self._method = adapter, method
+        self._keep_range, self._rng = keep_range, random.Random(seed)
         self.history: list[dict[str, float]] = []
 
     def forward(self, **batch: Any) -> dict[str, torch.Tensor]:
         batch.pop("num_items_in_batch", None)
+        if self._keep_range is not None:  # a keep ratio drawn per step: one scorer for every keep at inference
+            self._method.keep = self._rng.uniform(*self._keep_range)
         sup = SupervisedBatch(batch["input_ids"], batch["attention_mask"], batch["labels"],
                               {k: v for k, v in batch.items() if k not in _CORE}, batch["visual_mask"].bool(), [])
         loss, parts = stts_loss(self._adapter, self._method, sup)
@@ -132,12 +137,14 @@ def train_stts(
     *, model: str, out: Path, data: list[str] | None = None, rows: list[tuple[Sample, list[str]]] | None = None,
     keep: float = 0.5, block: int | None = None, tune: str = "none", steps: int = 1000, batch_size: int = 4,
     lr: float = 1e-4, temporal_weight: float = 0.5, num_frames: int | None = None, lora_rank: int = 8, seed: int = 0,
-    threads: int | None = None, workers: int = 0,
+    threads: int | None = None, workers: int = 0, keep_range: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Train an STTS scorer on ``model`` (any :func:`vtprune.load` name) and save it to ``out``.
 
     ``data``: JSONL paths or ``testbed:`` names (video records; ``num_frames`` frames each); or ``rows`` of
-    ``(Sample, answers)`` directly. ``workers`` > 0 collates in that many DataLoader processes."""
+    ``(Sample, answers)`` directly. ``workers`` > 0 collates in that many DataLoader processes. ``keep_range``
+    ``(lo, hi)`` draws each step's keep ratio uniformly from it instead of training at ``keep`` alone (the paper
+    trains at one drop ratio; the keep is set at inference either way, and ``keep`` stays the saved default)."""
     from transformers import Trainer, TrainingArguments
 
     import vtprune
@@ -149,6 +156,8 @@ def train_stts(
     check_workers(workers)
     if not 0 < keep < 1:
         raise ConfigError(f"--keep must be in (0, 1) to train a pruner, got {keep}")
+    if keep_range is not None and not 0 < keep_range[0] <= keep_range[1] < 1:
+        raise ConfigError(f"--keep-range must be LO,HI with 0 < LO <= HI < 1, got {keep_range}")
     if threads:
         torch.set_num_threads(threads)
     rows = list(rows or []) + (_load_rows(data, num_frames) if data else [])
@@ -158,7 +167,7 @@ def train_stts(
     method = STTS(keep=keep, block=block, temporal_weight=temporal_weight, seed=seed)
     method.init_scorer(STTSConfig.for_vision_config(vlm.model.config.vision_config))
     peft_model = _tune(vlm, tune, lora_rank)
-    trainee = _Trainee(vlm.adapter, method)
+    trainee = _Trainee(vlm.adapter, method, keep_range, seed)
     args = TrainingArguments(
         output_dir=str(out / "checkpoints"), max_steps=steps, per_device_train_batch_size=batch_size,
         learning_rate=lr, lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20), weight_decay=0.0,
@@ -173,6 +182,7 @@ def train_stts(
     seconds = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
     method.scorer.eval()  # type: ignore[union-attr]
+    method.keep = keep
     method.save_pretrained(out)
     if peft_model is not None:
         peft_model.save_pretrained(str(out / "lora"))
@@ -186,7 +196,7 @@ def train_stts(
 
     n = max(1, len(trainee.history) // 10)
     meta = {
-        "model": model, "data": data or [], "records": len(rows), "keep": keep, "block": block, "tune": tune,
+        "model": model, "data": data or [], "records": len(rows), "keep": keep, "keep_range": keep_range, "block": block, "tune": tune,
         "steps": steps, "batch_size": batch_size, "lr": lr, "temporal_weight": temporal_weight,
         "num_frames": num_frames, "seed": seed, "seconds": round(seconds, 1), "train_loss": result.training_loss,
         "scorer_params": sum(p.numel() for p in method.scorer.parameters()),  # type: ignore[union-attr]
@@ -194,6 +204,8 @@ def train_stts(
         "temporal_loss_first": mean("temporal_loss", trainee.history[:n]),
         "temporal_loss_last": mean("temporal_loss", trainee.history[-n:]),
         "visual_kept": mean("visual_kept", trainee.history),
+        "visual_kept_min": min((h["visual_kept"] for h in trainee.history), default=math.nan),
+        "visual_kept_max": max((h["visual_kept"] for h in trainee.history), default=math.nan),
     }
     (out / "train_meta.json").write_text(json.dumps(meta, indent=1))
     return meta
