@@ -41,6 +41,36 @@ def test_temporal_targets_known_answer():
     assert torch.allclose(t[0], torch.tensor([0.0, 1 - cos.item(), 0.0]), atol=1e-6)
 
 
+def test_scorer_with_the_similarity_input_reads_each_units_change(tmp_path):
+    from vtprune.methods.stts.modules import unit_change
+
+    cfg = STTSConfig(vision_dim=32, unit=4, similarity_input=True)
+    scorer = STTSScorer(cfg)
+    assert scorer.mlp[0].in_features == 2 * 32 + 1 and STTSScorer(STTSConfig(vision_dim=32)).mlp[0].in_features == 64
+    units = torch.randn(3, 5, 4, 32)
+    ch = unit_change(units)
+    assert ch.shape == (3, 5) and torch.equal(ch[0], torch.ones(5))
+    assert torch.allclose(ch[1:], temporal_targets(units))  # the loss's target, as an input
+    # only the similarity input matters once the pooled features' weights are zero: the score follows the change
+    with torch.no_grad():
+        scorer.mlp[0].weight[:, :64].zero_()
+        scorer.mlp[0].weight[:, 64:] = 1.0
+        scorer.mlp[0].bias.zero_()
+        scorer.mlp[2].weight.copy_(torch.eye(scorer.mlp[2].weight.shape[0]))
+        scorer.mlp[2].bias.zero_()
+        scorer.mlp[4].weight.fill_(1.0)
+        scorer.mlp[4].bias.zero_()
+    still = torch.cat([units[:1], units[:1]])  # step 1 repeats step 0 exactly
+    moved = torch.cat([units[:1], -units[:1]])  # step 1 is step 0 negated: change 2
+    assert bool((scorer(moved)[1] > scorer(still)[1]).all())
+    # the setting travels with the saved scorer
+    m = STTS(keep=0.5)
+    m.init_scorer(cfg)
+    m.save_pretrained(tmp_path)
+    back = STTS.from_pretrained(tmp_path)
+    assert back.scorer.config.similarity_input and torch.allclose(back.scorer(units), m.scorer(units))
+
+
 def test_key_bias_range_and_first_step():
     s = torch.tensor([[0.1, 0.9, 0.5], [0.2, 0.4, 0.3], [0.7, 0.7, 0.7]], requires_grad=True)
     b = key_bias(s)

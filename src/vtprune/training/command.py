@@ -166,6 +166,9 @@ def stts(
     keep_range: str | None = typer.Option(None, "--keep-range",
                                           help="LO,HI: draw each step's keep ratio from [LO, HI] instead of --keep "
                                                "(which stays the saved default)."),
+    similarity_input: bool = typer.Option(False, "--similarity-input",
+                                          help="Also feed the scorer each unit's change from the previous step "
+                                               "(1 - cos; not in STTS)."),
 ) -> None:
     """Train an STTS scorer end to end: LM loss through the pruned ViT and LLM + temporal MSE."""
     from vtprune.training.stts import train_stts
@@ -178,5 +181,6 @@ def stts(
         kr = (parts[0], parts[1])
     meta = train_stts(model=model, out=out, data=data, keep=keep, block=block, tune=tune, steps=steps,
                       batch_size=batch_size, lr=lr, temporal_weight=temporal_weight, num_frames=num_frames,
-                      lora_rank=lora_rank, seed=seed, workers=workers, keep_range=kr)
+                      lora_rank=lora_rank, seed=seed, workers=workers, keep_range=kr,
+                      similarity_input=similarity_input)
     typer.echo(json.dumps(meta))

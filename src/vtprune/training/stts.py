@@ -138,13 +138,16 @@ def train_stts(
     keep: float = 0.5, block: int | None = None, tune: str = "none", steps: int = 1000, batch_size: int = 4,
     lr: float = 1e-4, temporal_weight: float = 0.5, num_frames: int | None = None, lora_rank: int = 8, seed: int = 0,
     threads: int | None = None, workers: int = 0, keep_range: tuple[float, float] | None = None,
+    similarity_input: bool = False,
 ) -> dict[str, Any]:
     """Train an STTS scorer on ``model`` (any :func:`vtprune.load` name) and save it to ``out``.
 
     ``data``: JSONL paths or ``testbed:`` names (video records; ``num_frames`` frames each); or ``rows`` of
     ``(Sample, answers)`` directly. ``workers`` > 0 collates in that many DataLoader processes. ``keep_range``
     ``(lo, hi)`` draws each step's keep ratio uniformly from it instead of training at ``keep`` alone (the paper
-    trains at one drop ratio; the keep is set at inference either way, and ``keep`` stays the saved default)."""
+    trains at one drop ratio; the keep is set at inference either way, and ``keep`` stays the saved default).
+    ``similarity_input`` gives the scorer each unit's change from the previous step as an input
+    (:attr:`STTSConfig.similarity_input`; not in STTS)."""
     from transformers import Trainer, TrainingArguments
 
     import vtprune
@@ -165,7 +168,9 @@ def train_stts(
         raise InputError("no video training records")
     vlm = vtprune.load(model)
     method = STTS(keep=keep, block=block, temporal_weight=temporal_weight, seed=seed)
-    method.init_scorer(STTSConfig.for_vision_config(vlm.model.config.vision_config))
+    scfg = STTSConfig.for_vision_config(vlm.model.config.vision_config)
+    scfg.similarity_input = similarity_input
+    method.init_scorer(scfg)
     peft_model = _tune(vlm, tune, lora_rank)
     trainee = _Trainee(vlm.adapter, method, keep_range, seed)
     args = TrainingArguments(
@@ -196,7 +201,8 @@ def train_stts(
 
     n = max(1, len(trainee.history) // 10)
     meta = {
-        "model": model, "data": data or [], "records": len(rows), "keep": keep, "keep_range": keep_range, "block": block, "tune": tune,
+        "model": model, "data": data or [], "records": len(rows), "keep": keep, "keep_range": keep_range, "similarity_input": similarity_input, "block": block,
+        "tune": tune,
         "steps": steps, "batch_size": batch_size, "lr": lr, "temporal_weight": temporal_weight,
         "num_frames": num_frames, "seed": seed, "seconds": round(seconds, 1), "train_loss": result.training_loss,
         "scorer_params": sum(p.numel() for p in method.scorer.parameters()),  # type: ignore[union-attr]

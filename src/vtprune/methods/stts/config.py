@@ -31,6 +31,10 @@ class STTSConfig:
     """Hidden width of the MLP; 0 means ``4 * vision_dim`` (STTS uses the ViT's own MLP width, ~3.7x on SigLIP)."""
     input_norm: bool = True
     """LayerNorm on the scorer's input. Not in STTS's description; mid-encoder residual streams have no fixed scale."""
+    similarity_input: bool = False
+    """Also give the MLP each unit's change from the previous step (``1 - cos`` over its patches, the temporal loss's
+    own target; 1 for the first step). Not in STTS (off by default): on the testbed's mostly static videos the
+    paper's inputs did not learn that quantity (BENCHMARKS.md)."""
 
     def __post_init__(self) -> None:
         if self.vision_dim < 1 or self.unit < 1:

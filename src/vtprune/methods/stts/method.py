@@ -32,7 +32,7 @@ import torch
 from vtprune.errors import ConfigError, ModelLoadError
 from vtprune.methods.base import Pruner, Stage, VisionContext, VitDecision, hf_model, register_method
 from vtprune.methods.stts.config import STTSConfig
-from vtprune.methods.stts.modules import STTSScorer
+from vtprune.methods.stts.modules import STTSScorer, unit_change
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,7 @@ def temporal_targets(units: torch.Tensor) -> torch.Tensor:
     Returns:
         ``[T - 1, S]`` targets for steps ``1..T-1`` (no gradient).
     """
-    flat = units.detach().float().flatten(2)  # [T, S, m*D]
-    return 1 - torch.nn.functional.cosine_similarity(flat[1:], flat[:-1], dim=-1)
+    return unit_change(units.detach())[1:]
 
 
 @register_method

@@ -2,7 +2,8 @@
 
 Per unit (the ``m`` patches of one merge group): multi-head attention pooling with the patches' mean as the query,
 concatenation with the same unit's pooled feature one temporal step earlier (zeros for the first step), a
-3-layer MLP with SiLU, and a sigmoid. High = important / novel.
+3-layer MLP with SiLU, and a sigmoid. High = important / novel. Optionally (``similarity_input``, not in STTS) the
+MLP also reads the unit's change from the previous step.
 """
 
 from __future__ import annotations
@@ -43,9 +44,22 @@ class STTSScorer(nn.Module):
         D, Hd = config.vision_dim, config.mlp_hidden
         self.norm = nn.LayerNorm(D) if config.input_norm else nn.Identity()
         self.pool = AttentionPool(D, config.heads)
-        self.mlp = nn.Sequential(nn.Linear(2 * D, Hd), nn.SiLU(), nn.Linear(Hd, Hd), nn.SiLU(), nn.Linear(Hd, 1))
+        extra = 1 if config.similarity_input else 0
+        self.mlp = nn.Sequential(nn.Linear(2 * D + extra, Hd), nn.SiLU(), nn.Linear(Hd, Hd), nn.SiLU(),
+                                 nn.Linear(Hd, 1))
 
     def forward(self, units: torch.Tensor) -> torch.Tensor:
         p = self.pool(self.norm(units))  # [T, S, D]
         prev = torch.cat([torch.zeros_like(p[:1]), p[:-1]], dim=0)  # same unit one step earlier
-        return torch.sigmoid(self.mlp(torch.cat([p, prev], dim=-1)).squeeze(-1))  # [T, S]
+        feats = [p, prev]
+        if self.config.similarity_input:
+            feats.append(unit_change(units).to(p.dtype).unsqueeze(-1))
+        return torch.sigmoid(self.mlp(torch.cat(feats, dim=-1)).squeeze(-1))  # [T, S]
+
+
+def unit_change(units: torch.Tensor) -> torch.Tensor:
+    """``[T, S]``: ``1 - cos`` between each unit's patches (flattened) and the same unit's one step earlier; 1 for the
+    first step (nothing earlier to repeat)."""
+    flat = units.float().flatten(2)  # [T, S, m*D]
+    change = 1 - F.cosine_similarity(flat[1:], flat[:-1], dim=-1)
+    return torch.cat([torch.ones_like(flat[:1, :, 0]), change], dim=0)
