@@ -39,6 +39,8 @@ def test_padded_attention_equals_per_segment_sdpa(with_bias):
     bias = -2 * torch.rand(20, generator=g) if with_bias else None
     out = padded_attention(q, k, v, cu, 0.3, bias)
     torch.testing.assert_close(out, _per_segment(q, k, v, cu, 0.3, bias), rtol=1e-5, atol=1e-6)
+    for rows in (1, 6, 8, 13):  # groups of at most that many rows (a longer segment alone): the same result
+        torch.testing.assert_close(padded_attention(q, k, v, cu, 0.3, bias, max_rows=rows), out, rtol=1e-5, atol=1e-6)
     out.square().sum().backward()  # the padding (and the empty segment) leaves no NaN in the gradients
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
 
