@@ -92,20 +92,23 @@ def padded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torc
     call over its segments padded to the longest (padding keys masked out; padding query rows dropped).
     ``key_bias`` ``[N]`` is added to every query's logit on that key."""
     bounds = cu.to(torch.long).tolist()
-    outs, g0, rows = [], bounds[0], 0
-    for s, e in zip(bounds[:-1], bounds[1:]):
-        if rows and rows + (e - s) > max_rows:  # close the group [g0, s)
-            outs.append(_group(q, k, v, bounds, g0, s, scale, key_bias))
-            g0, rows = s, 0
-        rows += e - s
-    if bounds[-1] > g0:
-        outs.append(_group(q, k, v, bounds, g0, bounds[-1], scale, key_bias))
+    outs, i0, rows = [], 0, 0
+    for i in range(len(bounds) - 1):
+        n = bounds[i + 1] - bounds[i]
+        if rows and rows + n > max_rows:  # close the group of segments i0..i-1
+            outs.append(_group(q, k, v, bounds[i0 : i + 1], scale, key_bias))
+            i0, rows = i, 0
+        rows += n
+    if bounds[-1] > bounds[i0]:
+        outs.append(_group(q, k, v, bounds[i0:], scale, key_bias))
     return torch.cat(outs, dim=0) if outs else q.new_zeros(q.shape)
 
 
-def _group(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int], a: int, b: int, scale: float,
+def _group(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int], scale: float,
            key_bias: torch.Tensor | None) -> torch.Tensor:
-    local = torch.tensor([x - a for x in bounds if a <= x <= b], dtype=torch.long, device=q.device)
+    """:func:`_padded_group` on the rows ``bounds[0]:bounds[-1]``, whose segment boundaries ``bounds`` are."""
+    a, b = bounds[0], bounds[-1]
+    local = torch.tensor([x - a for x in bounds], dtype=torch.long, device=q.device)
     return _padded_group(q[a:b], k[a:b], v[a:b], local, scale, None if key_bias is None else key_bias[a:b])
 
 
@@ -130,6 +133,8 @@ def packed_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
         max_len = int((cu[1:] - cu[:-1]).max())
         try:
             return varlen(q, k, v, cu, cu, max_len, max_len, scale=scale).unsqueeze(0), None
+        except torch.OutOfMemoryError:
+            raise  # not a missing kernel: the padded path would need more memory still
         except (TypeError, RuntimeError, NotImplementedError) as e:  # another torch's signature, or no kernel here
             _VARLEN_FAILED = True
             logger.warning("torch varlen_attn unavailable (%s); packed vision attention pads segments instead", e)
@@ -153,10 +158,8 @@ def vision_config(model: Any) -> Any:
     return visual.config
 
 
-def use_packed_vision_attention(model: Any, on: bool = True) -> str:
-    """Switch the vision tower of ``model`` to packed attention (``on``) or back to sdpa; returns the previous
-    implementation name. The language model is untouched."""
-    cfg = vision_config(model)
+def _switch(cfg: Any, on: bool) -> str:
+    """Set a vision config's attention to packed (``on``) or sdpa; returns the implementation it had."""
     before = cfg._attn_implementation
     if on:
         register()
@@ -164,14 +167,18 @@ def use_packed_vision_attention(model: Any, on: bool = True) -> str:
     return before
 
 
+def use_packed_vision_attention(model: Any, on: bool = True) -> str:
+    """Switch the vision tower of ``model`` to packed attention (``on``) or back to sdpa; returns the previous
+    implementation name. The language model is untouched."""
+    return _switch(vision_config(model), on)
+
+
 @contextlib.contextmanager
 def packed_vision_attention(model_or_config: Any) -> Iterator[None]:
     """Packed vision attention inside the ``with`` block, for a model or directly for a vision config (what a
     vision block's ``attn.config`` is); the previous implementation is restored on exit."""
     cfg = model_or_config if hasattr(model_or_config, "_attn_implementation") else vision_config(model_or_config)
-    before = cfg._attn_implementation
-    register()
-    cfg._attn_implementation = NAME
+    before = _switch(cfg, True)
     try:
         yield
     finally:
