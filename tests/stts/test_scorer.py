@@ -114,7 +114,8 @@ def test_settings_and_stages():
     assert vtprune.pruner("stts", keep=1.0).stages(4) == []  # keep-all is the stock model
     assert vtprune.pruner("stts", keep=0.5).stages(4) == [Stage("vit", -1)]
     assert vtprune.pruner("stts", keep=0.5, block=2).stages(4) == [Stage("vit", 2)]
-    for bad in [dict(block=-1), dict(temporal_weight=-1.0), dict(bias_floor=0.0), dict(layer=2)]:
+    for bad in [dict(block=-1), dict(temporal_weight=-1.0), dict(bias_floor=0.0), dict(layer=2),
+                dict(temporal_loss="l1")]:
         with pytest.raises(ConfigError):
             vtprune.pruner("stts", keep=0.5, **bad)
     assert STTS.from_dict(vtprune.pruner("stts", keep=0.3, block=1).to_dict()) == STTS(keep=0.3, block=1)
@@ -130,3 +131,55 @@ def test_test_time_scaling_budget():
     assert scale_frames(8, 1.5, budget=0.5) == (12, pytest.approx(1 / 3))
     with pytest.raises(ConfigError):
         scale_frames(8, 0.5)
+
+
+def _static_video_with_changes(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Units ``[6, 16, 4, 32]`` of a mostly static video (a tenth of the units change from step to step) and their
+    temporal targets ``[5, 16]``."""
+    g = torch.Generator().manual_seed(seed)
+    units = torch.randn(1, 16, 4, 32, generator=g).repeat(6, 1, 1, 1)
+    for t in range(1, 6):
+        changed = torch.randperm(16, generator=g)[:2]
+        units[t:, changed] = torch.randn(2, 4, 32, generator=g)
+    return units, temporal_targets(units)
+
+
+def test_temporal_losses_known_values():
+    units, target = _static_video_with_changes(0)
+    hidden = units.reshape(-1, 4, 32)
+    ctx = VisionContext(stage=Stage("vit", 0), hidden=hidden, grids=[(6, 4, 4)], depth=4, training=True)
+    for loss in ("mse", "bce"):
+        m = vtprune.pruner("stts", keep=0.5, temporal_loss=loss, temporal_weight=2.0)
+        m.init_scorer(STTSConfig(vision_dim=32, unit=4))
+        z = m.scorer.logits(units)
+        assert torch.allclose(torch.sigmoid(z), m.scorer(units))
+        want = (((torch.sigmoid(z[1:]) - target) ** 2).mean() if loss == "mse" else
+                torch.nn.functional.binary_cross_entropy_with_logits(z[1:], target.clamp(0, 1)))
+        assert torch.allclose(m.select(ctx).aux_loss, 2.0 * want)
+    m = vtprune.pruner("stts", keep=0.5, temporal_loss="bce")
+    assert STTS.from_dict(m.to_dict()).temporal_loss == "bce"
+
+
+@pytest.mark.parametrize("loss", ["mse", "bce"])
+def test_temporal_loss_fits_the_change_or_saturates(loss):
+    """At a high learning rate on mostly static video, the MSE's gradient dies with the sigmoid's slope (every score
+    ends at 0 or 1 and the fit stops); the BCE on the logit fits the change."""
+    torch.manual_seed(0)
+    scorer = STTSScorer(STTSConfig(vision_dim=32, unit=4))
+    opt = torch.optim.Adam(scorer.parameters(), lr=3e-2)
+    videos = [_static_video_with_changes(s) for s in range(4)]
+    target = torch.cat([t.flatten() for _, t in videos])
+    for _ in range(100):
+        z = torch.cat([scorer.logits(u)[1:].flatten() for u, _ in videos])
+        loss_value = (((torch.sigmoid(z) - target) ** 2).mean() if loss == "mse" else
+                      torch.nn.functional.binary_cross_entropy_with_logits(z, target.clamp(0, 1)))
+        opt.zero_grad()
+        loss_value.backward()
+        opt.step()
+    with torch.no_grad():
+        s = torch.cat([scorer(u)[1:].flatten() for u, _ in videos])
+    fit = float(((s - target) ** 2).mean())
+    if loss == "bce":
+        assert fit < 0.05 * float(target.var())
+    else:
+        assert bool(((s < 1e-4) | (s > 1 - 1e-4)).all()) and fit > float(target.var())

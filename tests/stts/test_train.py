@@ -110,6 +110,8 @@ def test_cli_rejects_bad_settings(capsys, tmp_path):
 
     assert main(["train", "stts", "--out", str(tmp_path), "--model", "random:qwen2_5_vl", "--tune", "bogus"]) == 2
     assert "--tune must be one of" in capsys.readouterr().err
+    assert main(["train", "stts", "--out", str(tmp_path), "--model", "random:qwen2_5_vl", "--temporal-loss", "l1"]) == 2
+    assert "--temporal-loss must be one of" in capsys.readouterr().err
     for bad in ["0.2", "0.7,0.3", "0,0.5", "0.3,x"]:
         assert main(["train", "stts", "--out", str(tmp_path), "--model", "random:qwen2_5_vl", "--keep-range", bad]) == 2
         assert "--keep-range" in capsys.readouterr().err
@@ -122,5 +124,8 @@ def test_train_stts_with_a_keep_range_draws_each_step_and_saves_the_default(tmp_
     assert meta["keep_range"] == (0.2, 0.8) and STTS.from_pretrained(tmp_path).keep == 0.5
     # the kept share varies from step to step (one fixed keep gives one share)
     assert meta["visual_kept_min"] < meta["visual_kept_max"]
-    fixed = train_stts(model="random:qwen2_5_vl", out=tmp_path / "f", rows=rows, steps=3, batch_size=2, keep=0.5)
+    fixed = train_stts(model="random:qwen2_5_vl", out=tmp_path / "f", rows=rows, steps=3, batch_size=2, keep=0.5,
+                       temporal_loss="bce")
     assert fixed["visual_kept_min"] == fixed["visual_kept_max"] == pytest.approx(0.5)
+    assert fixed["temporal_loss"] == "bce" and STTS.from_pretrained(tmp_path / "f").temporal_loss == "bce"
+    assert 0.0 <= fixed["saturated_last"] <= 1.0 and meta["temporal_loss"] == "mse"

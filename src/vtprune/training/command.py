@@ -158,7 +158,10 @@ def stts(
     steps: int = typer.Option(1000, "--steps"),
     batch_size: int = typer.Option(4, "--batch-size"),
     lr: float = typer.Option(1e-4, "--lr"),
-    temporal_weight: float = typer.Option(0.5, "--temporal-weight", help="Weight of the temporal MSE."),
+    temporal_weight: float = typer.Option(0.5, "--temporal-weight", help="Weight of the temporal loss."),
+    temporal_loss: str = typer.Option("mse", "--temporal-loss",
+                                      help="mse (STTS) | bce (cross-entropy on the score's logit; does not stall "
+                                           "when the sigmoid saturates)."),
     num_frames: int | None = typer.Option(None, "--num-frames", help="Frames decoded per video (default: all)."),
     lora_rank: int = typer.Option(8, "--lora-rank"),
     seed: int = typer.Option(0, "--seed"),
@@ -182,5 +185,5 @@ def stts(
     meta = train_stts(model=model, out=out, data=data, keep=keep, block=block, tune=tune, steps=steps,
                       batch_size=batch_size, lr=lr, temporal_weight=temporal_weight, num_frames=num_frames,
                       lora_rank=lora_rank, seed=seed, workers=workers, keep_range=kr,
-                      similarity_input=similarity_input)
+                      similarity_input=similarity_input, temporal_loss=temporal_loss)
     typer.echo(json.dumps(meta))

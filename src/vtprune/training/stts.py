@@ -1,7 +1,7 @@
 """``vtprune train stts``: train the STTS scorer end to end (HF Trainer).
 
 Loss = LM loss on the answer tokens (teacher forcing over prompt + answer, through the pruned encoder and the
-shortened LLM sequence) + ``temporal_weight`` x the temporal MSE. The LM loss reaches the scorer through the key
+shortened LLM sequence) + ``temporal_weight`` x the temporal loss (MSE, or BCE). The LM loss reaches the scorer through the key
 bias of ViT block ``j + 1``. What trains besides the scorer (``tune``): nothing (``none``, the default), LoRA
 adapters on the LLM's attention projections (``lora``, via peft), or the whole base model (``full``; STTS trains
 jointly with ViT, connector and LLM). The output directory holds the scorer (``model.safetensors`` +
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 TUNE = ("none", "lora", "full")
 LORA_TARGETS = r".*language_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
+SATURATED = 1e-4
+"""A score this close to 0 or 1 sits where the sigmoid's slope is below 1e-4: the MSE's gradient through it is gone."""
 _CORE = ("input_ids", "attention_mask", "labels", "visual_mask")
 
 
@@ -40,13 +42,17 @@ def stts_loss(adapter: Adapter, method: STTS, batch: SupervisedBatch) -> tuple[t
     dev = adapter.device
     enc = EncodedBatch(batch.input_ids, batch.attention_mask, batch.model_inputs, batch.visual_mask, [], [])
     stage = vision.vit_stage(method.stages(adapter.num_layers))
-    aux = None
+    aux, saturated = None, 0.0
     if stage is None:  # keep = 1: the stock model
         emb, keep = adapter.embed(enc), batch.attention_mask.to(dev).bool()
     else:
         emb, keep, decisions = vision.embed_with_vit(adapter, enc, method, stage)
         losses = [d.aux_loss for d in decisions if d.aux_loss is not None]
         aux = torch.stack(losses).sum() if losses else None
+        scores = [d.scores for d in decisions if d.scores is not None]
+        if scores:
+            s = torch.cat(scores).float()
+            saturated = float(((s < SATURATED) | (s > 1 - SATURATED)).float().mean())
     index, valid = ops.compact_index(keep & batch.attention_mask.to(dev).bool())
     labels = batch.labels.to(dev).gather(1, index).masked_fill(~valid, -100)
     out = adapter.model(
@@ -57,7 +63,8 @@ def stts_loss(adapter: Adapter, method: STTS, batch: SupervisedBatch) -> tuple[t
     )
     loss = out.loss if aux is None else out.loss + aux
     parts = {"lm_loss": float(out.loss.detach()), "temporal_loss": float(aux.detach()) if aux is not None else 0.0,
-             "visual_kept": float((keep & enc.visual_mask.to(dev)).sum()) / max(1, int(enc.visual_mask.sum()))}
+             "visual_kept": float((keep & enc.visual_mask.to(dev)).sum()) / max(1, int(enc.visual_mask.sum())),
+             "saturated": saturated}
     return loss, parts
 
 
@@ -138,7 +145,7 @@ def train_stts(
     keep: float = 0.5, block: int | None = None, tune: str = "none", steps: int = 1000, batch_size: int = 4,
     lr: float = 1e-4, temporal_weight: float = 0.5, num_frames: int | None = None, lora_rank: int = 8, seed: int = 0,
     threads: int | None = None, workers: int = 0, keep_range: tuple[float, float] | None = None,
-    similarity_input: bool = False,
+    similarity_input: bool = False, temporal_loss: str = "mse",
 ) -> dict[str, Any]:
     """Train an STTS scorer on ``model`` (any :func:`vtprune.load` name) and save it to ``out``.
 
@@ -147,7 +154,9 @@ def train_stts(
     ``(lo, hi)`` draws each step's keep ratio uniformly from it instead of training at ``keep`` alone (the paper
     trains at one drop ratio; the keep is set at inference either way, and ``keep`` stays the saved default).
     ``similarity_input`` gives the scorer each unit's change from the previous step as an input
-    (:attr:`STTSConfig.similarity_input`; not in STTS)."""
+    (:attr:`STTSConfig.similarity_input`; not in STTS). ``temporal_loss`` ``"mse"`` (STTS) or ``"bce"``
+    (:attr:`STTS.temporal_loss`). The saved ``train_meta.json`` reports ``saturated_last``, the share of scores
+    stuck at the sigmoid's ends over the last tenth of training; a warning is logged when it is above half."""
     from transformers import Trainer, TrainingArguments
 
     import vtprune
@@ -157,6 +166,10 @@ def train_stts(
     if steps < 1 or batch_size < 1 or lr <= 0 or lora_rank < 1:
         raise ConfigError("steps, batch size, learning rate and LoRA rank must be positive")
     check_workers(workers)
+    from vtprune.methods.stts.method import TEMPORAL_LOSSES
+
+    if temporal_loss not in TEMPORAL_LOSSES:
+        raise ConfigError(f"--temporal-loss must be one of {', '.join(TEMPORAL_LOSSES)}, got {temporal_loss!r}")
     if not 0 < keep < 1:
         raise ConfigError(f"--keep must be in (0, 1) to train a pruner, got {keep}")
     if keep_range is not None and not 0 < keep_range[0] <= keep_range[1] < 1:
@@ -167,7 +180,7 @@ def train_stts(
     if not rows:
         raise InputError("no video training records")
     vlm = vtprune.load(model)
-    method = STTS(keep=keep, block=block, temporal_weight=temporal_weight, seed=seed)
+    method = STTS(keep=keep, block=block, temporal_weight=temporal_weight, temporal_loss=temporal_loss, seed=seed)
     scfg = STTSConfig.for_vision_config(vlm.model.config.vision_config)
     scfg.similarity_input = similarity_input
     method.init_scorer(scfg)
@@ -202,16 +215,20 @@ def train_stts(
     n = max(1, len(trainee.history) // 10)
     meta = {
         "model": model, "data": data or [], "records": len(rows), "keep": keep, "keep_range": keep_range, "similarity_input": similarity_input, "block": block,
-        "tune": tune,
+        "tune": tune, "temporal_loss": temporal_loss,
         "steps": steps, "batch_size": batch_size, "lr": lr, "temporal_weight": temporal_weight,
         "num_frames": num_frames, "seed": seed, "seconds": round(seconds, 1), "train_loss": result.training_loss,
         "scorer_params": sum(p.numel() for p in method.scorer.parameters()),  # type: ignore[union-attr]
         "lm_loss_first": mean("lm_loss", trainee.history[:n]), "lm_loss_last": mean("lm_loss", trainee.history[-n:]),
         "temporal_loss_first": mean("temporal_loss", trainee.history[:n]),
         "temporal_loss_last": mean("temporal_loss", trainee.history[-n:]),
+        "saturated_last": mean("saturated", trainee.history[-n:]),
         "visual_kept": mean("visual_kept", trainee.history),
         "visual_kept_min": min((h["visual_kept"] for h in trainee.history), default=math.nan),
         "visual_kept_max": max((h["visual_kept"] for h in trainee.history), default=math.nan),
     }
     (out / "train_meta.json").write_text(json.dumps(meta, indent=1))
+    if meta["saturated_last"] > 0.5:
+        log.warning("stts: %.0f%% of the scores ended at the sigmoid's ends, where the temporal %s no longer trains "
+                    "them; try a lower --lr or --temporal-loss bce", 100 * meta["saturated_last"], temporal_loss)
     return meta

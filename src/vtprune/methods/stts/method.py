@@ -3,7 +3,7 @@
 A small text-free scorer (:mod:`.modules`) reads the vision encoder after block ``j`` and scores every LLM-token
 unit (Qwen's 2x2 merge group, one LLM token) from its own and its previous-step features:
 - temporally, through an auxiliary loss: MSE to ``1 - cos`` between the unit and the same unit one temporal step
-  earlier (weight 0.5; training only);
+  earlier (weight 0.5; training only; ``temporal_loss="bce"`` is a non-saturating alternative, see the field);
 - spatially, through the LM loss: in block ``j + 1`` the scores, rescaled per temporal step to ``[e^-2, 1]`` with
   the first step forced to 1, are added in log space to the attention logits on every key (a soft attention bias),
   so gradients reach the scorer through that block.
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from vtprune.errors import ConfigError, ModelLoadError
 from vtprune.methods.base import Pruner, Stage, VisionContext, VitDecision, hf_model, register_method
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 CONFIG_NAME = "vtprune_config.json"
 WEIGHTS_NAME = "model.safetensors"
 PREFIX = "scorer."
+TEMPORAL_LOSSES = ("mse", "bce")
 
 
 def keep_count(t: int, h: int, w: int, keep: float) -> int:
@@ -100,7 +102,13 @@ class STTS(Pruner):
     block: int | None = None
     """ViT block after which the scorer runs (block + 1 carries the bias); None: ``round(3/27 * depth)``."""
     temporal_weight: float = 0.5
-    """Weight of the temporal MSE in the training loss."""
+    """Weight of the temporal loss in the training loss."""
+    temporal_loss: str = "mse"
+    """The temporal loss: ``"mse"`` (STTS: squared error between the score and its target) or ``"bce"`` (binary
+    cross-entropy of the score's logit against the target clipped to [0, 1]; not in STTS). Both are minimised by
+    the same score, the target's expectation; the MSE's gradient carries the sigmoid's slope and vanishes once a
+    learning rate large enough to push the logits far negative on mostly static video has done so (at 1e-3 the
+    testbed's scorer reached logits near -30 in 50 steps and stopped learning), the BCE's does not."""
     bias: bool = True
     """Apply the scores as a key bias in block ``block + 1`` (STTS); False cuts right after ``block``."""
     bias_floor: float = -2.0
@@ -114,6 +122,8 @@ class STTS(Pruner):
             raise ConfigError(f"block must be >= 0, got {self.block}")
         if self.temporal_weight < 0:
             raise ConfigError(f"temporal_weight must be >= 0, got {self.temporal_weight}")
+        if self.temporal_loss not in TEMPORAL_LOSSES:
+            raise ConfigError(f"temporal_loss must be one of {', '.join(TEMPORAL_LOSSES)}, got {self.temporal_loss!r}")
         if not self.bias_floor < 0:
             raise ConfigError(f"bias_floor must be < 0, got {self.bias_floor}")
         self.scorer: STTSScorer | None = None
@@ -151,12 +161,17 @@ class STTS(Pruner):
         sq, n_sq = ctx.hidden.new_zeros((), dtype=torch.float32), 0
         for sl, (t, h, w) in ctx.items():
             units = ctx.hidden[sl].view(t, h * w, m, D)
-            s = scorer(units)  # [t, hw]
+            z = scorer.logits(units)  # [t, hw]
+            s = torch.sigmoid(z)
             keeps.append(select_units(s, self.keep).flatten())
             biases.append(key_bias(s, self.bias_floor).flatten())
             scores.append(s.detach().flatten())
             if ctx.training and t > 1 and self.temporal_weight > 0:
-                sq = sq + ((s[1:].float() - temporal_targets(units)) ** 2).sum()
+                target = temporal_targets(units)
+                if self.temporal_loss == "mse":
+                    sq = sq + ((s[1:].float() - target) ** 2).sum()
+                else:
+                    sq = sq + F.binary_cross_entropy_with_logits(z[1:].float(), target.clamp(0, 1), reduction="sum")
                 n_sq += (t - 1) * h * w
         aux = self.temporal_weight * sq / n_sq if n_sq else None
         return VitDecision(keep=torch.cat(keeps), key_bias=torch.cat(biases) if self.bias else None, aux_loss=aux,

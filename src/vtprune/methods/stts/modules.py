@@ -49,12 +49,16 @@ class STTSScorer(nn.Module):
                                  nn.Linear(Hd, 1))
 
     def forward(self, units: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(units))
+
+    def logits(self, units: torch.Tensor) -> torch.Tensor:
+        """The scores before the sigmoid, ``[T, S]``."""
         p = self.pool(self.norm(units))  # [T, S, D]
         prev = torch.cat([torch.zeros_like(p[:1]), p[:-1]], dim=0)  # same unit one step earlier
         feats = [p, prev]
         if self.config.similarity_input:
             feats.append(unit_change(units).to(p.dtype).unsqueeze(-1))
-        return torch.sigmoid(self.mlp(torch.cat(feats, dim=-1)).squeeze(-1))  # [T, S]
+        return self.mlp(torch.cat(feats, dim=-1)).squeeze(-1)  # [T, S]
 
 
 def unit_change(units: torch.Tensor) -> torch.Tensor:
