@@ -99,8 +99,12 @@ class VLM:
         ]
 
 
-def load(name: str, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> VLM:
-    """Load a model by name (see module docstring); fully offline."""
+def load(name: str, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+         lora: str | Path | None = None) -> VLM:
+    """Load a model by name (see module docstring); fully offline.
+
+    ``lora``: a peft LoRA adapter directory (or one holding ``lora/``, as ``vtprune train stts --tune lora`` writes)
+    merged into the weights after loading; the model stays a stock HF model."""
     if name.startswith("random:"):
         from vtprune.testbed.random_models import build_random
 
@@ -114,11 +118,27 @@ def load(name: str, *, device: str | torch.device | None = None, dtype: torch.dt
     else:
         model, tok, proc = _load_local(name)
         frames = _video_frames(Path(name))
+    if lora is not None:
+        merge_lora(model, lora)
     if dtype is not None:
         model = model.to(dtype)
     if device is not None:
         model = model.to(device)
     return VLM(model, tok, proc, name=name, video_frames=frames)
+
+
+def merge_lora(model: torch.nn.Module, path: str | Path) -> None:
+    """Merge the peft LoRA adapter at ``path`` (or ``path/lora``) into ``model``'s weights, in place."""
+    p = Path(path)
+    p = p / "lora" if (p / "lora").is_dir() else p
+    if not (p / "adapter_config.json").is_file():
+        raise ModelLoadError(f"no LoRA adapter at {path} (expected adapter_config.json, or a lora/ folder holding it)")
+    from peft import PeftModel
+
+    try:
+        PeftModel.from_pretrained(model, str(p)).merge_and_unload()
+    except (ValueError, RuntimeError, KeyError) as e:  # an adapter for other modules or shapes
+        raise ModelLoadError(f"the LoRA adapter at {path} does not fit this model: {e}") from None
 
 
 def _video_frames(path: Path) -> int | None:

@@ -55,19 +55,22 @@ def ask(
     keep: Optional[float] = typer.Option(None, "--keep", help="Fraction of visual tokens to keep, in (0, 1]."),
     layer: Optional[int] = typer.Option(None, "--layer", help="Prune after this LLM layer (0-based)."),
     pruner_path: Optional[str] = typer.Option(None, "--pruner", help="Trained pruner (zoo:<name> or directory)."),
+    lora: Optional[str] = typer.Option(None, "--lora", help="LoRA adapter to merge into the model first (a peft "
+                                       "directory, or a `train stts --tune lora` output)."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Answer one question about an image (or video), pruning with --method."""
     from vtprune.api import load
     from vtprune.data.dataset import load_image, load_video
-    from vtprune.eval.runner import build_method
+    from vtprune.eval.runner import build_method, warn_unpaired_tuning
 
-    vlm = load(model)
+    vlm = load(model, lora=lora)
     images = [load_image(p) for p in image]
     frames = load_video(video, num_frames=vlm.video_frames) if video is not None else None
     unpruned = not images and frames is None
     m = build_method(method, keep=keep, layer=layer, pruner=pruner_path, num_layers=vlm.num_layers)
+    warn_unpaired_tuning(pruner_path, lora)
     if unpruned:
         typer.echo("note: no image or video given; running the text-only prompt unpruned", err=True)
     from vtprune.adapters import Sample
@@ -96,6 +99,8 @@ def eval_cmd(
     keep: Optional[float] = typer.Option(None, "--keep"),
     layer: Optional[int] = typer.Option(None, "--layer"),
     pruner_path: Optional[str] = typer.Option(None, "--pruner"),
+    lora: Optional[str] = typer.Option(None, "--lora", help="LoRA adapter to merge into the model first (a peft "
+                                       "directory, or a `train stts --tune lora` output)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     limit: Optional[int] = typer.Option(None, "--limit", min=1),
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="Write (and resume from) this JSONL."),
@@ -109,7 +114,7 @@ def eval_cmd(
     report = run_eval(
         model=model, data=data, method=method, keep=keep, layer=layer, pruner=pruner_path, batch_size=batch_size,
         limit=limit, predictions=predictions, max_new_tokens=max_new_tokens, progress=not as_json and sys.stderr.isatty(),
-        num_frames=num_frames,
+        num_frames=num_frames, lora=lora,
     )
     if as_json:
         _emit_json(report)
@@ -128,6 +133,8 @@ def compare(
     out: Path = typer.Option(..., "--out", help="Folder for predictions, results.json and table.md."),
     layer: Optional[int] = typer.Option(None, "--layer"),
     pruner: list[str] = typer.Option([], "--pruner", help="METHOD=PATH for learned methods (repeatable)."),
+    lora: Optional[str] = typer.Option(None, "--lora", help="LoRA adapter to merge into the model first (a peft "
+                                       "directory, or a `train stts --tune lora` output)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     limit: Optional[int] = typer.Option(None, "--limit", min=1),
     max_new_tokens: int = typer.Option(8, "--max-new-tokens", min=1),
@@ -145,7 +152,7 @@ def compare(
     summary = run_compare(
         model=model, data=data, methods=[m.strip() for m in methods_.split(",") if m.strip()], keeps=keep_list,
         out=out, layer=layer, batch_size=batch_size, limit=limit, max_new_tokens=max_new_tokens,
-        pruners=dict(p.split("=", 1) for p in pruner),
+        pruners=dict(p.split("=", 1) for p in pruner), lora=lora,
     )
     from vtprune.eval.compare import markdown_table
 

@@ -103,6 +103,33 @@ def test_train_stts_end_to_end(tmp_path):
     apply_lora(vlm, tmp_path)
     assert type(vlm.adapter.layers[0].self_attn.q_proj) is torch.nn.Linear  # merged: stock modules again
     assert vlm.generate([rows[0][0]], m, max_new_tokens=2)[0].kept_tokens == 6
+    # vtprune.load(..., lora=) merges the same adapter at load time (what `eval/ask/compare --lora` use)
+    merged = vtprune.load("random:qwen2_5_vl", lora=tmp_path)
+    plain = vtprune.load("random:qwen2_5_vl")
+    q = "model.language_model.layers.0.self_attn.q_proj.weight"
+    weights = [dict(v.model.named_parameters())[q] for v in (vlm, merged, plain)]
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[1], weights[2])
+
+
+def test_lora_errors_and_unpaired_warning(tmp_path, caplog, capsys):
+    from vtprune.cli import main
+    from vtprune.eval.runner import warn_unpaired_tuning
+
+    with pytest.raises(vtprune.ModelLoadError, match="no LoRA adapter"):
+        vtprune.load("random:qwen2_5_vl", lora=tmp_path)
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"id": "a", "question": "q?", "answers": ["x"]}) + "\n")
+    assert main(["eval", "--model", "random:qwen2_5_vl", "--data", str(data), "--lora", str(tmp_path / "nope")]) == 2
+    assert "no LoRA adapter" in capsys.readouterr().err
+    (tmp_path / "lora").mkdir()
+    with caplog.at_level("WARNING"):
+        warn_unpaired_tuning(str(tmp_path), None)
+    assert "--lora" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        warn_unpaired_tuning(str(tmp_path), str(tmp_path))
+        warn_unpaired_tuning("zoo:stts-synth-qwen2_5_vl", None)
+    assert caplog.text == ""
 
 
 def test_cli_rejects_bad_settings(capsys, tmp_path):

@@ -8,6 +8,7 @@ different run), so an interrupted evaluation resumes where it stopped.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -18,6 +19,8 @@ from vtprune.errors import ConfigError, InputError
 from vtprune.eval.metrics import anls, exact_match, vqa_accuracy
 from vtprune.methods import Pruner, get_method, pruner as make_pruner
 from vtprune.runtime.executor import _check_stages
+
+log = logging.getLogger(__name__)
 
 
 def build_method(name: str, *, keep: float | None, layer: int | None, pruner: str | None, num_layers: int) -> Pruner:
@@ -35,6 +38,19 @@ def build_method(name: str, *, keep: float | None, layer: int | None, pruner: st
         m = make_pruner(name, keep=keep, layer=layer)
     _check_stages(m.stages(num_layers), num_layers)
     return m
+
+
+def warn_unpaired_tuning(pruner: str | None, lora: str | None) -> None:
+    """Log a warning when ``pruner`` was trained together with a LoRA adapter or a tuned base model (``vtprune train
+    stts --tune lora|full``) that this run does not use: the scorer then runs on a model it was not trained with."""
+    if pruner is None or str(pruner).startswith("zoo:"):
+        return
+    p = Path(pruner)
+    if (p / "lora").is_dir() and lora is None:
+        log.warning("%s was trained with the LoRA adapter %s; pass --lora %s to run the pair", pruner, p / "lora", pruner)
+    if (p / "base_model").is_dir():
+        log.warning("%s was trained with the base model tuned (%s); pass --model %s to run the pair", pruner,
+                    p / "base_model", p / "base_model")
 
 
 def sample_for_record(rec: Any, num_frames: int | None = None) -> Any:
@@ -114,9 +130,10 @@ def score_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def run_eval(
     *, model: str, data: str, method: str = "none", keep: float | None = None, layer: int | None = None,
     pruner: str | None = None, batch_size: int = 8, limit: int | None = None, predictions: Path | None = None,
-    max_new_tokens: int = 16, progress: bool = False, num_frames: int | None = None,
+    max_new_tokens: int = 16, progress: bool = False, num_frames: int | None = None, lora: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``method`` on ``data`` with ``model``; returns the metrics report (see :func:`score_rows`)."""
+    """Evaluate ``method`` on ``data`` with ``model`` (with the LoRA adapter ``lora`` merged in, if given); returns
+    the metrics report (see :func:`score_rows`)."""
     from vtprune.api import load
     from vtprune.data.dataset import read_jsonl, resolve_data
 
@@ -126,11 +143,14 @@ def run_eval(
     records = read_jsonl(path)
     if limit is not None:
         records = records[:limit]
-    vlm = load(model)
+    vlm = load(model, lora=lora)
     num_frames = num_frames or vlm.video_frames
     m = build_method(method, keep=keep, layer=layer, pruner=pruner, num_layers=vlm.num_layers)
+    warn_unpaired_tuning(pruner, lora)
     settings = {"model": model, "data": data, "method": m.to_dict(), "max_new_tokens": max_new_tokens,
                 "num_frames": num_frames}
+    if lora is not None:
+        settings["lora"] = str(lora)
 
     done: dict[str, dict[str, Any]] = {}
     out = None
@@ -184,6 +204,8 @@ def run_eval(
             out.close()
     rows = [done[r.id] for r in records]
     report = {"model": model, "data": data, "method": m.to_dict(), "num_frames": num_frames, **score_rows(rows)}
+    if lora is not None:
+        report["lora"] = str(lora)
     report["seconds"] = time.perf_counter() - t0
     report["computed"] = len(todo)
     return report

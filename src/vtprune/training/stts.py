@@ -132,12 +132,10 @@ def _tune(vlm: Any, tune: str, lora_rank: int) -> Any:
 
 def apply_lora(vlm: Any, path: str | Path) -> None:
     """Merge a LoRA adapter saved by ``vtprune train stts --tune lora`` (``<out>/lora``) into ``vlm``'s weights, in
-    place; the model stays a stock HF model."""
-    from peft import PeftModel
+    place; the model stays a stock HF model. (``vtprune.load(name, lora=path)`` does the same at load time.)"""
+    from vtprune.api import merge_lora
 
-    p = Path(path)
-    p = p / "lora" if (p / "lora").is_dir() else p
-    PeftModel.from_pretrained(vlm.model, str(p)).merge_and_unload()
+    merge_lora(vlm.model, path)
 
 
 def train_stts(
@@ -208,6 +206,10 @@ def train_stts(
         vlm.model.save_pretrained(out / "base_model")
         vlm.tokenizer.save_pretrained(out / "base_model")
         vlm.image_processor.save_pretrained(out / "base_model")
+        if vlm.video_frames is not None:  # the frame sampling the base model came with (``vtprune.load`` reads it)
+            from vtprune.training.base import PROCESSING_FILE
+
+            (out / "base_model" / PROCESSING_FILE).write_text(json.dumps({"video_frames": vlm.video_frames}))
 
     def mean(key: str, part: list[dict[str, float]]) -> float:
         return sum(h[key] for h in part) / len(part) if part else math.nan
