@@ -128,8 +128,12 @@ def test_lora_errors_and_unpaired_warning(tmp_path, caplog, capsys):
     caplog.clear()
     with caplog.at_level("WARNING"):
         warn_unpaired_tuning(str(tmp_path), str(tmp_path))
-        warn_unpaired_tuning("zoo:stts-synth-qwen2_5_vl", None)
+        warn_unpaired_tuning("zoo:stts-synth-qwen2_5_vl", "zoo:stts-synth-qwen2_5_vl")
+        warn_unpaired_tuning("zoo:no-such-entry", None)  # a bad name is for the loader to report
     assert caplog.text == ""
+    with caplog.at_level("WARNING"):
+        warn_unpaired_tuning("zoo:stts-synth-qwen2_5_vl", None)  # the shipped scorer was trained with its adapter
+    assert "--lora zoo:stts-synth-qwen2_5_vl" in caplog.text
 
 
 def test_cli_rejects_bad_settings(capsys, tmp_path):

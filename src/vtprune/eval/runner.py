@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vtprune.api import check_keep
-from vtprune.errors import ConfigError, InputError
+from vtprune.errors import ConfigError, InputError, VtpruneError
 from vtprune.eval.metrics import anls, exact_match, vqa_accuracy
 from vtprune.methods import Pruner, get_method, pruner as make_pruner
 from vtprune.runtime.executor import _check_stages
@@ -43,11 +43,19 @@ def build_method(name: str, *, keep: float | None, layer: int | None, pruner: st
 def warn_unpaired_tuning(pruner: str | None, lora: str | None) -> None:
     """Log a warning when ``pruner`` was trained together with a LoRA adapter or a tuned base model (``vtprune train
     stts --tune lora|full``) that this run does not use: the scorer then runs on a model it was not trained with."""
-    if pruner is None or str(pruner).startswith("zoo:"):
+    if pruner is None:
         return
     p = Path(pruner)
+    if str(pruner).startswith("zoo:"):
+        from vtprune.testbed.zoo import zoo_path
+
+        try:
+            p = zoo_path(str(pruner).split(":", 1)[1])
+        except VtpruneError:
+            return
     if (p / "lora").is_dir() and lora is None:
-        log.warning("%s was trained with the LoRA adapter %s; pass --lora %s to run the pair", pruner, p / "lora", pruner)
+        log.warning("%s was trained together with the LoRA adapter in its lora/ folder; pass --lora %s to run the pair",
+                    pruner, pruner)
     if (p / "base_model").is_dir():
         log.warning("%s was trained with the base model tuned (%s); pass --model %s to run the pair", pruner,
                     p / "base_model", p / "base_model")

@@ -39,6 +39,8 @@ def load_zoo_model(name: str) -> tuple[torch.nn.Module, Any, Any]:
     return model, tok, proc
 
 
+LORA_DIR = "lora"
+"""Where a learned pruner trained with a LoRA adapter keeps it (``vtprune train stts --tune lora``)."""
 SHIP_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
               "preprocessor_config.json", "vtprune_processing.json", "train_meta.json",
               "vtprune_config.json")  # the last: a learned pruner's config (``zoo:glimpse-...``, ``zoo:stts-...``)
@@ -63,4 +65,10 @@ def ship_model(src: Path, name: str, dtype: torch.dtype = torch.float16) -> Path
     weights = load_file(str(src / "model.safetensors"))
     save_file({k: v.to(dtype).contiguous() for k, v in weights.items()}, str(dst / "model.safetensors"),
               metadata={"format": "pt"})
+    if (src / LORA_DIR / "adapter_config.json").is_file():  # a LoRA adapter trained with the pruner (--tune lora)
+        (dst / LORA_DIR).mkdir(exist_ok=True)
+        shutil.copy2(src / LORA_DIR / "adapter_config.json", dst / LORA_DIR / "adapter_config.json")
+        lora = load_file(str(src / LORA_DIR / "adapter_model.safetensors"))
+        save_file({k: v.to(dtype).contiguous() for k, v in lora.items()},
+                  str(dst / LORA_DIR / "adapter_model.safetensors"), metadata={"format": "pt"})
     return dst

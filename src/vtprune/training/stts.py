@@ -201,6 +201,8 @@ def train_stts(
     method.keep = keep
     method.save_pretrained(out)
     if peft_model is not None:
+        for cfg in peft_model.peft_config.values():  # the name it was trained on, not this machine's path to it
+            cfg.base_model_name_or_path = model
         peft_model.save_pretrained(str(out / "lora"))
     elif tune == "full":
         vlm.model.save_pretrained(out / "base_model")
