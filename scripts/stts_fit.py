@@ -1,9 +1,10 @@
 """How well STTS scorers rank a video set's units by change: the diagnostic behind BENCHMARKS.md's STTS notes.
 
 For each scorer, on the first N videos of a set: the correlation and squared error between the scores and the
-temporal target (1 - cos to the same unit one step earlier; steps after the first), the scores' range, and at
---keep the share of the 10% most-changed units that are kept against the share of all units kept (after the first
-step, which is always kept). A scorer whose scores sit at the sigmoid's ends (min/max near 0) has stopped training.
+temporal target (1 - cos to the same unit one step earlier; steps after the first); the scores' range and the share
+of them within 1e-4 of 0 or 1 (``saturated``, as train_meta.json reports it; a scorer stuck there has stopped
+training); and at --keep, the share of the 10% most-changed units that are kept against the share of all units kept
+(after the first step, which is always kept).
 
 Usage: python scripts/stts_fit.py SCORER [SCORER ...] [--model M] [--data D] [--videos 24] [--frames 8] [--keep 0.3]
 """
@@ -20,7 +21,7 @@ from vtprune.methods.stts import STTS
 from vtprune.methods.stts.method import select_units, temporal_targets
 from vtprune.runtime import vision
 from vtprune.training.common import CollatorRandom
-from vtprune.training.stts import _collator, _load_rows
+from vtprune.training.stts import SATURATED, _collator, _load_rows
 from vtprune.adapters.base import EncodedBatch
 
 
@@ -60,7 +61,8 @@ def fit(vlm: vtprune.VLM, scorer: str, rows: list, keep: float, batch: int = 8) 
     s, t = torch.cat(scores).float(), torch.cat(targets).float()
     return {"scorer": scorer, "videos": len(rows), "corr": round(float(torch.corrcoef(torch.stack([s, t]))[0, 1]), 3),
             "mse": round(float(((s - t) ** 2).mean()), 4), "target_var": round(float(t.var()), 4),
-            "score_min": float(s.min()), "score_max": float(s.max()), "keep": keep,
+            "score_min": float(s.min()), "score_max": float(s.max()),
+            "saturated": round(float(((s < SATURATED) | (s > 1 - SATURATED)).float().mean()), 3), "keep": keep,
             "top10_kept": round(sum(top_kept) / len(top_kept), 3), "all_kept": round(sum(all_kept) / len(all_kept), 3)}
 
 

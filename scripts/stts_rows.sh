@@ -2,10 +2,13 @@
 # The STTS table of BENCHMARKS.md on a video set: unpruned at 8 frames; STTS and the video baselines at keep 0.7,
 # 0.5, 0.3; test-time scaling (16 frames at keep 0.5, the 8-frame token budget). Prints markdown tables.
 # Usage: scripts/stts_rows.sh MODEL SCORER DATA OUTDIR   (with vtprune on PATH, e.g. the .venv active)
+# LORA=DIR|zoo:NAME in the environment merges that LoRA adapter into MODEL for every row (a scorer trained with
+# --tune lora, with its adapter; every method then runs on the same tuned model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 M=$1; S=$2; D=$3; O=$4; mkdir -p "$O"
-ev() { local name=$1; shift; vtprune eval --model "$M" --data "$D" --batch-size 16 --json "$@" > "$O/$name.json"; }
+L=(); if [ -n "${LORA:-}" ]; then L=(--lora "$LORA"); fi
+ev() { local name=$1; shift; vtprune eval --model "$M" "${L[@]}" --data "$D" --batch-size 16 --json "$@" > "$O/$name.json"; }
 ev none-f8 --frames 8
 ev none-f16 --frames 16
 for k in 0.7 0.5 0.3; do
