@@ -150,6 +150,10 @@ def test_learned_methods_without_pruner_are_timed_untrained(capsys: pytest.Captu
     [st] = [s for s in stts.stages(2) if s.site == "vit"]
     assert vit_blocks_all(stts, st, 2) == 2 and vit_blocks_all(stts, st, 8) == 2 + 1  # block 1 of 8 (round 8/9)
     assert vit_blocks_all(vtprune.pruner("stts", keep=0.5, bias=False), st, 8) == 2
+    from vtprune.methods import Compose
+
+    both = Compose([stts, vtprune.pruner("random", keep=0.5, layer=1)])  # the ViT member's bias block counts
+    assert both.vit_bias_blocks() == 1 and vit_blocks_all(both, st, 8) == 3
     assert 0 < b["flops"]["vit"] - p["flops"]["vit"] < 0.1 * b["flops"]["vit"]
     # the same with packed vision attention in both arms: the same tokens survive
     assert main([*VIDEO_TINY, "--method", "stts", "--keep", "0.5", "--vit-attention", "packed"]) == 0

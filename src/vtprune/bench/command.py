@@ -223,12 +223,12 @@ def _run_one(plan: _Plan, model: Any, tok: Any, method: Any, spec: VisualSpec, a
 
 
 def vit_blocks_all(method: Any, stage: Any, depth: int) -> int:
-    """Vision blocks a ``vit``-site method runs on every patch: up to its cut, plus the key-bias block after it
-    when the method biases (STTS's ``bias``)."""
+    """Vision blocks a ``vit``-site method runs on every patch: up to its cut, plus the blocks its key bias
+    applies in (:meth:`Pruner.vit_bias_blocks`)."""
     from vtprune.runtime.vision import resolve_block
 
     cut = resolve_block(stage.layer, depth) + 1
-    return min(depth, cut + (1 if getattr(method, "bias", False) else 0))
+    return min(depth, cut + method.vit_bias_blocks())
 
 
 def bench(

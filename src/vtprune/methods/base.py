@@ -264,6 +264,12 @@ class Pruner:
         tensor the size of the ViT's activations, 33 of them on Qwen2.5-VL."""
         return None
 
+    def vit_bias_blocks(self) -> int:
+        """At the ``vit`` site: vision blocks after the cut that still run on every patch because the decision's
+        ``key_bias`` applies in them (STTS: 1). Cost accounting reads it (``vtprune bench``'s FLOPs); the runtime
+        follows the decision itself."""
+        return 0
+
     def stages(self, num_layers: int) -> list[Stage]:
         """Where this configuration prunes on an LLM of ``num_layers`` layers."""
         if self.layer is not None:

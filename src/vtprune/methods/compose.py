@@ -47,6 +47,9 @@ class Compose(Pruner):
     def merges(self) -> bool:  # type: ignore[override]
         return any(getattr(m, "merges", False) for m in self.methods)
 
+    def vit_bias_blocks(self) -> int:
+        return max((m.vit_bias_blocks() for m in self.methods), default=0)  # at most one member prunes in the ViT
+
     def stages(self, num_layers: int) -> list[Stage]:
         owner: dict[Stage, Pruner] = {}
         for m in self.methods:

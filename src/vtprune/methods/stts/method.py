@@ -133,6 +133,9 @@ class STTS(Pruner):
             return []
         return [Stage("vit", -1 if self.block is None else int(self.block))]
 
+    def vit_bias_blocks(self) -> int:
+        return 1 if self.bias else 0
+
     # --- the scorer -------------------------------------------------------------------------------------------------
     def init_scorer(self, config: STTSConfig) -> STTSScorer:
         """Build a fresh scorer (seeded by ``seed``; the global RNG is left untouched)."""
