@@ -11,13 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 budget=${1:-560}
 t_end=$(( $(date +%s) + budget ))
-PY=${VTPRUNE_PY:-python3}
-if [ -z "${VTPRUNE_PY:-}" ]; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-  export PYTHONPATH=/tmp/site:$PWD/src
-  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
-fi
+source scripts/device_env.sh
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT/bench"
 VT=("$PY" -c 'import sys; from vtprune.cli import main; sys.exit(main(sys.argv[1:]))')

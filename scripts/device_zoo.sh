@@ -7,12 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=$1; minutes=$2; shift 2
-PY=${VTPRUNE_PY:-python3}
-if [ -z "${VTPRUNE_PY:-}" ]; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD/src
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-fi
+source scripts/device_env.sh
 export PYTHONUNBUFFERED=1 VTPRUNE_CACHE=${VTPRUNE_CACHE:-/tmp/vtcache}
 "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__)"
 mkdir -p "$OUT"
