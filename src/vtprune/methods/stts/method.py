@@ -161,7 +161,7 @@ class STTS(Pruner):
         scorer = self._scorer_for(ctx.hidden)
         m, D = ctx.hidden.shape[-2:]
         keeps, biases, scores = [], [], []
-        sq, n_sq = ctx.hidden.new_zeros((), dtype=torch.float32), 0
+        loss_sum, n_units = ctx.hidden.new_zeros((), dtype=torch.float32), 0
         for sl, (t, h, w) in ctx.items():
             units = ctx.hidden[sl].view(t, h * w, m, D)
             z = scorer.logits(units)  # [t, hw]
@@ -172,11 +172,12 @@ class STTS(Pruner):
             if ctx.training and t > 1 and self.temporal_weight > 0:
                 target = temporal_targets(units)
                 if self.temporal_loss == "mse":
-                    sq = sq + ((s[1:].float() - target) ** 2).sum()
+                    loss_sum = loss_sum + ((s[1:].float() - target) ** 2).sum()
                 else:
-                    sq = sq + F.binary_cross_entropy_with_logits(z[1:].float(), target.clamp(0, 1), reduction="sum")
-                n_sq += (t - 1) * h * w
-        aux = self.temporal_weight * sq / n_sq if n_sq else None
+                    loss_sum = loss_sum + F.binary_cross_entropy_with_logits(z[1:].float(), target.clamp(0, 1),
+                                                                             reduction="sum")
+                n_units += (t - 1) * h * w
+        aux = self.temporal_weight * loss_sum / n_units if n_units else None
         return VitDecision(keep=torch.cat(keeps), key_bias=torch.cat(biases) if self.bias else None, aux_loss=aux,
                            scores=torch.cat(scores))
 
