@@ -160,3 +160,20 @@ def test_train_stts_with_a_keep_range_draws_each_step_and_saves_the_default(tmp_
     assert fixed["visual_kept_min"] == fixed["visual_kept_max"] == pytest.approx(0.5)
     assert fixed["temporal_loss"] == "bce" and STTS.from_pretrained(tmp_path / "f").temporal_loss == "bce"
     assert 0.0 <= fixed["saturated_last"] <= 1.0 and meta["temporal_loss"] == "mse"
+
+
+def test_train_stts_full_saves_a_loadable_base_model(tmp_path, caplog):
+    """``--tune full`` trains the base model with the scorer and saves it as ``base_model/``: a local model that loads
+    with its frame sampling, whose weights moved, and which a run leaving it out is warned about."""
+    from vtprune.eval.runner import warn_unpaired_tuning
+
+    rows = [(vtprune.Sample("what moves?", video=video(4, 112, 112, s)), ["left"]) for s in range(2)]
+    train_stts(model="zoo:synth-video-qwen2_5_vl", out=tmp_path, rows=rows, steps=2, batch_size=2, lr=1e-3,
+               tune="full")  # step 1 is the warm-up's zero learning rate
+    tuned = vtprune.load(str(tmp_path / "base_model"))
+    assert tuned.video_frames == 8  # the zoo model's frame sampling came along
+    base = dict(vtprune.load("zoo:synth-video-qwen2_5_vl").model.named_parameters())
+    assert any(not torch.equal(p, base[k]) for k, p in tuned.model.named_parameters())
+    with caplog.at_level("WARNING"):
+        warn_unpaired_tuning(str(tmp_path), None)
+    assert f"--model {tmp_path / 'base_model'}" in caplog.text
