@@ -138,10 +138,14 @@ def merge_lora(model: torch.nn.Module, path: str | Path) -> None:
     p = p / "lora" if (p / "lora").is_dir() else p
     if not (p / "adapter_config.json").is_file():
         raise ModelLoadError(f"no LoRA adapter at {path} (expected adapter_config.json, or a lora/ folder holding it)")
+    import warnings
+
     from peft import PeftModel
 
     try:
-        PeftModel.from_pretrained(model, str(p)).merge_and_unload()
+        with warnings.catch_warnings():  # peft asks transformers for a name it deprecates: not the user's concern
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            PeftModel.from_pretrained(model, str(p)).merge_and_unload()
     except (ValueError, RuntimeError, KeyError) as e:  # an adapter for other modules or shapes
         raise ModelLoadError(f"the LoRA adapter at {path} does not fit this model: {e}") from None
 
