@@ -109,6 +109,25 @@ def test_train_stts_end_to_end(tmp_path):
     q = "model.language_model.layers.0.self_attn.q_proj.weight"
     weights = [dict(v.model.named_parameters())[q] for v in (vlm, merged, plain)]
     assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[1], weights[2])
+    # eval and compare run on the merged model and record the adapter; a prediction file from the adapted model
+    # does not resume as the plain one's
+    from PIL import Image
+
+    from vtprune.eval.compare import run_compare
+    from vtprune.eval.runner import run_eval
+
+    Image.new("RGB", (56, 56), "red").save(tmp_path / "a.png")
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"id": "a", "image": "a.png", "question": "colour?", "answers": ["red"]}) + "\n")
+    preds = tmp_path / "p.jsonl"
+    report = run_eval(model="random:qwen2_5_vl", data=str(data), lora=str(tmp_path), predictions=preds,
+                      max_new_tokens=2)
+    assert report["lora"] == str(tmp_path) and report["n"] == 1
+    with pytest.raises(vtprune.ConfigError):
+        run_eval(model="random:qwen2_5_vl", data=str(data), predictions=preds, max_new_tokens=2)
+    summary = run_compare(model="random:qwen2_5_vl", data=str(data), methods=["random"], keeps=[0.5],
+                          out=tmp_path / "cmp", lora=str(tmp_path), max_new_tokens=2)
+    assert summary["lora"] == str(tmp_path) and [r["method"] for r in summary["rows"]] == ["none", "random"]
 
 
 def test_lora_errors_and_unpaired_warning(tmp_path, caplog, capsys):
