@@ -21,7 +21,7 @@ from vtprune.methods.stts import STTS
 from vtprune.methods.stts.method import select_units, temporal_targets
 from vtprune.runtime import vision
 from vtprune.training.common import CollatorRandom
-from vtprune.training.stts import SATURATED, _collator, _load_rows
+from vtprune.training.stts import _CORE, _collator, _load_rows, saturated_share
 from vtprune.adapters.base import EncodedBatch
 
 
@@ -41,8 +41,7 @@ def fit(vlm: vtprune.VLM, scorer: str, rows: list, keep: float, batch: int = 8) 
     with torch.no_grad():
         for i in range(0, len(rows), batch):
             b = collate(rows[i:i + batch])
-            core = ("input_ids", "attention_mask", "labels", "visual_mask")
-            enc = EncodedBatch(b["input_ids"], b["attention_mask"], {k: v for k, v in b.items() if k not in core},
+            enc = EncodedBatch(b["input_ids"], b["attention_mask"], {k: v for k, v in b.items() if k not in _CORE},
                                b["visual_mask"].bool(), [], [])
             seen.clear()
             vision.embed_with_vit(vlm.adapter, enc, method, stage)
@@ -62,7 +61,7 @@ def fit(vlm: vtprune.VLM, scorer: str, rows: list, keep: float, batch: int = 8) 
     return {"scorer": scorer, "videos": len(rows), "corr": round(float(torch.corrcoef(torch.stack([s, t]))[0, 1]), 3),
             "mse": round(float(((s - t) ** 2).mean()), 4), "target_var": round(float(t.var()), 4),
             "score_min": float(s.min()), "score_max": float(s.max()),
-            "saturated": round(float(((s < SATURATED) | (s > 1 - SATURATED)).float().mean()), 3), "keep": keep,
+            "saturated": round(saturated_share(s), 3), "keep": keep,
             "top10_kept": round(sum(top_kept) / len(top_kept), 3), "all_kept": round(sum(all_kept) / len(all_kept), 3)}
 
 

@@ -130,12 +130,10 @@ def load(name: str, *, device: str | torch.device | None = None, dtype: torch.dt
 def merge_lora(model: torch.nn.Module, path: str | Path) -> None:
     """Merge the peft LoRA adapter at ``path`` (a directory or ``zoo:<name>``, or its ``lora/``) into ``model``'s
     weights, in place."""
-    p = Path(path)
-    if str(path).startswith("zoo:"):
-        from vtprune.testbed.zoo import zoo_path
+    from vtprune.testbed.zoo import LORA_DIR, resolve
 
-        p = zoo_path(str(path).split(":", 1)[1])
-    p = p / "lora" if (p / "lora").is_dir() else p
+    p = resolve(path)
+    p = p / LORA_DIR if (p / LORA_DIR).is_dir() else p
     if not (p / "adapter_config.json").is_file():
         raise ModelLoadError(f"no LoRA adapter at {path} (expected adapter_config.json, or a lora/ folder holding it)")
     import warnings

@@ -45,15 +45,13 @@ def warn_unpaired_tuning(pruner: str | None, lora: str | None) -> None:
     stts --tune lora|full``) that this run does not use: the scorer then runs on a model it was not trained with."""
     if pruner is None:
         return
-    p = Path(pruner)
-    if str(pruner).startswith("zoo:"):
-        from vtprune.testbed.zoo import zoo_path
+    from vtprune.testbed.zoo import LORA_DIR, resolve
 
-        try:
-            p = zoo_path(str(pruner).split(":", 1)[1])
-        except VtpruneError:
-            return
-    if (p / "lora").is_dir() and lora is None:
+    try:
+        p = resolve(pruner)
+    except VtpruneError:  # an unknown zoo name: for the loader to report
+        return
+    if (p / LORA_DIR).is_dir() and lora is None:
         log.warning("%s was trained together with the LoRA adapter in its lora/ folder; pass --lora %s to run the pair",
                     pruner, pruner)
     if (p / "base_model").is_dir():

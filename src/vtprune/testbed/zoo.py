@@ -24,6 +24,13 @@ def zoo_path(name: str) -> Path:
     return p
 
 
+def resolve(spec: str | Path) -> Path:
+    """A pruner or adapter location: the zoo entry's directory for ``zoo:<name>``, else the path as given."""
+    if str(spec).startswith("zoo:"):
+        return zoo_path(str(spec).split(":", 1)[1])
+    return Path(spec)
+
+
 def load_zoo_model(name: str) -> tuple[torch.nn.Module, Any, Any]:
     """Load a shipped VLM with its tokenizer and image processor (fp32, sdpa, eval mode)."""
     import transformers
@@ -62,13 +69,13 @@ def ship_model(src: Path, name: str, dtype: torch.dtype = torch.float16) -> Path
     for f in SHIP_FILES:
         if (src / f).is_file():
             shutil.copy2(src / f, dst / f)
-    weights = load_file(str(src / "model.safetensors"))
-    save_file({k: v.to(dtype).contiguous() for k, v in weights.items()}, str(dst / "model.safetensors"),
-              metadata={"format": "pt"})
+    def convert(src_file: Path, dst_file: Path) -> None:
+        weights = load_file(str(src_file))
+        save_file({k: v.to(dtype).contiguous() for k, v in weights.items()}, str(dst_file), metadata={"format": "pt"})
+
+    convert(src / "model.safetensors", dst / "model.safetensors")
     if (src / LORA_DIR / "adapter_config.json").is_file():  # a LoRA adapter trained with the pruner (--tune lora)
         (dst / LORA_DIR).mkdir(exist_ok=True)
         shutil.copy2(src / LORA_DIR / "adapter_config.json", dst / LORA_DIR / "adapter_config.json")
-        lora = load_file(str(src / LORA_DIR / "adapter_model.safetensors"))
-        save_file({k: v.to(dtype).contiguous() for k, v in lora.items()},
-                  str(dst / LORA_DIR / "adapter_model.safetensors"), metadata={"format": "pt"})
+        convert(src / LORA_DIR / "adapter_model.safetensors", dst / LORA_DIR / "adapter_model.safetensors")
     return dst

@@ -29,6 +29,12 @@ from vtprune.training.common import (
 log = logging.getLogger(__name__)
 PROCESSING_FILE = "vtprune_processing.json"
 
+
+def write_processing(out: Path, video_frames: int | None) -> None:
+    """Write a model directory's :data:`PROCESSING_FILE` (its video frame sampling; ``vtprune.load`` reads it)."""
+    (out / PROCESSING_FILE).write_text(json.dumps({"video_frames": video_frames}))
+
+
 ZOO_SIZES: dict[str, dict[str, Any]] = {
     # ViT windows of 112 px (8x8 patches) as in the real Qwen2.5-VL; full attention in blocks 1, 3, 5
     "qwen2_5_vl": dict(hidden=128, layers=8, heads=4, kv_heads=2, vit_depth=6, vit_hidden=96, vit_heads=4,
@@ -425,7 +431,7 @@ def train_base(
     model.save_pretrained(out)
     tok.save_pretrained(out)
     proc.save_pretrained(out)
-    (out / PROCESSING_FILE).write_text(json.dumps({"video_frames": video_frames}))
+    write_processing(out, video_frames)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     meta = {
         "model_type": model_type, "data": data, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,

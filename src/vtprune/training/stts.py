@@ -25,6 +25,7 @@ from vtprune.adapters.base import Adapter, EncodedBatch, Sample
 from vtprune.errors import ConfigError, InputError
 from vtprune.methods.stts import STTS, STTSConfig
 from vtprune.runtime import ops, vision
+from vtprune.testbed.zoo import LORA_DIR
 from vtprune.training.supervised import SupervisedBatch, encode_with_answers
 from vtprune.training.common import CollatorRandom, ListDataset, check_workers
 
@@ -34,6 +35,13 @@ TUNE = ("none", "lora", "full")
 LORA_TARGETS = r".*language_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
 SATURATED = 1e-4
 """A score this close to 0 or 1 sits where the sigmoid's slope is below 1e-4: the MSE's gradient through it is gone."""
+
+
+def saturated_share(scores: torch.Tensor) -> float:
+    """The share of ``scores`` within :data:`SATURATED` of 0 or 1."""
+    s = scores.float()
+    return float(((s < SATURATED) | (s > 1 - SATURATED)).float().mean())
+
 _CORE = ("input_ids", "attention_mask", "labels", "visual_mask")
 
 
@@ -51,8 +59,7 @@ def stts_loss(adapter: Adapter, method: STTS, batch: SupervisedBatch) -> tuple[t
         aux = torch.stack(losses).sum() if losses else None
         scores = [d.scores for d in decisions if d.scores is not None]
         if scores:
-            s = torch.cat(scores).float()
-            saturated = float(((s < SATURATED) | (s > 1 - SATURATED)).float().mean())
+            saturated = saturated_share(torch.cat(scores))
     index, valid = ops.compact_index(keep & batch.attention_mask.to(dev).bool())
     labels = batch.labels.to(dev).gather(1, index).masked_fill(~valid, -100)
     out = adapter.model(
@@ -203,15 +210,15 @@ def train_stts(
     if peft_model is not None:
         for cfg in peft_model.peft_config.values():  # the name it was trained on, not this machine's path to it
             cfg.base_model_name_or_path = model
-        peft_model.save_pretrained(str(out / "lora"))
+        peft_model.save_pretrained(str(out / LORA_DIR))
     elif tune == "full":
         vlm.model.save_pretrained(out / "base_model")
         vlm.tokenizer.save_pretrained(out / "base_model")
         vlm.image_processor.save_pretrained(out / "base_model")
         if vlm.video_frames is not None:  # the frame sampling the base model came with (``vtprune.load`` reads it)
-            from vtprune.training.base import PROCESSING_FILE
+            from vtprune.training.base import write_processing
 
-            (out / "base_model" / PROCESSING_FILE).write_text(json.dumps({"video_frames": vlm.video_frames}))
+            write_processing(out / "base_model", vlm.video_frames)
 
     def mean(key: str, part: list[dict[str, float]]) -> float:
         return sum(h[key] for h in part) / len(part) if part else math.nan

@@ -216,11 +216,9 @@ class STTS(Pruner):
 
         if layer is not None:
             raise ConfigError("stts prunes inside the vision encoder; it takes no --layer")
-        p = Path(path)
-        if str(path).startswith("zoo:"):
-            from vtprune.testbed.zoo import zoo_path
+        from vtprune.testbed.zoo import resolve
 
-            p = zoo_path(str(path).split(":", 1)[1])
+        p = resolve(path)
         if not (p / CONFIG_NAME).is_file() or not (p / WEIGHTS_NAME).is_file():
             raise ModelLoadError(f"no STTS scorer at {path} (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
         cfg = json.loads((p / CONFIG_NAME).read_text())
