@@ -89,7 +89,7 @@ def test_compose_stts_in_the_vit_then_random_after_layer_k(vlm):
         Compose([vtprune.pruner("random", keep=0.5, layer=1), vtprune.pruner("uniform", keep=0.5, layer=1)]).stages(4)
 
 
-def test_train_stts_end_to_end(tmp_path):
+def test_train_stts_end_to_end(tmp_path, monkeypatch):
     rows = [(vtprune.Sample("what moves?", video=video(4, 84, 56, s)), ["bar"]) for s in range(2)]
     meta = train_stts(model="random:qwen2_5_vl", out=tmp_path, rows=rows, steps=2, batch_size=2, lr=1e-3,
                       tune="lora")
@@ -128,6 +128,17 @@ def test_train_stts_end_to_end(tmp_path):
     summary = run_compare(model="random:qwen2_5_vl", data=str(data), methods=["random"], keeps=[0.5],
                           out=tmp_path / "cmp", lora=str(tmp_path), max_new_tokens=2)
     assert summary["lora"] == str(tmp_path) and [r["method"] for r in summary["rows"]] == ["none", "random"]
+    # shipped to the zoo, the adapter travels with the scorer in half precision and merges by zoo name
+    from vtprune.testbed import zoo
+
+    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path / "zoo")
+    zoo.ship_model(tmp_path, "stts-tiny")
+    assert json.loads((tmp_path / "zoo/stts-tiny/lora/adapter_config.json").read_text())["base_model_name_or_path"] \
+        == "random:qwen2_5_vl"  # the model's name, not a path on the training machine
+    shipped = load_file(str(tmp_path / "zoo/stts-tiny/lora/adapter_model.safetensors"))
+    assert shipped and all(v.dtype == torch.float16 for v in shipped.values())
+    from_zoo = vtprune.load("random:qwen2_5_vl", lora="zoo:stts-tiny")
+    torch.testing.assert_close(dict(from_zoo.model.named_parameters())[q], weights[1], rtol=1e-3, atol=1e-4)
 
 
 def test_lora_errors_and_unpaired_warning(tmp_path, caplog, capsys):
