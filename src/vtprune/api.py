@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from vtprune.adapters import Adapter, Sample, get_adapter
-from vtprune.errors import ConfigError, ModelLoadError
+from vtprune.errors import ConfigError, ModelLoadError, UnsupportedModelError
 from vtprune.methods import Pruner, pruner
 from vtprune.runtime.executor import PrefillState, Sampling, decode, prefill
 
@@ -99,12 +99,22 @@ class VLM:
         ]
 
 
+VIT_ATTENTION = ("stock", "packed")
+
+
 def load(name: str, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-         lora: str | Path | None = None) -> VLM:
+         lora: str | Path | None = None, vit_attention: str = "stock") -> VLM:
     """Load a model by name (see module docstring); fully offline.
 
     ``lora``: a peft LoRA adapter directory (or one holding ``lora/``, as ``vtprune train stts --tune lora`` writes)
-    merged into the weights after loading; the model stays a stock HF model."""
+    merged into the weights after loading; the model stays a stock HF model.
+
+    ``vit_attention``: ``"stock"`` keeps HF's vision attention (sdpa: one call per window or frame); ``"packed"``
+    runs each Qwen vision block's attention as one call (:mod:`vtprune.runtime.packed_attention`; exact up to
+    summation order). Without flash-attn on a GPU, the per-window calls bound the ViT's time, so a ViT-site method
+    (STTS) only saves time there with ``"packed"``. Qwen2-VL / Qwen2.5-VL only (:class:`ConfigError` otherwise)."""
+    if vit_attention not in VIT_ATTENTION:
+        raise ConfigError(f"vit_attention must be one of {', '.join(VIT_ATTENTION)}, got {vit_attention!r}")
     if name.startswith("random:"):
         from vtprune.testbed.random_models import build_random
 
@@ -120,6 +130,13 @@ def load(name: str, *, device: str | torch.device | None = None, dtype: torch.dt
         frames = _video_frames(Path(name))
     if lora is not None:
         merge_lora(model, lora)
+    if vit_attention == "packed":
+        from vtprune.runtime.packed_attention import use_packed_vision_attention
+
+        try:
+            use_packed_vision_attention(model)
+        except UnsupportedModelError as e:
+            raise ConfigError(f"vit_attention='packed': {e}") from None
     if dtype is not None:
         model = model.to(dtype)
     if device is not None:

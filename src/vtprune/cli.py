@@ -57,6 +57,9 @@ def ask(
     pruner_path: Optional[str] = typer.Option(None, "--pruner", help="Trained pruner (zoo:<name> or directory)."),
     lora: Optional[str] = typer.Option(None, "--lora", help="LoRA adapter to merge into the model first (a peft "
                                        "directory, or a `train stts --tune lora` output)."),
+    vit_attention: str = typer.Option("stock", "--vit-attention", help="Qwen vision attention: stock (HF's, a call "
+                                      "per window) or packed (one call per block; what makes STTS's ViT cut pay on "
+                                      "a GPU without flash-attn)."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -65,12 +68,12 @@ def ask(
     from vtprune.data.dataset import load_image, load_video
     from vtprune.eval.runner import build_method, warn_unpaired_tuning
 
-    vlm = load(model, lora=lora)
+    vlm = load(model, lora=lora, vit_attention=vit_attention)
     images = [load_image(p) for p in image]
     frames = load_video(video, num_frames=vlm.video_frames) if video is not None else None
     unpruned = not images and frames is None
     m = build_method(method, keep=keep, layer=layer, pruner=pruner_path, num_layers=vlm.num_layers)
-    warn_unpaired_tuning(pruner_path, lora)
+    warn_unpaired_tuning(pruner_path, lora, model)
     if unpruned:
         typer.echo("note: no image or video given; running the text-only prompt unpruned", err=True)
     from vtprune.adapters import Sample
@@ -101,6 +104,9 @@ def eval_cmd(
     pruner_path: Optional[str] = typer.Option(None, "--pruner"),
     lora: Optional[str] = typer.Option(None, "--lora", help="LoRA adapter to merge into the model first (a peft "
                                        "directory, or a `train stts --tune lora` output)."),
+    vit_attention: str = typer.Option("stock", "--vit-attention", help="Qwen vision attention: stock (HF's, a call "
+                                      "per window) or packed (one call per block; what makes STTS's ViT cut pay on "
+                                      "a GPU without flash-attn)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     limit: Optional[int] = typer.Option(None, "--limit", min=1),
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="Write (and resume from) this JSONL."),
@@ -114,7 +120,7 @@ def eval_cmd(
     report = run_eval(
         model=model, data=data, method=method, keep=keep, layer=layer, pruner=pruner_path, batch_size=batch_size,
         limit=limit, predictions=predictions, max_new_tokens=max_new_tokens, progress=not as_json and sys.stderr.isatty(),
-        num_frames=num_frames, lora=lora,
+        num_frames=num_frames, lora=lora, vit_attention=vit_attention,
     )
     if as_json:
         _emit_json(report)
@@ -135,6 +141,9 @@ def compare(
     pruner: list[str] = typer.Option([], "--pruner", help="METHOD=PATH for learned methods (repeatable)."),
     lora: Optional[str] = typer.Option(None, "--lora", help="LoRA adapter to merge into the model first (a peft "
                                        "directory, or a `train stts --tune lora` output)."),
+    vit_attention: str = typer.Option("stock", "--vit-attention", help="Qwen vision attention: stock (HF's, a call "
+                                      "per window) or packed (one call per block; what makes STTS's ViT cut pay on "
+                                      "a GPU without flash-attn)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     limit: Optional[int] = typer.Option(None, "--limit", min=1),
     max_new_tokens: int = typer.Option(8, "--max-new-tokens", min=1),
@@ -152,7 +161,7 @@ def compare(
     summary = run_compare(
         model=model, data=data, methods=[m.strip() for m in methods_.split(",") if m.strip()], keeps=keep_list,
         out=out, layer=layer, batch_size=batch_size, limit=limit, max_new_tokens=max_new_tokens,
-        pruners=dict(p.split("=", 1) for p in pruner), lora=lora,
+        pruners=dict(p.split("=", 1) for p in pruner), lora=lora, vit_attention=vit_attention,
     )
     from vtprune.eval.compare import markdown_table
 

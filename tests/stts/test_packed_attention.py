@@ -96,3 +96,54 @@ def test_pruned_video_tower_is_the_same_with_packed_attention():
 def test_packed_attention_is_for_qwen_towers_only(vlms):
     with pytest.raises(UnsupportedModelError, match="Qwen"):
         use_packed_vision_attention(vlms["llava"].model)
+
+
+def test_load_with_packed_vit_attention_answers_as_stock():
+    """``vtprune.load(vit_attention="packed")``: STTS on a video prefills to the same logits, keeping the same units."""
+    from vtprune.methods.stts import STTS
+
+    sample = vtprune.Sample("what moves?", video=video(8, 112, 84, 4))
+    outs = []
+    for mode in ("stock", "packed"):
+        vlm = vtprune.load("random:qwen2_5_vl", vit_attention=mode)
+        assert vlm.model.model.visual.config._attn_implementation == ("sdpa" if mode == "stock" else NAME)
+        assert vlm.model.config.text_config._attn_implementation == "sdpa"
+        method = STTS.untrained(vlm, keep=0.5, seed=1)
+        with torch.no_grad():
+            state = vlm.prefill([sample], method)
+        outs.append(state)
+    stock, packed = outs
+    assert stock.kept_tokens == packed.kept_tokens and stock.kept_tokens[0] < stock.visual_tokens[0]
+    torch.testing.assert_close(packed.logits, stock.logits, rtol=1e-4, atol=1e-4)
+
+
+def test_load_rejects_bad_vit_attention(capsys):
+    from vtprune.cli import main
+
+    with pytest.raises(vtprune.ConfigError, match="stock, packed"):
+        vtprune.load("random:qwen2_5_vl", vit_attention="flash")
+    with pytest.raises(vtprune.ConfigError, match="Qwen"):
+        vtprune.load("random:llava", vit_attention="packed")
+    assert main(["ask", "--model", "random:llava", "-q", "q?", "--vit-attention", "packed"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Qwen" in err[0]
+
+
+def test_eval_records_packed_vit_attention_and_keeps_it_apart_on_resume(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from vtprune.eval.runner import run_eval
+
+    Image.new("RGB", (56, 56), "red").save(tmp_path / "a.png")
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"id": "a", "image": "a.png", "question": "colour?", "answers": ["red"]}) + "\n")
+    preds = tmp_path / "p.jsonl"
+    stock = run_eval(model="random:qwen2_5_vl", data=str(data), max_new_tokens=2)
+    packed = run_eval(model="random:qwen2_5_vl", data=str(data), max_new_tokens=2, vit_attention="packed",
+                      predictions=preds)
+    assert "vit_attention" not in stock and packed["vit_attention"] == "packed"
+    assert packed["accuracy"] == stock["accuracy"]
+    with pytest.raises(vtprune.ConfigError, match="resume|settings|differ"):
+        run_eval(model="random:qwen2_5_vl", data=str(data), max_new_tokens=2, predictions=preds)

@@ -166,6 +166,26 @@ def test_lora_errors_and_unpaired_warning(tmp_path, caplog, capsys):
     assert "--lora zoo:stts-synth-qwen2_5_vl" in caplog.text
 
 
+def test_warns_when_a_pruner_runs_on_another_base_model(tmp_path, caplog):
+    from vtprune.eval.runner import warn_unpaired_tuning
+
+    (tmp_path / "train_meta.json").write_text(json.dumps({"model": str(tmp_path / "base")}))
+    with caplog.at_level("WARNING"):
+        warn_unpaired_tuning(str(tmp_path), None, str(tmp_path / "base") + "/")  # the same directory, spelt apart
+        warn_unpaired_tuning(str(tmp_path), None)  # no model to compare with
+        warn_unpaired_tuning("zoo:stts-synth-qwen2_5_vl", "zoo:stts-synth-qwen2_5_vl", "zoo:synth-video-qwen2_5_vl")
+        warn_unpaired_tuning("zoo:glimpse-synth-qwen2_5_vl", None, "zoo:synth-qwen2_5_vl")
+    assert caplog.text == ""
+    with caplog.at_level("WARNING"):
+        warn_unpaired_tuning("zoo:stts-synth-qwen2_5_vl", "zoo:stts-synth-qwen2_5_vl", "zoo:synth-qwen2_5_vl")
+    assert "trained on zoo:synth-video-qwen2_5_vl, not on zoo:synth-qwen2_5_vl" in caplog.text
+    caplog.clear()
+    (tmp_path / "train_meta.json").write_text("{not json")
+    with caplog.at_level("WARNING"):
+        warn_unpaired_tuning(str(tmp_path), None, "random:qwen2_5_vl")  # an unreadable record is not an error here
+    assert caplog.text == ""
+
+
 def test_cli_rejects_bad_settings(capsys, tmp_path):
     from vtprune.cli import main
 

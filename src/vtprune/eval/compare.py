@@ -18,10 +18,11 @@ from vtprune.eval.runner import run_eval
 def run_compare(
     *, model: str, data: str, methods: list[str], keeps: list[float], out: Path, layer: int | None = None,
     batch_size: int = 8, limit: int | None = None, max_new_tokens: int = 8, pruners: dict[str, str] | None = None,
-    lora: str | None = None,
+    lora: str | None = None, vit_attention: str = "stock",
 ) -> dict[str, Any]:
     """Evaluate ``none`` once and every method at every keep ratio (all on ``model`` with the LoRA adapter ``lora``
-    merged in, if given); returns and writes the summary."""
+    merged in, if given, and its vision attention as ``vit_attention``: see :func:`vtprune.load`); returns and
+    writes the summary."""
     if not methods or not keeps:
         raise ConfigError("compare needs at least one method and one keep ratio")
     pruners = pruners or {}
@@ -39,7 +40,7 @@ def run_compare(
             r = run_eval(model=model, data=data, method=method, keep=keep,
                          layer=layer if method not in ("none",) else None, pruner=pruners.get(method),
                          batch_size=batch_size, limit=limit, predictions=out / "preds" / f"{tag}.jsonl",
-                         max_new_tokens=max_new_tokens, lora=lora)
+                         max_new_tokens=max_new_tokens, lora=lora, vit_attention=vit_attention)
         except ConfigError as e:
             if method == "none":
                 raise
@@ -54,7 +55,7 @@ def run_compare(
     for method in methods:
         for keep in keeps:
             one(method, keep)
-    summary = {"model": model, "lora": lora, "data": data, "layer": layer, "limit": limit, "rows": rows,
+    summary = {"model": model, "lora": lora, "vit_attention": vit_attention, "data": data, "layer": layer, "limit": limit, "rows": rows,
                "seconds": round(time.perf_counter() - t0, 1)}
     (out / "results.json").write_text(json.dumps(summary, indent=1))
     (out / "table.md").write_text(markdown_table(summary))

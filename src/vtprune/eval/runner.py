@@ -40,9 +40,15 @@ def build_method(name: str, *, keep: float | None, layer: int | None, pruner: st
     return m
 
 
-def warn_unpaired_tuning(pruner: str | None, lora: str | None) -> None:
-    """Log a warning when ``pruner`` was trained together with a LoRA adapter or a tuned base model (``vtprune train
-    stts --tune lora|full``) that this run does not use: the scorer then runs on a model it was not trained with."""
+def _model_key(spec: str) -> str:
+    """A comparable form of a ``--model`` value: ``zoo:<name>`` and ``random:<family>`` as written, a path resolved."""
+    return spec if spec.startswith(("zoo:", "random:")) else str(Path(spec).expanduser().resolve())
+
+
+def warn_unpaired_tuning(pruner: str | None, lora: str | None, model: str | None = None) -> None:
+    """Log a warning when ``pruner`` is run apart from what it was trained with: a LoRA adapter or a tuned base model
+    (``vtprune train stts --tune lora|full``) that this run does not use, or another base model than the one its
+    ``train_meta.json`` names (``model``, when given). The learned selection then runs on a model it never saw."""
     if pruner is None:
         return
     from vtprune.testbed.zoo import LORA_DIR, resolve
@@ -57,6 +63,13 @@ def warn_unpaired_tuning(pruner: str | None, lora: str | None) -> None:
     if (p / "base_model").is_dir():
         log.warning("%s was trained with the base model tuned (%s); pass --model %s to run the pair", pruner,
                     p / "base_model", p / "base_model")
+        return
+    try:
+        trained_on = json.loads((p / "train_meta.json").read_text()).get("model")
+    except (OSError, ValueError, AttributeError):  # no record (an untrained or hand-made pruner): nothing to compare
+        return
+    if model is not None and isinstance(trained_on, str) and trained_on and _model_key(trained_on) != _model_key(model):
+        log.warning("%s was trained on %s, not on %s: its selection may not carry over", pruner, trained_on, model)
 
 
 def sample_for_record(rec: Any, num_frames: int | None = None) -> Any:
@@ -137,6 +150,7 @@ def run_eval(
     *, model: str, data: str, method: str = "none", keep: float | None = None, layer: int | None = None,
     pruner: str | None = None, batch_size: int = 8, limit: int | None = None, predictions: Path | None = None,
     max_new_tokens: int = 16, progress: bool = False, num_frames: int | None = None, lora: str | None = None,
+    vit_attention: str = "stock",
 ) -> dict[str, Any]:
     """Evaluate ``method`` on ``data`` with ``model`` (with the LoRA adapter ``lora`` merged in, if given); returns
     the metrics report (see :func:`score_rows`)."""
@@ -149,14 +163,16 @@ def run_eval(
     records = read_jsonl(path)
     if limit is not None:
         records = records[:limit]
-    vlm = load(model, lora=lora)
+    vlm = load(model, lora=lora, vit_attention=vit_attention)
     num_frames = num_frames or vlm.video_frames
     m = build_method(method, keep=keep, layer=layer, pruner=pruner, num_layers=vlm.num_layers)
-    warn_unpaired_tuning(pruner, lora)
+    warn_unpaired_tuning(pruner, lora, model)
     settings = {"model": model, "data": data, "method": m.to_dict(), "max_new_tokens": max_new_tokens,
                 "num_frames": num_frames}
     if lora is not None:
         settings["lora"] = str(lora)
+    if vit_attention != "stock":  # recorded only when set, so earlier runs' predictions still resume
+        settings["vit_attention"] = vit_attention
 
     done: dict[str, dict[str, Any]] = {}
     out = None
@@ -212,6 +228,8 @@ def run_eval(
     report = {"model": model, "data": data, "method": m.to_dict(), "num_frames": num_frames, **score_rows(rows)}
     if lora is not None:
         report["lora"] = str(lora)
+    if vit_attention != "stock":
+        report["vit_attention"] = vit_attention
     report["seconds"] = time.perf_counter() - t0
     report["computed"] = len(todo)
     return report
