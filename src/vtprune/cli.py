@@ -51,6 +51,8 @@ def ask(
     question: str = typer.Option(..., "--question", "-q"),
     image: list[Path] = typer.Option([], "--image", help="Image file (repeat for several)."),
     video: Optional[Path] = typer.Option(None, "--video", help="Video file (Qwen families)."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="The video file's frame rate: places the sampled frames "
+                                        "on Qwen2.5-VL's time axis (default: HF's, 2 fps after sampling)."),
     method: str = typer.Option("none", "--method"),
     keep: Optional[float] = typer.Option(None, "--keep", help="Fraction of visual tokens to keep, in (0, 1]."),
     layer: Optional[int] = typer.Option(None, "--layer", help="Prune after this LLM layer (0-based)."),
@@ -65,12 +67,15 @@ def ask(
 ) -> None:
     """Answer one question about an image (or video), pruning with --method."""
     from vtprune.api import load
-    from vtprune.data.dataset import load_image, load_video
+    from vtprune.data.dataset import load_clip, load_image
+    from vtprune.errors import ConfigError
     from vtprune.eval.runner import build_method, warn_unpaired_tuning
 
+    if fps is not None and video is None:
+        raise ConfigError("--fps is the frame rate of --video; give a video")
     vlm = load(model, lora=lora, vit_attention=vit_attention)
     images = [load_image(p) for p in image]
-    frames = load_video(video, num_frames=vlm.video_frames) if video is not None else None
+    frames, sampled_fps = load_clip(video, vlm.video_frames, fps) if video is not None else (None, None)
     unpruned = not images and frames is None
     m = build_method(method, keep=keep, layer=layer, pruner=pruner_path, num_layers=vlm.num_layers)
     warn_unpaired_tuning(pruner_path, lora, model)
@@ -78,7 +83,7 @@ def ask(
         typer.echo("note: no image or video given; running the text-only prompt unpruned", err=True)
     from vtprune.adapters import Sample
 
-    ans = vlm.generate([Sample(question, images, frames)], None if unpruned else m, max_new_tokens=max_new_tokens)[0]
+    ans = vlm.generate([Sample(question, images, frames, sampled_fps)], None if unpruned else m, max_new_tokens=max_new_tokens)[0]
     if as_json:
         _emit_json(
             {

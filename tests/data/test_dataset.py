@@ -24,13 +24,15 @@ def test_read_jsonl_resolves_paths_and_keeps_fields(tmp_path):
          "boxes": [[1, 2, 3, 4]]},
         "",
         {"id": "b", "image": ["1.png", "/abs/2.png"], "question": "q2", "answers": "y", "source": "hand"},
-        {"id": "c", "video": "v.mp4", "question": "q3", "answers": [3], "frames": [0, 5], "boxes": [[0, 0, 1, 1]] * 2},
+        {"id": "c", "video": "v.mp4", "question": "q3", "answers": [3], "frames": [0, 5], "boxes": [[0, 0, 1, 1]] * 2,
+         "fps": 30},
     ])
     a, b, c = read_jsonl(p)
     assert isinstance(a, Record) and a.images == [tmp_path / "sub" / "img" / "a.png"] and a.boxes == [[1, 2, 3, 4]]
     assert a.type == "lookup" and a.video is None
     assert b.images[1].as_posix() == "/abs/2.png" and b.answers == ["y"] and b.extra == {"source": "hand"}
     assert c.video == tmp_path / "sub" / "v.mp4" and c.answers == ["3"] and c.frames == [0, 5] and not c.images
+    assert c.fps == 30.0 and a.fps is None and "fps" not in c.extra
 
 
 @pytest.mark.parametrize(
@@ -44,6 +46,8 @@ def test_read_jsonl_resolves_paths_and_keeps_fields(tmp_path):
         ('{"id": 1, "question": "q", "answers": ["a"], "boxes": [[1, 2, 3]]}', "'boxes'"),
         ('{"id": 1, "question": "q", "answers": ["a"], "image": 5}', "'image'"),
         ('{"id": "ok", "question": "q", "answers": ["a"]}', "duplicate id"),
+        ('{"id": 1, "question": "q", "answers": ["a"], "fps": 0}', "'fps'"),
+        ('{"id": 1, "question": "q", "answers": ["a"], "fps": "30"}', "'fps'"),
     ],
 )
 def test_read_jsonl_errors_name_file_and_line(tmp_path, line, msg):

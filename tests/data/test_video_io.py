@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vtprune.data.dataset import load_video
+from vtprune.data.dataset import load_clip, load_video
 from vtprune.data.video import read_video, sample_indices, write_video
 from vtprune.errors import InputError
 from vtprune.testbed.tasks import make_video_sample
@@ -47,3 +47,22 @@ def test_load_video_errors(tmp_path):
         load_video(tmp_path / "junk.mp4", num_frames=0)
     with pytest.raises(ValueError):
         write_video(tmp_path / "x.mp4", np.zeros((2, 8, 8), np.uint8))
+
+
+def test_load_clip_gives_the_sampled_frames_rate(tmp_path):
+    """A resampled clip keeps its duration: 4 of 16 frames at 8 fps are 2 fps (what Qwen2.5-VL's time axis reads)."""
+    from vtprune.eval.runner import sample_for_record
+    from vtprune.data.dataset import Record
+
+    frames = make_video_sample("motion", 0).frames
+    write_video(tmp_path / "v.mp4", frames)
+    clip, fps = load_clip(tmp_path / "v.mp4", 4, 8.0)
+    assert len(clip) == 4 and fps == 2.0 and np.array_equal(np.asarray(clip[1]), frames[sample_indices(16, 4)[1]])
+    assert load_clip(tmp_path / "v.mp4", None, 8.0)[1] == 8.0 and load_clip(tmp_path / "v.mp4", 4)[1] is None
+    s = sample_for_record(Record("a", "q", ["x"], video=tmp_path / "v.mp4", fps=24.0), num_frames=8)
+    assert len(s.video) == 8 and s.fps == 12.0
+    assert sample_for_record(Record("a", "q", ["x"], video=tmp_path / "v.mp4"), num_frames=8).fps is None
+    with pytest.raises(InputError, match="num_frames"):
+        load_clip(tmp_path / "v.mp4", 0)
+    with pytest.raises(InputError, match="fps must be > 0, got -1"):
+        load_clip(tmp_path / "v.mp4", 4, -1)

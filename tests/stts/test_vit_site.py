@@ -172,3 +172,31 @@ def test_bias_needs_a_following_block(vlm):
     from tests.conftest import make_image
     with pytest.raises(vtprune.ConfigError, match="not available"):
         prefill(llava.adapter, llava.adapter.encode([vtprune.Sample("q", [make_image(56, 56)])]), FixedVit())
+
+
+def test_video_fps_places_tokens_on_qwen2_5_vls_time_axis(vlm):
+    """``Sample.fps`` becomes HF's ``second_per_grid_ts`` (temporal_patch_size / fps, as its processor computes it):
+    the prompt's logits equal the stock model's own positions from it, pruned or not, and 2 fps is HF's default."""
+    frames = video(8, 112, 84, 3)
+    batch = vlm.adapter.encode([vtprune.Sample("what moves?", video=frames, fps=4.0),
+                                vtprune.Sample("and here?", video=video(4, 112, 84, 5))])
+    assert batch.model_inputs["second_per_grid_ts"].tolist() == [0.5, 1.0]
+    with torch.no_grad():
+        stock = vlm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **batch.model_inputs).logits
+    ours = prefill(vlm.adapter, batch, None, all_logits=True)
+    valid = batch.attention_mask.bool()
+    torch.testing.assert_close(ours.logits[valid], stock[valid], rtol=1e-5, atol=1e-5)
+    # the time axis: 4 temporal patches 0.5 s apart sit at 2x tokens_per_second x 0.5 = 2 positions apart, not 4
+    tps = vlm.model.config.vision_config.tokens_per_second
+    t_pos = ours.positions[1, 0][batch.visual_mask[0]].unique()
+    assert (t_pos - t_pos[0]).tolist() == [i * tps * 0.5 for i in range(4)]
+    default = vlm.adapter.encode([vtprune.Sample("what moves?", video=frames)])
+    at_2fps = vlm.adapter.encode([vtprune.Sample("what moves?", video=frames, fps=2.0)])
+    assert "second_per_grid_ts" not in default.model_inputs
+    assert torch.equal(prefill(vlm.adapter, default, None).positions, prefill(vlm.adapter, at_2fps, None).positions)
+    # a pruned run keeps the survivors' time positions
+    m = FixedVit(block=1, pattern=lambda ctx: torch.arange(ctx.hidden.shape[0]) % 2 == 0)
+    kept = prefill(vlm.adapter, batch, m)
+    assert set(kept.positions[1, 0].tolist()) <= set(ours.positions[1, 0].tolist())
+    with pytest.raises(vtprune.InputError, match="fps"):
+        vtprune.Sample("q", video=frames, fps=0)

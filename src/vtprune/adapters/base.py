@@ -29,6 +29,14 @@ class Sample:
     images: list[Image.Image] = field(default_factory=list)
     video: list[Image.Image] | None = None
     """Frames of one video, in order; Qwen families only."""
+    fps: float | None = None
+    """Frames per second of ``video`` as given (after any resampling). Qwen2.5-VL places video tokens on an absolute
+    time axis: ``second_per_grid_ts = temporal_patch_size / fps``, as HF's processor computes it. ``None`` is HF's
+    default of one second per temporal patch (2 fps). Qwen2-VL has no time axis and ignores it."""
+
+    def __post_init__(self) -> None:
+        if self.fps is not None and not self.fps > 0:
+            raise InputError(f"fps must be > 0, got {self.fps}")
 
 
 @dataclass

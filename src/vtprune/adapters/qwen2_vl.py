@@ -32,6 +32,15 @@ class Qwen2VLAdapter(Adapter):
     def vision_tower(self) -> torch.nn.Module:
         return self.model.model.visual
 
+    @property
+    def _temporal_patch(self) -> int:
+        return int(self.model.config.vision_config.temporal_patch_size)
+
+    @property
+    def _absolute_time(self) -> bool:
+        """Qwen2.5-VL's M-RoPE spaces temporal patches by their seconds (``tokens_per_second``); Qwen2-VL by index."""
+        return hasattr(self.model.config.vision_config, "tokens_per_second")
+
     def _tok(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
@@ -40,7 +49,7 @@ class Qwen2VLAdapter(Adapter):
 
     def _video_pixels(self, frames: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Qwen's temporal patchify of a frame list: ``pixel_values_videos`` ``[N, C*T*P*P]`` and ``grid_thw`` ``[1, 3]``."""
-        tp = int(self.model.config.vision_config.temporal_patch_size)
+        tp = self._temporal_patch
         frames = list(frames)
         if len(frames) % tp:
             frames += [frames[-1]] * (tp - len(frames) % tp)
@@ -70,6 +79,7 @@ class Qwen2VLAdapter(Adapter):
         coords: list[torch.Tensor] = []
         grids: list[list[tuple[int, int, int]]] = []
         pixel_values, image_grids, video_values, video_grids = [], [], [], []
+        video_seconds: list[float | None] = []  # per video, seconds per temporal patch (None: HF's default)
         m2 = self.merge * self.merge
         for s in samples:
             ids: list[int] = []
@@ -91,6 +101,7 @@ class Qwen2VLAdapter(Adapter):
                     raise InputError("video has no frames")
                 pv, g = self._video_pixels(s.video)
                 items.append((2, pv, g))
+                video_seconds.append(self._temporal_patch / s.fps if s.fps else None)
             tt = [0] * len(ids)
             for item_idx, (kind, pv, g) in enumerate(items):
                 t, h, w = int(g[0, 0]), int(g[0, 1]) // self.merge, int(g[0, 2]) // self.merge
@@ -117,6 +128,8 @@ class Qwen2VLAdapter(Adapter):
         if video_values:
             model_inputs["pixel_values_videos"] = torch.cat(video_values)
             model_inputs["video_grid_thw"] = torch.cat(video_grids)
+            if self._absolute_time and any(v is not None for v in video_seconds):
+                model_inputs["second_per_grid_ts"] = torch.tensor([1.0 if v is None else v for v in video_seconds])
         visual_mask = tt_ids > 0
         return EncodedBatch(input_ids, attention_mask, model_inputs, visual_mask, coords, grids)
 
@@ -165,6 +178,7 @@ class Qwen2VLAdapter(Adapter):
                 image_grid_thw=mi.get("image_grid_thw"),
                 video_grid_thw=mi.get("video_grid_thw"),
                 attention_mask=attention_mask,
+                **({"second_per_grid_ts": mi["second_per_grid_ts"]} if "second_per_grid_ts" in mi else {}),
             )
         else:
             mrope = text_pos.unsqueeze(0).expand(3, -1, -1)

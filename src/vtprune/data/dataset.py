@@ -3,7 +3,8 @@
 One sample a line::
 
     {"id": "...", "image": "path" | ["path", ...], "video": "path", "question": "...", "answers": ["..."],
-     "type": "optional task type", "boxes": [[x0, y0, x1, y1], ...], "frames": [evidence frame indices]}
+     "type": "optional task type", "boxes": [[x0, y0, x1, y1], ...], "frames": [evidence frame indices],
+     "fps": the video file's frame rate (optional: places a resampled video on Qwen2.5-VL's time axis)}
 
 Relative paths resolve against the JSONL file's folder. ``testbed:<name>`` names a generated set
 (:mod:`vtprune.testbed.sets`). Every user-facing failure is an :class:`~vtprune.errors.InputError`.
@@ -20,7 +21,7 @@ from PIL import Image
 
 from vtprune.errors import InputError
 
-_KNOWN = {"id", "image", "video", "question", "answers", "type", "boxes", "frames"}
+_KNOWN = {"id", "image", "video", "question", "answers", "type", "boxes", "frames", "fps"}
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Record:
     type: str | None = None
     boxes: list[list[float]] = field(default_factory=list)  # evidence boxes, [x0, y0, x1, y1] pixels
     frames: list[int] = field(default_factory=list)  # video: evidence frame of each box
+    fps: float | None = None  # video: the file's frame rate
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -67,6 +69,9 @@ def _record(obj: Any, root: Path, where: str) -> Record:
     frames = obj.get("frames") or []
     if not isinstance(frames, list) or not all(isinstance(f, int) for f in frames):
         raise bad("'frames' must be a list of frame indices")
+    fps = obj.get("fps")
+    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0):
+        raise bad("'fps' must be a number > 0")
     return Record(
         id=str(obj.get("id", where)),
         question=q,
@@ -76,6 +81,7 @@ def _record(obj: Any, root: Path, where: str) -> Record:
         type=obj.get("type"),
         boxes=[[float(v) for v in b] for b in boxes],
         frames=frames,
+        fps=float(fps) if fps is not None else None,
         extra={k: v for k, v in obj.items() if k not in _KNOWN},
     )
 
@@ -134,6 +140,24 @@ def load_video(path: str | Path, num_frames: int | None = None) -> list[Image.Im
     if len(frames) == 0:
         raise InputError(f"cannot read video {path}: no frames")
     return [Image.fromarray(f) for f in frames]
+
+
+def load_clip(path: str | Path, num_frames: int | None = None, fps: float | None = None
+              ) -> tuple[list[Image.Image], float | None]:
+    """A video's frames, ``num_frames`` uniformly spaced if given, and their rate: ``fps`` (the file's) times the
+    share of frames kept, so the frames span the clip's duration on Qwen2.5-VL's time axis; ``None`` without
+    ``fps``."""
+    from vtprune.data.video import sample_indices
+
+    if fps is not None and not fps > 0:
+        raise InputError(f"fps must be > 0, got {fps}")
+    frames = load_video(path)
+    total = len(frames)
+    if num_frames is not None:
+        if num_frames < 1:
+            raise InputError(f"num_frames must be >= 1, got {num_frames}")
+        frames = [frames[i] for i in sample_indices(total, num_frames)]
+    return frames, (fps * len(frames) / total if fps is not None else None)
 
 
 def resolve_data(spec: str | Path) -> Path:

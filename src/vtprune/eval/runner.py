@@ -75,14 +75,18 @@ def warn_unpaired_tuning(pruner: str | None, lora: str | None, model: str | None
 def sample_for_record(rec: Any, num_frames: int | None = None) -> Any:
     """Load a dataset record's image(s)/video into a :class:`Sample` (errors are :class:`InputError`).
 
-    ``num_frames`` resamples videos uniformly to that many frames (test-time scaling uses more than training)."""
+    ``num_frames`` resamples videos uniformly to that many frames (test-time scaling uses more than training). A
+    record's ``fps`` (the file's frame rate) gives the resampled frames' rate, ``fps * kept / total``: Qwen2.5-VL's
+    time axis then spans the clip's real duration whatever the frame count."""
     from vtprune.adapters import Sample
-    from vtprune.data.dataset import load_image, load_video
+    from vtprune.data.dataset import load_clip, load_image
 
     paths = getattr(rec, "images", None) or getattr(rec, "image", None) or []
     images = [load_image(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
-    video = load_video(rec.video, num_frames=num_frames) if getattr(rec, "video", None) else None
-    return Sample(rec.question, images, video)
+    video, fps = None, None
+    if getattr(rec, "video", None):
+        video, fps = load_clip(rec.video, num_frames, getattr(rec, "fps", None))
+    return Sample(rec.question, images, video, fps)
 
 
 def _read_done(path: Path) -> dict[str, dict[str, Any]]:
