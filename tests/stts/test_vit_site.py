@@ -192,7 +192,7 @@ def test_video_fps_places_tokens_on_qwen2_5_vls_time_axis(vlm):
     assert (t_pos - t_pos[0]).tolist() == [i * tps * 0.5 for i in range(4)]
     default = vlm.adapter.encode([vtprune.Sample("what moves?", video=frames)])
     at_2fps = vlm.adapter.encode([vtprune.Sample("what moves?", video=frames, fps=2.0)])
-    assert "second_per_grid_ts" not in default.model_inputs
+    assert default.model_inputs["second_per_grid_ts"].tolist() == [1.0]
     assert torch.equal(prefill(vlm.adapter, default, None).positions, prefill(vlm.adapter, at_2fps, None).positions)
     # a pruned run keeps the survivors' time positions
     m = FixedVit(block=1, pattern=lambda ctx: torch.arange(ctx.hidden.shape[0]) % 2 == 0)
@@ -200,3 +200,9 @@ def test_video_fps_places_tokens_on_qwen2_5_vls_time_axis(vlm):
     assert set(kept.positions[1, 0].tolist()) <= set(ours.positions[1, 0].tolist())
     with pytest.raises(vtprune.InputError, match="fps"):
         vtprune.Sample("q", video=frames, fps=0)
+    # the training collator (one encode per sample, then concatenated) keeps one entry per video, in order
+    from vtprune.training.supervised import encode_with_answers
+
+    sup = encode_with_answers(vlm.adapter, [vtprune.Sample("a?", video=frames), vtprune.Sample("b?", video=frames,
+                                                                                               fps=8.0)], ["x", "y"])
+    assert sup.model_inputs["second_per_grid_ts"].tolist() == [1.0, 0.25]

@@ -128,7 +128,7 @@ class Qwen2VLAdapter(Adapter):
         if video_values:
             model_inputs["pixel_values_videos"] = torch.cat(video_values)
             model_inputs["video_grid_thw"] = torch.cat(video_grids)
-            if self._absolute_time and any(v is not None for v in video_seconds):
+            if self._absolute_time:  # one entry per video, so batches built from per-sample encodes stay aligned
                 model_inputs["second_per_grid_ts"] = torch.tensor([1.0 if v is None else v for v in video_seconds])
         visual_mask = tt_ids > 0
         return EncodedBatch(input_ids, attention_mask, model_inputs, visual_mask, coords, grids)
