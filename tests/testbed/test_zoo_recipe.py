@@ -125,7 +125,7 @@ def test_readout_loss_is_the_lm_head_read_at_the_chosen_layer():
     from vtprune.errors import ConfigError
     from vtprune.testbed.random_models import build_random
     from vtprune.training.base import ZooRecipe
-    from vtprune.training.probe import CONTENT_CLASSES, IGNORE, content_token_ids
+    from vtprune.training.probe import CONTENT_CLASSES, IGNORE, NT, content_token_ids
     from vtprune.training.supervised import encode_with_answers
 
     model, tok, proc = build_random("qwen2_5_vl", seed=1)
@@ -136,13 +136,14 @@ def test_readout_loss_is_the_lm_head_read_at_the_chosen_layer():
     assert ids[CONTENT_CLASSES.index("47")] == tok.encode("4", add_special_tokens=False)[0]
 
     b = encode_with_answers(ad, [vtprune.Sample("what?", [make_image(56, 84, 1)])], ["k"])
-    targets = torch.full((*b.input_ids.shape, 4), IGNORE, dtype=torch.long)
+    targets = torch.full((*b.input_ids.shape, NT), IGNORE, dtype=torch.long)
     pos = b.visual_mask[0].nonzero().squeeze(1)
-    targets[0, pos, 2] = 0  # visual, nothing drawn: no readout target
-    targets[0, pos[:3], 2] = torch.tensor([k, k + 1, CONTENT_CLASSES.index("47")])
+    targets[0, pos, 2] = targets[0, pos, 6] = 0  # visual, nothing drawn: no readout target
+    targets[0, pos[:2], 2] = torch.tensor([k, k + 1])
+    targets[0, pos[2], 6] = CONTENT_CLASSES.index("47")  # shown in the patch's second frame only: read out too
     n = model.config.get_text_config().num_hidden_layers
     out = model(**b.model_kwargs(ad), output_hidden_states=True)
-    want = ids[targets[0, pos[:3], 2]]
+    want = ids[torch.tensor([k, k + 1, CONTENT_CLASSES.index("47")])]
     # at the last layer the readout is exactly the model's own logits at those tokens
     last = ZooRecipe(model, 0.0, 0.0, adapter=ad, readout_weight=1.0, readout_layer=n)
     torch.testing.assert_close(last.readout(out.hidden_states, targets),
@@ -157,7 +158,7 @@ def test_readout_loss_is_the_lm_head_read_at_the_chosen_layer():
     model.zero_grad()
     mid.readout(out.hidden_states, targets).backward()
     assert model.model.visual.merger.mlp[0].weight.grad.abs().sum() > 0
-    targets[..., 2] = 0
+    targets[..., 2] = targets[..., 6] = 0
     assert mid.readout(out.hidden_states, targets) is None
     with pytest.raises(ConfigError, match="readout-layer"):
         ZooRecipe(model, 0.0, 0.0, adapter=ad, readout_weight=1.0, readout_layer=0)

@@ -210,11 +210,14 @@ class ZooRecipe(torch.nn.Module):
         self.last: dict[str, float] = {}
 
     def readout(self, hidden_states: tuple[torch.Tensor, ...], probe_targets: torch.Tensor) -> torch.Tensor | None:
-        """Cross-entropy of the LM head read at layer ``readout_layer`` on the visual tokens with content
-        (``probe_targets[..., 2] > 0``) against that content's first token; ``None`` when the batch has none.
+        """Cross-entropy of the LM head read at layer ``readout_layer`` on the visual tokens with content (in either
+        frame of a video token's patch: :func:`~vtprune.training.probe.content_any`) against that content's first
+        token; ``None`` when the batch has none.
 
-        ``hidden_states`` is the HF tuple (embeddings, then each layer's output); ``probe_targets`` ``[B, L, 4]``."""
-        content = probe_targets[..., 2]
+        ``hidden_states`` is the HF tuple (embeddings, then each layer's output); ``probe_targets`` ``[B, L, NT]``."""
+        from vtprune.training.probe import content_any
+
+        content = content_any(probe_targets)
         m = content > 0
         if not bool(m.any()):
             return None

@@ -8,8 +8,10 @@ centre, its content (glyph, table key or value), and whether the object's centre
 counting). The probe is thrown away after training; the shipped model is the stock HF class and nothing else.
 
 Targets come from the scene fields of testbed records (image ``objects`` and ``rows``, video ``tracks``); records
-without them (user data) get no probe loss. A video token (one per temporal patch of 2 frames) is labelled from
-the first frame of its patch.
+without them (user data) get no probe loss. A video token covers a temporal patch of 2 frames, and what changes in a
+video (a colour, a tile shown for one frame) often changes inside a patch: its colour, kind and content are labelled
+for each of the patch's two frames (the ``*_b`` heads; an image's two frames are one image, so both sets agree).
+Labelling only the first frame taught the tower to ignore the second (a glyph shown in it was labelled "none").
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ COLOR_CLASSES = ("none", *COLORS)
 KIND_CLASSES = ("none", *KINDS, "table key", "table value", "tile")
 CONTENT_CLASSES = ("none", *[g.lower() for g in GLYPHS], *DOC_KEYS, *[str(n) for n in range(10, 100)], *DOC_WORDS)
 HEADS: dict[str, int] = {"color": len(COLOR_CLASSES), "kind": len(KIND_CLASSES), "content": len(CONTENT_CLASSES),
-                         "centre": 2}
+                         "centre": 2, "color_b": len(COLOR_CLASSES), "kind_b": len(KIND_CLASSES),
+                         "content_b": len(CONTENT_CLASSES)}
+"""The probe's heads, one target column each: a token's first frame (colour, kind, content, centre), then its
+temporal patch's second frame (colour, kind, content)."""
+NT = len(HEADS)
 _KIND = {k: i for i, k in enumerate(KIND_CLASSES)}
 _COLOR = {c: i for i, c in enumerate(COLOR_CLASSES)}
 _CONTENT = {c: i for i, c in enumerate(CONTENT_CLASSES)}
@@ -63,7 +69,21 @@ class TokenGrid:
 
 def token_targets(extra: dict[str, Any], image_size: tuple[int, int], hw: torch.Tensor,
                   grid: tuple[int, int]) -> torch.Tensor:
-    """Targets ``[N, 4]`` (colour, kind, content, centre) for ``N`` visual tokens of one image.
+    """Targets ``[N, NT]`` for ``N`` visual tokens of one image (see :data:`HEADS`; the second frame's columns
+    repeat the first's). Arguments as :func:`frame_targets`."""
+    t = frame_targets(extra, image_size, hw, grid)
+    return torch.cat([t, t[:, :3]], dim=1)
+
+
+def content_any(targets: torch.Tensor) -> torch.Tensor:
+    """``[...]`` the content a token shows in either frame of its patch (the first frame's where both have one)."""
+    a, b = targets[..., 2], targets[..., 6]
+    return torch.where(a > 0, a, b)
+
+
+def frame_targets(extra: dict[str, Any], image_size: tuple[int, int], hw: torch.Tensor,
+                  grid: tuple[int, int]) -> torch.Tensor:
+    """Targets ``[N, 4]`` (colour, kind, content, centre) for ``N`` visual tokens of one frame or image.
 
     Args:
         extra: the record's scene fields: ``objects`` = ``[[kind, colour, glyph|None, box], ...]`` and ``rows`` =
@@ -90,11 +110,12 @@ def token_targets(extra: dict[str, Any], image_size: tuple[int, int], hw: torch.
 
 def video_token_targets(extra: dict[str, Any], frame_size: tuple[int, int], thw: torch.Tensor,
                         grid: tuple[int, int, int], num_frames: int) -> torch.Tensor:
-    """Targets ``[N, 4]`` for the tokens of one video whose ``tracks`` are ``[[kind, colours[T], glyph, boxes[T]]]``.
+    """Targets ``[N, NT]`` for the tokens of one video whose ``tracks`` are ``[[kind, colours[T], glyph, boxes[T]]]``:
+    the first frame of each token's temporal patch in the first four columns, its second frame in the last three.
 
     ``thw`` is ``[N, 3]`` (temporal patch, row, column); ``num_frames`` is how many frames the model was given
     (resampled from the track length with the loader's own :func:`~vtprune.data.video.sample_indices`), in
-    patches of ``num_frames // grid[0]``.
+    patches of ``num_frames // grid[0]`` (an odd count's last patch repeats its frame, as the adapter pads it).
     """
     from vtprune.data.video import sample_indices
 
@@ -102,24 +123,29 @@ def video_token_targets(extra: dict[str, Any], frame_size: tuple[int, int], thw:
     total = len(tracks[0][3])
     frames = sample_indices(total, num_frames)  # every frame when num_frames == total
     per = max(1, num_frames // grid[0])
-    out = torch.zeros(thw.shape[0], 4, dtype=torch.long)
-    for t in range(grid[0]):
-        f = frames[min(t * per, len(frames) - 1)]
+
+    def at(f: int, hw: torch.Tensor) -> torch.Tensor:
         objs = [[kind, colors[f], glyph, boxes[f]] for kind, colors, glyph, boxes in tracks if boxes[f] is not None]
+        return frame_targets({"objects": objs}, frame_size, hw, grid[1:])
+
+    out = torch.zeros(thw.shape[0], NT, dtype=torch.long)
+    for t in range(grid[0]):
         m = thw[:, 0] == t
-        out[m] = token_targets({"objects": objs}, frame_size, thw[m, 1:], grid[1:])
+        first = min(t * per, len(frames) - 1)
+        out[m, :4] = at(frames[first], thw[m, 1:])
+        out[m, 4:] = at(frames[min(first + per - 1, len(frames) - 1)], thw[m, 1:])[:, :3]
     return out
 
 
 def batch_targets(extras: list[dict[str, Any]], samples: list[Any], visual_mask: torch.Tensor,
                   coords: list[torch.Tensor], grids: list[list[tuple[int, int, int]]]) -> torch.Tensor | None:
-    """Targets ``[B, L, 4]`` over a left-padded batch: -100 except on the visual tokens of scene-bearing samples.
+    """Targets ``[B, L, NT]`` over a left-padded batch: -100 except on the visual tokens of scene-bearing samples.
 
     ``extras`` are the records' extra fields (``Record.extra``), one per sample."""
     if not any(has_scene(e) for e in extras):
         return None
     B, L = visual_mask.shape
-    out = torch.full((B, L, 4), IGNORE, dtype=torch.long)
+    out = torch.full((B, L, NT), IGNORE, dtype=torch.long)
     for b, (extra, s) in enumerate(zip(extras, samples)):
         pos = visual_mask[b].nonzero().squeeze(1)
         if "objects" in extra and len(s.images) == 1 and s.video is None:
@@ -148,7 +174,7 @@ class TokenProbe(torch.nn.Module):
         self.proj = torch.nn.Linear(hidden, sum(HEADS.values()))
 
     def loss(self, visual_states: torch.Tensor, targets: torch.Tensor, none_weight: float = 0.1) -> torch.Tensor:
-        """Mean over heads of a class-balanced cross-entropy; ``visual_states`` ``[N, D]``, ``targets`` ``[N, 4]``.
+        """Mean over heads of a class-balanced cross-entropy; ``visual_states`` ``[N, D]``, ``targets`` ``[N, NT]``.
 
         Most tokens are background (class ``none``); a plain token mean would let the easy background drown the
         few tokens that hold a glyph. Per head, the loss is the mean over tokens with a real target plus
