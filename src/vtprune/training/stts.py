@@ -103,15 +103,15 @@ class _Trainee(nn.Module):
 
 
 def _load_rows(data: list[str], num_frames: int | None) -> list[tuple[Sample, list[str]]]:
-    from vtprune.data.dataset import load_image, load_video, read_jsonl, resolve_data
+    from vtprune.data.dataset import read_jsonl, resolve_data
+    from vtprune.eval.runner import sample_for_record
 
     rows = []
     for spec in data:
         for r in read_jsonl(resolve_data(spec)):
             if r.video is None:
                 continue
-            rows.append((Sample(r.question, [load_image(p) for p in r.images], load_video(r.video, num_frames)),
-                         r.answers))
+            rows.append((sample_for_record(r, num_frames), r.answers))  # with the line's fps, as eval reads it
     return rows
 
 
