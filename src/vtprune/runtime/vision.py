@@ -112,6 +112,7 @@ def run_tower(plan: VisionPlan, block: int, select: Callable[[VisionContext], to
     ctx = VisionContext(stage=Stage("vit", block), hidden=h.view(U, m, -1)[raster], grids=list(plan.unit_grids),
                         depth=depth, training=torch.is_grad_enabled())
     dec = _as_decision(select(ctx), U, name)
+    del ctx  # its raster-ordered copy of the hidden states would otherwise stay alive through the full-size bias block
     keep_p = dec.keep.to(h.device)[order]  # processing order
 
     nxt = block + 1
