@@ -119,3 +119,29 @@ def test_glimpse_token_is_a_deep_prompt(vlms):
         assert torch.equal(m.before_layer(3, h), h)
     finally:
         mods.glimpse.layers = [0, 1, 2, 3]
+
+
+def test_cond_attention_unmasked_fast_path_equals_the_attention_it_replaces():
+    """With every key valid the VIP's attention runs unmasked through a fused kernel (v zero-padded to the q/k head
+    size); it equals plain softmax attention, as does the masked path on the same all-valid mask."""
+    from vtprune.methods.glimpse.modules import CondAttention
+
+    torch.manual_seed(0)
+    att = CondAttention(size=32, cond_size=16, heads=4)
+    G, M = 2, 9
+    x, c = torch.randn(G, M, 32), torch.randn(G, M, 16)
+    rope = Rope2D(12, 100.0)(torch.randint(0, 5, (G, M, 2)))
+    valid = torch.ones(G, M, dtype=torch.bool)
+    qk = torch.cat([x, c], -1)
+    q = apply_rope(att.q_proj(qk).view(G, M, 4, 12).transpose(1, 2), *rope)
+    k = apply_rope(att.k_proj(qk).view(G, M, 4, 12).transpose(1, 2), *rope)
+    v = att.v_proj(x).view(G, M, 4, 8).transpose(1, 2)
+    ref = torch.softmax(q @ k.transpose(-1, -2) / 12 ** 0.5, -1) @ v
+    ref = att.o_proj(ref.transpose(1, 2).reshape(G, M, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(att(x, c, rope, valid), ref, rtol=1e-5, atol=1e-5)
+        part = valid.clone()
+        part[1, -2:] = False  # padding: the masked path
+        out = att(x, c, rope, part)
+        torch.testing.assert_close(out[0], ref[0], rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(out[1], ref[1])

@@ -86,7 +86,15 @@ class CondAttention(nn.Module):
         k = self.k_proj(qk_in).view(G, M, self.heads, -1).transpose(1, 2)
         v = self.v_proj(x).view(G, M, self.heads, -1).transpose(1, 2)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])  # [G, heads, M, S/heads]
+        if bool(key_mask.all()):  # one image, or images of one size: no mask, so sdpa can take a fused kernel
+            # the fused kernels want one head size; v's (S/heads) is below q's and k's ((S+C)/heads): zero columns
+            # added to v give zero outputs, dropped after (exact). The unfused path materialises [G, heads, M, M]
+            # scores and their softmax: 2 x 64 MB fp32 at 2048 tokens and 4 heads.
+            dv = v.shape[-1]
+            out = F.scaled_dot_product_attention(q, k, F.pad(v, (0, max(0, q.shape[-1] - dv))))[..., :dv]
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
+        # out: [G, heads, M, S/heads]
         return self.o_proj(out.transpose(1, 2).reshape(G, M, -1))
 
 
