@@ -173,3 +173,38 @@ def test_hard_relaxation_is_the_inference_cut_and_trains_dropped_tokens(vlms, fa
     assert bool(torch.isfinite(g).all()) and bool((g[dropped] != 0).all()) and bool((g[~dropped] != 0).any())
     with pytest.raises(ConfigError, match="relaxation"):
         prefill(vlm.adapter, batch, m, grad=True, soft="nope")
+
+
+def test_vip_runs_in_a_half_precision_models_precision_without_touching_its_weights():
+    """On a bf16 model the VIP's matmuls run in bf16 (autocast) while its fp32 weights stay fp32 (what a later
+    save or training step sees); the selection reads fp32 logits, close to the fp32 model's."""
+    import vtprune
+    from tests.conftest import make_image
+    from tests.glimpse.helpers import small_pruner
+    from vtprune.methods.glimpse import method as gm
+
+    vlm = vtprune.load("random:qwen2_5_vl")
+    m = small_pruner(vlm, seed=3, keep=0.5)
+    sample = [vtprune.Sample("what is left of the square?", [make_image(112, 84, 5)])]
+    matmul_dtypes, logits = [], []
+    hook = m.modules.vip.out_proj.register_forward_hook(lambda mod, a, out: matmul_dtypes.append(out.dtype))
+    real = gm.GlimpsePruner._packed_logits
+
+    def spy(self, ctx):
+        out = real(self, ctx)
+        logits.append(out[0])
+        return out
+
+    gm.GlimpsePruner._packed_logits = spy
+    try:
+        with torch.no_grad():
+            vlm.prefill(sample, m)
+            vlm.model.to(torch.bfloat16)
+            vlm.prefill(sample, m)
+    finally:
+        gm.GlimpsePruner._packed_logits = real
+        hook.remove()
+    assert matmul_dtypes == [torch.float32, torch.bfloat16]
+    assert [x.dtype for x in logits] == [torch.float32, torch.float32]
+    assert all(p.dtype == torch.float32 for p in m.modules.parameters())
+    torch.testing.assert_close(logits[1], logits[0], rtol=0.1, atol=0.1)

@@ -205,7 +205,13 @@ class GlimpsePruner(Pruner):
         attn = groups.pack(glimpse_attention(ctx, cfg.use_attention_logits))
         conds = [groups.pack(c) for c in vision_levels(ctx, cfg)]
         pos = groups.pack(ctx.coords[..., 2:4].to(ctx.hidden.device).clamp(min=0))
-        return mods.vip(attn, conds, pos, groups.valid), groups
+        # inference on a half-precision model runs the VIP's matmuls in the model's precision (autocast: the fp32
+        # weights stay as they are); in fp32 they took several times the model's own per-token time on bf16 hardware
+        dt = ctx.hidden.dtype
+        half = dt in (torch.float16, torch.bfloat16) and not torch.is_grad_enabled()
+        with torch.autocast(ctx.hidden.device.type, dtype=dt, enabled=half):
+            logits = mods.vip(attn, conds, pos, groups.valid)
+        return logits.float(), groups
 
 
 def resolve_pruner_path(path: str) -> Path:
