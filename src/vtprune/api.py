@@ -6,8 +6,11 @@ directory holding an HF checkpoint plus its tokenizer and image processor.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,16 +156,22 @@ def merge_lora(model: torch.nn.Module, path: str | Path) -> None:
     p = p / LORA_DIR if (p / LORA_DIR).is_dir() else p
     if not (p / "adapter_config.json").is_file():
         raise ModelLoadError(f"no LoRA adapter at {path} (expected adapter_config.json, or a lora/ folder holding it)")
-    import warnings
-
     from peft import PeftModel
 
     try:
-        with warnings.catch_warnings():  # peft asks transformers for a name it deprecates: not the user's concern
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        with quiet_peft():
             PeftModel.from_pretrained(model, str(p)).merge_and_unload()
     except (ValueError, RuntimeError, KeyError) as e:  # an adapter for other modules or shapes
         raise ModelLoadError(f"the LoRA adapter at {path} does not fit this model: {e}") from None
+
+
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """peft asks transformers for a name it deprecates (``is_gradient_checkpointing``); that FutureWarning is not
+    the user's concern, so the calls into peft run without it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def _video_frames(path: Path) -> int | None:

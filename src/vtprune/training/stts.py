@@ -133,8 +133,11 @@ def _tune(vlm: Any, tune: str, lora_rank: int) -> Any:
         return None
     from peft import LoraConfig, get_peft_model
 
+    from vtprune.api import quiet_peft
+
     cfg = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0, target_modules=LORA_TARGETS)
-    return get_peft_model(vlm.model, cfg)
+    with quiet_peft():
+        return get_peft_model(vlm.model, cfg)
 
 
 def apply_lora(vlm: Any, path: str | Path) -> None:
@@ -210,7 +213,10 @@ def train_stts(
     if peft_model is not None:
         for cfg in peft_model.peft_config.values():  # the name it was trained on, not this machine's path to it
             cfg.base_model_name_or_path = model
-        peft_model.save_pretrained(str(out / LORA_DIR))
+        from vtprune.api import quiet_peft
+
+        with quiet_peft():
+            peft_model.save_pretrained(str(out / LORA_DIR))
     elif tune == "full":
         vlm.model.save_pretrained(out / "base_model")
         vlm.tokenizer.save_pretrained(out / "base_model")
