@@ -23,6 +23,14 @@ app = typer.Typer(
 )
 
 
+# options shared by ask, eval and compare (one definition each, so their help cannot drift apart)
+LORA_OPTION = typer.Option(None, "--lora", help="LoRA adapter to merge into the model first (a peft directory, or a "
+                           "`train stts --tune lora` output).")
+VIT_ATTENTION_OPTION = typer.Option("stock", "--vit-attention", help="Qwen vision attention: stock (HF's, a call per "
+                                    "window) or packed (one call per block; what makes STTS's ViT cut pay on a GPU "
+                                    "without flash-attn).")
+
+
 def _emit_json(obj: object) -> None:
     typer.echo(json.dumps(obj, indent=None, default=float))
 
@@ -57,11 +65,8 @@ def ask(
     keep: Optional[float] = typer.Option(None, "--keep", help="Fraction of visual tokens to keep, in (0, 1]."),
     layer: Optional[int] = typer.Option(None, "--layer", help="Prune after this LLM layer (0-based)."),
     pruner_path: Optional[str] = typer.Option(None, "--pruner", help="Trained pruner (zoo:<name> or directory)."),
-    lora: Optional[str] = typer.Option(None, "--lora", help="LoRA adapter to merge into the model first (a peft "
-                                       "directory, or a `train stts --tune lora` output)."),
-    vit_attention: str = typer.Option("stock", "--vit-attention", help="Qwen vision attention: stock (HF's, a call "
-                                      "per window) or packed (one call per block; what makes STTS's ViT cut pay on "
-                                      "a GPU without flash-attn)."),
+    lora: Optional[str] = LORA_OPTION,
+    vit_attention: str = VIT_ATTENTION_OPTION,
     max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -83,7 +88,8 @@ def ask(
         typer.echo("note: no image or video given; running the text-only prompt unpruned", err=True)
     from vtprune.adapters import Sample
 
-    ans = vlm.generate([Sample(question, images, frames, sampled_fps)], None if unpruned else m, max_new_tokens=max_new_tokens)[0]
+    ans = vlm.generate([Sample(question, images, frames, sampled_fps)], None if unpruned else m,
+                       max_new_tokens=max_new_tokens)[0]
     if as_json:
         _emit_json(
             {
@@ -107,11 +113,8 @@ def eval_cmd(
     keep: Optional[float] = typer.Option(None, "--keep"),
     layer: Optional[int] = typer.Option(None, "--layer"),
     pruner_path: Optional[str] = typer.Option(None, "--pruner"),
-    lora: Optional[str] = typer.Option(None, "--lora", help="LoRA adapter to merge into the model first (a peft "
-                                       "directory, or a `train stts --tune lora` output)."),
-    vit_attention: str = typer.Option("stock", "--vit-attention", help="Qwen vision attention: stock (HF's, a call "
-                                      "per window) or packed (one call per block; what makes STTS's ViT cut pay on "
-                                      "a GPU without flash-attn)."),
+    lora: Optional[str] = LORA_OPTION,
+    vit_attention: str = VIT_ATTENTION_OPTION,
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     limit: Optional[int] = typer.Option(None, "--limit", min=1),
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="Write (and resume from) this JSONL."),
@@ -144,11 +147,8 @@ def compare(
     out: Path = typer.Option(..., "--out", help="Folder for predictions, results.json and table.md."),
     layer: Optional[int] = typer.Option(None, "--layer"),
     pruner: list[str] = typer.Option([], "--pruner", help="METHOD=PATH for learned methods (repeatable)."),
-    lora: Optional[str] = typer.Option(None, "--lora", help="LoRA adapter to merge into the model first (a peft "
-                                       "directory, or a `train stts --tune lora` output)."),
-    vit_attention: str = typer.Option("stock", "--vit-attention", help="Qwen vision attention: stock (HF's, a call "
-                                      "per window) or packed (one call per block; what makes STTS's ViT cut pay on "
-                                      "a GPU without flash-attn)."),
+    lora: Optional[str] = LORA_OPTION,
+    vit_attention: str = VIT_ATTENTION_OPTION,
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     limit: Optional[int] = typer.Option(None, "--limit", min=1),
     max_new_tokens: int = typer.Option(8, "--max-new-tokens", min=1),

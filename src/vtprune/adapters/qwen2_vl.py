@@ -79,7 +79,7 @@ class Qwen2VLAdapter(Adapter):
         coords: list[torch.Tensor] = []
         grids: list[list[tuple[int, int, int]]] = []
         pixel_values, image_grids, video_values, video_grids = [], [], [], []
-        video_seconds: list[float | None] = []  # per video, seconds per temporal patch (None: HF's default)
+        video_seconds: list[float] = []  # per video, seconds per temporal patch (HF's default 1.0 without an fps)
         m2 = self.merge * self.merge
         for s in samples:
             ids: list[int] = []
@@ -101,7 +101,7 @@ class Qwen2VLAdapter(Adapter):
                     raise InputError("video has no frames")
                 pv, g = self._video_pixels(s.video)
                 items.append((2, pv, g))
-                video_seconds.append(self._temporal_patch / s.fps if s.fps else None)
+                video_seconds.append(self._temporal_patch / s.fps if s.fps else 1.0)
             tt = [0] * len(ids)
             for item_idx, (kind, pv, g) in enumerate(items):
                 t, h, w = int(g[0, 0]), int(g[0, 1]) // self.merge, int(g[0, 2]) // self.merge
@@ -129,7 +129,7 @@ class Qwen2VLAdapter(Adapter):
             model_inputs["pixel_values_videos"] = torch.cat(video_values)
             model_inputs["video_grid_thw"] = torch.cat(video_grids)
             if self._absolute_time:  # one entry per video, so batches built from per-sample encodes stay aligned
-                model_inputs["second_per_grid_ts"] = torch.tensor([1.0 if v is None else v for v in video_seconds])
+                model_inputs["second_per_grid_ts"] = torch.tensor(video_seconds)
         visual_mask = tt_ids > 0
         return EncodedBatch(input_ids, attention_mask, model_inputs, visual_mask, coords, grids)
 
@@ -178,7 +178,7 @@ class Qwen2VLAdapter(Adapter):
                 image_grid_thw=mi.get("image_grid_thw"),
                 video_grid_thw=mi.get("video_grid_thw"),
                 attention_mask=attention_mask,
-                **({"second_per_grid_ts": mi["second_per_grid_ts"]} if "second_per_grid_ts" in mi else {}),
+                second_per_grid_ts=mi.get("second_per_grid_ts"),  # Qwen2-VL's takes and ignores it
             )
         else:
             mrope = text_pos.unsqueeze(0).expand(3, -1, -1)

@@ -151,11 +151,11 @@ def load_clip(path: str | Path, num_frames: int | None = None, fps: float | None
 
     if fps is not None and not fps > 0:
         raise InputError(f"fps must be > 0, got {fps}")
+    if num_frames is not None and num_frames < 1:  # before decoding the whole file
+        raise InputError(f"num_frames must be >= 1, got {num_frames}")
     frames = load_video(path)
     total = len(frames)
     if num_frames is not None:
-        if num_frames < 1:
-            raise InputError(f"num_frames must be >= 1, got {num_frames}")
         frames = [frames[i] for i in sample_indices(total, num_frames)]
     return frames, (fps * len(frames) / total if fps is not None else None)
 

@@ -55,8 +55,8 @@ def run_compare(
     for method in methods:
         for keep in keeps:
             one(method, keep)
-    summary = {"model": model, "lora": lora, "vit_attention": vit_attention, "data": data, "layer": layer, "limit": limit, "rows": rows,
-               "seconds": round(time.perf_counter() - t0, 1)}
+    summary = {"model": model, "lora": lora, "vit_attention": vit_attention, "data": data, "layer": layer,
+               "limit": limit, "rows": rows, "seconds": round(time.perf_counter() - t0, 1)}
     (out / "results.json").write_text(json.dumps(summary, indent=1))
     (out / "table.md").write_text(markdown_table(summary))
     return summary

@@ -215,11 +215,9 @@ class GlimpsePruner(Pruner):
 
 
 def resolve_pruner_path(path: str) -> Path:
-    if path.startswith("zoo:"):
-        from vtprune.testbed.zoo import zoo_path
+    from vtprune.testbed.zoo import resolve
 
-        return zoo_path(path.split(":", 1)[1])
-    p = Path(path).expanduser()
+    p = resolve(path).expanduser()  # an unknown zoo name raises there
     if not p.is_dir():
         raise ModelLoadError(f"cannot load glimpse pruner {path!r}: not a directory (or zoo:<name>)")
     return p
