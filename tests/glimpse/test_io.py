@@ -1,10 +1,9 @@
-"""Persistence: save/load round trip saves only the pruner, the official release layout loads strictly, the
+"""Persistence: save/load round trip saves only the pruner, the
 ``pruner=`` / ``--pruner`` wiring, and clear errors for mismatched models."""
 
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 
 import pytest
 import torch
@@ -72,78 +71,3 @@ def test_pruner_wiring_and_errors(vlms, tmp_path):
         vtprune.pruner("glimpse", pruner=str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match="qwen2_5_vl"):  # a Qwen pruner on a LLaVA model
         vlms["llava"].generate([vtprune.Sample("q", [make_image(56, 56, 1)])], m, max_new_tokens=1)
-
-
-def _official_state(D, H, Dv, S, C, E, nV, deep):
-    """A state dict in the released ``new_modules_gp.pt`` layout (reference/glimpseprune.md, section 9)."""
-    g = torch.Generator().manual_seed(0)
-
-    def t(*shape):
-        return torch.randn(*shape, generator=g)
-
-    fuser = OrderedDict([("attn_in_proj.weight", t(S, H)), ("attn_in_proj.bias", t(S))])
-    for i in range(nV):
-        fuser[f"cond_in_projs.{i}.weight"], fuser[f"cond_in_projs.{i}.bias"] = t(C, Dv), t(C)
-    for i in range(nV):
-        p = f"layers.{i}."
-        fuser[p + "norm1.weight"], fuser[p + "norm2.weight"] = t(S), t(S)
-        fuser[p + "attn.q_proj.weight"], fuser[p + "attn.k_proj.weight"] = t(S + C, S + C), t(S + C, S + C)
-        fuser[p + "attn.v_proj.weight"], fuser[p + "attn.o_proj.weight"] = t(S, S), t(S, S)
-        for name in ("gate_proj", "up_proj"):
-            fuser[p + f"mlp.{name}.weight"], fuser[p + f"mlp.{name}.bias"] = t(2 * S, S), t(2 * S)
-        fuser[p + "mlp.down_proj.weight"], fuser[p + "mlp.down_proj.bias"] = t(S, 2 * S), t(S)
-    for i in range(nV) if deep else [nV - 1]:
-        fuser[f"attn_out_projs.{i}.weight"], fuser[f"attn_out_projs.{i}.bias"] = t(1, S), t(1)
-    return OrderedDict([
-        ("attn_fuser", fuser),
-        ("learnable_embeddings", t(E, 1, D)),
-        ("le_proj", OrderedDict([("weight", t(D, D)), ("bias", t(D))])),
-        ("le_norm", OrderedDict([("weight", t(D))])),
-    ])
-
-
-OFFICIAL = {
-    "qwen2_5_vl": ({"model_type": "qwen2_5_vl_gp", "num_hidden_layers": 4, "hidden_size": 64, "rms_norm_eps": 1e-6,
-                    "selected_layers": [2], "reduce_layer": 2, "selected_visual_layers": [3, 2, 1, 0],
-                    "attn_fuse_size": 16, "visual_cond_size": 16, "attn_fuse_num_heads": 2, "attn_fuse_global": True,
-                    "use_attention_logits": True, "deep_supervision": True, "le_layers": [0, 1, 2, 3],
-                    "reduce_threshold": 0.5, "min_remain_num": 1, "max_remain_ratio": None,
-                    "vision_config": {"hidden_size": 32, "window_size": 56, "patch_size": 14, "spatial_merge_size": 2}},
-                   dict(D=64, H=4, Dv=32, S=16, C=16, E=4, nV=4, deep=True)),
-    "llava": ({"model_type": "llava_llama_gp", "num_hidden_layers": 4, "hidden_size": 64, "rms_norm_eps": 1e-6,
-               "selected_layers": [2], "reduce_layer": 2, "selected_visual_layers": [2, 1], "attn_fuse_size": 16,
-               "visual_cond_size": 16, "attn_fuse_num_heads": 2, "use_attention_logits": False,
-               "deep_supervision": False, "le_layers": [0, 1, 2, 3], "reduce_threshold": 0.5, "mm_hidden_size": 32},
-              dict(D=64, H=4, Dv=32, S=16, C=16, E=4, nV=2, deep=False)),
-}
-
-
-@pytest.mark.parametrize("fam", ["qwen2_5_vl", "llava"])
-def test_official_release_layout_loads_strictly(vlms, tmp_path, fam):
-    cfg, dims = OFFICIAL[fam]
-    raw = _official_state(**dims)
-    torch.save(raw, tmp_path / "new_modules_gp.pt")
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    m = GlimpsePruner.from_pretrained(tmp_path)
-    sd = m.modules.state_dict()
-    nV = dims["nV"]
-    assert torch.equal(sd["vip.out_proj.weight"], raw["attn_fuser"][f"attn_out_projs.{nV - 1}.weight"])
-    assert torch.equal(sd["vip.layers.1.attn.q_proj.weight"], raw["attn_fuser"]["layers.1.attn.q_proj.weight"])
-    assert torch.equal(sd["glimpse.embeddings"], raw["learnable_embeddings"])
-    assert torch.equal(sd["glimpse.proj.bias"], raw["le_proj"]["bias"])
-    assert torch.equal(sd["glimpse.norm.weight"], raw["le_norm"]["weight"])
-    c = m.config
-    assert (c.family, c.layer, c.vip_size, c.cond_size, c.vip_heads) == (fam, 2, 16, 16, 2)
-    assert c.vision_blocks == ([3, 2, 1, 0] if fam == "qwen2_5_vl" else [1, 0])  # LLaVA: hidden-state index - 1
-    assert c.use_attention_logits == (fam == "qwen2_5_vl")
-    ans = vlms[fam].generate([vtprune.Sample("q", [make_image(84, 56, 2)])], m, max_new_tokens=2)[0]
-    assert 1 <= ans.kept_tokens <= ans.visual_tokens
-    del raw["le_norm"]
-    torch.save(raw, tmp_path / "new_modules_gp.pt")
-    with pytest.raises(ModelLoadError, match="le_norm"):
-        GlimpsePruner.from_pretrained(tmp_path)
-    raw = _official_state(**{**dims, "S": 8})  # widths that contradict each other fail the strict load
-    raw["attn_fuser"]["attn_in_proj.weight"] = torch.zeros(16, dims["H"])
-    torch.save(raw, tmp_path / "new_modules_gp.pt")
-    with pytest.raises(ModelLoadError, match="do not match"):
-        GlimpsePruner.from_pretrained(tmp_path)

@@ -62,6 +62,9 @@ class GlimpseConfig:
     """Exact top-k at this ratio per image (overrides threshold and cap; for efficiency benchmarks)."""
     vit_window: dict[str, int] | None = None
     """Qwen2.5-VL ViT window geometry (window_size, patch_size, merge): its hidden states are window-permuted."""
+    vip_window: int | None = None
+    """The VIP's attention span: None = each whole image; ``w`` = within ``w x w``-token windows aligned at the
+    image's top-left corner (the official ``attn_fuse_global: false``: Qwen2.5-VL's ViT windows)."""
     merge_size: int = 1
     """ViT patches merged into one LLM token per side (2 for Qwen, 1 for LLaVA)."""
     base_model: str = ""
@@ -87,6 +90,8 @@ class GlimpseConfig:
             raise ConfigError(f"(vip_size + cond_size) / vip_heads must be a multiple of 4, got {qk}/{self.vip_heads}")
         if not (0.0 <= self.le_dropout < 1.0):
             raise ConfigError(f"le_dropout must be in [0, 1), got {self.le_dropout}")
+        if self.vip_window is not None and int(self.vip_window) < 1:
+            raise ConfigError(f"vip_window must be >= 1 (or None), got {self.vip_window}")
         check_selection(self.threshold, self.max_remain_ratio, self.min_remain, self.fixed_remain_ratio)
 
     @property

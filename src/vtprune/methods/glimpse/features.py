@@ -166,8 +166,8 @@ def select_tokens(logits: torch.Tensor, valid: torch.Tensor, *, threshold: float
 
     - ``fixed_remain_ratio``: exactly the top ``clamp(floor(r * n), 1, n)``.
     - otherwise keep ``sigmoid(logit) > threshold`` (threshold 0 keeps all); if the kept fraction exceeds
-      ``max_remain_ratio``, keep the top ``clamp(floor(r * n), 1, n)`` instead; if fewer than ``min_remain`` are
-      kept, add the top ``clamp(min_remain, 1, n)``. Ties go to the earlier token.
+      ``max_remain_ratio`` (``kept / n > r``), keep the top ``clamp(floor(r * n), 1, n)`` instead; if fewer than
+      ``min_remain`` are kept, add the top ``clamp(min_remain, 1, n)``. Ties go to the earlier token.
     """
     n = valid.sum(dim=1)
     scores = logits.float()
@@ -179,7 +179,9 @@ def select_tokens(logits: torch.Tensor, valid: torch.Tensor, *, threshold: float
         return top(torch.floor(n.double() * float(fixed_remain_ratio)).long())
     keep = valid.clone() if threshold <= 0 else (torch.sigmoid(scores) > threshold) & valid
     if max_remain_ratio is not None:
-        over = keep.sum(dim=1).double() > n.double() * float(max_remain_ratio)
+        # the kept share against the ratio, as the official code compares it (kept / n > r): kept > n * r differs in
+        # floating point (63 of 90 at r = 0.7: 63 / 90 == 0.7, but 90 * 0.7 == 62.99999999999999)
+        over = keep.sum(dim=1).double() / n.double().clamp(min=1) > float(max_remain_ratio)
         capped = top(torch.floor(n.double() * float(max_remain_ratio)).long())
         keep = torch.where(over.unsqueeze(1), capped, keep)
     if min_remain > 0:

@@ -239,8 +239,8 @@ def load_pruner(path: str) -> tuple[GlimpseConfig, GlimpseModules]:
         except (OSError, RuntimeError) as e:
             raise ModelLoadError(f"cannot load glimpse weights from {d}: {e}") from None
         return cfg, mods
-    if (d / "new_modules_gp.pt").is_file():
-        from vtprune.methods.glimpse.official import load_official
+    from vtprune.methods.glimpse.official import OFFICIAL_FILE, OFFICIAL_SAFETENSORS, is_official, load_official
 
+    if is_official(d):
         return load_official(d)
-    raise ModelLoadError(f"{d} is not a glimpse pruner (no {CONFIG_NAME} or new_modules_gp.pt)")
+    raise ModelLoadError(f"{d} is not a glimpse pruner (no {CONFIG_NAME}, {OFFICIAL_FILE} or {OFFICIAL_SAFETENSORS})")

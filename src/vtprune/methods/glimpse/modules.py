@@ -66,7 +66,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 class CondAttention(nn.Module):
     """Self-attention whose queries and keys also see a conditioning feature: q, k from ``[x, c]`` (S + C), v, o on
-    ``x`` (S); 2-D RoPE on q and k; attention restricted to each group's valid tokens."""
+    ``x`` (S); 2-D RoPE on q and k; attention restricted to each group's valid tokens (``key_mask`` ``[G, M]``) or to
+    any ``[G, M, M]`` query-by-key pattern (windows)."""
 
     def __init__(self, size: int, cond_size: int, heads: int) -> None:
         super().__init__()
@@ -79,7 +80,7 @@ class CondAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None, rope: tuple[torch.Tensor, torch.Tensor],
                 key_mask: torch.Tensor) -> torch.Tensor:
-        """``x`` ``[G, M, S]``, ``cond`` ``[G, M, C]``, ``key_mask`` ``[G, M]`` bool -> ``[G, M, S]``."""
+        """``x`` ``[G, M, S]``, ``cond`` ``[G, M, C]``, ``key_mask`` ``[G, M]`` or ``[G, M, M]`` bool -> ``[G, M, S]``."""
         G, M, _ = x.shape
         qk_in = torch.cat([x, cond], dim=-1) if cond is not None else x
         q = self.q_proj(qk_in).view(G, M, self.heads, -1).transpose(1, 2)
@@ -93,7 +94,8 @@ class CondAttention(nn.Module):
             dv = v.shape[-1]
             out = F.scaled_dot_product_attention(q, k, F.pad(v, (0, max(0, q.shape[-1] - dv))))[..., :dv]
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
+            mask = key_mask[:, None, None, :] if key_mask.dim() == 2 else key_mask[:, None]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         # out: [G, heads, M, S/heads]
         return self.o_proj(out.transpose(1, 2).reshape(G, M, -1))
 
@@ -141,6 +143,7 @@ class VIP(nn.Module):
         self.layers = nn.ModuleList(VIPBlock(S, C, cfg.vip_heads) for _ in range(n))
         self.out_proj = nn.Linear(S, 1)
         self.rope = Rope2D(cfg.head_dim, cfg.rope_theta)
+        self.window = cfg.vip_window
 
     def forward(self, attn: torch.Tensor, conds: list[torch.Tensor], pos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Keep logits per token.
@@ -155,10 +158,21 @@ class VIP(nn.Module):
         """
         x = self.attn_in_proj(attn)
         rope = self.rope(pos)
+        mask = valid if self.window is None else window_mask(pos, valid, self.window)
         for i, layer in enumerate(self.layers):
             c = self.cond_in_projs[i](conds[i]) if len(self.cond_in_projs) else None
-            x = layer(x, c, rope, valid)
+            x = layer(x, c, rope, mask)
         return self.out_proj(x).squeeze(-1)
+
+
+def window_mask(pos: torch.Tensor, valid: torch.Tensor, window: int) -> torch.Tensor:
+    """``[G, M, M]`` bool: query ``i`` may attend to key ``j`` when ``j`` is valid and both lie in the same
+    ``window x window`` tile of the token grid (tiles from the top-left corner, as Qwen2.5-VL's ViT windows; the
+    official fuser's ``cu_window_seqlens``). Every query also sees itself, so no row is empty."""
+    tile = pos.div(window, rounding_mode="floor")  # [G, M, 2]
+    same = (tile[:, :, None, :] == tile[:, None, :, :]).all(-1)  # [G, M, M]
+    eye = torch.eye(pos.shape[1], dtype=torch.bool, device=pos.device)
+    return (same & valid[:, None, :]) | eye
 
 
 class GlimpseToken(nn.Module):
