@@ -9,7 +9,7 @@ Run by scripts/device_zoo.sh (which installs the carried wheels first); works th
 
 Writes into --out (at most 8 files come back from a device call): model.safetensors, model-files.tar (config,
 tokenizer and processor files: untar beside the weights for a run directory that `vtprune eval` loads and
-`vtprune.testbed.zoo.ship_model` ships, after its own check on the CPU side), train_meta.json, eval.json (val
+`vtprune.hub.ship_model` ships, after its own check on the CPU side), train_meta.json, eval.json (val
 accuracy per type, unpruned) and log.txt. Only val is evaluated: val is for model selection, test stays for
 final numbers.
 """

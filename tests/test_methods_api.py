@@ -9,7 +9,8 @@ import torch
 
 import vtprune
 from vtprune.errors import ConfigError, UnknownMethodError
-from vtprune.methods.base import Context, Pruner, Stage, keep_counts, register_method, topk_mask
+from vtprune.methods.base import Context, Pruner, Stage, keep_counts, topk_mask
+from vtprune.methods.registry import register_method
 
 
 def _ctx(n: int, grid: tuple[int, int, int] = (1, 4, 4), batch: int = 1) -> Context:

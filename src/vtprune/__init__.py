@@ -16,8 +16,7 @@ from vtprune.errors import (
     VtpruneError,
 )
 from vtprune.methods import Pruner, list_methods, pruner
-
-__version__ = "0.1.0"
+from vtprune.version import __version__
 
 __all__ = [
     "VLM",

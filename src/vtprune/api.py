@@ -124,7 +124,7 @@ def load(name: str, *, device: str | torch.device | None = None, dtype: torch.dt
         model, tok, proc = build_random(name.split(":", 1)[1])
         frames = None
     elif name.startswith("zoo:"):
-        from vtprune.testbed.zoo import load_zoo_model, zoo_path
+        from vtprune.hub import load_zoo_model, zoo_path
 
         model, tok, proc = load_zoo_model(name.split(":", 1)[1])
         frames = _video_frames(zoo_path(name.split(":", 1)[1]))
@@ -150,7 +150,7 @@ def load(name: str, *, device: str | torch.device | None = None, dtype: torch.dt
 def merge_lora(model: torch.nn.Module, path: str | Path) -> None:
     """Merge the peft LoRA adapter at ``path`` (a directory or ``zoo:<name>``, or its ``lora/``) into ``model``'s
     weights, in place."""
-    from vtprune.testbed.zoo import LORA_DIR, resolve
+    from vtprune.hub import LORA_DIR, resolve
 
     p = resolve(path)
     p = p / LORA_DIR if (p / LORA_DIR).is_dir() else p
@@ -204,8 +204,3 @@ def _first_line(e: BaseException) -> str:
 
     transformers often appends a long second line (e.g. every supported config class) that adds nothing here."""
     return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-
-
-def check_keep(keep: float | None) -> None:
-    if keep is not None and not (0 < keep <= 1):
-        raise ConfigError(f"--keep must be in (0, 1], got {keep}")

@@ -1,7 +1,7 @@
 """``vtprune`` command line: each subcommand maps to one typed function; user errors become one stderr line.
 
 Subcommands living elsewhere register here: ``data`` (testbed/command.py), ``bench`` (bench/command.py),
-``train`` (training/command.py), ``demo`` (testbed/demo.py).
+``train`` (training/command.py), ``demo`` (demo.py).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def ask(
     from vtprune.api import load
     from vtprune.data.dataset import load_clip, load_image
     from vtprune.errors import ConfigError
-    from vtprune.eval.runner import build_method, warn_unpaired_tuning
+    from vtprune.methods.factory import build_method, warn_unpaired_tuning
 
     if fps is not None and video is None:
         raise ConfigError("--fps is the frame rate of --video; give a video")
@@ -82,7 +82,7 @@ def ask(
     images = [load_image(p) for p in image]
     frames, sampled_fps = load_clip(video, vlm.video_frames, fps) if video is not None else (None, None)
     unpruned = not images and frames is None
-    m = build_method(method, keep=keep, layer=layer, pruner=pruner_path, num_layers=vlm.num_layers)
+    m = build_method(method, keep=keep, layer=layer, weights=pruner_path, num_layers=vlm.num_layers)
     warn_unpaired_tuning(pruner_path, lora, model)
     if unpruned:
         typer.echo("note: no image or video given; running the text-only prompt unpruned", err=True)
@@ -177,7 +177,7 @@ def _register_optional() -> None:
     """Attach the subcommands that live in their own modules."""
     from vtprune.bench.command import bench
     from vtprune.testbed.command import data_app
-    from vtprune.testbed.demo import demo
+    from vtprune.demo import demo
     from vtprune.training.command import train_app
 
     app.command("bench")(bench)

@@ -51,7 +51,7 @@ def test_load_video_errors(tmp_path):
 
 def test_load_clip_gives_the_sampled_frames_rate(tmp_path):
     """A resampled clip keeps its duration: 4 of 16 frames at 8 fps are 2 fps (what Qwen2.5-VL's time axis reads)."""
-    from vtprune.eval.runner import sample_for_record
+    from vtprune.data.dataset import sample_for_record
     from vtprune.data.dataset import Record
 
     frames = make_video_sample("motion", 0).frames

@@ -13,7 +13,7 @@ import vtprune
 from tests.conftest import make_image
 from tests.glimpse.helpers import small_pruner
 from vtprune.errors import ConfigError, ModelLoadError
-from vtprune.eval.runner import build_method
+from vtprune.methods.factory import build_method
 from vtprune.methods.glimpse import GlimpsePruner
 from vtprune.runtime.executor import prefill
 
@@ -42,13 +42,13 @@ def test_round_trip_saves_only_the_pruner(vlms, tmp_path, fam):
 
 
 def test_shipped_pruner_loads_from_the_zoo_in_half_precision(vlms, tmp_path, monkeypatch):
-    from vtprune.testbed import zoo
+    from vtprune import hub
 
     vlm = vlms["qwen2_5_vl"]
     m = small_pruner(vlm, seed=2)
     m.save_pretrained(tmp_path / "p")
-    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path / "zoo")
-    zoo.ship_model(tmp_path / "p", "glimpse-tiny")
+    monkeypatch.setattr(hub, "ZOO_DIR", tmp_path / "zoo")
+    hub.ship_model(tmp_path / "p", "glimpse-tiny")
     back = vtprune.pruner("glimpse", pruner="zoo:glimpse-tiny")
     assert back.config == m.config
     for k, v in back.modules.state_dict().items():
@@ -61,7 +61,7 @@ def test_pruner_wiring_and_errors(vlms, tmp_path):
     m = vtprune.pruner("glimpse", pruner=str(tmp_path), keep=0.25, threshold=0.0)  # keep < 1 caps: 16 -> 4
     assert m.to_dict()["pruner"] == str(tmp_path) and json.dumps(m.to_dict())
     assert [a.kept_tokens for a in vlm.generate([vtprune.Sample("q", [make_image(112, 112, 1)])], m, max_new_tokens=2)] == [4]
-    built = build_method("glimpse", keep=None, layer=1, pruner=str(tmp_path), num_layers=4)
+    built = build_method("glimpse", keep=None, layer=1, weights=str(tmp_path), num_layers=4)
     assert isinstance(built, GlimpsePruner) and built.stages(4)[0].layer == 1
     with pytest.raises(ConfigError, match="learned"):
         vtprune.pruner("glimpse")

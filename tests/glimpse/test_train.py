@@ -12,7 +12,7 @@ import vtprune
 from tests.conftest import make_image
 from tests.glimpse.helpers import SMALL
 from vtprune.errors import ConfigError
-from vtprune.methods.glimpse.train import (
+from vtprune.training.glimpse import (
     TrainItem, bce_loss, box_token_mask, dice_loss, image_frame, mask_loss, train_glimpse,
 )
 from vtprune.testbed.random_models import image_processor_for

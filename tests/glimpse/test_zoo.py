@@ -11,7 +11,7 @@ from PIL import Image
 import vtprune
 from vtprune.data.dataset import read_jsonl, resolve_data
 from vtprune.runtime.executor import prefill
-from vtprune.testbed.zoo import zoo_path
+from vtprune.hub import zoo_path
 
 PAIRS = [("synth-qwen2_5_vl", "glimpse-synth-qwen2_5_vl"), ("synth-llava", "glimpse-synth-llava")]
 

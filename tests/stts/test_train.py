@@ -129,10 +129,10 @@ def test_train_stts_end_to_end(tmp_path, monkeypatch):
                           out=tmp_path / "cmp", lora=str(tmp_path), max_new_tokens=2)
     assert summary["lora"] == str(tmp_path) and [r["method"] for r in summary["rows"]] == ["none", "random"]
     # shipped to the zoo, the adapter travels with the scorer in half precision and merges by zoo name
-    from vtprune.testbed import zoo
+    from vtprune import hub
 
-    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path / "zoo")
-    zoo.ship_model(tmp_path, "stts-tiny")
+    monkeypatch.setattr(hub, "ZOO_DIR", tmp_path / "zoo")
+    hub.ship_model(tmp_path, "stts-tiny")
     assert json.loads((tmp_path / "zoo/stts-tiny/lora/adapter_config.json").read_text())["base_model_name_or_path"] \
         == "random:qwen2_5_vl"  # the model's name, not a path on the training machine
     shipped = load_file(str(tmp_path / "zoo/stts-tiny/lora/adapter_model.safetensors"))
@@ -143,7 +143,7 @@ def test_train_stts_end_to_end(tmp_path, monkeypatch):
 
 def test_lora_errors_and_unpaired_warning(tmp_path, caplog, capsys):
     from vtprune.cli import main
-    from vtprune.eval.runner import warn_unpaired_tuning
+    from vtprune.methods.factory import warn_unpaired_tuning
 
     with pytest.raises(vtprune.ModelLoadError, match="no LoRA adapter"):
         vtprune.load("random:qwen2_5_vl", lora=tmp_path)
@@ -167,7 +167,7 @@ def test_lora_errors_and_unpaired_warning(tmp_path, caplog, capsys):
 
 
 def test_warns_when_a_pruner_runs_on_another_base_model(tmp_path, caplog):
-    from vtprune.eval.runner import warn_unpaired_tuning
+    from vtprune.methods.factory import warn_unpaired_tuning
 
     (tmp_path / "train_meta.json").write_text(json.dumps({"model": str(tmp_path / "base")}))
     with caplog.at_level("WARNING"):
@@ -215,7 +215,7 @@ def test_train_stts_with_a_keep_range_draws_each_step_and_saves_the_default(tmp_
 def test_train_stts_full_saves_a_loadable_base_model(tmp_path, caplog):
     """``--tune full`` trains the base model with the scorer and saves it as ``base_model/``: a local model that loads
     with its frame sampling, whose weights moved, and which a run leaving it out is warned about."""
-    from vtprune.eval.runner import warn_unpaired_tuning
+    from vtprune.methods.factory import warn_unpaired_tuning
 
     rows = [(vtprune.Sample("what moves?", video=video(4, 112, 112, s)), ["left"]) for s in range(2)]
     train_stts(model="zoo:synth-video-qwen2_5_vl", out=tmp_path, rows=rows, steps=2, batch_size=2, lr=1e-3,

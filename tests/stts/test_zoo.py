@@ -11,7 +11,7 @@ import vtprune
 from tests.stts.helpers import video
 from vtprune.methods.stts import STTS
 from vtprune.runtime.executor import prefill
-from vtprune.testbed.zoo import zoo_path
+from vtprune.hub import zoo_path
 
 
 @pytest.fixture(scope="module")

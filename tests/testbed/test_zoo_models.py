@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import vtprune
-from vtprune.testbed.zoo import zoo_names, zoo_path
+from vtprune.hub import zoo_names, zoo_path
 
 QWEN_TOKENS = {(224, 224): 64, (448, 224): 128, (280, 336): 120}
 LLAVA_TOKENS = {(224, 224): 256, (448, 224): 256, (280, 336): 256}

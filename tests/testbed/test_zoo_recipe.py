@@ -10,7 +10,7 @@ import torch
 
 import vtprune
 from vtprune.cli import main
-from vtprune.testbed import zoo
+from vtprune import hub
 
 
 def test_train_base_saves_loads_continues_and_ships(tmp_path, monkeypatch, capsys):
@@ -34,8 +34,8 @@ def test_train_base_saves_loads_continues_and_ships(tmp_path, monkeypatch, capsy
                "--steps", "1", "--init", str(out), "--vision-steps", "0"])
     assert rc == 2 and "not llava" in capsys.readouterr().err
 
-    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path / "zoo")
-    zoo.ship_model(out, "tiny")
+    monkeypatch.setattr(hub, "ZOO_DIR", tmp_path / "zoo")
+    hub.ship_model(out, "tiny")
     shipped = vtprune.load("zoo:tiny")
     assert shipped.video_frames == 4
     torch.testing.assert_close(shipped.model.lm_head.weight, vlm.model.lm_head.weight.half().float())

@@ -10,33 +10,16 @@ cut them without knowing which family it holds. A new family is a new file with 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
 from PIL import Image
 
+from vtprune.data.dataset import Sample
 from vtprune.errors import InputError, UnsupportedModelError
 
 _ADAPTERS: dict[str, type[Adapter]] = {}
-
-
-@dataclass
-class Sample:
-    """One question about zero or more images, or about one video (a list of frames)."""
-
-    question: str
-    images: list[Image.Image] = field(default_factory=list)
-    video: list[Image.Image] | None = None
-    """Frames of one video, in order; Qwen families only."""
-    fps: float | None = None
-    """Frames per second of ``video`` as given (after any resampling). Qwen2.5-VL places video tokens on an absolute
-    time axis: ``second_per_grid_ts = temporal_patch_size / fps``, as HF's processor computes it. ``None`` is HF's
-    default of one second per temporal patch (2 fps). Qwen2-VL has no time axis and ignores it."""
-
-    def __post_init__(self) -> None:
-        if self.fps is not None and not self.fps > 0:
-            raise InputError(f"fps must be > 0, got {self.fps}")
 
 
 @dataclass
@@ -63,6 +46,31 @@ class EncodedBatch:
     @property
     def batch_size(self) -> int:
         return int(self.input_ids.shape[0])
+
+
+@dataclass
+class VisionPlan:
+    """One packed call of the vision tower, prepared by the adapter (``N`` patch rows, ``U = N / unit`` units).
+
+    Attributes:
+        hidden: ``[N, Dv]`` patch embeddings in the tower's processing order (window order on Qwen2.5-VL).
+        position_embeddings: rotary ``(cos, sin)``, each ``[N, dh]``, same order.
+        blocks: the stock vision blocks.
+        block_cu: per block, ``[S + 1]`` int32 boundaries of its attention segments (windows or frames).
+        unit: rows per LLM-token unit (``merge**2``); a unit's rows are contiguous in processing order.
+        unit_order: ``[U]`` long, the raster unit id (items concatenated) of each processing-order unit.
+        unit_grids: per item its ``(t, h, w)`` unit grid.
+        merger: the stock merger, ``[n * unit, Dv] -> [n, D]``.
+    """
+
+    hidden: torch.Tensor
+    position_embeddings: tuple[torch.Tensor, torch.Tensor]
+    blocks: list[torch.nn.Module]
+    block_cu: list[torch.Tensor]
+    unit: int
+    unit_order: torch.Tensor
+    unit_grids: list[tuple[int, int, int]]
+    merger: Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass

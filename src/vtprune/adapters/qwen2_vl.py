@@ -12,7 +12,9 @@ from typing import Any
 
 import torch
 
-from vtprune.adapters.base import Adapter, EncodedBatch, Embedded, Sample, grid_coords, left_pad, register_adapter
+from vtprune.adapters.base import (
+    Adapter, EncodedBatch, Embedded, Sample, VisionPlan, grid_coords, left_pad, register_adapter,
+)
 from vtprune.errors import InputError
 
 
@@ -221,10 +223,9 @@ class Qwen2VLAdapter(Adapter):
 
     def vision_plan(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> Any:
         """The stock tower's preamble (patch embedding, window order, rotary tables, segment boundaries) as a
-        :class:`~vtprune.runtime.vision.VisionPlan`; the blocks and merger are the stock modules."""
+        :class:`~vtprune.adapters.base.VisionPlan`; the blocks and merger are the stock modules."""
         from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids, get_vision_window_index
 
-        from vtprune.runtime.vision import VisionPlan
 
         vis = self.vision_tower
         m = int(vis.spatial_merge_size)

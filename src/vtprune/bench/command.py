@@ -97,14 +97,12 @@ def _make_method(plan: _Plan, keep: float | None, model: Any = None) -> Any:
     """The method under test, built and range-checked against the LLM depth actually run (the eval harness's
     builder; training-free methods refuse ``--pruner``). A learned method without ``--pruner`` is built untrained
     for ``model`` (its ``untrained`` constructor); with ``model`` None it is only validated and None returned."""
-    from vtprune.api import check_keep
-    from vtprune.eval.runner import build_method
     from vtprune.methods import get_method
-    from vtprune.methods._common import check_layer
-    from vtprune.runtime.executor import _check_stages
+    from vtprune.methods.base import check_keep, check_layer, check_stages
+    from vtprune.methods.factory import build_method
 
     if not _is_untrained(plan):
-        return build_method(plan.method, keep=keep, layer=plan.layer, pruner=plan.pruner, num_layers=plan.layers)
+        return build_method(plan.method, keep=keep, layer=plan.layer, weights=plan.pruner, num_layers=plan.layers)
     check_keep(keep)
     cls = get_method(plan.method)
     if not hasattr(cls, "untrained"):
@@ -116,7 +114,7 @@ def _make_method(plan: _Plan, keep: float | None, model: Any = None) -> Any:
     if model is None:
         return None
     m = cls.untrained(model, keep=keep, layer=plan.layer)
-    _check_stages(m.stages(plan.layers), plan.layers)
+    check_stages(m.stages(plan.layers), plan.layers)
     return m
 
 
@@ -158,7 +156,7 @@ def _config(plan: _Plan, method: Any, model: Any, inp: Any, args: dict[str, Any]
     import torch
     import transformers
 
-    import vtprune
+    from vtprune.version import __version__
     from vtprune.bench.shapes import param_count
 
     s = plan.shape
@@ -188,7 +186,7 @@ def _config(plan: _Plan, method: Any, model: Any, inp: Any, args: dict[str, Any]
         "vit_attention": args.get("vit_attention", "stock"),
         "method": {"name": method.name, "settings": method.to_dict()},
         "machine": machine_info(device, args["load_at_start"]),
-        "versions": {"vtprune": vtprune.__version__, "torch": torch.__version__,
+        "versions": {"vtprune": __version__, "torch": torch.__version__,
                      "transformers": transformers.__version__, "python": platform.python_version()},
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "flops_note": "matmul FLOPs only (2 per multiply-add); flops = ViT + LLM prefill; LLM layers counted with "

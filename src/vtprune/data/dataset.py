@@ -25,6 +25,24 @@ _KNOWN = {"id", "image", "video", "question", "answers", "type", "boxes", "frame
 
 
 @dataclass
+class Sample:
+    """One question about zero or more images, or about one video (a list of frames)."""
+
+    question: str
+    images: list[Image.Image] = field(default_factory=list)
+    video: list[Image.Image] | None = None
+    """Frames of one video, in order; Qwen families only."""
+    fps: float | None = None
+    """Frames per second of ``video`` as given (after any resampling). Qwen2.5-VL places video tokens on an absolute
+    time axis: ``second_per_grid_ts = temporal_patch_size / fps``, as HF's processor computes it. ``None`` is HF's
+    default of one second per temporal patch (2 fps). Qwen2-VL has no time axis and ignores it."""
+
+    def __post_init__(self) -> None:
+        if self.fps is not None and not self.fps > 0:
+            raise InputError(f"fps must be > 0, got {self.fps}")
+
+
+@dataclass
 class Record:
     """One dataset line with its paths resolved; unknown keys are kept in ``extra``."""
 
@@ -173,3 +191,17 @@ def resolve_data(spec: str | Path) -> Path:
     if not p.is_file():
         raise InputError(f"no such dataset: {s} (a JSONL file, a folder holding data.jsonl, or testbed:<name>)")
     return p
+
+
+def sample_for_record(rec: Any, num_frames: int | None = None) -> Sample:
+    """Load a dataset record's image(s)/video into a :class:`Sample` (errors are :class:`InputError`).
+
+    ``num_frames`` resamples videos uniformly to that many frames (test-time scaling uses more than training). A
+    record's ``fps`` (the file's frame rate) gives the resampled frames' rate, ``fps * kept / total``: Qwen2.5-VL's
+    time axis then spans the clip's real duration whatever the frame count."""
+    paths = getattr(rec, "images", None) or getattr(rec, "image", None) or []
+    images = [load_image(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    video, fps = None, None
+    if getattr(rec, "video", None):
+        video, fps = load_clip(rec.video, num_frames, getattr(rec, "fps", None))
+    return Sample(rec.question, images, video, fps)

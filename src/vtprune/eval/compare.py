@@ -26,7 +26,7 @@ def run_compare(
     if not methods or not keeps:
         raise ConfigError("compare needs at least one method and one keep ratio")
     pruners = pruners or {}
-    from vtprune.methods.base import get_method
+    from vtprune.methods.registry import get_method
 
     for m in methods:
         get_method(m)  # an unknown name fails before any cell runs

@@ -14,79 +14,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from vtprune.api import check_keep
 from vtprune.errors import ConfigError, InputError, VtpruneError
 from vtprune.eval.metrics import anls, exact_match, vqa_accuracy
-from vtprune.methods import Pruner, get_method, pruner as make_pruner
-from vtprune.runtime.executor import _check_stages
+from vtprune.data.dataset import sample_for_record
+from vtprune.methods.factory import build_method, warn_unpaired_tuning
 
 log = logging.getLogger(__name__)
-
-
-def build_method(name: str, *, keep: float | None, layer: int | None, pruner: str | None, num_layers: int) -> Pruner:
-    """Build and validate a method for an LLM of ``num_layers`` layers (errors are :class:`ConfigError`)."""
-    cls = get_method(name)
-    check_keep(keep)
-    if pruner is not None:
-        loader = getattr(cls, "from_pretrained", None)
-        if loader is None:
-            raise ConfigError(f"method {name!r} is training-free and takes no --pruner")
-        m = loader(pruner, keep=keep, layer=layer)
-    elif getattr(cls, "trainable", False) and getattr(cls, "requires_pruner", True):
-        raise ConfigError(f"method {name!r} is learned: pass --pruner (a directory or zoo:<name>)")
-    else:
-        m = make_pruner(name, keep=keep, layer=layer)
-    _check_stages(m.stages(num_layers), num_layers)
-    return m
-
-
-def _model_key(spec: str) -> str:
-    """A comparable form of a ``--model`` value: ``zoo:<name>`` and ``random:<family>`` as written, a path resolved."""
-    return spec if spec.startswith(("zoo:", "random:")) else str(Path(spec).expanduser().resolve())
-
-
-def warn_unpaired_tuning(pruner: str | None, lora: str | None, model: str | None = None) -> None:
-    """Log a warning when ``pruner`` is run apart from what it was trained with: a LoRA adapter or a tuned base model
-    (``vtprune train stts --tune lora|full``) that this run does not use, or another base model than the one its
-    ``train_meta.json`` names (``model``, when given). The learned selection then runs on a model it never saw."""
-    if pruner is None:
-        return
-    from vtprune.testbed.zoo import LORA_DIR, resolve
-
-    try:
-        p = resolve(pruner)
-    except VtpruneError:  # an unknown zoo name: for the loader to report
-        return
-    if (p / LORA_DIR).is_dir() and lora is None:
-        log.warning("%s was trained together with the LoRA adapter in its lora/ folder; pass --lora %s to run the pair",
-                    pruner, pruner)
-    if (p / "base_model").is_dir():
-        log.warning("%s was trained with the base model tuned (%s); pass --model %s to run the pair", pruner,
-                    p / "base_model", p / "base_model")
-        return
-    try:
-        trained_on = json.loads((p / "train_meta.json").read_text()).get("model")
-    except (OSError, ValueError, AttributeError):  # no record (an untrained or hand-made pruner): nothing to compare
-        return
-    if model is not None and isinstance(trained_on, str) and trained_on and _model_key(trained_on) != _model_key(model):
-        log.warning("%s was trained on %s, not on %s: its selection may not carry over", pruner, trained_on, model)
-
-
-def sample_for_record(rec: Any, num_frames: int | None = None) -> Any:
-    """Load a dataset record's image(s)/video into a :class:`Sample` (errors are :class:`InputError`).
-
-    ``num_frames`` resamples videos uniformly to that many frames (test-time scaling uses more than training). A
-    record's ``fps`` (the file's frame rate) gives the resampled frames' rate, ``fps * kept / total``: Qwen2.5-VL's
-    time axis then spans the clip's real duration whatever the frame count."""
-    from vtprune.adapters import Sample
-    from vtprune.data.dataset import load_clip, load_image
-
-    paths = getattr(rec, "images", None) or getattr(rec, "image", None) or []
-    images = [load_image(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
-    video, fps = None, None
-    if getattr(rec, "video", None):
-        video, fps = load_clip(rec.video, num_frames, getattr(rec, "fps", None))
-    return Sample(rec.question, images, video, fps)
 
 
 def _read_done(path: Path) -> dict[str, dict[str, Any]]:
@@ -169,7 +102,7 @@ def run_eval(
         records = records[:limit]
     vlm = load(model, lora=lora, vit_attention=vit_attention)
     num_frames = num_frames or vlm.video_frames
-    m = build_method(method, keep=keep, layer=layer, pruner=pruner, num_layers=vlm.num_layers)
+    m = build_method(method, keep=keep, layer=layer, weights=pruner, num_layers=vlm.num_layers)
     warn_unpaired_tuning(pruner, lora, model)
     settings = {"model": model, "data": data, "method": m.to_dict(), "max_new_tokens": max_new_tokens,
                 "num_frames": num_frames}

@@ -1,16 +1,8 @@
 """Pruning methods. Importing this package registers every built-in method."""
 
-from vtprune.methods.base import (
-    Context,
-    Pruner,
-    Stage,
-    get_method,
-    keep_counts,
-    list_methods,
-    pruner,
-    register_method,
-    topk_mask,
-)
+from vtprune.methods.base import Context, Pruner, Stage, keep_counts, topk_mask
+from vtprune.methods.factory import pruner
+from vtprune.methods.registry import get_method, list_methods, register_method
 from vtprune.methods import none as _none  # noqa: F401  (registration)
 from vtprune.methods import random as _random  # noqa: F401
 from vtprune.methods import uniform as _uniform  # noqa: F401

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 
-from vtprune.errors import ConfigError
 from vtprune.methods.base import Context, keep_counts
 
 _EPS = 1e-6
@@ -20,12 +19,6 @@ def default_cut_layer(num_layers: int, k_at_32: int = 2) -> int:
     see the pruned set (K=2 for 28-40-layer models, 1 for shallow test models)."""
     K = max(1, int(k_at_32 * num_layers / 32 + 0.5))
     return min(K, num_layers) - 1
-
-
-def check_layer(layer: int, num_layers: int) -> int:
-    if not 0 <= layer < num_layers:
-        raise ConfigError(f"layer {layer} out of range for a {num_layers}-layer LLM (0..{num_layers - 1})")
-    return int(layer)
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:

@@ -21,10 +21,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from vtprune.errors import ConfigError, UnknownMethodError
+from vtprune.errors import ConfigError
+from vtprune.methods.registry import SITES, get_method  # noqa: F401  (SITES: the sites a method may declare)
 
-SITES = ("vit", "pre_llm", "llm")
-_METHODS: dict[str, type[Pruner]] = {}
 
 
 @dataclass(frozen=True)
@@ -106,6 +105,7 @@ class VisionContext:
         grids: per item its ``(t, h, w)`` unit grid (``sum(t*h*w) == U``).
         depth: number of vision blocks.
         training: gradients are on; a learned method may return an auxiliary loss.
+        num_layers: depth of the LLM the encoder feeds (None for a context built outside a model run).
     """
 
     stage: Stage
@@ -113,6 +113,7 @@ class VisionContext:
     grids: list[tuple[int, int, int]]
     depth: int
     training: bool = False
+    num_layers: int | None = None
 
     def items(self) -> list[tuple[slice, tuple[int, int, int]]]:
         """Per item, its slice of the unit axis and its ``(t, h, w)`` grid."""
@@ -170,62 +171,27 @@ def topk_mask(scores: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor) -
     return (rank < counts.unsqueeze(1)) & valid
 
 
-def register_method(cls: type[Pruner]) -> type[Pruner]:
-    """Class decorator: register a method under ``cls.name`` (lower case, unique)."""
-    name = getattr(cls, "name", "")
-    if not name or name != name.lower() or not name.replace("_", "").replace("-", "").isalnum():
-        raise ValueError(f"method name must be lower-case alphanumeric, got {name!r}")
-    if name in _METHODS:
-        raise ValueError(f"method {name!r} registered twice")
-    bad = [s for s in cls.sites if s not in SITES]
-    if bad:
-        raise ValueError(f"{name}: unknown sites {bad}")
-    _METHODS[name] = cls
-    return cls
+def check_keep(keep: float | None) -> None:
+    """A retention setting: ``None`` (the method's default) or a number in (0, 1]."""
+    if keep is not None and not (0 < keep <= 1):
+        raise ConfigError(f"--keep must be in (0, 1], got {keep}")
 
 
-FRAME_SUFFIX = "@frame"
+def check_layer(layer: int, num_layers: int) -> int:
+    """An LLM decoder layer index for an LLM of ``num_layers`` layers; returns it as an int."""
+    if not 0 <= layer < num_layers:
+        raise ConfigError(f"layer {layer} out of range for a {num_layers}-layer LLM (0..{num_layers - 1})")
+    return int(layer)
 
 
-def _split_name(name: str) -> tuple[str, bool]:
-    """``"divprune@frame"`` -> ``("divprune", True)``: an image method run frame by frame (its ``per_frame`` setting)."""
-    if name.endswith(FRAME_SUFFIX):
-        return name[: -len(FRAME_SUFFIX)], True
-    return name, False
-
-
-def get_method(name: str) -> type[Pruner]:
-    """The class registered as ``name``; ``<name>@frame`` names the same class run per frame (it must have a
-    ``per_frame`` setting)."""
-    base, frame = _split_name(name)
-    if frame:
-        cls = get_method(base)
-        if "per_frame" not in {f.name for f in dataclasses.fields(cls)}:
-            per = sorted(n for n, c in _METHODS.items() if "per_frame" in {f.name for f in dataclasses.fields(c)})
-            raise UnknownMethodError(f"method {base!r} has no per-frame form; {FRAME_SUFFIX} works with: {', '.join(per)}")
-        return cls
-    try:
-        return _METHODS[name]
-    except KeyError:
-        raise UnknownMethodError(f"unknown method {name!r}; available: {', '.join(sorted(_METHODS))}") from None
-
-
-def list_methods() -> list[dict[str, Any]]:
-    """Name, sites, trainable, modalities and summary of every registered method, sorted by name."""
-    out = []
-    for name in sorted(_METHODS):
-        cls = _METHODS[name]
-        doc = (cls.__doc__ or "").strip().splitlines()
-        out.append(
-            {
-                "name": name,
-                "sites": list(cls.sites),
-                "trainable": cls.trainable,
-                "modalities": list(cls.modalities),
-                "summary": doc[0] if doc else "",
-            }
-        )
-    return out
+def check_stages(stages: list[Stage], num_layers: int) -> None:
+    """The stages a method answered for an LLM of ``num_layers`` layers are in range (ViT blocks: >= 0, or -1 for
+    the default block)."""
+    for st in stages:
+        if st.site == "vit" and st.layer < -1:
+            raise ConfigError(f"ViT block must be >= 0 (or -1 for the default), got {st.layer}")
+        if st.site == "llm" and not (0 <= st.layer < num_layers):
+            raise ConfigError(f"layer {st.layer} out of range for a {num_layers}-layer LLM (0..{num_layers - 1})")
 
 
 @dataclass
@@ -316,25 +282,3 @@ class Pruner:
         if unknown:
             raise ConfigError(f"unknown settings for {name}: {', '.join(unknown)}")
         return target(**d)
-
-
-def pruner(name: str, **settings: Any) -> Pruner:
-    """Build a registered method by name, e.g. ``pruner("random", keep=0.25, layer=2)``; ``pruner("divprune@frame",
-    keep=0.5)`` is ``pruner("divprune", keep=0.5, per_frame=True)`` (an image method applied frame by frame).
-
-    ``then=<Pruner>`` chains a second method after this one (see :class:`vtprune.methods.compose.Compose`), e.g.
-    ``pruner("stts", keep=0.5, then=pruner("random", keep=0.25, layer=2))``.
-    """
-    then = settings.pop("then", None)
-    if then is not None:
-        from vtprune.methods.compose import Compose
-
-        return Compose([pruner(name, **settings), then])
-    cls = get_method(name)
-    if _split_name(name)[1]:
-        settings["per_frame"] = True
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(k for k, v in settings.items() if k not in known and v is not None)
-    if unknown:
-        raise ConfigError(f"method {name!r} has no setting(s) {', '.join(unknown)}")
-    return cls(**{k: v for k, v in settings.items() if k in known and v is not None})

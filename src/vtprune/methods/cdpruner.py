@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 
 from vtprune.methods._common import dpp_greedy, instruction_rows, rows_to_mask, unit
-from vtprune.methods.base import Context, Pruner, keep_counts, register_method
+from vtprune.methods.base import Context, Pruner, keep_counts
+from vtprune.methods.registry import register_method
 
 
 def relevance(visual: torch.Tensor, text: torch.Tensor, negative: bool = False) -> torch.Tensor:

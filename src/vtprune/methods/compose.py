@@ -30,8 +30,6 @@ class Compose(Pruner):
         self.keep, self.layer = 1.0, None
         if not self.methods or not all(isinstance(m, Pruner) for m in self.methods):
             raise ConfigError("compose needs one or more methods (Pruner instances)")
-        self._num_layers: int | None = None
-        self._owner: dict[Stage, Pruner] = {}
 
     def __repr__(self) -> str:
         return f"Compose({self.methods!r})"
@@ -50,32 +48,40 @@ class Compose(Pruner):
     def vit_bias_blocks(self) -> int:
         return max((m.vit_bias_blocks() for m in self.methods), default=0)  # at most one member prunes in the ViT
 
-    def stages(self, num_layers: int) -> list[Stage]:
+    def owners(self, num_layers: int) -> dict[Stage, Pruner]:
+        """Which member prunes at each stage on an LLM of ``num_layers`` layers (two at one stage: ConfigError)."""
         owner: dict[Stage, Pruner] = {}
         for m in self.methods:
             for st in m.stages(num_layers):
                 if st in owner:
                     raise ConfigError(f"compose: {owner[st].name!r} and {m.name!r} both prune at {st.site} {st.layer}")
                 owner[st] = m
-        self._owner = owner
-        return sorted(owner, key=lambda s: (_SITE_ORDER[s.site], s.layer))
+        return owner
 
-    def _member(self, stage: Stage) -> Pruner:
-        m = self._owner.get(stage)
-        if m is None and stage.site == "vit":  # the runtime resolved a default block (-1) to an index
-            m = next((o for s, o in self._owner.items() if s.site == "vit"), None)
-        if m is None:
-            raise RuntimeError(f"compose: no member prunes at {stage}; call stages() first")
-        return m
+    def stages(self, num_layers: int) -> list[Stage]:
+        return sorted(self.owners(num_layers), key=lambda s: (_SITE_ORDER[s.site], s.layer))
+
+    def _member(self, ctx: Context | VisionContext) -> Pruner:
+        """The member that answers at ``ctx``'s stage; a ``vit`` stage arrives with its default block resolved to an
+        index, so there the member pruning in the encoder answers."""
+        stage = ctx.stage
+        if ctx.num_layers is None:  # a vision context built by hand: the one member that can prune in the encoder
+            found = [m for m in self.methods if "vit" in m.sites]
+        else:
+            owner = self.owners(ctx.num_layers)
+            found = [owner[stage]] if stage in owner else [o for s, o in owner.items() if stage.site == s.site == "vit"]
+        if len(found) != 1:
+            raise ConfigError(f"compose: {len(found)} members prune at {stage.site} {stage.layer}, expected one")
+        return found[0]
 
     def select(self, ctx: Context | VisionContext) -> torch.Tensor | VitDecision:  # type: ignore[override]
-        return self._member(ctx.stage).select(ctx)  # type: ignore[arg-type]
+        return self._member(ctx).select(ctx)  # type: ignore[arg-type]
 
     def merge(self, ctx: Context, keep: torch.Tensor) -> torch.Tensor:
-        return self._member(ctx.stage).merge(ctx, keep)
+        return self._member(ctx).merge(ctx, keep)
 
     def score(self, ctx: Context) -> torch.Tensor:
-        return self._member(ctx.stage).score(ctx)
+        return self._member(ctx).score(ctx)
 
     def _extra_owner(self) -> Pruner | None:
         """The member that adds its own prompt tokens (e.g. GlimpsePrune's glimpse token), if any."""

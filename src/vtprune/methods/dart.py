@@ -25,8 +25,9 @@ from dataclasses import dataclass
 import torch
 
 from vtprune.errors import ConfigError
-from vtprune.methods._common import check_layer, default_cut_layer, instruction_rows, rows_to_mask, top_indices, unit
-from vtprune.methods.base import Context, Pruner, Stage, keep_counts, register_method
+from vtprune.methods._common import default_cut_layer, instruction_rows, rows_to_mask, top_indices, unit
+from vtprune.methods.base import Context, Pruner, Stage, check_layer, keep_counts
+from vtprune.methods.registry import register_method
 
 
 def dart_pick(hidden: torch.Tensor, vis_norm: torch.Tensor, text_hidden: torch.Tensor, text_norm: torch.Tensor,

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from vtprune.methods._common import budget_groups, farthest_point, rows_to_mask
-from vtprune.methods.base import Context, Pruner, register_method
+from vtprune.methods.base import Context, Pruner
+from vtprune.methods.registry import register_method
 
 
 @register_method

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 
 from vtprune.methods._common import unit
-from vtprune.methods.base import Context, Pruner, keep_counts, register_method, topk_mask
+from vtprune.methods.base import Context, Pruner, keep_counts, topk_mask
+from vtprune.methods.registry import register_method
 
 
 def previous_step_positions(ctx: Context, b: int) -> tuple[torch.Tensor, torch.Tensor]:

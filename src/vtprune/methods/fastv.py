@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-from vtprune.methods._common import check_layer, default_cut_layer, last_query_visual_attention
-from vtprune.methods.base import Context, Pruner, Stage, keep_counts, register_method, topk_mask
+from vtprune.methods._common import default_cut_layer, last_query_visual_attention
+from vtprune.methods.base import Context, Pruner, Stage, check_layer, keep_counts, topk_mask
+from vtprune.methods.registry import register_method
 
 
 @register_method

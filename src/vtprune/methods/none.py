@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from vtprune.errors import ConfigError
-from vtprune.methods.base import Context, Pruner, Stage, register_method
+from vtprune.methods.base import Context, Pruner, Stage
+from vtprune.methods.registry import register_method
 
 
 @register_method

@@ -25,7 +25,8 @@ import torch
 
 from vtprune.errors import ConfigError
 from vtprune.methods._common import last_query_visual_attention
-from vtprune.methods.base import Context, Pruner, Stage, keep_counts, register_method, topk_mask
+from vtprune.methods.base import Context, Pruner, Stage, keep_counts, topk_mask
+from vtprune.methods.registry import register_method
 
 
 def boundaries(fractions: tuple[float, ...], num_layers: int) -> list[int]:

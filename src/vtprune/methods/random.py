@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from vtprune.methods.base import Context, Pruner, keep_counts, register_method, topk_mask
+from vtprune.methods.base import Context, Pruner, keep_counts, topk_mask
+from vtprune.methods.registry import register_method
 
 
 @register_method

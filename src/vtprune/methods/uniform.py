@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from vtprune.methods.base import Context, Pruner, keep_counts, register_method
+from vtprune.methods.base import Context, Pruner, keep_counts
+from vtprune.methods.registry import register_method
 
 
 @register_method

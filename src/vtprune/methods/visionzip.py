@@ -30,7 +30,8 @@ import torch
 
 from vtprune.errors import ConfigError
 from vtprune.methods._common import budget_groups, rows_to_mask, top_indices, unit, vision_scores
-from vtprune.methods.base import Context, Pruner, register_method
+from vtprune.methods.base import Context, Pruner
+from vtprune.methods.registry import register_method
 
 
 def split_budget(k: int, share: float) -> tuple[int, int]:

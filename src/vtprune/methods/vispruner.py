@@ -25,7 +25,8 @@ import torch
 
 from vtprune.errors import ConfigError
 from vtprune.methods._common import rows_to_mask, unit, vision_scores
-from vtprune.methods.base import Context, Pruner, keep_counts, register_method
+from vtprune.methods.base import Context, Pruner, keep_counts
+from vtprune.methods.registry import register_method
 
 
 def dedup(feats: torch.Tensor, order: torch.Tensor, keep: int, step: int = 8) -> torch.Tensor:

@@ -19,7 +19,7 @@ from transformers.masking_utils import create_causal_mask
 
 from vtprune.adapters.base import Adapter, EncodedBatch
 from vtprune.errors import ConfigError
-from vtprune.methods.base import Context, Pruner, Stage
+from vtprune.methods.base import Context, Pruner, Stage, check_stages
 from vtprune.runtime import ops, vision
 
 
@@ -182,14 +182,6 @@ def soft_keep_mask(mask: torch.Tensor, extra: torch.Tensor, key_bias: torch.Tens
     return (out + key_bias[:, None, :].to(dtype)).unsqueeze(1)
 
 
-def _check_stages(stages: list[Stage], num_layers: int) -> None:
-    for st in stages:
-        if st.site == "vit" and st.layer < -1:
-            raise ConfigError(f"ViT block must be >= 0 (or -1 for the default), got {st.layer}")
-        if st.site == "llm" and not (0 <= st.layer < num_layers):
-            raise ConfigError(f"layer {st.layer} out of range for a {num_layers}-layer LLM (0..{num_layers - 1})")
-
-
 def prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, all_logits: bool = False,
             grad: bool = False, soft: bool | str = False) -> PrefillState:
     """Run the prompt through the model, pruning where ``method`` says; returns the state decoding continues from.
@@ -228,7 +220,7 @@ def _prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, al
     dev = adapter.device
     L_layers = adapter.num_layers
     stages = method.stages(L_layers) if method is not None else []
-    _check_stages(stages, L_layers)
+    check_stages(stages, L_layers)
     pre = [s for s in stages if s.site == "pre_llm"]
     at_layer = {s.layer: s for s in stages if s.site == "llm"}
     requires = method.requires if method is not None else frozenset()

@@ -22,34 +22,10 @@ from typing import Any, Callable
 
 import torch
 
+from vtprune.adapters.base import VisionPlan
 from vtprune.errors import ConfigError
 from vtprune.methods.base import Pruner, Stage, VisionContext, VitDecision
 from vtprune.runtime import ops
-
-
-@dataclass
-class VisionPlan:
-    """One packed call of the vision tower, prepared by the adapter (``N`` patch rows, ``U = N / unit`` units).
-
-    Attributes:
-        hidden: ``[N, Dv]`` patch embeddings in the tower's processing order (window order on Qwen2.5-VL).
-        position_embeddings: rotary ``(cos, sin)``, each ``[N, dh]``, same order.
-        blocks: the stock vision blocks.
-        block_cu: per block, ``[S + 1]`` int32 boundaries of its attention segments (windows or frames).
-        unit: rows per LLM-token unit (``merge**2``); a unit's rows are contiguous in processing order.
-        unit_order: ``[U]`` long, the raster unit id (items concatenated) of each processing-order unit.
-        unit_grids: per item its ``(t, h, w)`` unit grid.
-        merger: the stock merger, ``[n * unit, Dv] -> [n, D]``.
-    """
-
-    hidden: torch.Tensor
-    position_embeddings: tuple[torch.Tensor, torch.Tensor]
-    blocks: list[torch.nn.Module]
-    block_cu: list[torch.Tensor]
-    unit: int
-    unit_order: torch.Tensor
-    unit_grids: list[tuple[int, int, int]]
-    merger: Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -94,10 +70,11 @@ def _biased_block(blk: torch.nn.Module, h: torch.Tensor, cu: torch.Tensor, pe: t
 
 
 def run_tower(plan: VisionPlan, block: int, select: Callable[[VisionContext], torch.Tensor | VitDecision], *,
-              name: str = "method") -> TowerOutput:
+              name: str = "method", num_layers: int | None = None) -> TowerOutput:
     """Run the vision blocks with one cut after ``block`` (after ``block + 1`` when the method returns a key bias).
 
-    ``select`` sees a :class:`VisionContext`; gradients flow wherever they are enabled (training)."""
+    ``select`` sees a :class:`VisionContext` (``num_layers``: the depth of the LLM fed, passed on to it); gradients
+    flow wherever they are enabled (training)."""
     depth = len(plan.blocks)
     block = resolve_block(block, depth)
     h, (cos, sin) = plan.hidden, plan.position_embeddings
@@ -110,7 +87,7 @@ def run_tower(plan: VisionPlan, block: int, select: Callable[[VisionContext], to
     order = plan.unit_order.to(h.device)
     raster = torch.argsort(order)  # processing position of each raster unit
     ctx = VisionContext(stage=Stage("vit", block), hidden=h.view(U, m, -1)[raster], grids=list(plan.unit_grids),
-                        depth=depth, training=torch.is_grad_enabled())
+                        depth=depth, training=torch.is_grad_enabled(), num_layers=num_layers)
     dec = _as_decision(select(ctx), U, name)
     del ctx  # its raster-ordered copy of the hidden states would otherwise stay alive through the full-size bias block
     keep_p = dec.keep.to(h.device)[order]  # processing order
@@ -157,7 +134,8 @@ def embed_with_vit(adapter: Any, batch: Any, method: Pruner, stage: Stage, *, vi
     unit_keep: list[torch.Tensor] = []
 
     def tower(pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-        out = run_tower(adapter.vision_plan(pixel_values, grid_thw), stage.layer, method.select, name=method.name)
+        out = run_tower(adapter.vision_plan(pixel_values, grid_thw), stage.layer, method.select, name=method.name,
+                        num_layers=adapter.num_layers)
         decisions.append(out.decision)
         unit_keep.append(out.keep)
         return out.features, out.keep

@@ -1,4 +1,4 @@
-"""``vtprune data ...`` (testbed datasets) and ``vtprune demo``."""
+"""``vtprune data ...``: generate and export the testbed datasets."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-
-from vtprune.errors import VtpruneError
 
 data_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 
@@ -40,8 +38,3 @@ def list_cmd() -> None:
         frames = f", {r['frames']} frames" if r["frames"] else ""
         cached = "cached" if r["cached"] else "not cached"
         typer.echo(f"testbed:{r['name']:<12} {r['size']:>6} {r['modality']}s{frames}  ({r['note']}; {cached})")
-
-
-def demo() -> None:
-    """Answer a bundled example with the best available pruning method and save a heatmap (not available yet)."""
-    raise VtpruneError("'vtprune demo' is not available yet: it needs the zoo model from the testbed")

@@ -127,7 +127,7 @@ def _own_evidence(record: Any) -> list[Any] | None:
 
 def _collator(adapter: Any, rng: CollatorRandom, num_frames: int | None, describe: bool, probe: bool,
               qa_turns: int = 0, evidence: bool = False):
-    from vtprune.eval.runner import sample_for_record
+    from vtprune.data.dataset import sample_for_record
     from vtprune.training.probe import batch_targets
     from vtprune.training.supervised import encode_with_answers
 

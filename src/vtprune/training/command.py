@@ -137,7 +137,7 @@ def glimpse(
     workers: int = _workers_option(),
 ) -> None:
     """Train a GlimpsePrune pruner (glimpse token + importance predictor) on a frozen base model."""
-    from vtprune.methods.glimpse.train import LossWeights, train_glimpse
+    from vtprune.training.glimpse import LossWeights, train_glimpse
 
     config = {k: v for k, v in dict(vip_size=vip_size, cond_size=cond_size).items() if v is not None}
     meta = train_glimpse(model=model, data=list(data), out=out, mode=mode, layer=layer, epochs=epochs, lr=lr,

@@ -25,7 +25,7 @@ from vtprune.adapters.base import Adapter, EncodedBatch, Sample
 from vtprune.errors import ConfigError, InputError
 from vtprune.methods.stts import STTS, STTSConfig
 from vtprune.runtime import ops, vision
-from vtprune.testbed.zoo import LORA_DIR
+from vtprune.hub import LORA_DIR
 from vtprune.training.supervised import SupervisedBatch, encode_with_answers
 from vtprune.training.common import CollatorRandom, ListDataset, check_workers
 
@@ -104,7 +104,7 @@ class _Trainee(nn.Module):
 
 def _load_rows(data: list[str], num_frames: int | None) -> list[tuple[Sample, list[str]]]:
     from vtprune.data.dataset import read_jsonl, resolve_data
-    from vtprune.eval.runner import sample_for_record
+    from vtprune.data.dataset import sample_for_record
 
     rows = []
     for spec in data:
@@ -167,7 +167,7 @@ def train_stts(
     stuck at the sigmoid's ends over the last tenth of training; a warning is logged when it is above half."""
     from transformers import Trainer, TrainingArguments
 
-    import vtprune
+    from vtprune.api import load
 
     if tune not in TUNE:
         raise ConfigError(f"--tune must be one of {', '.join(TUNE)}, got {tune!r}")
@@ -187,7 +187,7 @@ def train_stts(
     rows = list(rows or []) + (_load_rows(data, num_frames) if data else [])
     if not rows:
         raise InputError("no video training records")
-    vlm = vtprune.load(model)
+    vlm = load(model)
     method = STTS(keep=keep, block=block, temporal_weight=temporal_weight, temporal_loss=temporal_loss, seed=seed)
     scfg = STTSConfig.for_vision_config(vlm.model.config.vision_config)
     scfg.similarity_input = similarity_input

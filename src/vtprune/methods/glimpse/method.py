@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from vtprune.errors import ConfigError, ModelLoadError
-from vtprune.methods.base import Context, Pruner, Stage, hf_model, register_method
+from vtprune.methods.base import Context, Pruner, Stage, hf_model
+from vtprune.methods.registry import register_method
 from vtprune.methods.glimpse.config import GlimpseConfig, check_selection
 from vtprune.methods.glimpse.features import Groups, glimpse_attention, select_tokens, vision_levels
 from vtprune.methods.glimpse.modules import GlimpseModules
@@ -104,7 +105,7 @@ class GlimpsePruner(Pruner):
         """Write ``vtprune_config.json`` and ``model.safetensors`` (the pruner's own weights only)."""
         from safetensors.torch import save_file
 
-        from vtprune import __version__
+        from vtprune.version import __version__
 
         assert self.config is not None and self.modules is not None
         d = Path(directory)
@@ -215,7 +216,7 @@ class GlimpsePruner(Pruner):
 
 
 def resolve_pruner_path(path: str) -> Path:
-    from vtprune.testbed.zoo import resolve
+    from vtprune.hub import resolve
 
     p = resolve(path).expanduser()  # an unknown zoo name raises there
     if not p.is_dir():

@@ -31,9 +31,11 @@ import torch
 import torch.nn.functional as F
 
 from vtprune.errors import ConfigError, ModelLoadError
-from vtprune.methods.base import Pruner, Stage, VisionContext, VitDecision, hf_model, register_method
+from vtprune.methods.base import Pruner, Stage, VisionContext, VitDecision, hf_model
+from vtprune.methods.registry import register_method
 from vtprune.methods.stts.config import STTSConfig
 from vtprune.methods.stts.modules import STTSScorer, unit_change
+from vtprune.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -197,15 +199,13 @@ class STTS(Pruner):
         """Write ``vtprune_config.json`` (settings + scorer shape + version) and ``model.safetensors`` (scorer only)."""
         from safetensors.torch import save_file
 
-        import vtprune
-
         if self.scorer is None:
             raise ConfigError("stts: no scorer to save (train one, or call init_scorer)")
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         state = {PREFIX + k: v.detach().float().cpu().contiguous() for k, v in self.scorer.state_dict().items()}
         save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
-        cfg = {"method": self.to_dict(), "scorer": self.scorer.config.to_dict(), "vtprune_version": vtprune.__version__}
+        cfg = {"method": self.to_dict(), "scorer": self.scorer.config.to_dict(), "vtprune_version": __version__}
         (out / CONFIG_NAME).write_text(json.dumps(cfg, indent=1, sort_keys=True))
 
     @classmethod
@@ -216,7 +216,7 @@ class STTS(Pruner):
 
         if layer is not None:
             raise ConfigError("stts prunes inside the vision encoder; it takes no --layer")
-        from vtprune.testbed.zoo import resolve
+        from vtprune.hub import resolve
 
         p = resolve(path)
         if not (p / CONFIG_NAME).is_file() or not (p / WEIGHTS_NAME).is_file():

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import typer
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ASSETS = Path(__file__).resolve().parent / "assets"
 DEMO_MODEL = "zoo:synth-qwen2_5_vl"
 GLIMPSE_PRUNER = "zoo:glimpse-synth-qwen2_5_vl"
 FALLBACK = ("divprune", 0.25)
@@ -22,14 +22,14 @@ FALLBACK = ("divprune", 0.25)
 
 def best_method(num_layers: int) -> tuple[str, Any]:
     """GlimpsePrune with the shipped pruner if both exist, else the fallback training-free method."""
-    from vtprune.eval.runner import build_method
-    from vtprune.methods.base import _METHODS
-    from vtprune.testbed.zoo import ZOO_DIR
+    from vtprune.hub import ZOO_DIR
+    from vtprune.methods.factory import build_method
+    from vtprune.methods.registry import is_registered
 
-    if "glimpse" in _METHODS and (ZOO_DIR / GLIMPSE_PRUNER.split(":", 1)[1]).is_dir():
-        return "glimpse", build_method("glimpse", keep=None, layer=None, pruner=GLIMPSE_PRUNER, num_layers=num_layers)
-    name, keep = FALLBACK if FALLBACK[0] in _METHODS else ("uniform", 0.25)
-    return name, build_method(name, keep=keep, layer=None, pruner=None, num_layers=num_layers)
+    if is_registered("glimpse") and (ZOO_DIR / GLIMPSE_PRUNER.split(":", 1)[1]).is_dir():
+        return "glimpse", build_method("glimpse", keep=None, layer=None, weights=GLIMPSE_PRUNER, num_layers=num_layers)
+    name, keep = FALLBACK if is_registered(FALLBACK[0]) else ("uniform", 0.25)
+    return name, build_method(name, keep=keep, layer=None, weights=None, num_layers=num_layers)
 
 
 def demo(

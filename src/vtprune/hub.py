@@ -9,7 +9,7 @@ import torch
 
 from vtprune.errors import ModelLoadError
 
-ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
+ZOO_DIR = Path(__file__).resolve().parent / "zoo"
 
 
 def zoo_names() -> list[str]:
