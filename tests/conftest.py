@@ -9,7 +9,7 @@ from PIL import Image
 
 import vtprune
 
-FAMILIES = ["qwen2_5_vl", "qwen2_vl", "llava"]
+FAMILIES = ["qwen2_5_vl", "qwen2_vl", "llava", "qwen3_vl"]
 
 
 def make_image(w: int, h: int, seed: int = 0) -> Image.Image:
@@ -44,3 +44,30 @@ def stock_generate(vlm: vtprune.VLM, samples: list[vtprune.Sample], max_new_toke
     inputs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **batch.model_inputs)
     out = vlm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     return out[:, batch.input_ids.shape[1] :]
+
+
+def _flat_injection(feats: torch.Tensor, visual_mask: torch.Tensor) -> torch.Tensor:
+    """``[B, Nv, D]`` per-sample injection rows -> ``[N, D]`` in the row-major order of ``visual_mask`` ``[B, L]``."""
+    return torch.cat([feats[b, : int(visual_mask[b].sum())] for b in range(feats.shape[0])])
+
+
+def stock_layer_input(vlm: vtprune.VLM, batch, hidden_states, layer: int) -> torch.Tensor:
+    """The input of decoder layer ``layer`` in a stock forward: HF records each layer's output in ``hidden_states``,
+    before the family's own step after it (Qwen3-VL's DeepStack), which is added here with the stock function."""
+    h = hidden_states[layer]
+    inj = vlm.adapter.embed(batch).injections
+    if layer - 1 in inj:
+        h = vlm.adapter.text_model._deepstack_process(h, batch.visual_mask, _flat_injection(inj[layer - 1], batch.visual_mask))
+    return h
+
+
+def stock_logits_from_embeds(vlm: vtprune.VLM, batch, embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """Stock logits for a prompt fed as embeddings, with the family's per-layer visual features (DeepStack) when it
+    has them (the top-level forward only computes those from pixels)."""
+    inj = vlm.adapter.embed(batch).injections
+    if not inj:
+        return vlm.model(inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=position_ids).logits
+    levels = [_flat_injection(inj[i], batch.visual_mask) for i in sorted(inj)]
+    out = vlm.adapter.text_model(inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=position_ids,
+                                 visual_pos_masks=batch.visual_mask, deepstack_visual_embeds=levels)
+    return vlm.adapter.lm_head(out.last_hidden_state)

@@ -21,6 +21,31 @@ def _kept_positions(batch, b: int, kept_visual: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(~vis | (vis & keep_v[vid.clamp(min=0)])).flatten()
 
 
+def _deepstack(vlm, emb, batch, li: int, h: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+    """The stock text model's own DeepStack step after layer ``li`` on the surviving rows ``P`` of sample 0, with the
+    features of the visual tokens among them (families without injections: ``h`` unchanged)."""
+    if li not in emb.injections:
+        return h
+    vis = batch.visual_mask[0]
+    vid = (vis.long().cumsum(0) - 1)[P]
+    kept_vis = vis[P]
+    return vlm.adapter.text_model._deepstack_process(h, kept_vis[None], emb.injections[li][0, vid[kept_vis]])
+
+
+def _stock_logits_fed(vlm, emb, batch, P: torch.Tensor) -> torch.Tensor:
+    """Stock logits for the rows ``P`` of sample 0 fed as embeddings (with their DeepStack features, if any)."""
+    E, pos = emb.embeds[:, P], vlm.adapter.forward_position_ids(emb.positions[:, :, P])
+    ones = torch.ones(1, len(P), dtype=torch.long)
+    if not emb.injections:
+        return vlm.model(inputs_embeds=E, attention_mask=ones, position_ids=pos).logits
+    vis = batch.visual_mask[0]
+    vid = (vis.long().cumsum(0) - 1)[P]
+    levels = [emb.injections[i][0, vid[vis[P]]] for i in sorted(emb.injections)]
+    out = vlm.adapter.text_model(inputs_embeds=E, attention_mask=ones, position_ids=pos,
+                                 visual_pos_masks=vis[P][None], deepstack_visual_embeds=levels)
+    return vlm.adapter.lm_head(out.last_hidden_state)
+
+
 @pytest.mark.parametrize("method", ["random", "uniform"])
 def test_pre_llm_equals_stock_fed_kept_tokens(vlm, method):
     sample = [vtprune.Sample("what is left of the blue square?", [make_image(112, 84, 1)])]
@@ -33,8 +58,10 @@ def test_pre_llm_equals_stock_fed_kept_tokens(vlm, method):
     E, pos = emb.embeds[:, P], vlm.adapter.forward_position_ids(emb.positions[:, :, P])
     ones = torch.ones(1, len(P), dtype=torch.long)
     with torch.no_grad():
-        ref = vlm.model(inputs_embeds=E, attention_mask=ones, position_ids=pos).logits
+        ref = _stock_logits_fed(vlm, emb, batch, P)
     torch.testing.assert_close(st.logits, ref, rtol=1e-4, atol=1e-5)
+    if emb.injections:  # generate cannot take DeepStack features with inputs_embeds; the logits above cover them
+        return
     ref_tokens = vlm.model.generate(inputs_embeds=E, attention_mask=ones, position_ids=pos, max_new_tokens=6, do_sample=False)
     ours = decode(vlm.adapter, prefill(vlm.adapter, batch, m), Sampling(max_new_tokens=6), vlm.eos_ids())
     assert torch.equal(ours, ref_tokens)
@@ -63,12 +90,14 @@ def test_llm_site_cache_and_first_decode_logits(vlm, K):
             src = full.past_key_values.layers[li]
             if li <= K:
                 cache.update(src.keys[:, :, P], src.values[:, :, P], li)
-        h = full.hidden_states[K + 1][:, P]
+        # hidden_states[K + 1] is layer K's output before its DeepStack step (if any), which every token still gets
+        h = _deepstack(vlm, emb, batch, K, full.hidden_states[K + 1], torch.arange(batch.input_ids.shape[1]))[:, P]
         pos = emb.positions[:, :, P]
         cos_sin = vlm.adapter.rope(h, pos)
         for li in range(K + 1, vlm.num_layers):
             h = vlm.adapter.layers[li](h, attention_mask=None, position_ids=vlm.adapter.layer_position_ids(pos),
                                        past_key_values=cache, use_cache=True, position_embeddings=cos_sin)
+            h = _deepstack(vlm, emb, batch, li, h, P)  # later injections reach the kept visual tokens only
         first = vlm.adapter.lm_head(vlm.adapter.text_model.norm(h[:, -1])).argmax(-1)
         torch.testing.assert_close(st.logits.argmax(-1), first)
         step = vlm.model(input_ids=first[:, None], attention_mask=torch.ones(1, len(P) + 1, dtype=torch.long),

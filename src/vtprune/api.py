@@ -119,7 +119,7 @@ def load(name: str, *, device: str | torch.device | None = None, dtype: torch.dt
     if vit_attention not in VIT_ATTENTION:
         raise ConfigError(f"vit_attention must be one of {', '.join(VIT_ATTENTION)}, got {vit_attention!r}")
     if name.startswith("random:"):
-        from vtprune.testbed.random_models import build_random
+        from vtprune.adapters.spec import build_random
 
         model, tok, proc = build_random(name.split(":", 1)[1])
         frames = None

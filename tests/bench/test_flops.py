@@ -101,7 +101,7 @@ def test_linear_flops_match_the_hf_modules(name: str) -> None:
     """2 x (matrix parameters of one decoder layer / vision block) == the per-token linear FLOPs (meta device)."""
     import transformers
 
-    from vtprune.bench.shapes import get_shape, hf_config
+    from vtprune.bench.shapes import get_shape, hf_config, text_dims, vision_dims
     from vtprune.testbed.tokenizer import build_tokenizer
 
     s = get_shape(name)
@@ -112,9 +112,9 @@ def test_linear_flops_match_the_hf_modules(name: str) -> None:
     with torch.device("meta"):
         model = cls(cfg)
     layer = model.model.language_model.layers[0]
-    assert 2 * sum(p.numel() for p in layer.parameters() if p.dim() == 2) == s.text_dims().linear_per_token()
+    assert 2 * sum(p.numel() for p in layer.parameters() if p.dim() == 2) == text_dims(s).linear_per_token()
     tower = model.model.visual if s.family != "llava" else model.model.vision_tower
     block = tower.blocks[0] if s.family != "llava" else tower.encoder.layers[0]
-    v = s.vision_dims(1)
+    v = vision_dims(s, 1)
     mlp = (3 if v.kind == "qwen2_5_vl" else 2) * v.d * v.inter
     assert sum(p.numel() for p in block.parameters() if p.dim() == 2) == 4 * v.d * v.d + mlp

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vtprune.bench.shapes import SHAPES, get_shape, grid_for_tokens, hf_config
+from vtprune.bench.shapes import get_shape, grid_for_tokens, hf_config, shapes
 from vtprune.errors import ConfigError
 
 
 def test_required_shapes_exist() -> None:
-    assert {"qwen2_5_vl-3b", "qwen2_5_vl-7b", "qwen2_vl-2b", "llava-1.5-7b"} <= set(SHAPES)
+    assert {"qwen2_5_vl-3b", "qwen2_5_vl-7b", "qwen2_vl-2b", "llava-1.5-7b"} <= set(shapes())
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from vtprune.errors import ConfigError
 from vtprune.training.glimpse import (
     TrainItem, bce_loss, box_token_mask, dice_loss, image_frame, mask_loss, train_glimpse,
 )
-from vtprune.testbed.random_models import image_processor_for
+from vtprune.adapters.spec import image_processor_for
 
 
 def test_box_rasterisation_on_the_qwen_grid():

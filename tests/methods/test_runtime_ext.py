@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import vtprune
-from tests.conftest import make_image
+from tests.conftest import make_image, stock_logits_from_embeds
 from vtprune.methods.base import Context, Pruner, Stage
 from vtprune.runtime import ops
 from vtprune.runtime.executor import prefill
@@ -61,8 +61,7 @@ def test_merged_state_is_what_the_llm_reads(vlm):
     embeds = emb.embeds.clone()
     embeds[0, torch.nonzero(batch.visual_mask[0]).flatten()[3]] = 0.0
     with torch.no_grad():
-        ref = vlm.model(inputs_embeds=embeds, attention_mask=batch.attention_mask,
-                        position_ids=vlm.adapter.forward_position_ids(emb.positions)).logits
+        ref = stock_logits_from_embeds(vlm, batch, embeds, vlm.adapter.forward_position_ids(emb.positions))
     torch.testing.assert_close(got.logits, ref, rtol=1e-4, atol=1e-5)
 
 

@@ -170,7 +170,7 @@ def test_bias_needs_a_following_block(vlm):
         prefill(vlm.adapter, batch, vtprune.pruner("stts", keep=0.5, block=9))
     llava = load_small("llava")
     from tests.conftest import make_image
-    with pytest.raises(vtprune.ConfigError, match="not available"):
+    with pytest.raises(vtprune.UnsupportedModelError, match="not supported by this family"):
         prefill(llava.adapter, llava.adapter.encode([vtprune.Sample("q", [make_image(56, 56)])]), FixedVit())
 
 

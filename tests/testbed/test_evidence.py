@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import vtprune
-from tests.conftest import FAMILIES, make_image
+from tests.conftest import FAMILIES, make_image, stock_layer_input
 from vtprune.testbed.tasks import IMAGE_TASKS, VIDEO_TASKS, make_image_sample, make_video_sample
 from vtprune.training.common import CollatorRandom
 from vtprune.training.evidence import batch_evidence, evidence_attention_loss, evidence_tokens, reply_queries
@@ -34,7 +34,7 @@ def test_key_states_equal_the_cache_of_the_stock_forward(fam):
                         **enc.model_inputs)
         cos, sin = ad.rope(out.hidden_states[0], pos)
         for layer in (0, ad.num_layers - 1):
-            k = ad.key_states(layer, out.hidden_states[layer], cos, sin)
+            k = ad.key_states(layer, stock_layer_input(vlm, enc, out.hidden_states, layer), cos, sin)
             torch.testing.assert_close(k, out.past_key_values.layers[layer].keys, atol=1e-5, rtol=1e-4)
 
 

@@ -123,7 +123,7 @@ def test_llava_recipe_starts_from_sincos_positions():
 def test_readout_loss_is_the_lm_head_read_at_the_chosen_layer():
     from tests.conftest import make_image
     from vtprune.errors import ConfigError
-    from vtprune.testbed.random_models import build_random
+    from vtprune.adapters.spec import build_random
     from vtprune.training.base import ZooRecipe
     from vtprune.training.probe import CONTENT_CLASSES, IGNORE, NT, content_token_ids
     from vtprune.training.supervised import encode_with_answers

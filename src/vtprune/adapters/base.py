@@ -80,6 +80,11 @@ class Embedded:
     embeds: torch.Tensor  # [B, L, D]
     positions: torch.Tensor  # [P, B, L]
     vision: dict[str, Any] = field(default_factory=dict)
+    injections: dict[int, torch.Tensor] = field(default_factory=dict)
+    """Per decoder layer ``i``, ``[B, Nv, D]`` features the stock text model adds to the visual tokens' hidden states
+    right after layer ``i`` (Qwen3-VL's DeepStack), row ``j`` of sample ``b`` for its ``j``-th visual token (zeros
+    past a sample's count). The runtime adds them to the visual tokens still in the sequence, so a token pruned
+    before layer ``i`` takes its injections with it (:func:`vtprune.runtime.ops.add_visual`)."""
 
 
 def register_adapter(cls: type[Adapter]) -> type[Adapter]:
@@ -227,6 +232,22 @@ class Adapter:
         holds the tower outputs from ``embed(..., vision_outputs=...)`` with at least
         :meth:`vision_stats_hidden_states` recorded."""
         raise UnsupportedModelError(f"{type(self).__name__} cannot compute vision-encoder attention")
+
+    # --- capabilities a site or method may need; a family declares what it has ---------------------------------
+    supports_vit_site: ClassVar[bool] = False
+    """The ``vit`` site: :meth:`video_mask` and :meth:`vision_plan` (:mod:`vtprune.runtime.vision`)."""
+
+    def unsupported(self, what: str) -> UnsupportedModelError:
+        """The error for a capability this family lacks."""
+        return UnsupportedModelError(f"{what} is not supported by this family ({type(self.model).__name__})")
+
+    def video_mask(self, batch: EncodedBatch) -> torch.Tensor:
+        """``[B, L]`` bool: the video placeholder tokens the ``vit`` site's tower output fills, in its unit order."""
+        raise self.unsupported("the 'vit' pruning site")
+
+    def vision_plan(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> Any:
+        """The tower's preamble as a :class:`VisionPlan` (the ``vit`` site)."""
+        raise self.unsupported("the 'vit' pruning site")
 
     def check_images(self, samples: list[Sample]) -> None:
         for s in samples:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from vtprune.adapters.base import Adapter, EncodedBatch, Embedded, Sample, grid_coords, left_pad, register_adapter
+from vtprune.adapters.spec import FamilySpec, Shape, register_family, token_ids
 
 
 @register_adapter
@@ -124,3 +125,69 @@ class LlavaAdapter(Adapter):
 
     def forward_position_ids(self, positions: torch.Tensor) -> torch.Tensor:
         return positions[0]
+
+
+# --- the family spec: random config, processor, bench shape ------------------------------------------------------
+
+
+def llava_ids(tok: Any) -> dict[str, int]:
+    return token_ids(tok, bos="<|endoftext|>", eos="<|im_end|>", pad="<pad>", image="<image>")
+
+
+def _random_config(tok: Any, *, hidden: int = 64, layers: int = 4, heads: int = 4, kv_heads: int = 2,
+                   image_size: int = 56, patch_size: int = 14, vit_depth: int = 3, vit_hidden: int = 32,
+                   vit_heads: int = 2) -> Any:
+    """A small LLaVA-1.5-layout config: CLIP tower (patch 14), 2-layer MLP projector, Llama LLM."""
+    from transformers import LlavaConfig
+
+    ids = llava_ids(tok)
+    vision = dict(model_type="clip_vision_model", hidden_size=vit_hidden, intermediate_size=vit_hidden * 2,
+                  num_hidden_layers=vit_depth, num_attention_heads=vit_heads, image_size=image_size, patch_size=patch_size,
+                  projection_dim=vit_hidden)
+    text = dict(model_type="llama", vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
+                num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                max_position_embeddings=4096, bos_token_id=ids["bos"], eos_token_id=ids["eos"],
+                pad_token_id=ids["pad"], tie_word_embeddings=False)
+    # image_seq_length is metadata (HF's default is LLaVA-1.5's 576); state this tower's own count
+    return LlavaConfig(vision_config=vision, text_config=text, image_token_id=ids["image"],
+                       vision_feature_layer=-2, vision_feature_select_strategy="default",
+                       image_seq_length=(image_size // patch_size) ** 2)
+
+
+def image_processor(*, image_size: int = 56, crop: bool = True, **_: Any) -> Any:
+    """CLIP's image processor (PIL backend) at ``image_size``: shortest edge then a centre crop, or (``crop=False``)
+    the whole image squashed to a square."""
+    from transformers import CLIPImageProcessorPil
+
+    if not crop:
+        return CLIPImageProcessorPil(size={"height": image_size, "width": image_size}, do_center_crop=False)
+    return CLIPImageProcessorPil(size={"shortest_edge": image_size},
+                                 crop_size={"height": image_size, "width": image_size})
+
+
+def _bench_config(shape: Any, tok: Any, layers: int, vit_layers: int) -> Any:
+    import transformers
+
+    ids = llava_ids(tok)
+    vision = dict(model_type="clip_vision_model", hidden_size=shape.vit_hidden, intermediate_size=shape.vit_inter,
+                  num_hidden_layers=vit_layers, num_attention_heads=shape.vit_heads, image_size=shape.image_size,
+                  patch_size=shape.patch, projection_dim=shape.projection_dim, hidden_act="quick_gelu")
+    text = dict(shape.text_kwargs(layers), model_type="llama", rms_norm_eps=1e-5, bos_token_id=ids["bos"],
+                eos_token_id=ids["eos"], pad_token_id=ids["pad"],
+                rope_parameters={"rope_type": "default", "rope_theta": shape.rope_theta})
+    return transformers.LlavaConfig(vision_config=vision, text_config=text, image_token_id=ids["image"],
+                                    vision_feature_layer=-2, vision_feature_select_strategy="default",
+                                    projector_hidden_act="gelu", tie_word_embeddings=shape.tie_embeddings)
+
+
+register_family(FamilySpec(
+    name="llava", model_class="LlavaForConditionalGeneration", random_config=_random_config,
+    image_processor=image_processor, bench_config=_bench_config, shapes=(
+        # https://huggingface.co/llava-hf/llava-1.5-7b-hf/blob/main/config.json (Llama-2-7B/Vicuna LLM,
+        # CLIP ViT-L/14-336 tower, 2-layer GELU projector, feature layer -2, 576 image tokens)
+        Shape("llava-1.5-7b", "llava", "llava-hf/llava-1.5-7b-hf config.json", hidden=4096, inter=11008,
+              layers=32, heads=32, kv_heads=32, vocab=32064, max_positions=4096, rope_theta=10000.0,
+              tie_embeddings=False, vit_hidden=1024, vit_inter=4096, vit_layers=24, vit_heads=16, merge=1,
+              temporal_patch=1, image_size=336, projection_dim=768, vit_kind="clip", takes_video=False),
+    ),
+))

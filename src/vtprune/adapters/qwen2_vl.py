@@ -15,6 +15,7 @@ import torch
 from vtprune.adapters.base import (
     Adapter, EncodedBatch, Embedded, Sample, VisionPlan, grid_coords, left_pad, register_adapter,
 )
+from vtprune.adapters.spec import FamilySpec, Shape, register_family, token_ids
 from vtprune.errors import InputError
 
 
@@ -72,17 +73,20 @@ class Qwen2VLAdapter(Adapter):
     def followup_ids(self, question: str) -> list[int]:
         return self._tok(f"\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
 
+    def _item_ids(self, kind: int, t: int, h: int, w: int, fps: float | None) -> list[int]:
+        """The prompt tokens of one image (``kind`` 1) or video (2) with a ``t x h x w`` LLM-token grid."""
+        pad = self._special("<|image_pad|>" if kind == 1 else "<|video_pad|>")
+        return [self._special("<|vision_start|>")] + [pad] * (t * h * w) + [self._special("<|vision_end|>")]
+
     def encode(self, samples: list[Sample]) -> EncodedBatch:
         self.check_images(samples)
         img_id, vid_id = self._special("<|image_pad|>"), self._special("<|video_pad|>")
-        vs, ve = self._special("<|vision_start|>"), self._special("<|vision_end|>")
         rows: list[list[int]] = []
         types: list[list[int]] = []
         coords: list[torch.Tensor] = []
         grids: list[list[tuple[int, int, int]]] = []
         pixel_values, image_grids, video_values, video_grids = [], [], [], []
         video_seconds: list[float] = []  # per video, seconds per temporal patch (HF's default 1.0 without an fps)
-        m2 = self.merge * self.merge
         for s in samples:
             ids: list[int] = []
             tt: list[int] = []
@@ -107,9 +111,9 @@ class Qwen2VLAdapter(Adapter):
             tt = [0] * len(ids)
             for item_idx, (kind, pv, g) in enumerate(items):
                 t, h, w = int(g[0, 0]), int(g[0, 1]) // self.merge, int(g[0, 2]) // self.merge
-                n = int(g.prod()) // m2
-                ids += [vs] + [img_id if kind == 1 else vid_id] * n + [ve]
-                tt += [0] + [kind] * n + [0]
+                item_ids = self._item_ids(kind, t, h, w, s.fps)
+                ids += item_ids
+                tt += [kind if i in (img_id, vid_id) else 0 for i in item_ids]
                 sample_coords.append(grid_coords(item_idx, t, h, w))
                 sample_grids.append((t, h, w))
                 (pixel_values if kind == 1 else video_values).append(pv)
@@ -147,6 +151,7 @@ class Qwen2VLAdapter(Adapter):
         mi = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.model_inputs.items()}
         embeds = inner.get_input_embeddings()(input_ids)
         vision: dict[str, Any] = {}
+        outs: dict[str, Any] = {}
         for kind, pv_key, grid_key, tok in (
             ("image", "pixel_values", "image_grid_thw", "<|image_pad|>"),
             ("video", "pixel_values_videos", "video_grid_thw", "<|video_pad|>"),
@@ -165,9 +170,14 @@ class Qwen2VLAdapter(Adapter):
             out = getter(mi[pv_key], mi[grid_key], output_hidden_states=hidden, return_dict=True)
             feats = torch.cat(list(out.pooler_output), dim=0).to(embeds.dtype)
             embeds = embeds.masked_scatter(mask, feats)
+            outs[kind] = out
             if vision_outputs:
                 vision[kind] = out
-        return Embedded(embeds, self.positions(input_ids, attention_mask, mi), vision)
+        return Embedded(embeds, self.positions(input_ids, attention_mask, mi), vision, self._injections(mi, outs))
+
+    def _injections(self, model_inputs: dict[str, Any], outs: dict[str, Any]) -> dict[int, torch.Tensor]:
+        """:attr:`Embedded.injections` from the tower outputs per kind (none on Qwen2/2.5-VL)."""
+        return {}
 
     def positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, model_inputs: dict[str, Any]) -> torch.Tensor:
         """Generate-style ``[4, B, L]`` positions: the text row (cumsum over the mask), then M-RoPE t/h/w."""
@@ -247,3 +257,111 @@ class Qwen2VLAdapter(Adapter):
         grids = [(int(t), int(hh) // m, int(ww) // m) for t, hh, ww in grid_thw.tolist()]
         return VisionPlan(hidden=h, position_embeddings=(cos, sin), blocks=list(vis.blocks), block_cu=block_cu,
                           unit=m * m, unit_order=order, unit_grids=grids, merger=vis.merger)
+
+
+# --- the family specs: random configs, processor, bench shapes ---------------------------------------------------
+
+
+def mrope_section(head_dim: int) -> list[int]:
+    """An M-RoPE split of ``head_dim / 2`` frequencies into (t, h, w), a quarter for time as the real models do."""
+    half = head_dim // 2
+    t = half // 4
+    rest = half - t
+    return [t, rest // 2, rest - rest // 2]
+
+
+def qwen_ids(tok: Any) -> dict[str, int]:
+    return token_ids(tok, bos="<|endoftext|>", eos="<|im_end|>", pad="<pad>", image="<|image_pad|>",
+                     video="<|video_pad|>", vs="<|vision_start|>", ve="<|vision_end|>")
+
+
+def qwen_special(ids: dict[str, int]) -> dict[str, int]:
+    return dict(image_token_id=ids["image"], video_token_id=ids["video"], vision_start_token_id=ids["vs"],
+                vision_end_token_id=ids["ve"])
+
+
+def _random_config(family: str, tok: Any, *, hidden: int = 64, layers: int = 4, heads: int = 4, kv_heads: int = 2,
+                   vit_depth: int = 4, vit_hidden: int = 32, vit_heads: int = 2, window_size: int = 56) -> Any:
+    """A small Qwen2-VL / Qwen2.5-VL config over ``tok``'s vocabulary (M-RoPE sections sum to head_dim/2)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
+
+    ids = qwen_ids(tok)
+    text = dict(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=8192,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section(hidden // heads)},
+        bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"], tie_word_embeddings=False,
+    )
+    if family == "qwen2_5_vl":
+        vision = dict(depth=vit_depth, hidden_size=vit_hidden, intermediate_size=vit_hidden * 2, num_heads=vit_heads,
+                      out_hidden_size=hidden, fullatt_block_indexes=[i for i in range(vit_depth) if i % 2 == 1],
+                      window_size=window_size, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+        return Qwen2_5_VLConfig(vision_config=vision, text_config=text, **qwen_special(ids))
+    vision = dict(depth=vit_depth, embed_dim=vit_hidden, hidden_size=hidden, num_heads=vit_heads, mlp_ratio=2,
+                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    return Qwen2VLConfig(vision_config=vision, text_config=text, **qwen_special(ids))
+
+
+def image_processor(*, patch_size: int = 14, max_tokens: int = 64, **kwargs: Any) -> Any:
+    """Qwen's image processor (PIL backend): images resized onto the ``2 * patch_size`` pixel grid, at most
+    ``max_tokens`` LLM tokens unless ``max_pixels`` is given."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    unit = 2 * patch_size
+    kwargs.setdefault("min_pixels", unit * unit * 4)
+    kwargs.setdefault("max_pixels", unit * unit * max_tokens)
+    return Qwen2VLImageProcessorPil(patch_size=patch_size, merge_size=2, **kwargs)
+
+
+def _bench_config(shape: Any, tok: Any, layers: int, vit_layers: int) -> Any:
+    import transformers
+
+    ids = qwen_ids(tok)
+    text = dict(shape.text_kwargs(layers), bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"],
+                rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": shape.rope_theta,
+                                                    "mrope_section": [16, 24, 24]})
+    common = dict(depth=vit_layers, num_heads=shape.vit_heads, patch_size=shape.patch,
+                  spatial_merge_size=shape.merge, temporal_patch_size=shape.temporal_patch)
+    special = dict(qwen_special(ids), tie_word_embeddings=shape.tie_embeddings)
+    if shape.family == "qwen2_5_vl":
+        vision = dict(common, hidden_size=shape.vit_hidden, intermediate_size=shape.vit_inter, hidden_act="silu",
+                      out_hidden_size=shape.hidden, window_size=shape.window_size,
+                      fullatt_block_indexes=list(shape.full_blocks_for(vit_layers)))
+        return transformers.Qwen2_5_VLConfig(vision_config=vision, text_config=text, **special)
+    vision = dict(common, embed_dim=shape.vit_hidden, hidden_size=shape.hidden,
+                  mlp_ratio=shape.vit_inter // shape.vit_hidden)
+    return transformers.Qwen2VLConfig(vision_config=vision, text_config=text, **special)
+
+
+_QWEN25_VIT = dict(vit_hidden=1280, vit_inter=3420, vit_layers=32, vit_heads=16, full_blocks=(7, 15, 23, 31),
+                   vit_kind="qwen2_5_vl")
+_QWEN2_VIT = dict(vit_hidden=1280, vit_inter=5120, vit_layers=32, vit_heads=16, vit_kind="qwen2_vl")  # mlp_ratio 4
+
+register_family(FamilySpec(
+    name="qwen2_5_vl", model_class="Qwen2_5_VLForConditionalGeneration",
+    random_config=lambda tok, **sizes: _random_config("qwen2_5_vl", tok, **sizes), image_processor=image_processor,
+    bench_config=_bench_config, shapes=(
+        # https://huggingface.co/Qwen/Qwen2.5-VL-3B-Instruct/blob/main/config.json
+        Shape("qwen2_5_vl-3b", "qwen2_5_vl", "Qwen/Qwen2.5-VL-3B-Instruct config.json", hidden=2048, inter=11008,
+              layers=36, heads=16, kv_heads=2, vocab=151936, max_positions=128000, rope_theta=1e6,
+              tie_embeddings=True, **_QWEN25_VIT),
+        # https://huggingface.co/Qwen/Qwen2.5-VL-7B-Instruct/blob/main/config.json
+        Shape("qwen2_5_vl-7b", "qwen2_5_vl", "Qwen/Qwen2.5-VL-7B-Instruct config.json", hidden=3584, inter=18944,
+              layers=28, heads=28, kv_heads=4, vocab=152064, max_positions=128000, rope_theta=1e6,
+              tie_embeddings=False, **_QWEN25_VIT),
+    ),
+))
+register_family(FamilySpec(
+    name="qwen2_vl", model_class="Qwen2VLForConditionalGeneration",
+    random_config=lambda tok, **sizes: _random_config("qwen2_vl", tok, **sizes), image_processor=image_processor,
+    bench_config=_bench_config, shapes=(
+        # https://huggingface.co/Qwen/Qwen2-VL-2B-Instruct/blob/main/config.json
+        Shape("qwen2_vl-2b", "qwen2_vl", "Qwen/Qwen2-VL-2B-Instruct config.json", hidden=1536, inter=8960,
+              layers=28, heads=12, kv_heads=2, vocab=151936, max_positions=32768, rope_theta=1e6,
+              tie_embeddings=True, **_QWEN2_VIT),
+        # https://huggingface.co/Qwen/Qwen2-VL-7B-Instruct/blob/main/config.json
+        Shape("qwen2_vl-7b", "qwen2_vl", "Qwen/Qwen2-VL-7B-Instruct config.json", hidden=3584, inter=18944,
+              layers=28, heads=28, kv_heads=4, vocab=152064, max_positions=32768, rope_theta=1e6,
+              tie_embeddings=False, **_QWEN2_VIT),
+    ),
+))

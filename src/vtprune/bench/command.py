@@ -19,7 +19,7 @@ from typing import Any, Optional
 import typer
 
 from vtprune.bench.inputs import VisualSpec, parse_size
-from vtprune.bench.shapes import SHAPES, Shape, get_shape
+from vtprune.bench.shapes import Shape, get_shape, shapes, text_dims, vision_dims
 from vtprune.errors import ConfigError
 
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -215,7 +215,7 @@ def _run_one(plan: _Plan, model: Any, tok: Any, method: Any, spec: VisualSpec, a
     grids = [(t, h * merge, w * merge) for t, h, w in batch.grids[0]]
     cfg = _config(plan, method, model, inp, dict(args, load_at_start=load_at_start), adapter.device)
     vit = [st for st in method.stages(plan.layers) if st.site == "vit"]
-    return build_report(cfg, ab, plan.shape.text_dims(), plan.shape.vision_dims(plan.vit_layers), grids,
+    return build_report(cfg, ab, text_dims(plan.shape), vision_dims(plan.shape, plan.vit_layers), grids,
                         full_layers(method, plan.layers), float(method.keep), vit_identical=not vit,
                         vit_blocks_all=vit_blocks_all(method, vit[0], plan.vit_layers) if vit else None)
 
@@ -230,7 +230,7 @@ def vit_blocks_all(method: Any, stage: Any, depth: int) -> int:
 
 
 def bench(
-    shape: str = typer.Option(..., "--shape", help=f"Real model shape: {', '.join(SHAPES)}."),
+    shape: str = typer.Option(..., "--shape", help=f"Real model shape: {', '.join(shapes())}."),
     layers: Optional[int] = typer.Option(None, "--layers", help="LLM layers to build (real width; default: all)."),
     vit_layers: Optional[int] = typer.Option(None, "--vit-layers", help="Vision blocks to build (default: all)."),
     visual_tokens: Optional[int] = typer.Option(None, "--visual-tokens", help="Visual tokens (Qwen: image sized)."),
@@ -291,8 +291,8 @@ def bench(
                       "matmuls than fp32; --dtype auto picks fp32 here")
     if vit_attention not in ("stock", "packed"):
         raise ConfigError(f"--vit-attention must be stock or packed, got {vit_attention!r}")
-    if vit_attention == "packed" and s.family == "llava":
-        raise ConfigError("--vit-attention packed serves the Qwen vision towers; llava shapes take stock")
+    if vit_attention == "packed" and s.vit_kind == "clip":
+        raise ConfigError(f"--vit-attention packed serves the Qwen vision towers; {s.name} takes stock")
     if clock not in ("auto", "wall", "cpu"):
         raise ConfigError(f"--clock must be auto, wall or cpu, got {clock!r}")
     if clock == "cpu" and device == "cuda":

@@ -80,7 +80,7 @@ def build_input(shape: Shape, spec: VisualSpec, batch_size: int) -> BenchInput:
     from vtprune.adapters import Sample
 
     notes: list[str] = []
-    if shape.family == "llava":
+    if shape.vit_kind == "clip":
         from transformers import CLIPImageProcessor
 
         if spec.frames is not None:
@@ -95,8 +95,11 @@ def build_input(shape: Shape, spec: VisualSpec, batch_size: int) -> BenchInput:
         return BenchInput([Sample(QUESTION, [img]) for _ in range(batch_size)], proc,
                           {"kind": "image", "pixels": [w, h], "resized_to": [shape.image_size] * 2}, notes)
 
-    from transformers import Qwen2VLImageProcessorPil as Proc
+    from functools import partial
 
+    from transformers import Qwen2VLImageProcessorPil
+
+    Proc = partial(Qwen2VLImageProcessorPil, patch_size=shape.patch, merge_size=shape.merge)
     unit = shape.patch * shape.merge
     if spec.frames is not None:
         fw, fh = spec.frame_size

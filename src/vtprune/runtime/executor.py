@@ -324,6 +324,8 @@ def _prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, al
             use_cache=True,
             position_embeddings=cos_sin,
         )
+        if i in emb.injections:  # the family's own per-layer step (DeepStack): only the kept visual rows get it
+            seq.hidden = ops.add_visual(seq.hidden, seq.visual_id, emb.injections[i])
         token_layers += (seq.visual_id >= 0).sum(1)
         if i in at_layer:
             attn = None

@@ -85,6 +85,23 @@ def replace_rows(x: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, new: 
     return out[:, :L]
 
 
+def add_visual(hidden: torch.Tensor, visual_id: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """``hidden`` with ``feats[b, visual_id[b, l]]`` added at every row ``l`` holding a visual token, a new tensor
+    (the stock DeepStack step's operation, on whatever rows are still in the sequence).
+
+    Args:
+        hidden: ``[B, L, D]``; visual_id: ``[B, L]`` long, each row's original visual index (-1 on other rows);
+        feats: ``[B, Nv, D]``.
+    """
+    vis = visual_id >= 0
+    if not bool(vis.any()):
+        return hidden
+    b = torch.nonzero(vis, as_tuple=True)[0]
+    out = hidden.clone()
+    out[vis] = out[vis] + feats.to(hidden.device, hidden.dtype)[b, visual_id[vis]]
+    return out
+
+
 def padded_rows(index_rows: list[torch.Tensor], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack ragged 1-D rows into ``[B, N]`` plus a validity mask ``[B, N]``."""
     n = max((len(r) for r in index_rows), default=0)

@@ -128,8 +128,8 @@ def embed_with_vit(adapter: Any, batch: Any, method: Pruner, stage: Stage, *, vi
     Returns the :class:`~vtprune.adapters.base.Embedded` (positions of the full prompt; dropped placeholders keep
     their token embedding), ``keep`` ``[B, L]`` bool (False exactly at placeholders of dropped units) and the
     method's decisions (their ``aux_loss`` feeds training)."""
-    if not getattr(adapter, "supports_vit_site", False):
-        raise ConfigError(f"the 'vit' pruning site is not available for {type(adapter.model).__name__}")
+    if not adapter.supports_vit_site:
+        raise adapter.unsupported("the 'vit' pruning site")
     decisions: list[VitDecision] = []
     unit_keep: list[torch.Tensor] = []
 

@@ -50,7 +50,7 @@ ZOO_SIZES: dict[str, dict[str, Any]] = {
 
 def build_untrained(model_type: str, seed: int = 0) -> tuple[torch.nn.Module, Any, Any]:
     """A fresh zoo-sized model of ``model_type`` with the offline tokenizer and a processor for testbed images."""
-    from vtprune.testbed.random_models import build_random
+    from vtprune.adapters.spec import build_random, image_processor_for
 
     if model_type not in ZOO_SIZES:
         raise ConfigError(f"--model-type must be one of {', '.join(ZOO_SIZES)}, got {model_type!r}")
@@ -58,15 +58,11 @@ def build_untrained(model_type: str, seed: int = 0) -> tuple[torch.nn.Module, An
     model, tok, _ = build_random(model_type, seed=seed, **sizes)
     if model_type == "llava":
         sincos_positions(model.model.vision_tower.embeddings)
-        from transformers import CLIPImageProcessorPil
-
-        side = sizes["image_size"]
-        proc = CLIPImageProcessorPil(size={"height": side, "width": side}, do_center_crop=False)
+        # no centre crop: it could cut the evidence out
+        proc = image_processor_for(model_type, image_size=sizes["image_size"], crop=False)
     else:
-        from transformers import Qwen2VLImageProcessorPil
-
         # testbed images are rendered at multiples of 28 px; allow up to 1024 visual tokens for efficiency demos
-        proc = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=28 * 28 * 1024)
+        proc = image_processor_for(model_type, max_tokens=1024)
     # the model's text vocabulary is the tokenizer's; the LM head is untied (trained from scratch)
     return model.train(), tok, proc
 

@@ -1,0 +1,160 @@
+"""Adapter for Qwen3-VL (``Qwen3VLForConditionalGeneration``): Qwen2.5-VL's layout plus DeepStack and text timestamps.
+
+- **Positions**: interleaved M-RoPE from the model's own ``get_rope_index`` (each temporal patch of a video is its
+  own item on the time axis); kept tokens keep their ids, as for Qwen2/2.5-VL.
+- **Video**: every temporal patch (two frames) is preceded by its timestamp as text, ``<1.5 seconds>``, then
+  ``<|vision_start|>`` + its ``h*w`` tokens + ``<|vision_end|>``, as HF's processor writes it. The timestamp of a
+  patch is the mean time of its two frames at ``Sample.fps`` (2 fps, the processor's sampling rate, without one).
+- **DeepStack**: the vision tower also emits features from a few intermediate blocks
+  (``deepstack_visual_indexes``); the stock text model adds level ``i`` to the visual tokens' hidden states right
+  after decoder layer ``i``. Here they are :attr:`Embedded.injections`, added by the runtime to the visual tokens
+  still in the sequence: a token pruned before the LLM takes all its DeepStack features with it, and a token pruned
+  after layer K receives no injection after K (the injection follows the kept set). With every token kept this is
+  the stock forward exactly.
+- **Sites**: ``pre_llm`` and ``llm``. The ``vit`` site is not supported (its tower would also have to cut the
+  DeepStack taps).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from vtprune.adapters.base import register_adapter
+from vtprune.adapters.qwen2_vl import Qwen2VLAdapter, image_processor, qwen_ids, qwen_special
+from vtprune.adapters.spec import FamilySpec, Shape, register_family
+
+DEFAULT_FPS = 2.0
+"""Frame rate assumed for a video without one (the Qwen3-VL video processor samples at 2 fps)."""
+
+
+@register_adapter
+class Qwen3VLAdapter(Qwen2VLAdapter):
+    families = ("qwen3_vl",)
+    model_classes = ("Qwen3VLForConditionalGeneration",)
+    supports_vit_site = False
+
+    @property
+    def _absolute_time(self) -> bool:
+        return False  # time is in the text timestamps, not in second_per_grid_ts
+
+    def _item_ids(self, kind: int, t: int, h: int, w: int, fps: float | None) -> list[int]:
+        if kind == 1:
+            return super()._item_ids(kind, t, h, w, fps)
+        tp = self._temporal_patch
+        rate = fps or DEFAULT_FPS
+        ids: list[int] = []
+        for k in range(t):  # mean time of the patch's first and last frame (HF's _calculate_timestamps)
+            stamp = (k * tp + (k * tp + tp - 1)) / 2 / rate
+            ids += self._tok(f"<{stamp:.1f} seconds>") + super()._item_ids(kind, 1, h, w, fps)
+        return ids
+
+    def _injections(self, model_inputs: dict[str, Any], outs: dict[str, Any]) -> dict[int, torch.Tensor]:
+        """DeepStack level ``i`` as ``[B, Nv, D]`` in each sample's visual-token order (see the module docstring)."""
+        if not outs:
+            return {}
+        types = model_inputs["mm_token_type_ids"].to(self.device)  # [B, L]: 0 text, 1 image, 2 video
+        vis = types > 0
+        counts = vis.sum(1).tolist()
+        kind_of = types[vis]  # flat, row-major: the order the stock model's masks take
+        levels = len(next(iter(outs.values())).deepstack_features)
+        out: dict[int, torch.Tensor] = {}
+        for lvl in range(levels):
+            flat: torch.Tensor | None = None
+            for kind, code in (("image", 1), ("video", 2)):
+                if kind in outs:
+                    feats = torch.cat(list(outs[kind].deepstack_features[lvl]), dim=0)
+                    if flat is None:
+                        flat = feats.new_zeros(int(vis.sum()), feats.shape[-1])
+                    flat[kind_of == code] = feats.to(flat.dtype)
+            assert flat is not None
+            out[lvl] = torch.nn.utils.rnn.pad_sequence(list(flat.split(counts)), batch_first=True)
+        return out
+
+
+# --- the family spec: random config, processor, bench shapes -----------------------------------------------------
+
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "<|im_start|>{{ message.role + '\\n' }}"
+    "{%- if message.content is string -%}{{ message.content }}"
+    "{%- else -%}{%- for c in message.content -%}"
+    "{%- if c.type == 'image' -%}<|vision_start|><|image_pad|><|vision_end|>"
+    "{%- elif c.type == 'video' -%}<|vision_start|><|video_pad|><|vision_end|>"
+    "{%- elif c.type == 'text' -%}{{ c.text }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{ '<|im_end|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+"""Qwen3-VL-Instruct's prompt layout (no default system turn, unlike Qwen2.5-VL's): a user turn holds its images
+and video first, then the text; the processor expands each pad token to the item's tokens (and, for video, the
+per-patch timestamps)."""
+
+
+def _interleaved_section(head_dim: int) -> list[int]:
+    """(t, h, w) frequency counts for Qwen3-VL's interleaved M-RoPE (the real models: [24, 20, 20] of 64)."""
+    half = head_dim // 2
+    hw = max(1, half * 20 // 64)
+    return [half - 2 * hw, hw, hw]
+
+
+def _random_config(tok: Any, *, hidden: int = 64, layers: int = 4, heads: int = 4, kv_heads: int = 2,
+                   vit_depth: int = 4, vit_hidden: int = 32, vit_heads: int = 2,
+                   deepstack: tuple[int, ...] = (0, 1, 2)) -> Any:
+    """A small Qwen3-VL config: patch 16, merge 2, DeepStack taps after ViT blocks ``deepstack`` (their features
+    join after decoder layers 0, 1, 2 of 4: the last injection comes before the last layer, as in the real models)."""
+    from transformers import Qwen3VLConfig
+
+    ids = qwen_ids(tok)
+    head_dim = hidden // heads
+    text = dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
+                max_position_embeddings=8192, bos_token_id=ids["bos"], eos_token_id=ids["eos"],
+                pad_token_id=ids["pad"], tie_word_embeddings=False,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_interleaved": True,
+                                 "mrope_section": _interleaved_section(head_dim)})
+    vision = dict(depth=vit_depth, hidden_size=vit_hidden, intermediate_size=vit_hidden * 2, num_heads=vit_heads,
+                  out_hidden_size=hidden, patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
+                  num_position_embeddings=64, deepstack_visual_indexes=list(deepstack))
+    return Qwen3VLConfig(vision_config=vision, text_config=text, tie_word_embeddings=False, **qwen_special(ids))
+
+
+def _image_processor(**kwargs: Any) -> Any:
+    return image_processor(patch_size=16, **kwargs)
+
+
+def _bench_config(shape: Shape, tok: Any, layers: int, vit_layers: int) -> Any:
+    import transformers
+
+    ids = qwen_ids(tok)
+    text = dict(shape.text_kwargs(layers), bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"],
+                head_dim=shape.extra["head_dim"], rms_norm_eps=1e-6,
+                rope_parameters={"rope_type": "default", "rope_theta": shape.rope_theta, "mrope_interleaved": True,
+                                 "mrope_section": [24, 20, 20]})
+    # DeepStack taps at the same share of a reduced ViT depth (8/27, 16/27, 24/27 at full depth)
+    taps = sorted({min(vit_layers - 1, round(i * vit_layers / shape.vit_layers)) for i in shape.extra["deepstack"]})
+    vision = dict(depth=vit_layers, hidden_size=shape.vit_hidden, intermediate_size=shape.vit_inter,
+                  num_heads=shape.vit_heads, out_hidden_size=shape.hidden, patch_size=shape.patch,
+                  spatial_merge_size=shape.merge, temporal_patch_size=shape.temporal_patch,
+                  num_position_embeddings=2304, deepstack_visual_indexes=taps)
+    return transformers.Qwen3VLConfig(vision_config=vision, text_config=text, tie_word_embeddings=shape.tie_embeddings,
+                                      **qwen_special(ids))
+
+
+register_family(FamilySpec(
+    name="qwen3_vl", model_class="Qwen3VLForConditionalGeneration", random_config=_random_config,
+    image_processor=_image_processor, chat_template=CHAT_TEMPLATE, bench_config=_bench_config, shapes=(
+        # https://huggingface.co/Qwen/Qwen3-VL-8B-Instruct/blob/main/config.json
+        Shape("qwen3_vl-8b", "qwen3_vl", "Qwen/Qwen3-VL-8B-Instruct config.json", hidden=4096, inter=12288,
+              layers=36, heads=32, kv_heads=8, vocab=151936, max_positions=262144, rope_theta=5e6,
+              tie_embeddings=False, vit_hidden=1152, vit_inter=4304, vit_layers=27, vit_heads=16, patch=16,
+              vit_kind="qwen2_vl", extra={"head_dim": 128, "deepstack": (8, 16, 24)}),
+        # https://huggingface.co/Qwen/Qwen3-VL-4B-Instruct/blob/main/config.json
+        Shape("qwen3_vl-4b", "qwen3_vl", "Qwen/Qwen3-VL-4B-Instruct config.json", hidden=2560, inter=9728,
+              layers=36, heads=32, kv_heads=8, vocab=151936, max_positions=262144, rope_theta=5e6,
+              tie_embeddings=True, vit_hidden=1024, vit_inter=4096, vit_layers=24, vit_heads=16, patch=16,
+              vit_kind="qwen2_vl", extra={"head_dim": 128, "deepstack": (5, 11, 17)}),
+    ),
+))

@@ -1,0 +1,42 @@
+"""The family seam: one spec per family, registered once, and capabilities a family lacks refused with a reason."""
+
+from __future__ import annotations
+
+import pytest
+
+import vtprune
+from tests.conftest import make_image
+from vtprune.adapters import family_spec, family_specs, supported_families
+from vtprune.adapters.spec import FamilySpec, register_family
+from vtprune.bench.shapes import get_shape, shapes
+from vtprune.errors import ModelLoadError, UnsupportedModelError
+
+
+def test_every_adapter_family_has_a_spec_and_the_reverse():
+    assert {s.name for s in family_specs()} == set(supported_families())
+
+
+def test_every_shape_belongs_to_its_family():
+    for spec in family_specs():
+        for s in spec.shapes:
+            assert s.family == spec.name and get_shape(s.name) is s
+    assert len(shapes()) == sum(len(s.shapes) for s in family_specs())
+
+
+def test_unknown_family_lists_the_known_ones():
+    with pytest.raises(ModelLoadError, match="qwen3_vl"):
+        vtprune.load("random:nope")
+
+
+def test_a_family_registers_once():
+    with pytest.raises(ValueError, match="twice"):
+        register_family(FamilySpec("llava", "X", family_spec("llava").random_config, lambda: None))
+
+
+def test_vit_site_on_a_family_without_it_is_refused(vlms):
+    vlm = vlms["llava"]
+    assert not vlm.adapter.supports_vit_site
+    with pytest.raises(UnsupportedModelError, match="not supported by this family"):
+        vlm.adapter.vision_plan(None, None)
+    with pytest.raises(UnsupportedModelError, match="not supported by this family"):
+        vlm.generate([vtprune.Sample("q", [make_image(56, 56)])], vtprune.pruner("stts", keep=0.5))
