@@ -20,7 +20,7 @@ import torch
 from vtprune.adapters import Adapter, Sample, get_adapter
 from vtprune.errors import ConfigError, ModelLoadError, UnsupportedModelError
 from vtprune.methods import Pruner, pruner
-from vtprune.runtime.executor import PrefillState, Sampling, decode, prefill
+from vtprune.runtime.executor import PrefillState, Sampling, decode, prefill, score_continuation
 
 
 @dataclass
@@ -100,6 +100,40 @@ class VLM:
             )
             for b in range(len(samples))
         ]
+
+    def score(self, samples: list[Sample], continuations: list[str], method: Pruner | str | None = None
+              ) -> list[Scored]:
+        """Log-likelihood of each ``continuations[i]`` as the answer to ``samples[i]``: the prompt is prefilled with
+        ``method``'s pruning, then the continuation's tokens are scored on the pruned cache (one batch)."""
+        if isinstance(method, str):
+            method = pruner(method)
+        if len(continuations) != len(samples):
+            raise ConfigError(f"{len(samples)} samples but {len(continuations)} continuations")
+        if not samples:
+            return []
+        state = prefill(self.adapter, self.adapter.encode(samples), method)
+        ids = [list(self.tokenizer(c, add_special_tokens=False).input_ids) for c in continuations]
+        logprob, greedy = score_continuation(self.adapter, state, ids)
+        return [Scored(logprob[b], greedy[b], len(ids[b]), state.visual_tokens[b], state.kept_tokens[b],
+                       dict(state.timings)) for b in range(len(samples))]
+
+
+@dataclass
+class Scored:
+    """One continuation's score (:meth:`VLM.score`): summed log-probability, whether greedy decoding produces it, and
+    the pruning record of its prompt."""
+
+    logprob: float
+    greedy: bool
+    tokens: int
+    """Tokens in the continuation."""
+    visual_tokens: int
+    kept_tokens: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def retention(self) -> float:
+        return self.kept_tokens / self.visual_tokens if self.visual_tokens else 1.0
 
 
 VIT_ATTENTION = ("stock", "packed")

@@ -423,3 +423,33 @@ def decode(adapter: Adapter, state: PrefillState, sampling: Sampling, eos_ids: l
     state.timings["decode"] = time.perf_counter() - t0
     state.timings["decode_steps"] = float(len(out))
     return torch.stack(out, dim=1) if out else torch.zeros(B, 0, dtype=torch.long, device=dev)
+
+
+@torch.no_grad()
+def score_continuation(adapter: Adapter, state: PrefillState, continuations: list[list[int]]
+                       ) -> tuple[list[float], list[bool]]:
+    """Log-probability of each row's ``continuations`` token ids after its (pruned) prompt in ``state``, scored on
+    the pruned cache in one stock forward (right padded; positions continue from the unpruned prompt, as in
+    :func:`decode`); returns per row the summed log-probability and whether greedy decoding yields exactly them."""
+    dev = adapter.device
+    B, T = len(continuations), max((len(c) for c in continuations), default=0)
+    if T == 0:
+        return [0.0] * B, [True] * B
+    ids = torch.full((B, T), adapter.pad_token_id, dtype=torch.long, device=dev)
+    valid = torch.zeros((B, T), dtype=torch.bool, device=dev)
+    for b, c in enumerate(continuations):
+        ids[b, : len(c)] = torch.tensor(c, dtype=torch.long, device=dev)
+        valid[b, : len(c)] = True
+    mask = torch.cat([state.attention_mask, valid.long()], dim=1)
+    step = torch.arange(1, T + 1, device=dev, dtype=state.positions.dtype)
+    pos = state.positions[..., -1:] + step  # [P, B, T]
+    logits = state.logits[:, None]  # [B, 1, V]: predicts the first continuation token
+    if T > 1:
+        o = adapter.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1],
+                          position_ids=adapter.forward_position_ids(pos[..., :-1]), past_key_values=state.cache,
+                          use_cache=True)
+        logits = torch.cat([logits, o.logits.float()], dim=1)  # [B, T, V]
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[..., None]).squeeze(-1)  # [B, T]
+    total = logp.masked_fill(~valid, 0.0).sum(1)
+    greedy = ((logits.argmax(-1) == ids) | ~valid).all(1)
+    return [float(x) for x in total.tolist()], [bool(x) for x in greedy.tolist()]
