@@ -173,6 +173,19 @@ def compare(
     typer.echo(markdown_table(summary))
 
 
+def lmms_task(
+    data: str = typer.Argument(..., help="A JSONL dataset, its folder, or testbed:<name>."),
+    out: Path = typer.Option(..., "--out", help="Folder to write the task into (pass it as lmms-eval --include_path)."),
+    name: str = typer.Option("vtprune_local", "--name", help="The task's name (lmms-eval --tasks)."),
+    max_new_tokens: int = typer.Option(16, "--max-new-tokens", min=1),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N rows."),
+) -> None:
+    """Write a dataset as a local lmms-eval task (same prompts and metrics as `vtprune eval`)."""
+    from vtprune.eval.lmms_task import write_task
+
+    typer.echo(str(write_task(data, out, name=name, max_new_tokens=max_new_tokens, limit=limit)))
+
+
 def _register_optional() -> None:
     """Attach the subcommands that live in their own modules."""
     from vtprune.bench.command import bench
@@ -183,6 +196,7 @@ def _register_optional() -> None:
     app.command("bench")(bench)
     app.command("demo")(demo)
     app.add_typer(train_app, name="train", help="Train zoo models and learned pruners.")
+    data_app.command("lmms-task")(lmms_task)  # a data export, defined here: testbed sits below eval
     app.add_typer(data_app, name="data", help="Generate and export testbed datasets.")
 
 

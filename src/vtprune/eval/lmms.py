@@ -136,13 +136,13 @@ class VtpruneSimple(lmms):
 
     def _setup(self, a: ModelArgs) -> None:
         from vtprune.api import load
-        from vtprune.eval.runner import build_method, warn_unpaired_tuning
+        from vtprune.methods.factory import build_method, warn_unpaired_tuning
 
         self.args = a
         device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = None if a.dtype == "auto" else getattr(torch, a.dtype)
         self.vlm = load(a.pretrained, device=device, dtype=dtype, lora=a.lora)
-        self.method = build_method(a.method, keep=a.keep, layer=a.layer, pruner=a.pruner,
+        self.method = build_method(a.method, keep=a.keep, layer=a.layer, weights=a.pruner,
                                    num_layers=self.vlm.num_layers)
         if self.method.name == "none":
             self.method = None

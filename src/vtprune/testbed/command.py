@@ -29,20 +29,6 @@ def make(
     typer.echo(str(path))
 
 
-@data_app.command("lmms-task")
-def lmms_task(
-    data: str = typer.Argument(..., help="A JSONL dataset, its folder, or testbed:<name>."),
-    out: Path = typer.Option(..., "--out", help="Folder to write the task into (pass it as lmms-eval --include_path)."),
-    name: str = typer.Option("vtprune_local", "--name", help="The task's name (lmms-eval --tasks)."),
-    max_new_tokens: int = typer.Option(16, "--max-new-tokens", min=1),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N rows."),
-) -> None:
-    """Write a dataset as a local lmms-eval task (same prompts and metrics as `vtprune eval`)."""
-    from vtprune.eval.lmms_task import write_task
-
-    typer.echo(str(write_task(data, out, name=name, max_new_tokens=max_new_tokens, limit=limit)))
-
-
 @data_app.command("list")
 def list_cmd() -> None:
     """List the named testbed sets with their sizes."""
