@@ -236,6 +236,20 @@ def test_messages_other_than_one_user_turn_are_refused(task):
         lm.messages_sample([{"role": "user", "content": [{"type": "image", "url": "/nonexistent.png"}]}])
 
 
+def test_a_truncated_image_is_refused_in_an_lmms_eval_process(tmp_path):
+    """lmms-eval turns PIL's LOAD_TRUNCATED_IMAGES on when imported (as here); a cut file still fails to load."""
+    from PIL import ImageFile
+
+    from tests.conftest import make_image
+
+    assert ImageFile.LOAD_TRUNCATED_IMAGES
+    make_image(64, 64, 1).save(tmp_path / "ok.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "ok.png").read_bytes()[:3000])
+    with pytest.raises(vtprune.InputError, match="cannot read image"):
+        load_image(tmp_path / "cut.png")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES  # the process's setting is left as it was
+
+
 def test_data_lmms_task_command(capsys, tmp_path, task):
     from vtprune.cli import main
 

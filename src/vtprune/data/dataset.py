@@ -130,7 +130,14 @@ def read_jsonl(path: str | Path) -> list[Record]:
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Open an image file as RGB; ``InputError("cannot read image <path>: ...")`` if missing or corrupt."""
+    """Open an image file as RGB; ``InputError("cannot read image <path>: ...")`` if missing or corrupt.
+
+    A truncated file fails even where PIL's process-wide ``ImageFile.LOAD_TRUNCATED_IMAGES`` is on (lmms-eval turns
+    it on when imported): PIL would otherwise fill the missing part grey, a silent wrong input."""
+    from PIL import ImageFile
+
+    lenient = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with Image.open(path) as im:
             im.load()  # decode now, so a truncated file fails here
@@ -138,6 +145,8 @@ def load_image(path: str | Path) -> Image.Image:
     except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for missing, unknown and broken files
         reason = e.strerror if isinstance(e, FileNotFoundError) and e.strerror else str(e)
         raise InputError(f"cannot read image {path}: {reason}") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = lenient
 
 
 def load_video(path: str | Path, num_frames: int | None = None) -> list[Image.Image]:
