@@ -262,3 +262,19 @@ def test_data_lmms_task_command(capsys, tmp_path, task):
     assert main(["data", "lmms-task", str(data), "--out", str(tmp_path / "u"), "--name", "bad-name"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "task name" in err and not (tmp_path / "u").exists()
+
+
+def test_a_video_message_is_resampled_to_the_model_frame_count(tmp_path):
+    import numpy as np
+
+    from vtprune.data.video import write_video
+
+    frames = np.random.default_rng(0).integers(0, 255, (12, 56, 56, 3), dtype=np.uint8)
+    write_video(tmp_path / "clip.npz", frames)
+    lm = Vtprune.__new__(Vtprune)
+    lm.num_frames = 4
+    s = lm.messages_sample([{"role": "user", "content": [{"type": "video", "url": str(tmp_path / "clip.npz")},
+                                                         {"type": "text", "text": "what moves?"}]}])
+    assert s.question == "what moves?" and s.images == [] and len(s.video) == 4
+    with pytest.raises(vtprune.InputError, match="more than one video"):
+        lm.messages_sample([{"role": "user", "content": [{"type": "video", "url": str(tmp_path / "clip.npz")}] * 2}])
