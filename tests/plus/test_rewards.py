@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import http.server
-import json
-import threading
 import time
 from types import SimpleNamespace
 
 import pytest
 
+from tests.plus.helpers import stub_server
 from vtprune.errors import ConfigError
 from vtprune.training.rewards import (JudgeClient, JudgeError, box_iou, box_reward, choice_letter, first_number,
                                       get_reward, numeric_match, parse_score, reward_for, single_choice)
@@ -79,48 +76,6 @@ def test_parse_score():
     assert parse_score("Reasoning... Score: 3") == 1.0  # clipped
     assert parse_score("score: -1") == 0.0
     assert parse_score("I think it is fine") == 0.0  # the official rule: unparsable -> 0
-
-
-# --- a stub OpenAI-compatible server --------------------------------------------------------------------------------
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.requests.append((self.path, body))  # type: ignore[attr-defined]
-        mode = self.server.mode  # type: ignore[attr-defined]
-        if mode == "slow":
-            time.sleep(0.5)
-        if mode == "error":
-            self.send_response(500)
-            self.end_headers()
-            return
-        prompt = body["messages"][0]["content"]
-        reply = {"choices": [{"message": {"role": "assistant",
-                                          "content": "score: 1" if "Model answer: cat" in prompt else "score: 0.25"}}]}
-        payload = b"not json{" if mode == "garbage" else json.dumps(reply if mode != "nochoices" else {"x": 1}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            self.wfile.write(payload)
-
-    def log_message(self, *a):
-        pass
-
-
-@contextlib.contextmanager
-def stub_server(mode="ok"):
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.mode, srv.requests = mode, []
-    srv.daemon_threads = True
-    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    t.start()
-    try:
-        yield srv, f"http://127.0.0.1:{srv.server_address[1]}/v1"
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        t.join(timeout=5)
 
 
 def test_judge_scores_through_the_endpoint():

@@ -58,12 +58,35 @@ class Record:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def from_visual_cot(obj: dict[str, Any]) -> dict[str, Any]:
+    """A line of the official GlimpsePrune training JSONL (Visual-CoT layout: ``question``, ``answer``, ``image``,
+    ``dataset``, ``bboxs`` in pixels) in our format: ``answers = [answer]``, ``boxes = bboxs``, and the image at
+    ``cot/<dataset>/<image>`` under the JSONL's folder, where the official trainer reads it from its image root.
+    Lines already in our format (with ``answers``) pass unchanged."""
+    if "answers" in obj or "answer" not in obj:
+        return obj
+    out = {k: v for k, v in obj.items() if k not in ("answer", "bboxs", "bbox")}
+    out["answers"] = [obj["answer"]]
+    boxes = obj.get("bboxs", obj.get("bbox"))
+    if isinstance(boxes, list) and len(boxes) == 4 and all(isinstance(v, (int, float)) for v in boxes):
+        boxes = [boxes]  # one box written flat
+    if boxes is not None:
+        out["boxes"] = boxes
+    image, dataset = obj.get("image"), obj.get("dataset")
+    if isinstance(image, str) and isinstance(dataset, str) and not Path(image).is_absolute():
+        out["image"] = f"cot/{dataset}/{image}"
+    if "id" not in out and "question_id" in obj:
+        out["id"] = str(obj["question_id"])
+    return out
+
+
 def _record(obj: Any, root: Path, where: str) -> Record:
     def bad(msg: str) -> InputError:
         return InputError(f"{where}: {msg}")
 
     if not isinstance(obj, dict):
         raise bad("expected a JSON object")
+    obj = from_visual_cot(obj)
     q = obj.get("question")
     if not isinstance(q, str) or not q.strip():
         raise bad("missing 'question'")

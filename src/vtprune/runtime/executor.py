@@ -183,7 +183,7 @@ def soft_keep_mask(mask: torch.Tensor, extra: torch.Tensor, key_bias: torch.Tens
 
 
 def prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, all_logits: bool = False,
-            grad: bool = False, soft: bool | str = False) -> PrefillState:
+            grad: bool = False, soft: bool | str = False, track_grad: bool = False) -> PrefillState:
     """Run the prompt through the model, pruning where ``method`` says; returns the state decoding continues from.
 
     ``grad=True`` (training a learned method): gradients on, nothing is cut; at each stage the runtime records
@@ -193,12 +193,16 @@ def prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, all
     relaxation; ``True`` is ``"sigmoid"``; the hard ones cut at the method's ``keep_threshold``, 0.5 without one)
     added to their attention logits and the extra tokens are hidden from the rest. The cache of a grad run is not
     meant for decoding.
+
+    ``track_grad=True`` (training the model itself under pruning, GlimpsePrune+): the inference path, cuts and
+    all, with gradients on, so a loss on the logits of the pruned sequence (and on decoding from its cache)
+    reaches the model's trainable weights.
     """
     if soft is True:
         soft = "sigmoid"
     if soft:
         check_relaxation(str(soft))  # before any layer runs
-    with torch.set_grad_enabled(grad):
+    with torch.set_grad_enabled(grad or track_grad):
         return _prefill(adapter, batch, method, all_logits=all_logits, grad=grad, soft=soft)
 
 
@@ -379,7 +383,7 @@ class Sampling:
             raise ConfigError("temperature must be >= 0 and top_p in (0, 1]")
 
 
-def _choose(logits: torch.Tensor, s: Sampling, gen: torch.Generator | None) -> torch.Tensor:
+def _choose(logits: torch.Tensor, s: Sampling, gen: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
     if s.temperature == 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits / s.temperature, dim=-1)
@@ -387,15 +391,29 @@ def _choose(logits: torch.Tensor, s: Sampling, gen: torch.Generator | None) -> t
         sp, si = probs.sort(-1, descending=True)
         drop = sp.cumsum(-1) - sp > s.top_p
         probs = probs.scatter(-1, si, sp.masked_fill(drop, 0))
+    if isinstance(gen, list):  # one stream per row: a row's draws do not depend on the rest of the batch
+        return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs.cpu(), gen)]).to(logits.device)
     return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
 
 
 @torch.no_grad()
-def decode(adapter: Adapter, state: PrefillState, sampling: Sampling, eos_ids: list[int]) -> torch.Tensor:
-    """Generate up to ``max_new_tokens`` tokens from ``state``; returns ``[B, T]`` (finished rows padded)."""
+def decode(adapter: Adapter, state: PrefillState, sampling: Sampling, eos_ids: list[int],
+           row_seeds: list[int] | None = None) -> torch.Tensor:
+    """Generate up to ``max_new_tokens`` tokens from ``state``; returns ``[B, T]`` (finished rows padded).
+
+    ``row_seeds``: with sampling, one random stream per row seeded so (instead of one for the batch seeded with
+    ``sampling.seed``): a row's sample then does not depend on which other rows share its batch (RL rollouts
+    sharded over processes draw what one process would)."""
     dev = adapter.device
     B = state.logits.shape[0]
-    gen = torch.Generator().manual_seed(sampling.seed) if sampling.temperature > 0 else None
+    gen: torch.Generator | list[torch.Generator] | None = None
+    if sampling.temperature > 0:
+        if row_seeds is not None:
+            if len(row_seeds) != B:
+                raise ConfigError(f"row_seeds has {len(row_seeds)} seeds for {B} rows")
+            gen = [torch.Generator().manual_seed(int(s)) for s in row_seeds]
+        else:
+            gen = torch.Generator().manual_seed(sampling.seed)
     eos = torch.tensor(eos_ids, device=dev)
     pad = adapter.pad_token_id
     mask, pos, logits = state.attention_mask, state.positions[..., -1:], state.logits

@@ -187,3 +187,58 @@ def stts(
                       lora_rank=lora_rank, seed=seed, workers=workers, keep_range=kr,
                       similarity_input=similarity_input, temporal_loss=temporal_loss)
     typer.echo(json.dumps(meta))
+
+
+@train_app.command("plus")
+def plus(
+    model: str = typer.Option(..., "--model", help="Base model (frozen): zoo:<name>, random:<family> or a directory."),
+    pruner: str = typer.Option(..., "--pruner", help="The GlimpsePrune pruner that prunes in stage 1 and that "
+                               "stage 2 retrains (directory or zoo:<name>)."),
+    data: list[str] = typer.Option(..., "--data", help="JSONL (ours or the official Visual-CoT layout) or "
+                                   "testbed:<name> (repeatable); indexed, not loaded."),
+    out: Path = typer.Option(..., "--out", help="Output folder: pruner + PEFT adapter, log.jsonl, checkpoints/."),
+    stage: str = typer.Option("both", "--stage", help="1 (RL with LoRA) | 2 (retrain the pruner on --adapter) | both."),
+    steps: int = typer.Option(100, "--steps", help="Stage-1 optimizer steps."),
+    batch_size: int = typer.Option(2, "--batch-size", help="Prompts per process per step."),
+    group: int = typer.Option(4, "--group", help="Completions sampled per prompt."),
+    temperature: float = typer.Option(1.0, "--temperature"),
+    max_new_tokens: int = typer.Option(16, "--max-new-tokens", help="Longest sampled completion."),
+    kl_weight: float = typer.Option(0.04, "--kl-weight", help="Weight of the k3 KL to the base model."),
+    lr: float = typer.Option(1e-4, "--lr"),
+    warmup: float = typer.Option(0.0, "--warmup", help="Warm-up fraction of the steps (then cosine)."),
+    lora_r: int = typer.Option(32, "--lora-r"),
+    lora_alpha: int = typer.Option(64, "--lora-alpha"),
+    lora_dropout: float = typer.Option(0.05, "--lora-dropout"),
+    reward: str = typer.Option("exact", "--reward", help="exact | vqa | anls | numeric | choice | iou | judge "
+                               "(a record's 'reward' key overrides it)."),
+    judge_url: Optional[str] = typer.Option(None, "--judge-url", help="OpenAI-compatible API root for the judge "
+                                            "reward, e.g. http://127.0.0.1:8000/v1."),
+    judge_model: str = typer.Option("judge", "--judge-model"),
+    judge_timeout: float = typer.Option(30.0, "--judge-timeout", help="Seconds per judge request."),
+    seed: int = typer.Option(0, "--seed"),
+    save_steps: int = typer.Option(0, "--save-steps", help="Checkpoint every N stage-1 steps (0: off)."),
+    log_steps: int = typer.Option(1, "--log-steps"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in OUT."),
+    stop_after: Optional[int] = typer.Option(None, "--stop-after", help="End after this many steps with a "
+                                             "checkpoint (resume with --resume)."),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="--stage 2: the stage-1 output folder."),
+    stage2_steps: int = typer.Option(100, "--stage2-steps"),
+    stage2_lr: float = typer.Option(1e-4, "--stage2-lr"),
+    stage2_batch_size: int = typer.Option(4, "--stage2-batch-size"),
+    stage2_mode: str = typer.Option("auto", "--stage2-mode", help="box | boxfree | auto (see train glimpse)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads per process."),
+) -> None:
+    """GlimpsePrune+: GRPO on a LoRA adapter with the pruner active (stage 1), then retrain the pruner (stage 2)."""
+    from vtprune.training.plus import PlusConfig, train_plus
+
+    _progress_to_stderr()
+    cfg = PlusConfig(model=model, pruner=pruner, data=list(data), out=out, stage=stage, steps=steps,
+                     batch_size=batch_size, group=group, temperature=temperature, max_new_tokens=max_new_tokens,
+                     kl_weight=kl_weight, lr=lr, warmup=warmup, lora_r=lora_r, lora_alpha=lora_alpha,
+                     lora_dropout=lora_dropout, reward=reward, judge_url=judge_url, judge_model=judge_model,
+                     judge_timeout=judge_timeout, seed=seed, save_steps=save_steps, log_steps=log_steps,
+                     resume=resume, stop_after=stop_after, adapter=adapter, stage2_steps=stage2_steps,
+                     stage2_lr=stage2_lr, stage2_batch_size=stage2_batch_size, stage2_mode=stage2_mode,
+                     threads=threads)
+    meta = train_plus(cfg)
+    typer.echo(json.dumps(meta))

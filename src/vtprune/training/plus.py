@@ -1,0 +1,441 @@
+"""GlimpsePrune+ (``vtprune train plus``): the LLM learns under pruning with GRPO, then the pruner relearns on it.
+
+Stage 1 (RL): a LoRA adapter (r 32, alpha 64, dropout 0.05) on every linear layer of the LLM's decoder layers
+(not the embeddings, not the vision tower) trains with GRPO while a frozen GlimpsePrune pruner prunes: per prompt a
+group of completions is sampled (temperature 1.0) through vtprune's own pruned prefill and decode
+(:func:`rollout`, batched over prompts and group), rewarded (:mod:`vtprune.training.rewards`), the advantages are
+normalised within the group, and the log-probabilities of the sampled tokens are recomputed with gradients on the
+*same* pruned sequence (:func:`completion_logprobs`: the kept visual tokens of the rollout are kept again, so the
+policy is scored exactly where it sampled). The KL penalty (k3, weight 0.04) is to the base model, which is the
+same network with the adapter disabled (``PeftModel.disable_adapter``), under the same pruning.
+Stage 2: the adapter is merged into the in-memory weights and the glimpse token + VIP train again on that model
+through the GlimpsePrune trainer (:func:`vtprune.methods.glimpse.train.train_glimpse`).
+
+The output folder holds both, as the official GlimpsePrune+ release does: the pruner (``vtprune_config.json`` +
+``model.safetensors``) and the PEFT adapter (``adapter_config.json`` + ``adapter_model.safetensors``);
+``--pruner DIR`` applies the adapter. The base model is never written.
+
+What is reused: PEFT for the adapter (injection, ``disable_adapter`` as the reference model, saving and loading),
+accelerate for processes (``accelerate launch``: the prompts of a step are split over processes and the adapter's
+gradients averaged, so N processes step as one does with the same global batch). Not TRL's ``GRPOTrainer``: it
+generates with the model's stock ``generate``, which cannot cut tokens inside the LLM after layer K (GlimpsePrune
+prunes there, and the pruned KV cache is what decoding must see), and it computes log-probabilities with a stock
+forward over the unpruned sequence; both would train a policy on inputs it never sees at inference. The GRPO loss
+itself is three lines (:mod:`vtprune.training.grpo`).
+
+Runs are reproducible and resumable: step ``s`` takes prompts ``[s*G', (s+1)*G')`` of a seeded permutation per
+epoch (``G'`` the global batch), each completion is drawn from its own seeded stream (seed, step, row), and a
+checkpoint (``checkpoints/step-N``: adapter, optimizer, scheduler, RNG state) restores all of it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vtprune.errors import ConfigError
+from vtprune.methods.base import Context, Pruner, Stage
+from vtprune.runtime.executor import Sampling, decode, prefill
+from vtprune.training import grpo
+from vtprune.training.rewards import NAMES as REWARD_NAMES
+from vtprune.training.rewards import JudgeClient, reward_for
+
+log = logging.getLogger("vtprune.training.plus")
+
+STAGES = ("1", "2", "both")
+
+
+@dataclass
+class PlusConfig:
+    """Settings of ``vtprune train plus`` (defaults: the official recipe)."""
+
+    model: str
+    """Base model (frozen): ``zoo:<name>``, ``random:<family>`` or a directory."""
+    pruner: str
+    """The GlimpsePrune pruner that prunes during stage 1 and that stage 2 retrains (directory or ``zoo:<name>``)."""
+    data: list[str]
+    """Training data: JSONL files (ours or the official Visual-CoT layout) or ``testbed:<name>``."""
+    out: Path
+    """Output folder: pruner + adapter, ``log.jsonl``, ``checkpoints/``."""
+    stage: str = "both"
+    """``1`` (RL only), ``2`` (pruner only, on ``adapter``), ``both``."""
+    steps: int = 100
+    """Stage-1 optimizer steps."""
+    batch_size: int = 2
+    """Prompts per process per step (the global batch is this times the number of processes)."""
+    group: int = 4
+    """Completions sampled per prompt."""
+    temperature: float = 1.0
+    max_new_tokens: int = 16
+    """Longest sampled completion."""
+    kl_weight: float = 0.04
+    lr: float = 1e-4
+    warmup: float = 0.0
+    """Fraction of the steps with a linear warm-up (then cosine to 0)."""
+    lora_r: int = 32
+    lora_alpha: int = 64
+    lora_dropout: float = 0.05
+    reward: str = "exact"
+    """Default reward (a record's ``reward`` key overrides it): one of :data:`vtprune.training.rewards.NAMES`."""
+    judge_url: str | None = None
+    judge_model: str = "judge"
+    judge_timeout: float = 30.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    save_steps: int = 0
+    """Checkpoint every this many steps (0: only at the end)."""
+    log_steps: int = 1
+    resume: bool = False
+    stop_after: int | None = None
+    """End the run after this many steps (as if killed, a checkpoint written), for time-sliced runs; ``--resume``
+    continues it."""
+    adapter: str | None = None
+    """Stage 2 alone: the stage-1 adapter folder to merge first."""
+    stage2_steps: int = 100
+    stage2_lr: float = 1e-4
+    stage2_batch_size: int = 4
+    stage2_mode: str = "auto"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.stage not in STAGES:
+            raise ConfigError(f"--stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        for name in ("steps", "batch_size", "group", "max_new_tokens", "lora_r", "log_steps", "stage2_steps",
+                     "stage2_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.group < 2:
+            raise ConfigError("--group must be >= 2 (advantages are normalised within a group)")
+        if self.temperature <= 0:
+            raise ConfigError(f"--temperature must be > 0 (GRPO samples), got {self.temperature}")
+        if self.lr <= 0 or self.stage2_lr <= 0 or self.kl_weight < 0 or self.save_steps < 0:
+            raise ConfigError("learning rates must be > 0, --kl-weight and --save-steps >= 0")
+        if not 0 <= self.lora_dropout < 1 or not 0 <= self.warmup < 1:
+            raise ConfigError("--lora-dropout and --warmup must be in [0, 1)")
+        if self.reward not in REWARD_NAMES:
+            raise ConfigError(f"--reward must be one of {', '.join(REWARD_NAMES)}, got {self.reward!r}")
+        if self.stop_after is not None and self.stop_after < 1:
+            raise ConfigError(f"--stop-after must be >= 1, got {self.stop_after}")
+        if self.stage == "2" and self.adapter is None:
+            raise ConfigError("--stage 2 needs --adapter (the stage-1 output folder)")
+
+
+# --- rollouts and log-probabilities under pruning ---------------------------------------------------------------
+@dataclass
+class KeepGiven(Pruner):
+    """Keep exactly the given visual tokens after layer ``layer`` (the cut a rollout made, replayed). Internal: not
+    registered as a method."""
+
+    name = "given"
+    sites = ("llm",)
+    kept: list[torch.Tensor] = field(default_factory=list)
+    """Per sample, the original visual-token indices to keep (:attr:`PrefillState.kept_visual`)."""
+
+    def stages(self, num_layers: int) -> list[Stage]:
+        return [Stage("llm", int(self.layer if self.layer is not None else 0))]
+
+    def select(self, ctx: Context) -> torch.Tensor:
+        rows = [torch.isin(ctx.visual_ids[b], self.kept[b].to(ctx.visual_ids.device)) for b in range(len(self.kept))]
+        return torch.stack(rows) & ctx.visual_valid
+
+
+@dataclass
+class Rollout:
+    """Sampled completions of a batch of prompts, ``group`` adjacent rows per prompt.
+
+    Attributes:
+        batch: the encoded prompts (one row per completion).
+        tokens: ``[B, T]`` sampled ids (padding after a row's end).
+        mask: ``[B, T]`` bool, the completion's tokens up to and including its end-of-sequence token.
+        kept: per row the original visual indices the pruner kept.
+        layer: the layer after which it cut.
+        texts: decoded completions.
+        retention: per row, kept / visual tokens.
+    """
+
+    batch: Any
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    kept: list[torch.Tensor]
+    layer: int
+    texts: list[str]
+    retention: list[float]
+
+
+def completion_mask(tokens: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
+    """``[B, T]`` bool: positions up to and including each row's first end-of-sequence token."""
+    is_eos = torch.isin(tokens, torch.tensor(eos_ids, device=tokens.device))
+    before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()  # eos tokens strictly before t
+    return before == 0
+
+
+def row_seed(seed: int, step: int, row: int) -> int:
+    """The sampling seed of completion ``row`` (global index) at ``step``: independent of batch and process split."""
+    return (seed * 1_000_003 + step * 10_007 + row) % (2**63 - 1)
+
+
+@torch.no_grad()
+def rollout(vlm: Any, method: Pruner, samples: list[Any], group: int, temperature: float, max_new_tokens: int,
+            seeds: list[int]) -> Rollout:
+    """Sample ``group`` completions per sample with ``method`` pruning (prefill + decode, one batch); ``seeds`` has
+    one seed per completion row."""
+    adapter = vlm.adapter
+    rows = [s for s in samples for _ in range(group)]
+    batch = adapter.encode(rows)
+    state = prefill(adapter, batch, method)
+    eos = vlm.eos_ids()
+    tokens = decode(adapter, state, Sampling(max_new_tokens=max_new_tokens, temperature=temperature), eos,
+                    row_seeds=seeds)
+    layer = next(s.layer for s in method.stages(adapter.num_layers) if s.site == "llm")
+    return Rollout(batch=batch, tokens=tokens, mask=completion_mask(tokens, eos), kept=state.kept_visual, layer=layer,
+                   texts=[t.strip() for t in vlm.tokenizer.batch_decode(tokens.cpu(), skip_special_tokens=True)],
+                   retention=state.retention())
+
+
+def completion_logprobs(vlm: Any, ro: Rollout, temperature: float = 1.0, grad: bool = True) -> torch.Tensor:
+    """``[B, T]`` log-probabilities of the rollout's tokens under the model as it is now, on the rollout's pruned
+    sequence (its kept visual tokens, cut after the same layer); 0 outside ``ro.mask``. Logits are divided by
+    ``temperature``, as in sampling."""
+    adapter = vlm.adapter
+    with torch.set_grad_enabled(grad):
+        state = prefill(adapter, ro.batch, KeepGiven(layer=ro.layer, kept=ro.kept), track_grad=grad)
+        tok = ro.tokens.to(adapter.device)
+        mask = ro.mask.to(adapter.device)
+        first = torch.log_softmax(state.logits.float() / temperature, -1).gather(1, tok[:, :1])  # [B, 1]
+        if tok.shape[1] == 1:
+            return first * mask
+        n = tok.shape[1] - 1
+        step = torch.arange(1, n + 1, device=adapter.device, dtype=state.positions.dtype)
+        pos = state.positions[..., -1:] + step  # continues from the unpruned prompt, as decoding does
+        am = torch.cat([state.attention_mask, mask[:, :-1].long()], dim=1)
+        out = adapter.model(input_ids=tok[:, :-1], attention_mask=am, position_ids=adapter.forward_position_ids(pos),
+                            past_key_values=state.cache, use_cache=True)
+        rest = torch.log_softmax(out.logits.float() / temperature, -1).gather(2, tok[:, 1:, None]).squeeze(2)
+        return torch.cat([first, rest], dim=1) * mask
+
+
+# --- the LoRA policy ----------------------------------------------------------------------------------------------
+def llm_linear_names(vlm: Any) -> list[str]:
+    """Full module names of every ``nn.Linear`` inside the LLM's decoder layers (the official LoRA targets: all
+    LLM linears but the embeddings; the LM head is tied to them on small models and stays frozen)."""
+    inside = {id(m) for m in vlm.adapter.layers.modules()}
+    return [n for n, m in vlm.model.named_modules() if isinstance(m, torch.nn.Linear) and id(m) in inside]
+
+
+def add_lora(vlm: Any, r: int, alpha: int, dropout: float) -> Any:
+    """Inject a LoRA adapter into ``vlm.model`` in place (base frozen); returns the ``PeftModel`` around it."""
+    from peft import LoraConfig, get_peft_model
+
+    from vtprune.api import quiet_peft
+
+    vlm.model.requires_grad_(False)
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=llm_linear_names(vlm), bias="none")
+    with quiet_peft():
+        return get_peft_model(vlm.model, cfg)
+
+
+def lora_state(peft_model: Any) -> dict[str, torch.Tensor]:
+    return {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
+
+
+def set_dropout_training(peft_model: Any, on: bool) -> None:
+    """LoRA dropout on (the loss pass) or off (rollouts); the base model stays in eval mode."""
+    for n, m in peft_model.named_modules():
+        if n.endswith("lora_dropout") or ".lora_dropout." in n:
+            m.train(on)
+
+
+# --- data order ----------------------------------------------------------------------------------------------------
+def step_indices(n: int, step: int, global_batch: int, seed: int) -> list[int]:
+    """Dataset indices of the global batch of ``step``: consecutive slices of a seeded permutation per epoch."""
+    out = []
+    for k in range(step * global_batch, (step + 1) * global_batch):
+        epoch, i = divmod(k, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+        out.append(int(perm[i]))
+    return out
+
+
+# --- stage 1 ------------------------------------------------------------------------------------------------------
+def train_stage1(cfg: PlusConfig, vlm: Any, method: Any, records: Any, accelerator: Any) -> tuple[Any, dict[str, Any]]:
+    """GRPO under pruning; returns the peft model (adapter trained, still injected) and the run's metadata."""
+    from transformers import get_scheduler
+
+    from vtprune.training.checkpoint import find_last, load_checkpoint, save_checkpoint
+    from vtprune.training.runlog import RunLog
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    torch.manual_seed(cfg.seed)  # identical adapter initialisation in every process
+    peft_model = add_lora(vlm, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    params = list(lora_state(peft_model).values())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    sched = get_scheduler("cosine", opt, num_warmup_steps=int(cfg.warmup * cfg.steps), num_training_steps=cfg.steps)
+    judge = JudgeClient(cfg.judge_url, model=cfg.judge_model, timeout=cfg.judge_timeout) if cfg.judge_url else None
+    ckpt_root = cfg.out / "checkpoints"
+    start = 0
+    if cfg.resume:
+        last = find_last(ckpt_root)
+        if last is not None:
+            start = load_checkpoint(last, peft_model, opt, sched, rank)
+            log.info("resumed stage 1 at step %d from %s", start, last)
+    runlog = RunLog(cfg.out, enabled=accelerator.is_main_process, resume=cfg.resume and start > 0)
+    global_batch = cfg.batch_size * world
+    n = len(records)
+    end = cfg.steps if cfg.stop_after is None else min(cfg.steps, start + cfg.stop_after)
+    t_run = time.perf_counter()
+    rollouts_done = 0
+    from vtprune.adapters import Sample
+
+    for step in range(start, end):
+        t0 = time.perf_counter()
+        idx = step_indices(n, step, global_batch, cfg.seed)[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
+        recs = [records[i] for i in idx]
+        samples = [Sample(r.question, [_image(p) for p in r.images]) for r in recs]
+        first_row = (rank * cfg.batch_size) * cfg.group
+        seeds = [row_seed(cfg.seed, step, first_row + j) for j in range(len(samples) * cfg.group)]
+        set_dropout_training(peft_model, False)
+        ro = rollout(vlm, method, samples, cfg.group, cfg.temperature, cfg.max_new_tokens, seeds)
+        t_roll = time.perf_counter() - t0
+        rewards = torch.tensor([reward_for(recs[j // cfg.group], cfg.reward, judge)(ro.texts[j], recs[j // cfg.group])
+                                for j in range(len(ro.texts))])
+        adv = grpo.group_advantages(rewards, cfg.group)
+        ref = None
+        if cfg.kl_weight:
+            with peft_model.disable_adapter():
+                ref = completion_logprobs(vlm, ro, cfg.temperature, grad=False)
+        set_dropout_training(peft_model, True)
+        logp = completion_logprobs(vlm, ro, cfg.temperature, grad=True)
+        loss, parts = grpo.grpo_loss(logp, ref, adv.to(logp.device), ro.mask.to(logp.device), cfg.kl_weight)
+        loss.backward()
+        _average_gradients(params, accelerator)
+        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        lr_now = sched.get_last_lr()[0]
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        rollouts_done += len(ro.texts) * world
+        stats = torch.tensor([float(rewards.mean()), parts["loss"], parts.get("kl", 0.0),
+                              sum(ro.retention) / len(ro.retention), float(ro.mask.sum(1).float().mean())])
+        stats = accelerator.reduce(stats.to(accelerator.device), reduction="mean").cpu()
+        dt = time.perf_counter() - t0
+        if (step + 1) % cfg.log_steps == 0 or step + 1 == end:
+            runlog.write({"stage": 1, "step": step + 1, "reward": round(float(stats[0]), 5),
+                          "loss": round(float(stats[1]), 6), "kl": round(float(stats[2]), 6),
+                          "retention": round(float(stats[3]), 5), "completion_tokens": round(float(stats[4]), 2),
+                          "grad_norm": round(float(gnorm), 5), "lr": lr_now,
+                          "step_s": round(dt, 3), "rollout_s": round(t_roll, 3),
+                          "rollouts_per_s": round(len(ro.texts) * world / max(t_roll, 1e-9), 3)})
+        if cfg.save_steps and (step + 1) % cfg.save_steps == 0 or step + 1 == end and end < cfg.steps:
+            save_checkpoint(ckpt_root / f"step-{step + 1}", step + 1, peft_model, opt, sched, accelerator)
+    runlog.close()
+    seconds = time.perf_counter() - t_run
+    meta = {"steps_done": end, "steps": cfg.steps, "seconds": round(seconds, 1),
+            "rollouts_per_s": round(rollouts_done / seconds, 3) if seconds else None,
+            "processes": world, "global_batch": global_batch, "finished": end == cfg.steps}
+    return peft_model, meta
+
+
+def _average_gradients(params: list[torch.Tensor], accelerator: Any) -> None:
+    """Mean of every process's gradients, in one flat all-reduce (a no-op in one process)."""
+    if accelerator.num_processes == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="mean")
+    i = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[i : i + g.numel()].view_as(g)
+        i += g.numel()
+
+
+def _image(path: Any) -> Any:
+    from vtprune.data.dataset import load_image
+
+    return load_image(path) if not hasattr(path, "size") else path
+
+
+# --- the command ----------------------------------------------------------------------------------------------------
+def train_plus(cfg: PlusConfig) -> dict[str, Any]:
+    """Run ``vtprune train plus``; returns the run's metadata (also ``out/train_meta.json``)."""
+    from accelerate import Accelerator
+
+    from vtprune.api import load, merge_lora, quiet_peft
+    from vtprune.data.stream import open_records
+    from vtprune.methods.glimpse import GlimpsePruner
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    vlm = load(cfg.model, device=accelerator.device)
+    method = GlimpsePruner.from_pretrained(cfg.pruner)
+    method.stages(vlm.num_layers)  # the pruner fits this model
+    method.modules.requires_grad_(False)
+    records = open_records(cfg.data, images_only=True)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    meta: dict[str, Any] = {"method": "glimpse-plus", "model": cfg.model, "config": _jsonable(asdict(cfg))}
+    if cfg.stage in ("1", "both"):
+        peft_model, m1 = train_stage1(cfg, vlm, method, records, accelerator)
+        meta["stage1"] = m1
+        if not m1["finished"]:
+            accelerator.wait_for_everyone()
+            return meta  # stopped early (--stop-after): --resume continues
+        if accelerator.is_main_process:
+            with quiet_peft():
+                peft_model.save_pretrained(str(cfg.out), safe_serialization=True)
+            _fix_adapter_base(cfg.out, cfg.model)
+        accelerator.wait_for_everyone()
+        with quiet_peft():
+            peft_model.merge_and_unload()  # stage 2 sees the tuned model (in memory; the base on disk is untouched)
+    else:
+        merge_lora(vlm.model, str(cfg.adapter))
+        if accelerator.is_main_process and Path(cfg.adapter).resolve() != cfg.out.resolve():
+            _copy_adapter(Path(str(cfg.adapter)), cfg.out)
+    if cfg.stage in ("2", "both"):
+        meta["stage2"] = _stage2(cfg, vlm, method)
+    elif accelerator.is_main_process:
+        method.save_pretrained(cfg.out)
+    if accelerator.is_main_process:
+        (cfg.out / "train_meta.json").write_text(json.dumps(meta, indent=1))
+    accelerator.wait_for_everyone()
+    return meta
+
+
+def _stage2(cfg: PlusConfig, vlm: Any, method: Any) -> dict[str, Any]:
+    from vtprune.methods.glimpse.train import train_glimpse
+
+    m = type(method)(config=method.config, modules=method.modules)
+    m.modules.requires_grad_(True)
+    return train_glimpse(model=vlm, data=list(cfg.data), out=cfg.out, mode=cfg.stage2_mode, lr=cfg.stage2_lr,
+                         batch_size=cfg.stage2_batch_size, max_steps=cfg.stage2_steps, seed=cfg.seed, method=m,
+                         save_steps=max(cfg.save_steps, 1) if cfg.save_steps else 10**9, resume=cfg.resume)
+
+
+def _fix_adapter_base(out: Path, model: str) -> None:
+    """Record the base model by its vtprune name in ``adapter_config.json`` (peft writes the HF name or nothing)."""
+    p = out / "adapter_config.json"
+    d = json.loads(p.read_text())
+    d["base_model_name_or_path"] = model
+    p.write_text(json.dumps(d, indent=2, sort_keys=True))
+
+
+def _copy_adapter(src: Path, dst: Path) -> None:
+    import shutil
+
+    from vtprune.testbed.zoo import LORA_DIR, resolve
+
+    s = resolve(src)
+    s = s / LORA_DIR if (s / LORA_DIR / "adapter_config.json").is_file() else s
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy2(s / f, dst / f)
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+

@@ -1,0 +1,125 @@
+"""``vtprune train plus`` end to end on a tiny random model: both stages, the output folder, loading it back with its
+adapter, exact resume, and two processes stepping as one."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import make_image
+from tests.glimpse.helpers import small_pruner
+from tests.plus.helpers import image_set, stub_server
+from vtprune.training.plus import PlusConfig, train_plus
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+@pytest.fixture(scope="module")
+def judge():
+    with stub_server("length") as (_, url):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, vlms):
+    root = tmp_path_factory.mktemp("plus")
+    pruner = root / "pruner"
+    small_pruner(vlms["qwen2_5_vl"], threshold=0.5).save_pretrained(pruner)
+    return image_set(root / "data"), pruner
+
+
+def _cfg(files, judge, out, **kw):
+    data, pruner = files
+    base = dict(model="random:qwen2_5_vl", pruner=str(pruner), data=[str(data)], out=out, stage="1", steps=3,
+                batch_size=2, group=2, max_new_tokens=4, lora_r=4, lora_alpha=8, lora_dropout=0.0, lr=5e-3,
+                reward="judge", judge_url=judge, judge_timeout=10, seed=1)
+    base.update(kw)
+    return PlusConfig(**base)
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "adapter_model.safetensors"))
+
+
+def test_both_stages_write_the_official_layout_and_load_back(files, judge, tmp_path):
+    import vtprune
+    from vtprune.eval.runner import build_method
+
+    out = tmp_path / "gp_plus"
+    meta = train_plus(_cfg(files, judge, out, stage="both", steps=2, stage2_steps=1, stage2_batch_size=2))
+    names = {p.name for p in out.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "vtprune_config.json", "model.safetensors",
+            "log.jsonl", "train_meta.json"} <= names
+    assert not any(n.startswith(("config.json", "pytorch_model")) for n in names)  # no base model weights
+    assert all("lora_" in k for k in _weights(out))  # the adapter holds LoRA weights only
+    assert meta["stage1"]["finished"] and meta["stage2"]["steps"] == 1
+    rows = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(0 <= r["retention"] < 1 for r in rows)
+    assert any(float(w.abs().sum()) > 0 for k, w in _weights(out).items() if "lora_B" in k)  # it learned
+    # --pruner DIR applies the folder's adapter: the same predictions as passing it with --lora, not the base's
+    from vtprune.api import pruner_adapter
+    from vtprune.eval.runner import run_eval
+
+    assert pruner_adapter(str(out)) == out and pruner_adapter(str(files[1])) is None
+    data = str(files[0])
+    preds = {}
+    for name, kw in (("auto", {}), ("explicit", {"lora": str(out)})):
+        run_eval(model="random:qwen2_5_vl", data=data, method="glimpse", pruner=str(out), max_new_tokens=6,
+                 predictions=tmp_path / f"{name}.jsonl", **kw)
+        preds[name] = [json.loads(x)["prediction"] for x in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+    assert preds["auto"] == preds["explicit"]
+    assert json.loads((tmp_path / "auto.jsonl.meta.json").read_text())["lora"] == str(out)
+    plain = vtprune.load("random:qwen2_5_vl")
+    tuned = vtprune.load("random:qwen2_5_vl", lora=str(out))
+    m = build_method("glimpse", keep=None, layer=None, pruner=str(out), num_layers=plain.num_layers)
+    s = [vtprune.Sample("what is shape 1?", [make_image(112, 84, 11)])]
+    diff = tuned.prefill(s, m).logits - plain.prefill(s, m).logits
+    assert float(diff.abs().max()) > 1e-4  # the adapter changes the model
+
+
+def test_resume_after_a_stop_equals_the_uninterrupted_run(files, judge, tmp_path):
+    full = tmp_path / "full"
+    train_plus(_cfg(files, judge, full, steps=3))
+    part = tmp_path / "part"
+    meta = train_plus(_cfg(files, judge, part, steps=3, stop_after=2))
+    assert not meta["stage1"]["finished"] and (part / "checkpoints" / "step-2" / "state.pt").is_file()
+    assert not (part / "adapter_model.safetensors").exists()
+    train_plus(_cfg(files, judge, part, steps=3, resume=True))
+    a, b = _weights(full), _weights(part)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)
+    la = [json.loads(x) for x in (full / "log.jsonl").read_text().splitlines()]
+    lb = [json.loads(x) for x in (part / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lb] == [1, 2, 3]
+    assert [r["reward"] for r in la] == [r["reward"] for r in lb] and [r["loss"] for r in la] == [r["loss"] for r in lb]
+
+
+def test_two_processes_equal_one(files, judge, tmp_path):
+    """``accelerate launch --cpu --num_processes 2 -m vtprune train plus``, batch 1 per process, equals one process
+    with batch 2: the same prompts, the same draws, gradients averaged."""
+    one = tmp_path / "one"
+    train_plus(_cfg(files, judge, one, steps=2))
+    two = tmp_path / "two"
+    data, pruner = files
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vtprune", "train", "plus",
+           "--model", "random:qwen2_5_vl", "--pruner", str(pruner), "--data", str(data), "--out", str(two),
+           "--stage", "1", "--steps", "2", "--batch-size", "1", "--group", "2", "--max-new-tokens", "4",
+           "--lora-r", "4", "--lora-alpha", "8", "--lora-dropout", "0", "--lr", "5e-3", "--reward", "judge",
+           "--judge-url", judge, "--judge-timeout", "10", "--seed", "1", "--threads", "1"]
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = _weights(one), _weights(two)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    assert any(float(w.abs().sum()) > 0 for k, w in a.items() if "lora_B" in k)
