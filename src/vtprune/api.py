@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from vtprune.adapters import Adapter, Sample, get_adapter
-from vtprune.errors import ConfigError, ModelLoadError, UnsupportedModelError, VtpruneError
+from vtprune.errors import ConfigError, ModelLoadError, UnsupportedModelError
 from vtprune.methods import Pruner, pruner
 from vtprune.runtime.executor import PrefillState, Sampling, decode, prefill, score_continuation
 
@@ -197,21 +197,6 @@ def merge_lora(model: torch.nn.Module, path: str | Path) -> None:
             PeftModel.from_pretrained(model, str(p)).merge_and_unload()
     except (ValueError, RuntimeError, KeyError) as e:  # an adapter for other modules or shapes
         raise ModelLoadError(f"the LoRA adapter at {path} does not fit this model: {e}") from None
-
-
-def pruner_adapter(pruner: str | Path | None) -> Path | None:
-    """The PEFT adapter a pruner folder carries beside its weights (a GlimpsePrune+ folder, ``vtprune train plus``:
-    ``adapter_config.json`` at its top level, as the official release has it), or None. Runs that load such a
-    pruner (``--pruner DIR``) merge this adapter into the model, since the pruner was trained on the tuned model."""
-    if pruner is None:
-        return None
-    from vtprune.testbed.zoo import resolve
-
-    try:
-        p = resolve(pruner)
-    except VtpruneError:  # an unknown zoo name: for the pruner loader to report
-        return None
-    return p if (p / "adapter_config.json").is_file() else None
 
 
 @contextlib.contextmanager

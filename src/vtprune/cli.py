@@ -71,14 +71,13 @@ def ask(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Answer one question about an image (or video), pruning with --method."""
-    from vtprune.api import load, pruner_adapter
+    from vtprune.api import load
     from vtprune.data.dataset import load_clip, load_image
     from vtprune.errors import ConfigError
     from vtprune.methods.factory import build_method, warn_unpaired_tuning
 
     if fps is not None and video is None:
         raise ConfigError("--fps is the frame rate of --video; give a video")
-    lora = lora if lora is not None else pruner_adapter(pruner_path)  # a GlimpsePrune+ folder brings its adapter
     vlm = load(model, lora=lora, vit_attention=vit_attention)
     images = [load_image(p) for p in image]
     frames, sampled_fps = load_clip(video, vlm.video_frames, fps) if video is not None else (None, None)

@@ -80,7 +80,9 @@ def from_visual_cot(obj: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _record(obj: Any, root: Path, where: str) -> Record:
+def parse_record(obj: Any, root: Path, where: str) -> Record:
+    """One JSONL line's object as a :class:`Record` (paths resolved against ``root``; ``where`` names the line in
+    errors); raises :class:`InputError`."""
     def bad(msg: str) -> InputError:
         return InputError(f"{where}: {msg}")
 
@@ -144,7 +146,7 @@ def read_jsonl(path: str | Path) -> list[Record]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise InputError(f"{where}: bad JSON ({e.msg})") from None
-        rec = _record(obj, path.parent, where)
+        rec = parse_record(obj, path.parent, where)
         if rec.id in seen:
             raise InputError(f"{where}: duplicate id {rec.id!r}")
         seen.add(rec.id)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vtprune.data.dataset import Record, _record, resolve_data
+from vtprune.data.dataset import Record, parse_record, resolve_data
 from vtprune.errors import ConfigError, InputError
 
 
@@ -52,7 +52,7 @@ class JsonlIndex(Sequence):  # type: ignore[type-arg]
             obj = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise InputError(f"{where}: bad JSON ({e})") from None
-        return _record(obj, self.path.parent, where)
+        return parse_record(obj, self.path.parent, where)
 
 
 class Concat(Sequence):  # type: ignore[type-arg]

@@ -91,7 +91,7 @@ def run_eval(
 ) -> dict[str, Any]:
     """Evaluate ``method`` on ``data`` with ``model`` (with the LoRA adapter ``lora`` merged in, if given); returns
     the metrics report (see :func:`score_rows`)."""
-    from vtprune.api import load, pruner_adapter
+    from vtprune.api import load
     from vtprune.data.dataset import read_jsonl, resolve_data
 
     if batch_size < 1:
@@ -100,7 +100,6 @@ def run_eval(
     records = read_jsonl(path)
     if limit is not None:
         records = records[:limit]
-    lora = lora if lora is not None else pruner_adapter(pruner)  # a GlimpsePrune+ folder brings its adapter
     vlm = load(model, lora=lora, vit_attention=vit_attention)
     num_frames = num_frames or vlm.video_frames
     m = build_method(method, keep=keep, layer=layer, weights=pruner, num_layers=vlm.num_layers)

@@ -9,7 +9,7 @@ normalised within the group, and the log-probabilities of the sampled tokens are
 policy is scored exactly where it sampled). The KL penalty (k3, weight 0.04) is to the base model, which is the
 same network with the adapter disabled (``PeftModel.disable_adapter``), under the same pruning.
 Stage 2: the adapter is merged into the in-memory weights and the glimpse token + VIP train again on that model
-through the GlimpsePrune trainer (:func:`vtprune.methods.glimpse.train.train_glimpse`).
+through the GlimpsePrune trainer (:func:`vtprune.training.glimpse.train_glimpse`).
 
 The output folder holds both, as the official GlimpsePrune+ release does: the pruner (``vtprune_config.json`` +
 ``model.safetensors``) and the PEFT adapter (``adapter_config.json`` + ``adapter_model.safetensors``);
@@ -407,7 +407,7 @@ def train_plus(cfg: PlusConfig) -> dict[str, Any]:
 
 
 def _stage2(cfg: PlusConfig, vlm: Any, method: Any) -> dict[str, Any]:
-    from vtprune.methods.glimpse.train import train_glimpse
+    from vtprune.training.glimpse import train_glimpse
 
     m = type(method)(config=method.config, modules=method.modules)
     m.modules.requires_grad_(True)
@@ -427,7 +427,7 @@ def _fix_adapter_base(out: Path, model: str) -> None:
 def _copy_adapter(src: Path, dst: Path) -> None:
     import shutil
 
-    from vtprune.testbed.zoo import LORA_DIR, resolve
+    from vtprune.hub import LORA_DIR, resolve
 
     s = resolve(src)
     s = s / LORA_DIR if (s / LORA_DIR / "adapter_config.json").is_file() else s
