@@ -114,3 +114,17 @@ def test_two_processes_equal_one(files, judge, tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
     assert any(float(w.abs().sum()) > 0 for k, w in a.items() if "lora_B" in k)
+
+
+@pytest.mark.parametrize("args,match", [(["--group", "1"], "--group must be >= 2"),
+                                        (["--reward", "bleu"], "--reward must be one of"),
+                                        (["--temperature", "0"], "--temperature must be > 0"),
+                                        (["--stage", "2"], "--stage 2 needs --adapter"),
+                                        (["--stage", "3"], "--stage must be one of")])
+def test_bad_settings_are_one_error_line(args, match, capsys, tmp_path):
+    from vtprune.cli import main
+
+    rc = main(["train", "plus", "--model", "random:qwen2_5_vl", "--pruner", str(tmp_path), "--data", "x.jsonl",
+               "--out", str(tmp_path / "o"), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and match in err[0]

@@ -342,7 +342,9 @@ def train_glimpse(
         hf.train(was_training)
     seconds = time.perf_counter() - t0
     modules.eval()
-    method.save_pretrained(out)
+    main = trainer.is_world_process_zero()  # under accelerate launch, one process writes the results
+    if main:
+        method.save_pretrained(out)
     history = [h for h in trainer.state.log_history if "loss" in h]
     meta = {
         "method": "glimpse", "model": getattr(model, "name", ""), "mode": mode,
@@ -353,7 +355,8 @@ def train_glimpse(
         "final_loss": history[-1]["loss"] if history else math.nan,
         "trainable_params": sum(p.numel() for p in modules.parameters()),
     }
-    (Path(out) / "train_meta.json").write_text(json.dumps(meta, indent=1))
+    if main:
+        (Path(out) / "train_meta.json").write_text(json.dumps(meta, indent=1))
     return meta
 
 

@@ -209,15 +209,17 @@ def train_stts(
     out.mkdir(parents=True, exist_ok=True)
     method.scorer.eval()  # type: ignore[union-attr]
     method.keep = keep
-    method.save_pretrained(out)
-    if peft_model is not None:
+    main = trainer.is_world_process_zero()  # under accelerate launch, one process writes the results
+    if main:
+        method.save_pretrained(out)
+    if main and peft_model is not None:
         for cfg in peft_model.peft_config.values():  # the name it was trained on, not this machine's path to it
             cfg.base_model_name_or_path = model
         from vtprune.api import quiet_peft
 
         with quiet_peft():
             peft_model.save_pretrained(str(out / LORA_DIR))
-    elif tune == "full":
+    elif main and tune == "full":
         vlm.model.save_pretrained(out / "base_model")
         vlm.tokenizer.save_pretrained(out / "base_model")
         vlm.image_processor.save_pretrained(out / "base_model")
@@ -244,7 +246,8 @@ def train_stts(
         "visual_kept_min": min((h["visual_kept"] for h in trainee.history), default=math.nan),
         "visual_kept_max": max((h["visual_kept"] for h in trainee.history), default=math.nan),
     }
-    (out / "train_meta.json").write_text(json.dumps(meta, indent=1))
+    if main:
+        (out / "train_meta.json").write_text(json.dumps(meta, indent=1))
     if meta["saturated_last"] > 0.5:
         log.warning("stts: %.0f%% of the scores ended at the sigmoid's ends, where the temporal %s no longer trains "
                     "them; try a lower --lr or --temporal-loss bce", 100 * meta["saturated_last"], temporal_loss)
