@@ -48,6 +48,8 @@ def test_read_jsonl_resolves_paths_and_keeps_fields(tmp_path):
         ('{"id": "ok", "question": "q", "answers": ["a"]}', "duplicate id"),
         ('{"id": 1, "question": "q", "answers": ["a"], "fps": 0}', "'fps'"),
         ('{"id": 1, "question": "q", "answers": ["a"], "fps": "30"}', "'fps'"),
+        ('{"id": 1, "question": "q", "answers": ["a"], "fps": Infinity}', "'fps' must be a finite number"),
+        ('{"id": 1, "question": "q", "answers": ["a"], "fps": NaN}', "'fps' must be a finite number"),
     ],
 )
 def test_read_jsonl_errors_name_file_and_line(tmp_path, line, msg):
@@ -56,6 +58,14 @@ def test_read_jsonl_errors_name_file_and_line(tmp_path, line, msg):
     with pytest.raises(InputError, match=msg) as e:
         read_jsonl(p)
     assert f"{p}:2" in str(e.value)
+
+
+@pytest.mark.parametrize("text", ["", "\n", "  \n\n\t\n"])
+def test_read_jsonl_without_samples_is_an_error(tmp_path, text):
+    """An empty or blank file is a mistake (a wrong path, a failed export), not a dataset of 0 samples."""
+    (tmp_path / "d.jsonl").write_text(text)
+    with pytest.raises(InputError, match="no samples"):
+        read_jsonl(tmp_path / "d.jsonl")
 
 
 def test_read_jsonl_missing_file(tmp_path):

@@ -64,5 +64,53 @@ def test_load_clip_gives_the_sampled_frames_rate(tmp_path):
     assert sample_for_record(Record("a", "q", ["x"], video=tmp_path / "v.mp4"), num_frames=8).fps is None
     with pytest.raises(InputError, match="num_frames"):
         load_clip(tmp_path / "v.mp4", 0)
-    with pytest.raises(InputError, match="fps must be > 0, got -1"):
+    with pytest.raises(InputError, match="fps must be a finite number > 0, got -1"):
         load_clip(tmp_path / "v.mp4", 4, -1)
+
+
+def _audio_only_mp4(path) -> None:
+    import av
+
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("aac", rate=8000)
+        s.layout = "mono"
+        for i in range(3):
+            fr = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            fr.sample_rate, fr.pts = 8000, i * 1024
+            for pk in s.encode(fr):
+                out.mux(pk)
+        for pk in s.encode():
+            out.mux(pk)
+
+
+def test_files_without_usable_frames_are_input_errors(tmp_path):
+    """An audio-only mp4 (IndexError inside PyAV before), float frames in an .npz (TypeError in PIL before), an .npz
+    without a ``frames`` array, and an empty one: each one ``InputError`` naming the file and the reason."""
+    _audio_only_mp4(tmp_path / "audio.mp4")
+    np.savez(tmp_path / "float.npz", frames=np.zeros((4, 8, 8, 3)))
+    np.savez(tmp_path / "other.npz", pixels=np.zeros((4, 8, 8, 3), np.uint8))
+    np.savez(tmp_path / "empty.npz", frames=np.zeros((0, 8, 8, 3), np.uint8))
+    for name, reason in [("audio.mp4", "no video stream"), ("float.npz", "uint8"), ("other.npz", "'frames'"),
+                         ("empty.npz", "no frames")]:
+        for n in (None, 4):
+            with pytest.raises(InputError, match=f"cannot read video .*{name}: .*{reason}"):
+                load_clip(tmp_path / name, n)
+
+
+@pytest.mark.parametrize("fps", [float("inf"), float("nan"), 0, "2", True])
+def test_load_clip_rejects_non_finite_or_non_numeric_fps(tmp_path, fps):
+    write_video(tmp_path / "v.mp4", make_video_sample("motion", 0).frames[:4])
+    with pytest.raises(InputError, match="fps must be a finite number > 0"):
+        load_clip(tmp_path / "v.mp4", 2, fps)
+
+
+def test_sampled_decode_equals_full_decode_and_reports_the_file_length(tmp_path):
+    """Decoding only the sampled frames (memory flat in the clip's length; BENCHMARKS.md #24) picks the very frames
+    a full decode followed by sampling picks, for fewer, as many and more frames than the file holds."""
+    from vtprune.data.video import read_frames
+
+    frames = make_video_sample("motion", 0).frames  # 16 frames
+    write_video(tmp_path / "v.mp4", frames)
+    for n in (1, 3, 4, 16, 20):
+        got, total = read_frames(tmp_path / "v.mp4", n)
+        assert total == 16 and np.array_equal(got, frames[sample_indices(16, n)])

@@ -13,6 +13,7 @@ Relative paths resolve against the JSONL file's folder. ``testbed:<name>`` names
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,8 +114,8 @@ def parse_record(obj: Any, root: Path, where: str) -> Record:
     if not isinstance(frames, list) or not all(isinstance(f, int) for f in frames):
         raise bad("'frames' must be a list of frame indices")
     fps = obj.get("fps")
-    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0):
-        raise bad("'fps' must be a number > 0")
+    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps < math.inf):
+        raise bad("'fps' must be a finite number > 0")
     return Record(
         id=str(obj.get("id", where)),
         question=q,
@@ -151,6 +152,8 @@ def read_jsonl(path: str | Path) -> list[Record]:
             raise InputError(f"{where}: duplicate id {rec.id!r}")
         seen.add(rec.id)
         records.append(rec)
+    if not records:
+        raise InputError(f"dataset {path} holds no samples (it is empty or blank)")
     return records
 
 
@@ -176,40 +179,38 @@ def load_image(path: str | Path) -> Image.Image:
 
 def load_video(path: str | Path, num_frames: int | None = None) -> list[Image.Image]:
     """Decode a video (.mp4 or any FFmpeg format, or .npz) to RGB frames, ``num_frames`` uniformly spaced if given."""
-    import zipfile
-
-    import av
-
-    from vtprune.data.video import read_video
-
-    if num_frames is not None and num_frames < 1:
-        raise InputError(f"num_frames must be >= 1, got {num_frames}")
-    try:
-        frames = read_video(path, num_frames)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, av.FFmpegError) as e:
-        reason = e.strerror if isinstance(e, FileNotFoundError) and e.strerror else str(e)
-        raise InputError(f"cannot read video {path}: {reason}") from None
-    if len(frames) == 0:
-        raise InputError(f"cannot read video {path}: no frames")
-    return [Image.fromarray(f) for f in frames]
+    return _load_frames(path, num_frames)[0]
 
 
 def load_clip(path: str | Path, num_frames: int | None = None, fps: float | None = None
               ) -> tuple[list[Image.Image], float | None]:
     """A video's frames, ``num_frames`` uniformly spaced if given, and their rate: ``fps`` (the file's) times the
     share of frames kept, so the frames span the clip's duration on Qwen2.5-VL's time axis; ``None`` without
-    ``fps``."""
-    from vtprune.data.video import sample_indices
-
-    if fps is not None and not fps > 0:
-        raise InputError(f"fps must be > 0, got {fps}")
-    if num_frames is not None and num_frames < 1:  # before decoding the whole file
-        raise InputError(f"num_frames must be >= 1, got {num_frames}")
-    frames = load_video(path)
-    total = len(frames)
-    if num_frames is not None:
-        frames = [frames[i] for i in sample_indices(total, num_frames)]
+    ``fps``. Only the sampled frames are kept in memory while decoding."""
+    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps < math.inf):
+        raise InputError(f"fps must be a finite number > 0, got {fps!r}")
+    frames, total = _load_frames(path, num_frames)
     return frames, (fps * len(frames) / total if fps is not None else None)
+
+
+def _load_frames(path: str | Path, num_frames: int | None) -> tuple[list[Image.Image], int]:
+    """The sampled frames as RGB images and the file's frame count (errors are :class:`InputError`)."""
+    import zipfile
+
+    import av
+
+    from vtprune.data.video import read_frames
+
+    if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1):
+        raise InputError(f"num_frames must be an integer >= 1, got {num_frames!r}")
+    try:
+        frames, total = read_frames(path, num_frames)
+    except (OSError, ValueError, KeyError, EOFError, IndexError, zipfile.BadZipFile, av.FFmpegError) as e:
+        reason = e.strerror if isinstance(e, FileNotFoundError) and e.strerror else str(e)
+        raise InputError(f"cannot read video {path}: {reason}") from None
+    if len(frames) == 0:
+        raise InputError(f"cannot read video {path}: no frames")
+    return [Image.fromarray(f) for f in frames], total
 
 
 def resolve_data(spec: str | Path) -> Path:

@@ -8,6 +8,7 @@ H.264; every FFmpeg-based reader (PyAV, ffmpeg, decord) can. ``.npz`` files (key
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,17 +47,69 @@ def read_video(path: str | Path, num_frames: int | None = None) -> np.ndarray:
 
     Raises whatever PyAV / numpy raise on a missing or corrupt file (``OSError``, ``ValueError``, ``av.FFmpegError``).
     """
+    return read_frames(path, num_frames)[0]
+
+
+def read_frames(path: str | Path, num_frames: int | None = None) -> tuple[np.ndarray, int]:
+    """:func:`read_video` and the file's frame count. With ``num_frames``, only the sampled frames are converted
+    and kept (the rest are decoded and dropped), so memory does not grow with the clip's length; a file whose
+    header gives no frame count is decoded twice, once to count. A file without a video stream, or frames that are
+    not uint8 ``[T, H, W, 3]``, raise ``ValueError``."""
     path = Path(path)
     if path.suffix == ".npz":
         with np.load(path) as z:
+            if "frames" not in z:
+                raise ValueError(f"no 'frames' array in the .npz (has {', '.join(z.files) or 'nothing'})")
             frames = z["frames"]
-    else:
-        import av
+        _check_frames(frames)
+        total = len(frames)
+        if num_frames is not None and total:
+            frames = frames[sample_indices(total, num_frames)]
+        return frames, total
+    import av
 
-        with av.open(str(path)) as src:
-            frames = np.stack([f.to_ndarray(format="rgb24") for f in src.decode(video=0)])
+    with av.open(str(path)) as src:
+        if not src.streams.video:
+            raise ValueError("no video stream")
+        total = src.streams.video[0].frames
+        if num_frames is None:
+            frames = [f.to_ndarray(format="rgb24") for f in src.decode(video=0)]
+            return _stack(frames), len(frames)
+        if total <= 0:  # not in the header: count by decoding (frames are dropped as they come)
+            total = sum(1 for _ in src.decode(video=0))
+        else:
+            picked, seen = _pick(src, total, num_frames)
+            if picked is not None:
+                return _stack(picked), total
+            total = seen  # the header overstated the stream: sample the frames it really holds
+    with av.open(str(path)) as src:
+        picked, _ = _pick(src, total, num_frames)
+        return _stack(picked or []), total
+
+
+def _pick(src: Any, total: int, num_frames: int) -> tuple[list[np.ndarray] | None, int]:
+    """Decode ``src``'s video stream up to the last of ``num_frames`` uniform indices over ``total`` frames,
+    converting only those. Returns the frames (``None`` if the stream ends first) and the frames decoded."""
+    if total < 1:
+        return [], 0
+    want = sample_indices(total, num_frames)
+    picked: dict[int, np.ndarray] = {}
+    seen = 0
+    for f in src.decode(video=0):
+        if seen in want:
+            picked[seen] = f.to_ndarray(format="rgb24")
+        seen += 1
+        if seen > want[-1]:
+            return [picked[i] for i in want], seen
+    return None, seen
+
+
+def _stack(frames: list[np.ndarray]) -> np.ndarray:
+    return np.stack(frames) if frames else np.zeros((0, 0, 0, 3), np.uint8)
+
+
+def _check_frames(frames: np.ndarray) -> None:
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"expected [T, H, W, 3] frames, got shape {frames.shape}")
-    if num_frames is not None:
-        frames = frames[sample_indices(len(frames), num_frames)]
-    return frames
+    if frames.dtype != np.uint8:
+        raise ValueError(f"expected uint8 frames, got {frames.dtype}")
