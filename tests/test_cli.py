@@ -88,7 +88,7 @@ def test_eval_refuses_predictions_without_their_sidecar(capsys, tmp_path, datase
     b.write_text(a.read_text())  # copied without its .meta.json: the run that wrote it cannot be checked
     rc, out, err = run(capsys, *args, "--method", "none", "--predictions", b)
     assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1
-    assert str(b) in err and "--predictions" in err and "delete" in err
+    assert str(b) in err and "predictions path" in err and "delete" in err
     assert b.read_text() == a.read_text() and not (tmp_path / "b.jsonl.meta.json").exists()
     # a corrupt sidecar is refused the same way; an empty file starts afresh
     (tmp_path / "b.jsonl.meta.json").write_text("{not json")

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from vtprune.adapters import Adapter, Sample, get_adapter
-from vtprune.errors import ConfigError, ModelLoadError, UnsupportedModelError
+from vtprune.errors import ConfigError, InputError, ModelLoadError, UnsupportedModelError, VtpruneError
 from vtprune.methods import Pruner, pruner
 from vtprune.runtime.executor import PrefillState, Sampling, decode, prefill, score_continuation
 
@@ -63,7 +63,17 @@ class VLM:
         return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
 
     def prefill(self, samples: list[Sample], method: Pruner | None = None) -> PrefillState:
-        return prefill(self.adapter, self.adapter.encode(samples), method)
+        return prefill(self.adapter, self._encode(samples), method)
+
+    def _encode(self, samples: list[Sample]) -> Any:
+        """The adapter's encoding; the image processor's refusals (e.g. Qwen's aspect ratio above 200) are the
+        sample's fault, so they are :class:`InputError`s."""
+        try:
+            return self.adapter.encode(samples)
+        except VtpruneError:
+            raise
+        except ValueError as e:
+            raise InputError(f"cannot process the input: {_first_line(e)}") from None
 
     def generate(
         self,
@@ -82,7 +92,7 @@ class VLM:
             return []
         sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
         t0 = time.perf_counter()
-        batch = self.adapter.encode(samples)
+        batch = self._encode(samples)
         t_enc = time.perf_counter() - t0
         state = prefill(self.adapter, batch, method)
         tokens = decode(self.adapter, state, sampling, self.eos_ids())

@@ -6,8 +6,10 @@ Subcommands living elsewhere register here: ``data`` (testbed/command.py), ``ben
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
@@ -26,6 +28,8 @@ app = typer.Typer(
 # options shared by ask, eval and compare (one definition each, so their help cannot drift apart)
 LORA_OPTION = typer.Option(None, "--lora", help="LoRA adapter to merge into the model first (a peft directory, or a "
                            "`train stts --tune lora` output).")
+STRICT_OPTION = typer.Option(False, "--strict", help="Exit 3 when any sample could not be evaluated (such samples "
+                             "are skipped with a warning and counted under errors either way).")
 VIT_ATTENTION_OPTION = typer.Option("stock", "--vit-attention", help="Qwen vision attention: stock (HF's, a call per "
                                     "window) or packed (one call per block; what makes STTS's ViT cut pay on a GPU "
                                     "without flash-attn).")
@@ -120,22 +124,43 @@ def eval_cmd(
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="Write (and resume from) this JSONL."),
     max_new_tokens: int = typer.Option(16, "--max-new-tokens", min=1),
     num_frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Resample videos to this many frames."),
+    strict: bool = STRICT_OPTION,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Batched, resumable evaluation over a JSONL dataset; prints accuracy, VQA accuracy, ANLS and retention."""
     from vtprune.eval.runner import run_eval
 
-    report = run_eval(
-        model=model, data=data, method=method, keep=keep, layer=layer, pruner=pruner_path, batch_size=batch_size,
-        limit=limit, predictions=predictions, max_new_tokens=max_new_tokens, progress=not as_json and sys.stderr.isatty(),
-        num_frames=num_frames, lora=lora, vit_attention=vit_attention,
-    )
+    with _interruptible():
+        report = run_eval(
+            model=model, data=data, method=method, keep=keep, layer=layer, pruner=pruner_path, batch_size=batch_size,
+            limit=limit, predictions=predictions, max_new_tokens=max_new_tokens,
+            progress=not as_json and sys.stderr.isatty(), num_frames=num_frames, lora=lora, vit_attention=vit_attention,
+        )
     if as_json:
         _emit_json(report)
-        return
-    from vtprune.eval.runner import print_report
+    else:
+        from vtprune.eval.runner import print_report
 
-    print_report(report)
+        print_report(report)
+    _strict_exit(strict, report["errors"])
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C in a long run: its one line (how many rows are written) on stderr, exit 130."""
+    from vtprune.errors import Interrupted
+
+    try:
+        yield
+    except Interrupted as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(130) from None
+
+
+def _strict_exit(strict: bool, errors: int) -> None:
+    if strict and errors:
+        typer.echo(f"error: {errors} sample(s) could not be evaluated (--strict)", err=True)
+        raise typer.Exit(3)
 
 
 @app.command()
@@ -152,6 +177,7 @@ def compare(
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     limit: Optional[int] = typer.Option(None, "--limit", min=1),
     max_new_tokens: int = typer.Option(8, "--max-new-tokens", min=1),
+    strict: bool = STRICT_OPTION,
 ) -> None:
     """Accuracy vs retention of several methods at several keep ratios (resumable), as a Markdown table."""
     from vtprune.errors import ConfigError
@@ -163,14 +189,16 @@ def compare(
         raise ConfigError(f"--keeps must be comma-separated numbers, got {keeps!r}") from None
     if any("=" not in p for p in pruner):
         raise ConfigError("--pruner takes METHOD=PATH")
-    summary = run_compare(
-        model=model, data=data, methods=[m.strip() for m in methods_.split(",") if m.strip()], keeps=keep_list,
-        out=out, layer=layer, batch_size=batch_size, limit=limit, max_new_tokens=max_new_tokens,
-        pruners=dict(p.split("=", 1) for p in pruner), lora=lora, vit_attention=vit_attention,
-    )
+    with _interruptible():
+        summary = run_compare(
+            model=model, data=data, methods=[m.strip() for m in methods_.split(",") if m.strip()], keeps=keep_list,
+            out=out, layer=layer, batch_size=batch_size, limit=limit, max_new_tokens=max_new_tokens,
+            pruners=dict(p.split("=", 1) for p in pruner), lora=lora, vit_attention=vit_attention,
+        )
     from vtprune.eval.compare import markdown_table
 
     typer.echo(markdown_table(summary))
+    _strict_exit(strict, sum(r.get("errors", 0) for r in summary["rows"]))
 
 
 def lmms_task(
@@ -228,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.set_verbosity_error()
     exits, aborts, usage = _click_errors()
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
     except VtpruneError as e:
         typer.echo(f"error: {e}", err=True)
         return 2
@@ -242,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         name = getattr(getattr(e, "param", None), "opts", None)
         typer.echo(f"error: {name[0] + ': ' if name else ''}{msg}", err=True)
         return 2
-    return 0
+    # without standalone mode, typer returns (not raises) the code of an Exit raised in a command, and 130 for Ctrl-C
+    return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,9 +25,17 @@ class ConfigError(VtpruneError, ValueError):
     """A method or run setting is out of range (keep ratio, layer index, ...)."""
 
 
+class UnreachableKeepError(ConfigError):
+    """The method cannot reach that keep ratio on this model (e.g. below pdrop's floor); other keeps may work."""
+
+
 class InputError(VtpruneError, ValueError):
     """A sample is unusable: missing or corrupt image/video, malformed dataset line, ..."""
 
 
 class ModelLoadError(VtpruneError, OSError):
     """A model name or path cannot be resolved offline."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a long run; the message says what was kept (e.g. how many prediction rows are written)."""

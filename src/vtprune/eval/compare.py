@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vtprune.errors import ConfigError
+from vtprune.errors import ConfigError, UnreachableKeepError
 from vtprune.eval.runner import run_eval
 
 
@@ -26,11 +26,20 @@ def run_compare(
     if not methods or not keeps:
         raise ConfigError("compare needs at least one method and one keep ratio")
     pruners = pruners or {}
+    from vtprune.methods.base import check_keep
     from vtprune.methods.registry import get_method
 
     for m in methods:
         get_method(m)  # an unknown name fails before any cell runs
-    out.mkdir(parents=True, exist_ok=True)
+    for k in keeps:
+        check_keep(k)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out {out} is a file; compare writes a folder (predictions, results.json, table.md)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the folder {out}: {e.strerror or e}") from None
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
 
@@ -41,15 +50,14 @@ def run_compare(
                          layer=layer if method not in ("none",) else None, pruner=pruners.get(method),
                          batch_size=batch_size, limit=limit, predictions=out / "preds" / f"{tag}.jsonl",
                          max_new_tokens=max_new_tokens, lora=lora, vit_attention=vit_attention)
-        except ConfigError as e:
-            if method == "none":
-                raise
-            # a keep the method cannot reach (e.g. below pdrop's floor): an empty cell with the reason, not a crash
+        except UnreachableKeepError as e:
+            # a keep the method cannot reach (e.g. below pdrop's floor): an empty cell with the reason; any other
+            # configuration error (a layer out of range, a learned method without its pruner) stops the run
             rows.append({"method": method, "keep": keep, "skipped": str(e)})
             return
         rows.append({"method": method, "keep": keep, "n": r["n"], "accuracy": r["accuracy"],
                      "retention": r["retention_mean"], "prefill_retention": r["prefill_retention_mean"],
-                     "by_type": r["by_type"], "settings": r["method"]})
+                     "by_type": r["by_type"], "settings": r["method"], "errors": r["errors"]})
 
     one("none", None)
     for method in methods:

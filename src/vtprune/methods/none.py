@@ -22,7 +22,7 @@ class NoPruning(Pruner):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.keep != 1.0:
-            raise ConfigError("method 'none' keeps every token; --keep must be 1.0 (or omitted)")
+            raise ConfigError("method 'none' keeps every token; keep must be 1.0 (or omitted)")
 
     def stages(self, num_layers: int) -> list[Stage]:
         return []

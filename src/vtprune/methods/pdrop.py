@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vtprune.errors import ConfigError
+from vtprune.errors import ConfigError, UnreachableKeepError
 from vtprune.methods._common import last_query_visual_attention
 from vtprune.methods.base import Context, Pruner, Stage, keep_counts, topk_mask
 from vtprune.methods.registry import register_method
@@ -47,7 +47,7 @@ def solve_lambda(keep: float, bounds: list[int], num_layers: int) -> float:
     """The ratio ``lambda`` in [0, 1] whose token-layer average retention equals ``keep`` (bisection)."""
     floor = bounds[0] / num_layers
     if keep < floor - 1e-12:
-        raise ConfigError(f"pdrop keep={keep} is below what drops at layers {bounds} of {num_layers} can average "
+        raise UnreachableKeepError(f"pdrop keep={keep} is below what drops at layers {bounds} of {num_layers} can average "
                           f"({floor:.3f}: all tokens pass the first {bounds[0]} layers); use earlier fractions")
     lo, hi = 0.0, 1.0
     for _ in range(60):
