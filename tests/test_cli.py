@@ -143,6 +143,7 @@ def test_unloadable_local_model_dir_is_one_line(capsys, tmp_path, image, config)
     d = tmp_path / "model"
     d.mkdir()
     (d / "config.json").write_text(config)
+    (d / "tokenizer_config.json").write_text("{}")  # past the tokenizer-files check, to the config's errors
     rc, out, err = run(capsys, "ask", "--model", d, "--image", image, "--question", "q")
     assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1
     assert err.startswith(f"error: cannot load model from {d}: ") and "Traceback" not in err

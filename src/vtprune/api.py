@@ -86,11 +86,17 @@ class VLM:
         seed: int = 0,
     ) -> list[Answer]:
         """Answer a batch of samples, pruning with ``method`` (a :class:`Pruner` or a method name)."""
+        if isinstance(samples, Sample) or not isinstance(samples, (list, tuple)) or not all(
+                isinstance(x, Sample) for x in samples):
+            got = "one Sample (wrap it in a list)" if isinstance(samples, Sample) else repr(samples)[:80]
+            raise ConfigError(f"samples must be a list of Sample, got {got}")
         if isinstance(method, str):
             method = pruner(method)
+        elif method is not None and not isinstance(method, Pruner):
+            raise ConfigError(f"method must be a Pruner, a method name or None, got {method!r}")
+        sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
         if not samples:
             return []
-        sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
         t0 = time.perf_counter()
         batch = self._encode(samples)
         t_enc = time.perf_counter() - t0
@@ -160,8 +166,15 @@ def load(name: str, *, device: str | torch.device | None = None, dtype: torch.dt
     runs each Qwen vision block's attention as one call (:mod:`vtprune.runtime.packed_attention`; exact up to
     summation order). Without flash-attn on a GPU, the per-window calls bound the ViT's time, so a ViT-site method
     (STTS) only saves time there with ``"packed"``. Qwen2-VL / Qwen2.5-VL only (:class:`ConfigError` otherwise)."""
+    if not isinstance(name, (str, Path)) or not str(name).strip():
+        raise ModelLoadError(f"name must be a model name (random:<family>, zoo:<name> or a local path), got {name!r}")
+    name = str(name)
     if vit_attention not in VIT_ATTENTION:
         raise ConfigError(f"vit_attention must be one of {', '.join(VIT_ATTENTION)}, got {vit_attention!r}")
+    if lora is not None and not isinstance(lora, (str, Path)):
+        raise ConfigError(f"lora must be a path or zoo:<name>, got {lora!r}")
+    if device is not None:
+        _check_device(device)
     if name.startswith("random:"):
         from vtprune.adapters.spec import build_random
 
@@ -189,6 +202,14 @@ def load(name: str, *, device: str | torch.device | None = None, dtype: torch.dt
     if device is not None:
         model = model.to(device)
     return VLM(model, tok, proc, name=name, video_frames=frames)
+
+
+def _check_device(device: Any) -> None:
+    """``device`` names a device this machine has (before anything is loaded onto it)."""
+    try:
+        torch.empty(0, device=device)
+    except (TypeError, ValueError, RuntimeError, AssertionError) as e:  # torch's "not compiled with CUDA" is an assert
+        raise ConfigError(f"device {device!r} is not available here: {_first_line(e)}") from None
 
 
 def merge_lora(model: torch.nn.Module, path: str | Path) -> None:
@@ -229,7 +250,13 @@ def _load_local(path: str) -> tuple[torch.nn.Module, Any, Any]:
         raise ModelLoadError(
             f"cannot load model {path!r}: not a local directory (offline: use random:<family>, zoo:<name> or a path)"
         )
+    if (p / "vtprune_config.json").is_file() and not (p / "config.json").is_file():
+        raise ModelLoadError(f"{path} is a pruner, not a model; pass it as the pruner")
+    if not any((p / f).is_file() for f in TOKENIZER_FILES):
+        # transformers would build a near-empty tokenizer from the model config alone, and the run fail later
+        raise ModelLoadError(f"cannot load model from {path}: no tokenizer files ({', '.join(TOKENIZER_FILES)})")
     import transformers
+    from safetensors import SafetensorError
 
     try:
         cfg = transformers.AutoConfig.from_pretrained(p)
@@ -238,9 +265,12 @@ def _load_local(path: str) -> tuple[torch.nn.Module, Any, Any]:
         model = cls.from_pretrained(p, attn_implementation="sdpa")
         tok = transformers.AutoTokenizer.from_pretrained(p)
         proc = transformers.AutoImageProcessor.from_pretrained(p)
-    except (OSError, ValueError, AttributeError) as e:
+    except (OSError, ValueError, AttributeError, SafetensorError) as e:  # SafetensorError: a truncated weights file
         raise ModelLoadError(f"cannot load model from {path}: {_first_line(e)}") from e
     return model, tok, proc
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 def _first_line(e: BaseException) -> str:

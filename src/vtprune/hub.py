@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ def load_zoo_model(name: str) -> tuple[torch.nn.Module, Any, Any]:
     import transformers
 
     p = zoo_path(name)
+    if not (p / "config.json").is_file():
+        raise ModelLoadError(f"zoo:{name} is a pruner, not a model; pass it as --pruner")
     cfg = transformers.AutoConfig.from_pretrained(p)
     cls = getattr(transformers, (cfg.architectures or [""])[0], None)
     if cls is None:
@@ -44,6 +47,33 @@ def load_zoo_model(name: str) -> tuple[torch.nn.Module, Any, Any]:
     tok = transformers.AutoTokenizer.from_pretrained(p)
     proc = transformers.AutoImageProcessor.from_pretrained(p)
     return model, tok, proc
+
+
+def read_config(path: Path, *sections: str) -> dict[str, Any]:
+    """A saved pruner's JSON config (``vtprune_config.json``) as a dict holding each of ``sections`` as an object;
+    :class:`ModelLoadError` naming the file when it is unreadable, not JSON, or not of that shape."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ModelLoadError(f"cannot read {path}: {e}") from None
+    if not isinstance(obj, dict):
+        raise ModelLoadError(f"{path} must hold a JSON object, got a JSON {type(obj).__name__}")
+    for key in sections:
+        if not isinstance(obj.get(key), dict):
+            raise ModelLoadError(f"{path} has no {key!r} object (a saved pruner's config holds one)")
+    return obj
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; :class:`ModelLoadError` naming the file when it is missing, truncated or
+    corrupt."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot read weights {path} (truncated or corrupt?): {e}") from None
 
 
 LORA_DIR = "lora"

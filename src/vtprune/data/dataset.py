@@ -20,7 +20,7 @@ from typing import Any
 
 from PIL import Image
 
-from vtprune.errors import InputError
+from vtprune.errors import InputError, check_real
 
 _KNOWN = {"id", "image", "video", "question", "answers", "type", "boxes", "frames", "fps"}
 
@@ -39,8 +39,23 @@ class Sample:
     default of one second per temporal patch (2 fps). Qwen2-VL has no time axis and ignores it."""
 
     def __post_init__(self) -> None:
-        if self.fps is not None and not self.fps > 0:
-            raise InputError(f"fps must be > 0, got {self.fps}")
+        if not isinstance(self.question, str):
+            raise InputError(f"question must be a string, got {type(self.question).__name__}")
+        if not isinstance(self.images, (list, tuple)) or not all(isinstance(im, Image.Image) for im in self.images):
+            raise InputError(f"images must be a list of PIL images, got {_kinds(self.images)}")
+        if self.video is not None and (not isinstance(self.video, (list, tuple))
+                                       or not all(isinstance(f, Image.Image) for f in self.video)):
+            raise InputError(f"video must be a list of PIL images (its frames) or None, got {_kinds(self.video)}")
+        if self.fps is not None:
+            check_real("fps", self.fps, 0, None, lo_open=True, error=InputError)
+
+
+def _kinds(value: Any) -> str:
+    """What a value holds, for an error message: ``list of str``, ``NoneType``, ``Image``."""
+    if isinstance(value, (list, tuple)):
+        inner = sorted({type(v).__name__ for v in value})
+        return f"{type(value).__name__} of {', '.join(inner)}" if inner else f"an empty {type(value).__name__}"
+    return type(value).__name__
 
 
 @dataclass

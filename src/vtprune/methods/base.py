@@ -16,6 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import os
+import sys
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -194,6 +199,78 @@ def check_stages(stages: list[Stage], num_layers: int) -> None:
             raise ConfigError(f"layer {st.layer} out of range for a {num_layers}-layer LLM (0..{num_layers - 1})")
 
 
+def check_settings(obj: Any) -> None:
+    """Every dataclass field of ``obj`` holds a value of its annotated type (``layer: int | None`` takes neither
+    ``"x"`` nor ``1.7``; a ``float`` takes an int but not a bool), and every real number in it is finite; else a
+    :class:`ConfigError` naming the setting. Annotations this check cannot read count as fitting."""
+    for f in dataclasses.fields(obj):
+        if not f.init:
+            continue
+        value, hint = getattr(obj, f.name), _field_hint(type(obj), f.name)
+        if hint is not None and not _fits(value, hint):
+            raise ConfigError(f"{getattr(obj, 'name', '') or type(obj).__name__}: {f.name} must be {_describe(hint)}, "
+                              f"got {value!r}")
+        reals = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in reals):
+            raise ConfigError(f"{getattr(obj, 'name', '') or type(obj).__name__}: {f.name} must be finite, got {value!r}")
+
+
+_HINTS: dict[tuple[type, str], Any] = {}
+
+
+def _field_hint(cls: type, name: str) -> Any:
+    """The evaluated annotation of field ``name`` (``None`` if it cannot be evaluated here)."""
+    key = (cls, name)
+    if key not in _HINTS:
+        _HINTS[key] = None
+        for c in cls.__mro__:
+            ann = c.__dict__.get("__annotations__", {})
+            if name in ann:
+                try:
+                    hint = ann[name]
+                    _HINTS[key] = eval(hint, vars(sys.modules[c.__module__])) if isinstance(hint, str) else hint
+                except Exception:  # a name imported only for type checkers: leave the field unchecked
+                    pass
+                break
+    return _HINTS[key]
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    if hint is Any:
+        return True
+    if hint is None or hint is type(None):
+        return value is None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, h) for h in args)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, (str, os.PathLike))
+    if origin in (tuple, list):
+        inner = [a for a in args if a is not Ellipsis]
+        return isinstance(value, (tuple, list)) and (len(inner) != 1 or all(_fits(v, inner[0]) for v in value))
+    if isinstance(hint, type) and origin is None:
+        return isinstance(value, hint)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "None"}
+    if hint in names:
+        return names[hint]
+    if typing.get_origin(hint) in (tuple, list):
+        inner = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return "a list" + (f" of ({_describe(inner[0])})" if len(inner) == 1 else "")
+    return getattr(hint, "__name__", str(hint))
+
+
 @dataclass
 class Pruner:
     """Base of every method. Subclasses are dataclasses whose fields are their settings.
@@ -215,6 +292,7 @@ class Pruner:
     layer: int | None = None
 
     def __post_init__(self) -> None:
+        check_settings(self)
         if not isinstance(self.keep, (int, float)) or not (0.0 < float(self.keep) <= 1.0) or math.isnan(self.keep):
             raise ConfigError(f"keep must be in (0, 1], got {self.keep}")
         if self.layer is not None:

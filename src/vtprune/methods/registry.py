@@ -44,6 +44,8 @@ def split_name(name: str) -> tuple[str, bool]:
 def get_method(name: str) -> type[Pruner]:
     """The class registered as ``name``; ``<name>@frame`` names the same class run per frame (it must have a
     ``per_frame`` setting)."""
+    if not isinstance(name, str):
+        raise UnknownMethodError(f"a method name must be a string, got {name!r}; available: {', '.join(sorted(_METHODS))}")
     base, frame = split_name(name)
     if frame:
         cls = get_method(base)

@@ -18,7 +18,7 @@ from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
 from vtprune.adapters.base import Adapter, EncodedBatch
-from vtprune.errors import ConfigError
+from vtprune.errors import ConfigError, check_int, check_real
 from vtprune.methods.base import Context, Pruner, Stage, check_stages
 from vtprune.runtime import ops, vision
 
@@ -377,10 +377,10 @@ class Sampling:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0 or not (0 < self.top_p <= 1):
-            raise ConfigError("temperature must be >= 0 and top_p in (0, 1]")
+        check_int("max_new_tokens", self.max_new_tokens, 1)
+        check_real("temperature", self.temperature, 0)
+        check_real("top_p", self.top_p, 0, 1, lo_open=True)
+        check_int("seed", self.seed)
 
 
 def _choose(logits: torch.Tensor, s: Sampling, gen: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from vtprune.methods.base import check_settings
 from vtprune.errors import ConfigError
 
 FAMILIES = ("qwen2_5_vl", "qwen2_vl", "llava")
@@ -71,6 +72,7 @@ class GlimpseConfig:
     """Name of the base model the pruner was trained on (informative)."""
 
     def __post_init__(self) -> None:
+        check_settings(self)
         if self.family not in FAMILIES:
             raise ConfigError(f"family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
         for name in ("hidden_size", "num_layers", "num_heads", "vision_hidden_size", "vip_size", "vip_heads", "le_length"):

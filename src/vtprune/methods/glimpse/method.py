@@ -226,18 +226,22 @@ def resolve_pruner_path(path: str) -> Path:
 
 def load_pruner(path: str) -> tuple[GlimpseConfig, GlimpseModules]:
     """Config and weights from a vtprune pruner directory or an official GlimpsePrune one (``new_modules_gp.pt``)."""
-    from safetensors.torch import load_file
+    from vtprune.hub import read_config, read_weights
 
     d = resolve_pruner_path(path)
     if (d / CONFIG_NAME).is_file():
-        meta = json.loads((d / CONFIG_NAME).read_text())
+        meta = read_config(d / CONFIG_NAME)
         if meta.get("method") != "glimpse":
             raise ModelLoadError(f"{d} holds a {meta.get('method')!r} pruner, not a glimpse one")
-        cfg = GlimpseConfig.from_dict(meta["config"])
+        meta = read_config(d / CONFIG_NAME, "config")
+        try:
+            cfg = GlimpseConfig.from_dict(meta["config"])
+        except (ConfigError, TypeError) as e:  # a value of the wrong type or range in the file
+            raise ModelLoadError(f"{d / CONFIG_NAME}: {e}") from None
         mods = GlimpseModules(cfg)
         try:
-            mods.load_state_dict(load_file(str(d / WEIGHTS_NAME)), strict=True)
-        except (OSError, RuntimeError) as e:
+            mods.load_state_dict(read_weights(d / WEIGHTS_NAME), strict=True)
+        except RuntimeError as e:
             raise ModelLoadError(f"cannot load glimpse weights from {d}: {e}") from None
         return cfg, mods
     from vtprune.methods.glimpse.official import OFFICIAL_FILE, OFFICIAL_SAFETENSORS, is_official, load_official

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from vtprune.methods.base import check_settings
 from vtprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class STTSConfig:
     paper's inputs did not learn that quantity (BENCHMARKS.md)."""
 
     def __post_init__(self) -> None:
+        check_settings(self)
         if self.vision_dim < 1 or self.unit < 1:
             raise ConfigError(f"vision_dim and unit must be >= 1, got {self.vision_dim}, {self.unit}")
         if self.heads == 0:

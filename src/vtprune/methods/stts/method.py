@@ -212,23 +212,34 @@ class STTS(Pruner):
     def from_pretrained(cls, path: str | Path, *, keep: float | None = None, layer: int | None = None,
                         **overrides: Any) -> STTS:
         """Load a saved scorer (a directory or ``zoo:<name>``); ``keep`` and other settings may be overridden."""
-        from safetensors.torch import load_file
-
         if layer is not None:
             raise ConfigError("stts prunes inside the vision encoder; it takes no --layer")
-        from vtprune.hub import resolve
+        from vtprune.hub import read_config, read_weights, resolve
 
         p = resolve(path)
         if not (p / CONFIG_NAME).is_file() or not (p / WEIGHTS_NAME).is_file():
             raise ModelLoadError(f"no STTS scorer at {path} (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
-        cfg = json.loads((p / CONFIG_NAME).read_text())
+        cfg = read_config(p / CONFIG_NAME, "method", "scorer")
         settings = dict(cfg["method"])
         if settings.pop("method", "stts") != cls.name:
             raise ModelLoadError(f"{path} holds a {cfg['method'].get('method')!r} pruner, not stts")
-        settings.update({k: v for k, v in {"keep": keep, **overrides}.items() if v is not None})
+        try:
+            saved = cls.from_dict(settings)
+            scorer_cfg = STTSConfig.from_dict(cfg["scorer"])
+        except (ConfigError, TypeError) as e:  # a value of the wrong type or range in the file
+            raise ModelLoadError(f"{p / CONFIG_NAME}: {e}") from None
+        settings = {**saved.to_dict(), **{k: v for k, v in {"keep": keep, **overrides}.items() if v is not None}}
+        settings.pop("method")
         m = cls.from_dict(settings)
         assert isinstance(m, STTS)
-        scorer = m.init_scorer(STTSConfig.from_dict(cfg["scorer"]))
-        state = {k[len(PREFIX):]: v for k, v in load_file(str(p / WEIGHTS_NAME)).items() if k.startswith(PREFIX)}
-        scorer.load_state_dict(state, strict=True)
+        scorer = m.init_scorer(scorer_cfg)
+        state = {k[len(PREFIX):]: v for k, v in read_weights(p / WEIGHTS_NAME).items() if k.startswith(PREFIX)}
+        try:
+            scorer.load_state_dict(state, strict=True)
+        except RuntimeError as e:  # missing tensors or other shapes than the config says
+            raise ModelLoadError(f"the weights in {p / WEIGHTS_NAME} do not fit its config: {_first(e)}") from None
         return m
+
+
+def _first(e: BaseException) -> str:
+    return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
