@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 import warnings
 from collections.abc import Iterator
@@ -20,7 +21,10 @@ import torch
 from vtprune.adapters import Adapter, Sample, get_adapter
 from vtprune.errors import ConfigError, InputError, ModelLoadError, UnsupportedModelError, VtpruneError
 from vtprune.methods import Pruner, pruner
+from vtprune.methods.base import input_kinds, unpruned_kinds
 from vtprune.runtime.executor import PrefillState, Sampling, decode, prefill, score_continuation
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -97,6 +101,7 @@ class VLM:
         sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
         if not samples:
             return []
+        _warn_unpruned(method, samples)
         t0 = time.perf_counter()
         batch = self._encode(samples)
         t_enc = time.perf_counter() - t0
@@ -150,6 +155,19 @@ class Scored:
     @property
     def retention(self) -> float:
         return self.kept_tokens / self.visual_tokens if self.visual_tokens else 1.0
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _warn_unpruned(method: Pruner | None, samples: list[Sample]) -> None:
+    """Once per process and (method, kind): say that ``method`` leaves this kind of input unpruned (its keep does
+    not apply there), rather than let a run at keep 0.25 report retention 1.0 without a word."""
+    for kind in unpruned_kinds(method, input_kinds(samples)):
+        if (method.name, kind) not in _WARNED:  # type: ignore[union-attr]
+            _WARNED.add((method.name, kind))  # type: ignore[union-attr]
+            log.warning("%s prunes %s only: %s input passes unpruned (keep=%s does not apply to it)", method.name,
+                        " and ".join(method.modalities), kind, method.keep)  # type: ignore[union-attr]
 
 
 VIT_ATTENTION = ("stock", "packed")
@@ -251,7 +269,7 @@ def _load_local(path: str) -> tuple[torch.nn.Module, Any, Any]:
             f"cannot load model {path!r}: not a local directory (offline: use random:<family>, zoo:<name> or a path)"
         )
     if (p / "vtprune_config.json").is_file() and not (p / "config.json").is_file():
-        raise ModelLoadError(f"{path} is a pruner, not a model; pass it as the pruner")
+        raise ModelLoadError(f"{path} is a pruner, not a model: give it as a method's weights (--pruner)")
     if not any((p / f).is_file() for f in TOKENIZER_FILES):
         # transformers would build a near-empty tokenizer from the model config alone, and the run fail later
         raise ModelLoadError(f"cannot load model from {path}: no tokenizer files ({', '.join(TOKENIZER_FILES)})")

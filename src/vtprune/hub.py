@@ -38,11 +38,11 @@ def load_zoo_model(name: str) -> tuple[torch.nn.Module, Any, Any]:
 
     p = zoo_path(name)
     if not (p / "config.json").is_file():
-        raise ModelLoadError(f"zoo:{name} is a pruner, not a model; pass it as --pruner")
+        raise ModelLoadError(f"zoo:{name} is a pruner, not a model: give it as a method's weights (--pruner)")
     cfg = transformers.AutoConfig.from_pretrained(p)
     cls = getattr(transformers, (cfg.architectures or [""])[0], None)
     if cls is None:
-        raise ModelLoadError(f"zoo:{name} is a pruner, not a model; pass it as --pruner")
+        raise ModelLoadError(f"zoo:{name} is a pruner, not a model: give it as a method's weights (--pruner)")
     model = cls.from_pretrained(p, attn_implementation="sdpa", dtype=torch.float32).eval()
     tok = transformers.AutoTokenizer.from_pretrained(p)
     proc = transformers.AutoImageProcessor.from_pretrained(p)

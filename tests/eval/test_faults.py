@@ -208,7 +208,7 @@ def test_an_empty_dataset_is_an_error_not_n_0(capsys, tmp_path, text):
 
 @pytest.mark.parametrize("args, needle", [
     (["--methods", "random", "--keeps", "0.5", "--layer", "99"], "out of range"),
-    (["--methods", "glimpse", "--keeps", "0.5"], "pass --pruner"),
+    (["--methods", "glimpse", "--keeps", "0.5"], "give its weights"),
     (["--methods", "random", "--keeps", "0"], "keep must be"),
     (["--methods", "random", "--keeps", "0.5,nan"], "keep must be"),
     (["--methods", "random", "--keeps", "0.5", "--out", "FILE"], "is a file"),
@@ -228,3 +228,40 @@ def test_compare_counts_failed_samples_and_strict_exits_3(capsys, tmp_path, data
     res = json.loads((tmp_path / "cmp" / "results.json").read_text())
     assert rc == 3 and [r["errors"] for r in res["rows"]] == [3, 3] and "| random | " in out
     assert err.strip().splitlines()[-1] == "error: 6 sample(s) could not be evaluated (--strict)"
+
+
+def test_a_method_that_ignores_keep_on_images_warns_once_and_the_report_marks_it(capsys, caplog, tmp_path):
+    """evs and stts prune video only: at keep 0.25 on images they keep every token, which the run must say."""
+    import vtprune.api
+
+    data = good_data(tmp_path)
+    vtprune.api._WARNED.clear()
+    with caplog.at_level("WARNING", logger="vtprune"):
+        rc, out, _ = run(capsys, "eval", "--model", MODEL, "--data", data, "--method", "evs", "--keep", "0.25",
+                         "--max-new-tokens", "1", "--batch-size", "1", "--json")
+    report = json.loads(out)
+    assert rc == 0 and report["unpruned_inputs"] == ["image"] and report["retention_mean"] == 1.0
+    warned = [r.getMessage() for r in caplog.records if "passes unpruned" in r.getMessage()]
+    assert warned == ["evs prunes video only: image input passes unpruned (keep=0.25 does not apply to it)"]
+    rc, out, _ = run(capsys, "eval", "--model", MODEL, "--data", data, "--method", "uniform", "--keep", "0.25",
+                     "--max-new-tokens", "1", "--json")
+    assert rc == 0 and "unpruned_inputs" not in json.loads(out)
+    rc, out, _ = run(capsys, "eval", "--model", MODEL, "--data", data, "--method", "evs", "--keep", "0.25",
+                     "--max-new-tokens", "1")
+    assert rc == 0 and "evs does not prune image input" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("fps", ["inf", "nan", "-2"])
+def test_a_non_finite_fps_is_one_line(capsys, tmp_path, fps):
+    """--fps inf collapsed Qwen2.5-VL's time axis silently (seconds per patch 0); a dataset's "fps": Infinity too."""
+    import numpy as np
+
+    from vtprune.data.video import write_video
+
+    write_video(tmp_path / "v.mp4", np.zeros((4, 56, 56, 3), np.uint8))
+    rc, out, err = run(capsys, "ask", "--model", MODEL, "--video", tmp_path / "v.mp4", "--fps", fps, "-q", "what?")
+    assert rc == 2 and out == "" and "fps must be a finite number > 0" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "d.jsonl").write_text(json.dumps({"id": "a", "video": "v.mp4", "question": "q", "answers": ["x"]})
+                                      .replace("}", f', "fps": {"Infinity" if fps == "inf" else "NaN" if fps == "nan" else fps}}}') + "\n")
+    rc, out, err = run(capsys, "eval", "--model", MODEL, "--data", tmp_path / "d.jsonl")
+    assert rc == 2 and out == "" and "'fps' must be a finite number" in err and len(err.strip().splitlines()) == 1

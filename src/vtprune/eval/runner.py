@@ -19,7 +19,7 @@ from typing import Any
 from vtprune.errors import ConfigError, InputError, Interrupted
 from vtprune.eval.metrics import anls, exact_match, vqa_accuracy
 from vtprune.data.dataset import sample_for_record
-from vtprune.methods.base import Pruner
+from vtprune.methods.base import Pruner, input_kinds, unpruned_kinds
 from vtprune.methods.factory import build_method, warn_unpaired_tuning
 
 log = logging.getLogger(__name__)
@@ -273,6 +273,9 @@ def run_eval(
     report = {"model": model, "data": data, "method": m.to_dict(), "num_frames": num_frames,
               **score_rows([r for r in rows if "error" not in r]), "errors": len(failed),
               "error_ids": [r["id"] for r in failed]}
+    unpruned = unpruned_kinds(m, input_kinds(records))
+    if unpruned:  # the method's keep did not apply to these samples: their retention is 1.0
+        report["unpruned_inputs"] = unpruned
     if lora is not None:
         report["lora"] = str(lora)
     if vit_attention != "stock":
@@ -340,6 +343,9 @@ def print_report(report: dict[str, Any]) -> None:
     for k, v in report["by_type"].items():
         t.add_row(k, str(v["n"]), f"{v['accuracy']:.4f}", f"{v['retention']:.4f}")
     c.print(t)
+    if report.get("unpruned_inputs"):
+        c.print(f"note: {report['method']['method']} does not prune {' or '.join(report['unpruned_inputs'])} input; "
+                "those samples ran unpruned (retention 1.0)")
     if report.get("errors"):
         c.print(f"[bold red]{report['errors']} sample(s) failed[/] (not scored): {', '.join(report['error_ids'][:10])}"
                 + (" ..." if report["errors"] > 10 else ""))

@@ -199,6 +199,25 @@ def check_stages(stages: list[Stage], num_layers: int) -> None:
             raise ConfigError(f"layer {st.layer} out of range for a {num_layers}-layer LLM (0..{num_layers - 1})")
 
 
+def unpruned_kinds(method: Pruner | None, kinds: set[str]) -> list[str]:
+    """Of the input ``kinds`` present (``"image"``, ``"video"``), those ``method`` passes through unpruned although it
+    is set to prune (``keep < 1``): the kinds outside its ``modalities`` (``evs`` and ``stts`` on images)."""
+    if method is None or method.keep >= 1:
+        return []
+    return sorted(k for k in kinds if k not in method.modalities)
+
+
+def input_kinds(samples: Any) -> set[str]:
+    """``"image"`` / ``"video"``: the kinds of visual input among ``samples`` (Samples or dataset Records)."""
+    kinds = set()
+    for s in samples:
+        if getattr(s, "images", None):
+            kinds.add("image")
+        if getattr(s, "video", None) is not None:
+            kinds.add("video")
+    return kinds
+
+
 def check_settings(obj: Any) -> None:
     """Every dataclass field of ``obj`` holds a value of its annotated type (``layer: int | None`` takes neither
     ``"x"`` nor ``1.7``; a ``float`` takes an int but not a bool), and every real number in it is finite; else a

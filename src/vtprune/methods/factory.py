@@ -46,10 +46,10 @@ def build_method(name: str, *, keep: float | None, layer: int | None, weights: s
     if weights is not None:
         loader = getattr(cls, "from_pretrained", None)
         if loader is None:
-            raise ConfigError(f"method {name!r} is training-free and takes no --pruner")
+            raise ConfigError(f"method {name!r} is training-free and takes no weights (--pruner)")
         m = loader(weights, keep=keep, layer=layer)
     elif getattr(cls, "trainable", False) and getattr(cls, "requires_pruner", True):
-        raise ConfigError(f"method {name!r} is learned: pass --pruner (a directory or zoo:<name>)")
+        raise ConfigError(f"method {name!r} is learned: give its weights (a directory or zoo:<name>; --pruner on the command line)")
     else:
         m = pruner(name, keep=keep, layer=layer)
     check_stages(m.stages(num_layers), num_layers)

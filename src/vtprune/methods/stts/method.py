@@ -188,7 +188,7 @@ class STTS(Pruner):
         """A seeded, untrained scorer sized for ``model``'s vision encoder (:meth:`STTSConfig.for_vision_config`).
         For cost measurement only: the selection is arbitrary, the compute that of a trained scorer."""
         if layer is not None:
-            raise ConfigError("stts prunes inside the vision encoder; it takes no --layer")
+            raise ConfigError("stts prunes inside the vision encoder; it takes no layer")
         hf = hf_model(model)
         m = cls(keep=1.0 if keep is None else float(keep), seed=seed)
         m.init_scorer(STTSConfig.for_vision_config(hf.config.vision_config))
@@ -213,7 +213,7 @@ class STTS(Pruner):
                         **overrides: Any) -> STTS:
         """Load a saved scorer (a directory or ``zoo:<name>``); ``keep`` and other settings may be overridden."""
         if layer is not None:
-            raise ConfigError("stts prunes inside the vision encoder; it takes no --layer")
+            raise ConfigError("stts prunes inside the vision encoder; it takes no layer")
         from vtprune.hub import read_config, read_weights, resolve
 
         p = resolve(path)
