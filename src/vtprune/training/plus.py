@@ -301,17 +301,19 @@ def train_stage1(cfg: PlusConfig, vlm: Any, method: Any, records: Any, accelerat
         first_row = (rank * cfg.batch_size) * cfg.group
         seeds = [row_seed(cfg.seed, step, first_row + j) for j in range(len(samples) * cfg.group)]
         set_dropout_training(peft_model, False)
-        ro = rollout(vlm, method, samples, cfg.group, cfg.temperature, cfg.max_new_tokens, seeds)
+        with accelerator.autocast():  # the launch config's mixed precision (bf16 in configs/accelerate/ddp.yaml)
+            ro = rollout(vlm, method, samples, cfg.group, cfg.temperature, cfg.max_new_tokens, seeds)
         t_roll = time.perf_counter() - t0
         rewards = torch.tensor([reward_for(recs[j // cfg.group], cfg.reward, judge)(ro.texts[j], recs[j // cfg.group])
                                 for j in range(len(ro.texts))])
         adv = grpo.group_advantages(rewards, cfg.group)
         ref = None
-        if cfg.kl_weight:
-            with peft_model.disable_adapter():
-                ref = completion_logprobs(vlm, ro, cfg.temperature, grad=False)
-        set_dropout_training(peft_model, True)
-        logp = completion_logprobs(vlm, ro, cfg.temperature, grad=True)
+        with accelerator.autocast():
+            if cfg.kl_weight:
+                with peft_model.disable_adapter():
+                    ref = completion_logprobs(vlm, ro, cfg.temperature, grad=False)
+            set_dropout_training(peft_model, True)
+            logp = completion_logprobs(vlm, ro, cfg.temperature, grad=True)
         loss, parts = grpo.grpo_loss(logp, ref, adv.to(logp.device), ro.mask.to(logp.device), cfg.kl_weight)
         loss.backward()
         _average_gradients(params, accelerator)
