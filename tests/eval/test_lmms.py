@@ -126,6 +126,8 @@ def test_batched_equals_unbatched_and_gen_kwargs_are_honoured(loaded):
     assert hot1 == hot2 != one
     with pytest.raises(vtprune.ConfigError, match="num_beams"):
         lm3.generate_until(instances(lm3, loaded, {**kw, "num_beams": 3}, True))
+    with pytest.raises(vtprune.ConfigError, match="multi-round"):
+        lm3.generate_until_multi_round(instances(lm3, loaded, kw, True))
 
 
 def test_loglikelihood_keep_all_equals_stock_and_prunes_the_context(loaded):
