@@ -128,3 +128,16 @@ def test_bad_settings_are_one_error_line(args, match, capsys, tmp_path):
                "--out", str(tmp_path / "o"), *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and match in err[0]
+
+
+def test_stage_two_alone_on_a_stage_one_folder(files, judge, tmp_path):
+    s1 = tmp_path / "s1"
+    train_plus(_cfg(files, judge, s1, steps=1))
+    assert (s1 / "vtprune_config.json").is_file()  # stage 1 alone writes the (unchanged) pruner beside the adapter
+    s2 = tmp_path / "s2"
+    meta = train_plus(_cfg(files, judge, s2, stage="2", adapter=str(s1), pruner=str(s1), stage2_steps=1,
+                           stage2_batch_size=2, stage2_lr=1e-2))
+    assert meta["stage2"]["steps"] == 1
+    assert (s1 / "adapter_model.safetensors").read_bytes() == (s2 / "adapter_model.safetensors").read_bytes()
+    before, after = load_file(str(s1 / "model.safetensors")), load_file(str(s2 / "model.safetensors"))
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
