@@ -55,6 +55,10 @@ class VLM:
         self.image_processor = image_processor
         self.adapter: Adapter = get_adapter(model, tokenizer, image_processor)
         self.name = name
+        self.lora: str | None = None
+        """The LoRA adapter directory loaded into the model (merged, or kept apart in ``peft``)."""
+        self.peft: Any = None
+        """The peft model wrapping ``model`` when the adapter is kept apart (``load(..., lora_merge=False)``)."""
 
     @property
     def num_layers(self) -> int:
@@ -67,7 +71,7 @@ class VLM:
         return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
 
     def prefill(self, samples: list[Sample], method: Pruner | None = None) -> PrefillState:
-        return prefill(self.adapter, self._encode(samples), method)
+        return self._prefill(self._encode(samples), method)
 
     def _encode(self, samples: list[Sample]) -> Any:
         """The adapter's encoding; the image processor's refusals (e.g. Qwen's aspect ratio above 200) are the
@@ -78,6 +82,30 @@ class VLM:
             raise
         except ValueError as e:
             raise InputError(f"cannot process the input: {_first_line(e)}") from None
+
+    def _prefill(self, batch: Any, method: Pruner | None) -> PrefillState:
+        """The runtime's prefill, with a pruner's trained LoRA adapter (GlimpsePrune+) checked and, in its
+        ``base_mask`` mode, the keep mask taken from a first pass with the adapter disabled."""
+        trained = method.trained_adapter() if method is not None else None
+        if trained is None:
+            return prefill(self.adapter, batch, method)
+        path, mode = trained
+        if self.lora is None or Path(self.lora).resolve() != Path(path).resolve():
+            raise ConfigError(f"the pruner at {path} was trained with the LoRA adapter in its folder: load the model "
+                              f"with it (vtprune.load(..., lora={path!r}); the CLI does so for --pruner)")
+        if mode != "base_mask":
+            return prefill(self.adapter, batch, method)
+        if self.peft is None:
+            raise ConfigError("adapter_mode 'base_mask' needs the adapter kept apart: "
+                              "vtprune.load(..., lora=..., lora_merge=False)")
+        from vtprune.methods.glimpse.plus import KeepGiven
+
+        with self.peft.disable_adapter():
+            first = prefill(self.adapter, batch, method)
+        stage = method.stages(self.num_layers)[0]  # type: ignore[union-attr]
+        state = prefill(self.adapter, batch, KeepGiven(kept=first.kept_visual, at=stage.layer))
+        state.timings["mask_pass"] = first.timings["vision"] + first.timings["llm_prefill"]
+        return state
 
     def generate(
         self,
@@ -105,7 +133,7 @@ class VLM:
         t0 = time.perf_counter()
         batch = self._encode(samples)
         t_enc = time.perf_counter() - t0
-        state = prefill(self.adapter, batch, method)
+        state = self._prefill(batch, method)
         tokens = decode(self.adapter, state, sampling, self.eos_ids())
         timings = {"preprocess": t_enc, **state.timings}
         timings["total"] = time.perf_counter() - t0
@@ -132,7 +160,7 @@ class VLM:
             raise ConfigError(f"{len(samples)} samples but {len(continuations)} continuations")
         if not samples:
             return []
-        state = prefill(self.adapter, self.adapter.encode(samples), method)
+        state = self._prefill(self._encode(samples), method)
         ids = [list(self.tokenizer(c, add_special_tokens=False).input_ids) for c in continuations]
         logprob, greedy = score_continuation(self.adapter, state, ids)
         return [Scored(logprob[b], greedy[b], len(ids[b]), state.visual_tokens[b], state.kept_tokens[b],
@@ -173,12 +201,23 @@ def _warn_unpruned(method: Pruner | None, samples: list[Sample]) -> None:
 VIT_ATTENTION = ("stock", "packed")
 
 
-def load(name: str, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-         lora: str | Path | None = None, vit_attention: str = "stock") -> VLM:
+def load(name: str, *, dtype: str | torch.dtype = "auto", device_map: str | dict[str, Any] | None = None,
+         device: str | torch.device | None = None, attn_implementation: str = "sdpa",
+         offload_folder: str | Path | None = None, lora: str | Path | None = None, lora_merge: bool = True,
+         vit_attention: str = "stock") -> VLM:
     """Load a model by name (see module docstring); fully offline.
 
-    ``lora``: a peft LoRA adapter directory (or one holding ``lora/``, as ``vtprune train stts --tune lora`` writes)
-    merged into the weights after loading; the model stays a stock HF model.
+    ``dtype``: ``"auto"`` (default) keeps a checkpoint folder's own dtype (its ``config.json``), as
+    ``from_pretrained(dtype="auto")``; ``random:`` and ``zoo:`` models run in float32 (the zoo stores them in half
+    precision to stay small). Or a ``torch.dtype`` or its name (``"bfloat16"``, ``"bf16"``, ``"float16"``, ...).
+
+    ``device_map``: accelerate's (``"auto"``, ``"cpu"``, ``"cuda:0"``, or a dict of module name -> device, ``"cpu"``
+    or ``"disk"`` offload with ``offload_folder``), passed to ``from_pretrained``; the runtime's layer loop and KV-cache
+    cuts follow each decoder layer's device. ``device``: move the whole model there instead (not with a map).
+
+    ``attn_implementation``: ``"sdpa"`` (default; on a GPU PyTorch picks its flash / memory-efficient kernels) or
+    ``"eager"``. ``flash_attention_2`` is refused: the runtime's cuts and the glimpse attention row assume sdpa's
+    padded masks.
 
     ``vit_attention``: ``"stock"`` keeps HF's vision attention (sdpa: one call per window or frame); ``"packed"``
     runs each Qwen vision block's attention as one call (:mod:`vtprune.runtime.packed_attention`; exact up to
@@ -193,21 +232,33 @@ def load(name: str, *, device: str | torch.device | None = None, dtype: torch.dt
         raise ConfigError(f"lora must be a path or zoo:<name>, got {lora!r}")
     if device is not None:
         _check_device(device)
+    check_attention(attn_implementation)
+    torch_dtype = resolve_dtype(dtype)
+    if device is not None and device_map is not None:
+        raise ConfigError("give device or device_map, not both")
+    placement = dict(device_map=device_map, offload_folder=str(offload_folder) if offload_folder else None)
     if name.startswith("random:"):
         from vtprune.adapters.spec import build_random
 
         model, tok, proc = build_random(name.split(":", 1)[1])
+        if attn_implementation != "sdpa":
+            model.set_attn_implementation(attn_implementation)
+        if torch_dtype is not None:
+            model = model.to(torch_dtype)
+        if device_map is not None:
+            model = _dispatch(model, device_map, offload_folder)
         frames = None
     elif name.startswith("zoo:"):
         from vtprune.hub import load_zoo_model, zoo_path
 
-        model, tok, proc = load_zoo_model(name.split(":", 1)[1])
+        model, tok, proc = load_zoo_model(name.split(":", 1)[1], dtype=torch_dtype or torch.float32,
+                                          attn_implementation=attn_implementation, **placement)
         frames = _video_frames(zoo_path(name.split(":", 1)[1]))
     else:
-        model, tok, proc = _load_local(name)
+        model, tok, proc = _load_local(name, dtype=torch_dtype or "auto", attn_implementation=attn_implementation,
+                                       **placement)
         frames = _video_frames(Path(name))
-    if lora is not None:
-        merge_lora(model, lora)
+    peft_model = apply_lora(model, lora, merge=lora_merge) if lora is not None else None
     if vit_attention == "packed":
         from vtprune.runtime.packed_attention import use_packed_vision_attention
 
@@ -215,11 +266,12 @@ def load(name: str, *, device: str | torch.device | None = None, dtype: torch.dt
             use_packed_vision_attention(model)
         except UnsupportedModelError as e:
             raise ConfigError(f"vit_attention='packed': {e}") from None
-    if dtype is not None:
-        model = model.to(dtype)
     if device is not None:
         model = model.to(device)
-    return VLM(model, tok, proc, name=name, video_frames=frames)
+    vlm = VLM(model, tok, proc, name=name, video_frames=frames)
+    if lora is not None:
+        vlm.lora, vlm.peft = str(lora_dir(lora)), peft_model
+    return vlm
 
 
 def _check_device(device: Any) -> None:
@@ -230,22 +282,60 @@ def _check_device(device: Any) -> None:
         raise ConfigError(f"device {device!r} is not available here: {_first_line(e)}") from None
 
 
-def merge_lora(model: torch.nn.Module, path: str | Path) -> None:
-    """Merge the peft LoRA adapter at ``path`` (a directory or ``zoo:<name>``, or its ``lora/``) into ``model``'s
-    weights, in place."""
+def lora_dir(path: str | Path) -> Path:
+    """The directory holding the adapter at ``path`` (a directory or ``zoo:<name>``, or its ``lora/``)."""
     from vtprune.hub import LORA_DIR, resolve
 
     p = resolve(path)
     p = p / LORA_DIR if (p / LORA_DIR).is_dir() else p
     if not (p / "adapter_config.json").is_file():
         raise ModelLoadError(f"no LoRA adapter at {path} (expected adapter_config.json, or a lora/ folder holding it)")
+    return p
+
+
+def merge_lora(model: torch.nn.Module, path: str | Path) -> None:
+    """Merge the peft LoRA adapter at ``path`` (see :func:`lora_dir`) into ``model``'s weights, in place."""
+    apply_lora(model, path, merge=True)
+
+
+def apply_lora(model: torch.nn.Module, path: str | Path, *, merge: bool = True) -> Any:
+    """Load the peft LoRA adapter at ``path`` into ``model`` in place: merged into the weights (returns None) or
+    kept as switchable peft layers (returns the ``PeftModel``, whose ``disable_adapter()`` turns it off).
+
+    Adapters saved against transformers 4.x module names (``model.layers.N...``, as the official GlimpsePrune+
+    release) are mapped onto 5.x's (``model.language_model.layers.N...``)."""
+    p = lora_dir(path)
     from peft import PeftModel
 
+    config, key_mapping = _legacy_lora_names(model, p)
     try:
         with quiet_peft():
-            PeftModel.from_pretrained(model, str(p)).merge_and_unload()
+            peft_model = PeftModel.from_pretrained(model, str(p), config=config, key_mapping=key_mapping)
+            if merge:
+                peft_model.merge_and_unload()
+                return None
+            return peft_model
     except (ValueError, RuntimeError, KeyError) as e:  # an adapter for other modules or shapes
-        raise ModelLoadError(f"the LoRA adapter at {path} does not fit this model: {e}") from None
+        raise ModelLoadError(f"the LoRA adapter at {path} does not fit this model: {_first_line(e)}") from None
+
+
+LEGACY_LLM = ("model.layers.", "model.language_model.layers.")
+"""(transformers 4.x name, 5.x name) of the decoder layers of Qwen2/2.5-VL and LLaVA."""
+
+
+def _legacy_lora_names(model: torch.nn.Module, p: Path) -> tuple[Any, dict[str, str] | None]:
+    """``(config, key_mapping)`` for ``PeftModel.from_pretrained``: both None unless the adapter names 4.x modules
+    the model lacks (then its target list and weight names are mapped to 5.x's)."""
+    targets = json.loads((p / "adapter_config.json").read_text()).get("target_modules")
+    old, new = LEGACY_LLM
+    names = {n for n, _ in model.named_modules()}
+    if not isinstance(targets, list) or not any(str(t).startswith(old) and t not in names for t in targets):
+        return None, None
+    from peft import PeftConfig
+
+    config = PeftConfig.from_pretrained(str(p))
+    config.target_modules = {new + t[len(old):] if t.startswith(old) else t for t in targets}
+    return config, {"^" + old.replace(".", "\\."): new}
 
 
 @contextlib.contextmanager
@@ -262,7 +352,46 @@ def _video_frames(path: Path) -> int | None:
     return json.loads(p.read_text()).get("video_frames") if p.is_file() else None
 
 
-def _load_local(path: str) -> tuple[torch.nn.Module, Any, Any]:
+DTYPE_NAMES = {"bf16": torch.bfloat16, "fp16": torch.float16, "half": torch.float16, "fp32": torch.float32,
+               "float": torch.float32}
+ATTENTION = ("sdpa", "eager")
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | None:
+    """``"auto"`` -> None (the checkpoint's own); a ``torch.dtype`` or its name (``"bfloat16"``, ``"torch.float16"``,
+    ``"bf16"``, ...) -> that dtype; anything else is a :class:`ConfigError` naming ``dtype``."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str):
+        key = dtype.strip().lower().removeprefix("torch.")
+        if key == "auto":
+            return None
+        found = DTYPE_NAMES.get(key, getattr(torch, key, None))
+        if isinstance(found, torch.dtype) and found.is_floating_point:
+            return found
+    raise ConfigError(f"dtype must be 'auto', a floating torch dtype or its name (bfloat16, float16, float32), "
+                      f"got {dtype!r}")
+
+
+def check_attention(attn_implementation: str) -> None:
+    """Only sdpa (and eager) run under vtprune; flash_attention_2 and others are refused with one line."""
+    if attn_implementation not in ATTENTION:
+        raise ConfigError(f"attn_implementation {attn_implementation!r} is not supported: vtprune runs 'sdpa' (on a "
+                          f"GPU PyTorch picks its flash / memory-efficient kernels) or 'eager'")
+
+
+def _dispatch(model: torch.nn.Module, device_map: str | dict[str, Any], offload_folder: str | Path | None) -> Any:
+    """Place an already built model (``random:``) with accelerate as ``from_pretrained(device_map=...)`` would."""
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    if isinstance(device_map, str):
+        if device_map != "auto":
+            return model.to(device_map)
+        device_map = infer_auto_device_map(model, no_split_module_classes=model._no_split_modules)
+    return dispatch_model(model, device_map=device_map, offload_dir=str(offload_folder) if offload_folder else None)
+
+
+def _load_local(path: str, **load_kw: Any) -> tuple[torch.nn.Module, Any, Any]:
     p = Path(path)
     if not p.is_dir():
         raise ModelLoadError(
@@ -280,7 +409,7 @@ def _load_local(path: str) -> tuple[torch.nn.Module, Any, Any]:
         cfg = transformers.AutoConfig.from_pretrained(p)
         archs = getattr(cfg, "architectures", None) or []
         cls = getattr(transformers, archs[0]) if archs else transformers.AutoModelForImageTextToText
-        model = cls.from_pretrained(p, attn_implementation="sdpa")
+        model = cls.from_pretrained(p, **{k: v for k, v in load_kw.items() if v is not None})
         tok = transformers.AutoTokenizer.from_pretrained(p)
         proc = transformers.AutoImageProcessor.from_pretrained(p)
     except (OSError, ValueError, AttributeError, SafetensorError) as e:  # SafetensorError: a truncated weights file

@@ -82,7 +82,9 @@ def ask(
 
     if fps is not None and video is None:
         raise ConfigError("--fps is the frame rate of --video; give a video")
-    vlm = load(model, lora=lora, vit_attention=vit_attention)
+    from vtprune.methods.glimpse.plus import plus_adapter
+
+    vlm = load(model, lora=lora or plus_adapter(pruner_path), vit_attention=vit_attention)
     images = [load_image(p) for p in image]
     frames, sampled_fps = load_clip(video, vlm.video_frames, fps) if video is not None else (None, None)
     unpruned = not images and frames is None

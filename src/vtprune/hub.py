@@ -32,8 +32,9 @@ def resolve(spec: str | Path) -> Path:
     return Path(spec)
 
 
-def load_zoo_model(name: str) -> tuple[torch.nn.Module, Any, Any]:
-    """Load a shipped VLM with its tokenizer and image processor (fp32, sdpa, eval mode)."""
+def load_zoo_model(name: str, **load_kw: Any) -> tuple[torch.nn.Module, Any, Any]:
+    """Load a shipped VLM with its tokenizer and image processor (fp32, sdpa, eval mode); ``load_kw`` (dtype,
+    attn_implementation, device_map, offload_folder) go to ``from_pretrained``."""
     import transformers
 
     p = zoo_path(name)
@@ -43,7 +44,8 @@ def load_zoo_model(name: str) -> tuple[torch.nn.Module, Any, Any]:
     cls = getattr(transformers, (cfg.architectures or [""])[0], None)
     if cls is None:
         raise ModelLoadError(f"zoo:{name} is a pruner, not a model: give it as a method's weights (--pruner)")
-    model = cls.from_pretrained(p, attn_implementation="sdpa", dtype=torch.float32).eval()
+    kw = {"attn_implementation": "sdpa", "dtype": torch.float32, **{k: v for k, v in load_kw.items() if v is not None}}
+    model = cls.from_pretrained(p, **kw).eval()
     tok = transformers.AutoTokenizer.from_pretrained(p)
     proc = transformers.AutoImageProcessor.from_pretrained(p)
     return model, tok, proc

@@ -157,7 +157,13 @@ class Adapter:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where the prompt enters: the input embeddings' (execution) device."""
+        return module_device(self.model.get_input_embeddings())
+
+    def layer_device(self, i: int) -> torch.device:
+        """The device decoder layer ``i`` runs on (under an accelerate ``device_map``, its hook's execution device:
+        an offloaded layer's weights sit on ``meta`` until it runs)."""
+        return module_device(self.layers[i])
 
     @property
     def dtype(self) -> torch.dtype:
@@ -256,6 +262,18 @@ class Adapter:
             for im in s.images:
                 if not isinstance(im, Image.Image):
                     raise InputError(f"expected a PIL image, got {type(im).__name__}")
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device ``module`` computes on: its accelerate hook's ``execution_device`` when dispatched with a
+    ``device_map``, else the device of its first parameter (or buffer)."""
+    dev = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+    if dev is not None:
+        return torch.device(dev) if not isinstance(dev, int) else torch.device("cuda", dev)
+    t = next(module.parameters(), None)
+    if t is None:
+        t = next(module.buffers(), None)
+    return t.device if t is not None else torch.device("cpu")
 
 
 def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:

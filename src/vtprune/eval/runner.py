@@ -213,6 +213,9 @@ def run_eval(
     records = read_jsonl(path)
     if limit is not None:
         records = records[:limit]
+    from vtprune.methods.glimpse.plus import plus_adapter
+
+    lora = lora or plus_adapter(pruner)  # a GlimpsePrune+ folder brings its adapter
     vlm = load(model, lora=lora, vit_attention=vit_attention)
     num_frames = num_frames or vlm.video_frames
     m = build_method(method, keep=keep, layer=layer, weights=pruner, num_layers=vlm.num_layers)

@@ -366,6 +366,11 @@ class Pruner:
         """Differentiable ``[B, Nv]`` float keep logits (higher = keep), for ``prefill(grad=True)`` (training)."""
         raise NotImplementedError(f"method {self.name!r} has no differentiable score")
 
+    def trained_adapter(self) -> tuple[str, str] | None:
+        """A LoRA adapter this pruner was trained with and needs on the model (GlimpsePrune+): its directory and how
+        it runs (``"merged"`` or ``"base_mask"``, see :mod:`vtprune.methods.glimpse.plus`); None for all others."""
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.name, **dataclasses.asdict(self)}
 

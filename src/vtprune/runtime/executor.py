@@ -91,6 +91,11 @@ class _Seq:
         self.visual_id = torch.cat([self.visual_id, self.visual_id.new_full((B, n), -1)], dim=1)
         self.extra = torch.cat([self.extra, self.extra.new_ones(B, n)], dim=1)
 
+    def to(self, device: torch.device) -> None:
+        """Move the sequence to ``device`` (the next decoder layer's, under an accelerate ``device_map``)."""
+        self.hidden, self.mask, self.positions = self.hidden.to(device), self.mask.to(device), self.positions.to(device)
+        self.visual_id, self.extra = self.visual_id.to(device), self.extra.to(device)
+
     def visual_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``visual_index``, ``visual_valid``, ``visual_ids``, each ``[B, Nv]``."""
         is_vis = self.visual_id >= 0
@@ -263,8 +268,9 @@ def _prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, al
     token_layers = torch.zeros(batch.batch_size, dtype=torch.long, device=dev)
 
     def apply(stage: Stage, computed_upto: int, attention: torch.Tensor | None, keys: torch.Tensor | None = None) -> None:
-        nonlocal n_extra, soft_bias
+        nonlocal n_extra, soft_bias, coords_pad
         index, valid, ids = seq.visual_rows()
+        coords_pad = coords_pad.to(ids.device)
         drop_extra = bool(n_extra) and stage == last_stage and not grad
         if not bool(valid.any()):
             if drop_extra:  # no visual token to prune: the extra tokens still leave here
@@ -317,6 +323,11 @@ def _prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, al
     cos_sin = adapter.rope(seq.hidden, seq.positions)
     mask = _mask(adapter, seq)
     for i, layer in enumerate(adapter.layers):
+        dev_i = adapter.layer_device(i)
+        if seq.hidden.device != dev_i:  # a device_map boundary: the sequence and its tables follow the layer
+            seq.to(dev_i)
+            cos_sin = (cos_sin[0].to(dev_i), cos_sin[1].to(dev_i))
+            mask = mask.to(dev_i) if isinstance(mask, torch.Tensor) else mask
         if n_extra:  # the method's per-layer input hook for its extra tokens (always the last n positions)
             seq.hidden = torch.cat([seq.hidden[:, :-n_extra], method.before_layer(i, seq.hidden[:, -n_extra:])], 1)  # type: ignore[union-attr]
         h_in = seq.hidden
@@ -330,7 +341,7 @@ def _prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, al
         )
         if i in emb.injections:  # the family's own per-layer step (DeepStack): only the kept visual rows get it
             seq.hidden = ops.add_visual(seq.hidden, seq.visual_id, emb.injections[i])
-        token_layers += (seq.visual_id >= 0).sum(1)
+        token_layers += (seq.visual_id >= 0).sum(1).to(token_layers.device)
         if i in at_layer:
             attn = None
             if "last_query_attention" in requires:
@@ -416,7 +427,7 @@ def decode(adapter: Adapter, state: PrefillState, sampling: Sampling, eos_ids: l
             gen = torch.Generator().manual_seed(sampling.seed)
     eos = torch.tensor(eos_ids, device=dev)
     pad = adapter.pad_token_id
-    mask, pos, logits = state.attention_mask, state.positions[..., -1:], state.logits
+    mask, pos, logits = state.attention_mask.to(dev), state.positions[..., -1:].to(dev), state.logits.to(dev)
     finished = torch.zeros(B, dtype=torch.bool, device=dev)
     out = []
     t0 = time.perf_counter()

@@ -45,8 +45,9 @@ def prune_cache(cache: DynamicCache, index: torch.Tensor, upto_layer: int) -> No
     runtime's own object, created for this prefill)."""
     for li in range(upto_layer + 1):
         layer = cache.layers[li]
-        layer.keys = gather_seq(layer.keys, index, 2)
-        layer.values = gather_seq(layer.values, index, 2)
+        idx = index.to(layer.keys.device)  # under a device_map each layer's cache lives on that layer's device
+        layer.keys = gather_seq(layer.keys, idx, 2)
+        layer.values = gather_seq(layer.values, idx, 2)
 
 
 def scatter_visual(keep_visual: torch.Tensor, visual_index: torch.Tensor, visual_valid: torch.Tensor, length: int) -> torch.Tensor:

@@ -27,6 +27,7 @@ from vtprune.methods.registry import register_method
 from vtprune.methods.glimpse.config import GlimpseConfig, check_selection
 from vtprune.methods.glimpse.features import Groups, glimpse_attention, select_tokens, vision_levels
 from vtprune.methods.glimpse.modules import GlimpseModules
+from vtprune.methods.glimpse.plus import ADAPTER_MODES, plus_adapter
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,21 @@ class GlimpsePruner(Pruner):
     """Floor: at least this many tokens per image (default 1)."""
     fixed_remain_ratio: float | None = None
     """Exact top-k at this fraction per image (overrides threshold and cap)."""
+    adapter_mode: str = "merged"
+    """GlimpsePrune+ folders (an adapter beside the pruner): ``merged`` (default) or ``base_mask``, see
+    :mod:`vtprune.methods.glimpse.plus`."""
+    adapter: str | None = None
+    """The LoRA adapter this pruner goes with (default: the pruner's folder, when it holds ``adapter_config.json``)."""
     config: GlimpseConfig | None = field(default=None, repr=False, compare=False)
     modules: GlimpseModules | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_selection(self.threshold, self.max_remain_ratio, self.min_remain, self.fixed_remain_ratio)
+        if self.adapter_mode not in ADAPTER_MODES:
+            raise ConfigError(f"adapter_mode must be one of {', '.join(ADAPTER_MODES)}, got {self.adapter_mode!r}")
+        if self.adapter is None:
+            self.adapter = plus_adapter(self.pruner)
         if self.config is None and self.pruner is not None:
             self.config, self.modules = load_pruner(self.pruner)
         if self.config is None:
@@ -115,8 +125,12 @@ class GlimpsePruner(Pruner):
         meta = {"method": self.name, "vtprune_version": __version__, "config": self.config.to_dict()}
         (d / CONFIG_NAME).write_text(json.dumps(meta, indent=1, sort_keys=True))
 
+    def trained_adapter(self) -> tuple[str, str] | None:
+        return (self.adapter, self.adapter_mode) if self.adapter is not None else None
+
     def to_dict(self) -> dict[str, Any]:
-        keys = ("keep", "layer", "pruner", "threshold", "max_remain_ratio", "min_remain", "fixed_remain_ratio")
+        keys = ("keep", "layer", "pruner", "threshold", "max_remain_ratio", "min_remain", "fixed_remain_ratio",
+                "adapter_mode", "adapter")
         return {"method": self.name, **{k: getattr(self, k) for k in keys}}
 
     # --- runtime hooks --------------------------------------------------------------------------
