@@ -6,7 +6,14 @@ STAMP := $(VENV)/.installed
 # a CPU machine); the `lmms` extra holds what its core really imports
 LMMS_EVAL := lmms-eval==0.7.3
 
-.PHONY: install lmms demo test clean
+TORCH_CPU := torch==2.13.0
+TRANSFORMERS_FLOOR := 5.17.0
+FLOOR_VENV ?= .venv-floor
+# the transformers floor's smoke subset: equivalence with stock HF, loading, the official files, the CLI's errors
+FLOOR_TESTS := tests/test_equivalence.py tests/test_loading.py tests/glimpse/test_official.py tests/glimpse/test_plus.py \
+	tests/glimpse/test_runtime.py tests/test_sites.py
+
+.PHONY: install lmms demo test test-floor clean
 
 install: $(STAMP)
 
@@ -14,7 +21,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q $(TORCH_CPU)
 	$(PIP) install -q -e ".[test,lmms]"
 	$(PIP) install -q --no-deps $(LMMS_EVAL)
 	touch $(STAMP)
@@ -28,5 +35,17 @@ demo: install
 test: install
 	$(PY) -m pytest -n 2 tests
 
+# the lowest supported transformers in a scratch venv (CPU torch first, as install does), then a fast smoke subset
+$(FLOOR_VENV)/.installed: pyproject.toml
+	test -x $(FLOOR_VENV)/bin/python || python3 -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/pip install -q $(TORCH_CPU)
+	$(FLOOR_VENV)/bin/pip install -q -e ".[test]" "transformers==$(TRANSFORMERS_FLOOR)"
+	touch $@
+
+test-floor: $(FLOOR_VENV)/.installed
+	$(FLOOR_VENV)/bin/python -c "import transformers as t; assert t.__version__ == '$(TRANSFORMERS_FLOOR)', t.__version__"
+	$(FLOOR_VENV)/bin/python -c "import importlib.util as u, sys; sys.exit('torchvision in the floor venv' if u.find_spec('torchvision') else 0)"
+	$(FLOOR_VENV)/bin/python -m pytest -n 2 -q -p no:cacheprovider $(FLOOR_TESTS)
+
 clean:
-	rm -rf $(VENV) demo-out
+	rm -rf $(VENV) $(FLOOR_VENV) demo-out

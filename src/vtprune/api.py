@@ -405,13 +405,15 @@ def _load_local(path: str, **load_kw: Any) -> tuple[torch.nn.Module, Any, Any]:
     import transformers
     from safetensors import SafetensorError
 
+    from vtprune.hub import image_processor
+
     try:
         cfg = transformers.AutoConfig.from_pretrained(p)
         archs = getattr(cfg, "architectures", None) or []
         cls = getattr(transformers, archs[0]) if archs else transformers.AutoModelForImageTextToText
         model = cls.from_pretrained(p, **{k: v for k, v in load_kw.items() if v is not None})
         tok = transformers.AutoTokenizer.from_pretrained(p)
-        proc = transformers.AutoImageProcessor.from_pretrained(p)
+        proc = image_processor(p)
     except (OSError, ValueError, AttributeError, SafetensorError) as e:  # SafetensorError: a truncated weights file
         raise ModelLoadError(f"cannot load model from {path}: {_first_line(e)}") from e
     return model, tok, proc

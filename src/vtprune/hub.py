@@ -47,7 +47,7 @@ def load_zoo_model(name: str, **load_kw: Any) -> tuple[torch.nn.Module, Any, Any
     kw = {"attn_implementation": "sdpa", "dtype": torch.float32, **{k: v for k, v in load_kw.items() if v is not None}}
     model = cls.from_pretrained(p, **kw).eval()
     tok = transformers.AutoTokenizer.from_pretrained(p)
-    proc = transformers.AutoImageProcessor.from_pretrained(p)
+    proc = image_processor(p)
     return model, tok, proc
 
 
@@ -76,6 +76,21 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelLoadError(f"cannot read weights {path} (truncated or corrupt?): {e}") from None
+
+
+def image_processor(p: Path) -> Any:
+    """``AutoImageProcessor``, or where it insists on torchvision (transformers < 5.23 without it) the PIL backend
+    class of the saved ``image_processor_type``, which reads the same ``preprocessor_config.json``."""
+    import transformers
+
+    try:
+        return transformers.AutoImageProcessor.from_pretrained(p)
+    except ImportError:
+        name = str(json.loads((p / "preprocessor_config.json").read_text()).get("image_processor_type", ""))
+        cls = getattr(transformers, name.removesuffix("Fast") + "Pil", None) if name else None
+        if cls is None:
+            raise
+        return cls.from_pretrained(p)
 
 
 LORA_DIR = "lora"

@@ -18,6 +18,15 @@ from vtprune.adapters.base import (
 from vtprune.adapters.spec import FamilySpec, Shape, register_family, token_ids
 from vtprune.errors import InputError
 
+_SELECTION_WORKS: dict[str, bool] = {}
+"""Whether this transformers records a Qwen vision tower's hidden states by index list (probed on first use)."""
+
+
+def _recorded(hidden_states: Any, indices: list[int]) -> bool:
+    """Every index of ``indices`` holds a tensor in ``hidden_states`` (HF's index-list selection)."""
+    return hidden_states is not None and all(0 <= i < len(hidden_states) and hidden_states[i] is not None
+                                             for i in indices)
+
 
 @register_adapter
 class Qwen2VLAdapter(Adapter):
@@ -167,7 +176,14 @@ class Qwen2VLAdapter(Adapter):
                 continue
             getter = inner.get_image_features if kind == "image" else inner.get_video_features
             hidden = vision_outputs if isinstance(vision_outputs, bool) else list(vision_outputs)
+            if isinstance(hidden, list) and not _SELECTION_WORKS.get("ok", True):
+                hidden = True
             out = getter(mi[pv_key], mi[grid_key], output_hidden_states=hidden, return_dict=True)
+            if isinstance(hidden, list) and not _recorded(out.hidden_states, hidden):
+                # transformers < 5.23 (5.17 measured) records an index list as block inputs only, without the last
+                # block's output: record them all instead, from now on
+                _SELECTION_WORKS["ok"] = False
+                out = getter(mi[pv_key], mi[grid_key], output_hidden_states=True, return_dict=True)
             feats = torch.cat(list(out.pooler_output), dim=0).to(embeds.dtype)
             embeds = embeds.masked_scatter(mask, feats)
             outs[kind] = out
