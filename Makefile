@@ -10,8 +10,8 @@ TORCH_CPU := torch==2.13.0
 TRANSFORMERS_FLOOR := 5.17.0
 FLOOR_VENV ?= .venv-floor
 # the transformers floor's smoke subset: equivalence with stock HF, loading, the official files, the CLI's errors
-FLOOR_TESTS := tests/test_equivalence.py tests/test_loading.py tests/glimpse/test_official.py tests/glimpse/test_plus.py \
-	tests/glimpse/test_runtime.py tests/test_sites.py
+FLOOR_TESTS := tests/test_equivalence.py tests/test_loading.py tests/test_sites.py \
+	tests/glimpse/test_official.py tests/glimpse/test_plus.py tests/glimpse/test_runtime.py
 
 .PHONY: install lmms demo test test-floor clean
 
@@ -44,7 +44,7 @@ $(FLOOR_VENV)/.installed: pyproject.toml
 
 test-floor: $(FLOOR_VENV)/.installed
 	$(FLOOR_VENV)/bin/python -c "import transformers as t; assert t.__version__ == '$(TRANSFORMERS_FLOOR)', t.__version__"
-	$(FLOOR_VENV)/bin/python -c "import importlib.util as u, sys; sys.exit('torchvision in the floor venv' if u.find_spec('torchvision') else 0)"
+	$(FLOOR_VENV)/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torchvision') and 'torchvision!')"
 	$(FLOOR_VENV)/bin/python -m pytest -n 2 -q -p no:cacheprovider $(FLOOR_TESTS)
 
 clean:

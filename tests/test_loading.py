@@ -12,7 +12,8 @@ from vtprune.api import resolve_dtype
 from vtprune.errors import ConfigError
 from vtprune.adapters.spec import build_random
 
-SAMPLES = [vtprune.Sample("what is left of it?", [make_image(112, 84, 1)]), vtprune.Sample("count", [make_image(56, 56, 2)])]
+SAMPLES = [vtprune.Sample("what is left of it?", [make_image(112, 84, 1)]),
+           vtprune.Sample("count", [make_image(56, 56, 2)])]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def test_dtype_auto_is_the_checkpoints(ckpt):
 
 
 def test_dtype_names_and_errors():
-    assert resolve_dtype("auto") is None
+    assert resolve_dtype("auto") is None and resolve_dtype(None) is None
     assert resolve_dtype("bf16") is resolve_dtype("torch.bfloat16") is resolve_dtype("BFloat16") is torch.bfloat16
     assert resolve_dtype(torch.float16) is torch.float16
     for bad in ("int8", "bool", "fp12", 3):

@@ -201,7 +201,7 @@ def _warn_unpruned(method: Pruner | None, samples: list[Sample]) -> None:
 VIT_ATTENTION = ("stock", "packed")
 
 
-def load(name: str, *, dtype: str | torch.dtype = "auto", device_map: str | dict[str, Any] | None = None,
+def load(name: str, *, dtype: str | torch.dtype | None = "auto", device_map: str | dict[str, Any] | None = None,
          device: str | torch.device | None = None, attn_implementation: str = "sdpa",
          offload_folder: str | Path | None = None, lora: str | Path | None = None, lora_merge: bool = True,
          vit_attention: str = "stock") -> VLM:
@@ -357,9 +357,11 @@ DTYPE_NAMES = {"bf16": torch.bfloat16, "fp16": torch.float16, "half": torch.floa
 ATTENTION = ("sdpa", "eager")
 
 
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | None:
-    """``"auto"`` -> None (the checkpoint's own); a ``torch.dtype`` or its name (``"bfloat16"``, ``"torch.float16"``,
-    ``"bf16"``, ...) -> that dtype; anything else is a :class:`ConfigError` naming ``dtype``."""
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``"auto"`` (or None) -> None (the checkpoint's own); a ``torch.dtype`` or its name (``"bfloat16"``,
+    ``"torch.float16"``, ``"bf16"``, ...) -> that dtype; anything else is a :class:`ConfigError` naming ``dtype``."""
+    if dtype is None:
+        return None
     if isinstance(dtype, torch.dtype):
         return dtype
     if isinstance(dtype, str):

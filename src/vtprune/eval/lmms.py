@@ -141,7 +141,9 @@ class VtpruneSimple(lmms):
         self.args = a
         device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = None if a.dtype == "auto" else getattr(torch, a.dtype)
-        self.vlm = load(a.pretrained, device=device, dtype=dtype, lora=a.lora)
+        from vtprune.methods.glimpse.plus import plus_adapter
+
+        self.vlm = load(a.pretrained, device=device, dtype=dtype, lora=a.lora or plus_adapter(a.pruner))
         self.method = build_method(a.method, keep=a.keep, layer=a.layer, weights=a.pruner,
                                    num_layers=self.vlm.num_layers)
         if self.method.name == "none":
