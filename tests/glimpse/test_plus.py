@@ -67,6 +67,8 @@ def test_merged_mode_is_the_default_and_merges_the_4x_named_adapter(vlms, plus_d
     assert [a.kept_tokens for a in ans] == [6, 2]
     with pytest.raises(ConfigError, match="trained with the LoRA adapter"):  # the base model alone is refused
         vlms["qwen2_5_vl"].generate(SAMPLES, m, max_new_tokens=1)
+    off = GlimpsePruner.from_pretrained(d, adapter_mode="off")  # ... unless asked for knowingly
+    assert off.trained_adapter() is None and len(vlms["qwen2_5_vl"].generate(SAMPLES, off, max_new_tokens=1)) == 2
     with pytest.raises(ConfigError, match="adapter_mode"):
         vtprune.pruner("glimpse", pruner=str(d), adapter_mode="unmerged")
 

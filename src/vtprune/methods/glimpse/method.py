@@ -58,7 +58,7 @@ class GlimpsePruner(Pruner):
     fixed_remain_ratio: float | None = None
     """Exact top-k at this fraction per image (overrides threshold and cap)."""
     adapter_mode: str = "merged"
-    """GlimpsePrune+ folders (an adapter beside the pruner): ``merged`` (default) or ``base_mask``, see
+    """GlimpsePrune+ folders (an adapter beside the pruner): ``merged`` (default), ``base_mask`` or ``off``, see
     :mod:`vtprune.methods.glimpse.plus`."""
     adapter: str | None = None
     """The LoRA adapter this pruner goes with (default: the pruner's folder, when it holds ``adapter_config.json``)."""
@@ -126,7 +126,7 @@ class GlimpsePruner(Pruner):
         (d / CONFIG_NAME).write_text(json.dumps(meta, indent=1, sort_keys=True))
 
     def trained_adapter(self) -> tuple[str, str] | None:
-        return (self.adapter, self.adapter_mode) if self.adapter is not None else None
+        return (self.adapter, self.adapter_mode) if self.adapter is not None and self.adapter_mode != "off" else None
 
     def to_dict(self) -> dict[str, Any]:
         keys = ("keep", "layer", "pruner", "threshold", "max_remain_ratio", "min_remain", "fixed_remain_ratio",

@@ -12,6 +12,9 @@ The official evaluation (``my_lmms_eval/models/qwen2_5_vl_gp.py``) runs such a f
   runs twice: the keep mask from a run with the adapter disabled (glimpse token and VIP on the base LLM), then the
   prompt with the adapter on and no glimpse token, cut to that mask after layer K; decoding runs with the adapter on.
   The first pass costs a second prefill.
+
+``"off"`` runs the pruner on whatever model it is given, adapter or not (an ablation: the GlimpsePrune+ predictor on
+the base LLM); the other two refuse a model that was not loaded with the folder's adapter.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 
 from vtprune.methods.base import Context, Pruner, Stage
 
-ADAPTER_MODES = ("merged", "base_mask")
+ADAPTER_MODES = ("merged", "base_mask", "off")
 ADAPTER_CONFIG = "adapter_config.json"
 
 
