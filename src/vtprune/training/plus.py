@@ -33,14 +33,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vtprune.errors import ConfigError
-from vtprune.methods.base import Context, Pruner, Stage
+from vtprune.methods.base import Pruner
+from vtprune.methods.glimpse.plus import KeepGiven
 from vtprune.runtime.executor import Sampling, decode, prefill
 from vtprune.training import grpo
 from vtprune.training.rewards import NAMES as REWARD_NAMES
@@ -129,24 +130,6 @@ class PlusConfig:
 
 # --- rollouts and log-probabilities under pruning ---------------------------------------------------------------
 @dataclass
-class KeepGiven(Pruner):
-    """Keep exactly the given visual tokens after layer ``layer`` (the cut a rollout made, replayed). Internal: not
-    registered as a method."""
-
-    name = "given"
-    sites = ("llm",)
-    kept: list[torch.Tensor] = field(default_factory=list)
-    """Per sample, the original visual-token indices to keep (:attr:`PrefillState.kept_visual`)."""
-
-    def stages(self, num_layers: int) -> list[Stage]:
-        return [Stage("llm", int(self.layer if self.layer is not None else 0))]
-
-    def select(self, ctx: Context) -> torch.Tensor:
-        rows = [torch.isin(ctx.visual_ids[b], self.kept[b].to(ctx.visual_ids.device)) for b in range(len(self.kept))]
-        return torch.stack(rows) & ctx.visual_valid
-
-
-@dataclass
 class Rollout:
     """Sampled completions of a batch of prompts, ``group`` adjacent rows per prompt.
 
@@ -205,7 +188,7 @@ def completion_logprobs(vlm: Any, ro: Rollout, temperature: float = 1.0, grad: b
     ``temperature``, as in sampling."""
     adapter = vlm.adapter
     with torch.set_grad_enabled(grad):
-        state = prefill(adapter, ro.batch, KeepGiven(layer=ro.layer, kept=ro.kept), track_grad=grad)
+        state = prefill(adapter, ro.batch, KeepGiven(kept=ro.kept, at=ro.layer), track_grad=grad)
         tok = ro.tokens.to(adapter.device)
         mask = ro.mask.to(adapter.device)
         first = torch.log_softmax(state.logits.float() / temperature, -1).gather(1, tok[:, :1])  # [B, 1]
