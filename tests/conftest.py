@@ -9,7 +9,7 @@ from PIL import Image
 
 import vtprune
 
-FAMILIES = ["qwen2_5_vl", "qwen2_vl", "llava", "qwen3_vl"]
+FAMILIES = ["qwen2_5_vl", "qwen2_vl", "llava", "qwen3_vl", "llava_onevision"]
 
 
 def make_image(w: int, h: int, seed: int = 0) -> Image.Image:
@@ -57,7 +57,8 @@ def stock_layer_input(vlm: vtprune.VLM, batch, hidden_states, layer: int) -> tor
     h = hidden_states[layer]
     inj = vlm.adapter.embed(batch).injections
     if layer - 1 in inj:
-        h = vlm.adapter.text_model._deepstack_process(h, batch.visual_mask, _flat_injection(inj[layer - 1], batch.visual_mask))
+        feats = _flat_injection(inj[layer - 1], batch.visual_mask)
+        h = vlm.adapter.text_model._deepstack_process(h, batch.visual_mask, feats)
     return h
 
 
@@ -71,3 +72,15 @@ def stock_logits_from_embeds(vlm: vtprune.VLM, batch, embeds: torch.Tensor, posi
     out = vlm.adapter.text_model(inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=position_ids,
                                  visual_pos_masks=batch.visual_mask, deepstack_visual_embeds=levels)
     return vlm.adapter.lm_head(out.last_hidden_state)
+
+
+def refused(vlm: vtprune.VLM, samples: list[vtprune.Sample], method) -> bool:
+    """Whether ``method`` needs a capability ``vlm``'s family declares it lacks; if so, checks the run is refused
+    with the reason (a typed error, before anything runs)."""
+    from vtprune.errors import UnsupportedModelError
+
+    if "vision_attention" in method.requires and not vlm.adapter.supports_vision_attention:
+        with pytest.raises(UnsupportedModelError, match="not supported by this family"):
+            vlm.generate(samples, method, max_new_tokens=1)
+        return True
+    return False

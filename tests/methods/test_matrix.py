@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import vtprune
+from tests.conftest import refused
 from vtprune.methods.base import keep_counts
 
 METHODS = [m["name"] for m in vtprune.list_methods() if not m["trainable"] and "image" in m["modalities"]]
@@ -27,6 +28,8 @@ def _expected(method: vtprune.Pruner, n: int, num_layers: int) -> int:
 def test_method_matrix(vlm, three_samples, name, batch_size):
     method = vtprune.pruner(name, keep=1.0 if name == "none" else 0.25)
     samples = three_samples[:batch_size]
+    if refused(vlm, samples, method):
+        return
     answers = vlm.generate(samples, method, max_new_tokens=3)
     assert len(answers) == batch_size
     for a in answers:
@@ -40,6 +43,8 @@ def test_keep_all_equals_unpruned(vlm, three_samples, name):
     """keep=1.0 changes nothing: same prompt logits as the unpruned runtime (merging methods included)."""
     from vtprune.runtime.executor import prefill
 
+    if refused(vlm, three_samples, vtprune.pruner(name, keep=1.0)):
+        return
     batch = vlm.adapter.encode(three_samples)
     ref = prefill(vlm.adapter, batch, None, all_logits=True)
     got = prefill(vlm.adapter, batch, vtprune.pruner(name, keep=1.0), all_logits=True)

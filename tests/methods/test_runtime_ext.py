@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import vtprune
-from tests.conftest import make_image, stock_logits_from_embeds
+from tests.conftest import make_image, refused, stock_logits_from_embeds
 from vtprune.methods.base import Context, Pruner, Stage
 from vtprune.runtime import ops
 from vtprune.runtime.executor import prefill
@@ -79,8 +79,10 @@ class _Probe(Pruner):
 
 
 def test_keys_are_the_stage_layers_cache(vlm):
-    batch = vlm.adapter.encode(SAMPLE)
     probe = _Probe(layer=1)
+    if refused(vlm, SAMPLE, probe):
+        return
+    batch = vlm.adapter.encode(SAMPLE)
     prefill(vlm.adapter, batch, probe)
     emb = vlm.adapter.embed(batch)
     inputs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask,

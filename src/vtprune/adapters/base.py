@@ -237,9 +237,11 @@ class Adapter:
         visual-token order: ``token_attention`` ``[B, Nv0]`` and ``token_keys`` ``[B, Nv0, Dk]`` float32. ``vision``
         holds the tower outputs from ``embed(..., vision_outputs=...)`` with at least
         :meth:`vision_stats_hidden_states` recorded."""
-        raise UnsupportedModelError(f"{type(self).__name__} cannot compute vision-encoder attention")
+        raise self.unsupported("vision-encoder attention per token")
 
     # --- capabilities a site or method may need; a family declares what it has ---------------------------------
+    supports_vision_attention: ClassVar[bool] = False
+    """:meth:`vision_token_stats` (methods that require ``"vision_attention"``: VisionZip, VisPruner)."""
     supports_vit_site: ClassVar[bool] = False
     """The ``vit`` site: :meth:`video_mask` and :meth:`vision_plan` (:mod:`vtprune.runtime.vision`)."""
 

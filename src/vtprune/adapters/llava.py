@@ -19,6 +19,7 @@ from vtprune.adapters.spec import FamilySpec, Shape, register_family, token_ids
 class LlavaAdapter(Adapter):
     families = ("llava",)
     model_classes = ("LlavaForConditionalGeneration",)
+    supports_vision_attention = True
 
     @property
     def grid_side(self) -> int:
@@ -142,7 +143,8 @@ def _random_config(tok: Any, *, hidden: int = 64, layers: int = 4, heads: int = 
 
     ids = llava_ids(tok)
     vision = dict(model_type="clip_vision_model", hidden_size=vit_hidden, intermediate_size=vit_hidden * 2,
-                  num_hidden_layers=vit_depth, num_attention_heads=vit_heads, image_size=image_size, patch_size=patch_size,
+                  num_hidden_layers=vit_depth, num_attention_heads=vit_heads, image_size=image_size,
+                  patch_size=patch_size,
                   projection_dim=vit_hidden)
     text = dict(model_type="llama", vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
                 num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,

@@ -33,6 +33,7 @@ class Qwen2VLAdapter(Adapter):
     families = ("qwen2_5_vl", "qwen2_vl")
     model_classes = ("Qwen2_5_VLForConditionalGeneration", "Qwen2VLForConditionalGeneration")
     supports_video = True
+    supports_vision_attention = True
 
     system_prompt: str | None = None
 
@@ -305,7 +306,8 @@ def _random_config(family: str, tok: Any, *, hidden: int = 64, layers: int = 4, 
     text = dict(
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=8192,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section(hidden // heads)},
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                         "mrope_section": mrope_section(hidden // heads)},
         bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"], tie_word_embeddings=False,
     )
     if family == "qwen2_5_vl":

@@ -80,17 +80,17 @@ def build_input(shape: Shape, spec: VisualSpec, batch_size: int) -> BenchInput:
     from vtprune.adapters import Sample
 
     notes: list[str] = []
-    if shape.vit_kind == "clip":
-        from transformers import CLIPImageProcessor
+    if shape.vit_kind == "clip":  # a fixed-resolution tower: the image's size sets the token count
+        from vtprune.adapters.spec import family_spec
 
         if spec.frames is not None:
             raise ConfigError(f"shape {shape.name} takes no video (--frames); use --visual-tokens or --image-size")
         n = (shape.image_size // shape.patch) ** 2
         if spec.visual_tokens is not None and spec.visual_tokens != n:
-            notes.append(f"--visual-tokens {spec.visual_tokens} ignored: LLaVA-1.5 always uses {n} tokens per image")
+            notes.append(f"--visual-tokens {spec.visual_tokens} ignored: {shape.name} sees {n} tokens per "
+                         f"{shape.image_size} px view; use --image-size")
         w, h = spec.image_size or (shape.image_size, shape.image_size)
-        proc = CLIPImageProcessor(size={"shortest_edge": shape.image_size},
-                                  crop_size={"height": shape.image_size, "width": shape.image_size})
+        proc = family_spec(shape.family).image_processor(image_size=shape.image_size)
         img = _picture(w, h)
         return BenchInput([Sample(QUESTION, [img]) for _ in range(batch_size)], proc,
                           {"kind": "image", "pixels": [w, h], "resized_to": [shape.image_size] * 2}, notes)

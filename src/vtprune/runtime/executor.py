@@ -233,6 +233,8 @@ def _prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, al
     pre = [s for s in stages if s.site == "pre_llm"]
     at_layer = {s.layer: s for s in stages if s.site == "llm"}
     requires = method.requires if method is not None else frozenset()
+    if "vision_attention" in requires and not adapter.supports_vision_attention:
+        raise adapter.unsupported(f"vision-encoder attention per token (which {method.name} reads)")  # type: ignore[union-attr]
 
     t0 = time.perf_counter()
     want_vision = vision_hidden_states(adapter, method) if requires & {"vision_outputs", "vision_attention"} else False
