@@ -12,7 +12,7 @@ from tests.glimpse.helpers import small_pruner, with_modules
 from vtprune.errors import ConfigError
 from vtprune.runtime.executor import HARD_FLOOR, Sampling, _Seq, decode, prefill, relaxed_log_keep
 
-FAMS = ["qwen2_5_vl", "llava"]
+FAMS = ["qwen2_5_vl", "llava", "qwen3_vl"]
 
 
 @pytest.mark.parametrize("fam", FAMS)
@@ -34,7 +34,7 @@ def test_glimpse_leaves_sequence_and_cache(vlms, fam):
     assert torch.equal(st.positions[..., -1], full.positions[..., -1])
 
 
-@pytest.mark.parametrize("fam", ["qwen2_5_vl", "qwen2_vl", "llava"])
+@pytest.mark.parametrize("fam", ["qwen2_5_vl", "qwen2_vl", "llava", "qwen3_vl"])
 def test_keep_all_equals_stock(vlms, three_samples, fam):
     vlm = vlms[fam]
     m = small_pruner(vlm)
@@ -208,3 +208,11 @@ def test_vip_runs_in_a_half_precision_models_precision_without_touching_its_weig
     assert [x.dtype for x in logits] == [torch.float32, torch.float32]
     assert all(p.dtype == torch.float32 for p in m.modules.parameters())
     torch.testing.assert_close(logits[1], logits[0], rtol=0.1, atol=0.1)
+
+
+def test_a_family_without_per_token_vit_features_refuses_glimpse(vlms):
+    from vtprune.errors import UnsupportedModelError
+    from vtprune.methods.glimpse import GlimpsePruner
+
+    with pytest.raises(UnsupportedModelError, match="not supported by this family"):
+        GlimpsePruner.untrained(vlms["llava_onevision"], keep=0.25)

@@ -87,6 +87,23 @@ class Embedded:
     before layer ``i`` takes its injections with it (:func:`vtprune.runtime.ops.add_visual`)."""
 
 
+@dataclass(frozen=True)
+class VisionGeometry:
+    """The vision tower as a method that reads its hidden states sees it (:meth:`Adapter.vision_geometry`)."""
+
+    depth: int
+    """ViT blocks."""
+    width: int
+    """Hidden width ``Dv`` of the blocks' outputs."""
+    last_block: int
+    """The deepest block whose output the LLM's visual tokens are made from (0-based)."""
+    merge: int
+    """ViT patches per LLM token along each side (2 for Qwen's 2x2 merge, 1 for CLIP)."""
+    window: dict[str, int] | None = None
+    """``window_size``, ``patch_size``, ``merge`` of a windowed tower (Qwen2.5-VL), whose hidden states are in
+    window order; None for towers in raster order."""
+
+
 def register_adapter(cls: type[Adapter]) -> type[Adapter]:
     """Class decorator: register an adapter under each ``config.model_type`` in ``cls.families``."""
     for fam in cls.families:
@@ -240,6 +257,8 @@ class Adapter:
         raise self.unsupported("vision-encoder attention per token")
 
     # --- capabilities a site or method may need; a family declares what it has ---------------------------------
+    supports_vision_features: ClassVar[bool] = False
+    """:meth:`vision_geometry` and :meth:`vision_token_features` (methods that read ViT levels: GlimpsePrune)."""
     supports_vision_attention: ClassVar[bool] = False
     """:meth:`vision_token_stats` (methods that require ``"vision_attention"``: VisionZip, VisPruner)."""
     supports_vit_site: ClassVar[bool] = False
@@ -256,6 +275,17 @@ class Adapter:
     def vision_plan(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> Any:
         """The tower's preamble as a :class:`VisionPlan` (the ``vit`` site)."""
         raise self.unsupported("the 'vit' pruning site")
+
+    def vision_geometry(self) -> VisionGeometry:
+        raise self.unsupported("per-token vision features")
+
+    def vision_token_features(self, batch: EncodedBatch, vision: dict[str, Any], hidden_states: Sequence[int]
+                              ) -> dict[int, torch.Tensor]:
+        """Per entry ``i`` of ``hidden_states`` (HF's indices: ``i = j + 1`` is block ``j``'s output), the image tokens'
+        ViT features ``[B, Nv0, Dv]`` float32 in each sample's visual-token order (a token's merge group averaged;
+        zeros past a sample's count); an index the tower does not have is left out. ``vision`` holds the tower outputs of ``embed(..., vision_outputs=...)`` with
+        those hidden states recorded."""
+        raise self.unsupported("per-token vision features")
 
     def check_images(self, samples: list[Sample]) -> None:
         for s in samples:

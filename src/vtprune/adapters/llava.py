@@ -11,7 +11,9 @@ from typing import Any
 
 import torch
 
-from vtprune.adapters.base import Adapter, EncodedBatch, Embedded, Sample, grid_coords, left_pad, register_adapter
+from vtprune.adapters.base import (
+    Adapter, EncodedBatch, Embedded, Sample, VisionGeometry, grid_coords, left_pad, register_adapter,
+)
 from vtprune.adapters.spec import FamilySpec, Shape, register_family, token_ids
 
 
@@ -20,6 +22,7 @@ class LlavaAdapter(Adapter):
     families = ("llava",)
     model_classes = ("LlavaForConditionalGeneration",)
     supports_vision_attention = True
+    supports_vision_features = True
 
     @property
     def grid_side(self) -> int:
@@ -120,6 +123,28 @@ class LlavaAdapter(Adapter):
         kinds = [["image"] * len(g) for g in batch.grids]
         att = per_sample(batch, {"image": list(cls)}, kinds)
         return stats_dict(att, per_sample(batch, {"image": list(keys)}, kinds))
+
+    def vision_geometry(self) -> VisionGeometry:
+        vc = self.model.config.vision_config
+        depth = int(vc.num_hidden_layers)
+        fl = self.model.config.vision_feature_layer
+        fl = int(fl if isinstance(fl, int) else fl[-1])
+        last = (fl if fl >= 0 else depth + 1 + fl) - 1  # hidden_states[i] is the output of block i - 1
+        return VisionGeometry(depth=depth, width=int(vc.hidden_size), last_block=last, merge=1)
+
+    def vision_token_features(self, batch: EncodedBatch, vision: dict[str, Any], hidden_states: Sequence[int]
+                              ) -> dict[int, torch.Tensor]:
+        """The CLIP tower's patch tokens (and [CLS] first where the LLM sees it, the "full" strategy)."""
+        from vtprune.adapters.vit_attention import per_sample
+
+        drop_cls = self.model.config.vision_feature_select_strategy == "default"
+        kinds = [["image"] * len(g) for g in batch.grids]
+        out = {}
+        hs = vision["image"].hidden_states
+        for i in (i for i in hidden_states if 0 <= i < len(hs) and hs[i] is not None):  # others: absent
+            h = hs[i]  # [N_img, 1 + P, Dv]
+            out[i] = per_sample(batch, {"image": list((h[:, 1:] if drop_cls else h).float())}, kinds)
+        return out
 
     def rope(self, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.text_model.rotary_emb(hidden, positions[0])

@@ -53,7 +53,9 @@ def hires_grid(image_hw: tuple[int, int], resolutions: list[list[int]], tile: in
 class LlavaOnevisionAdapter(LlavaAdapter):
     families = ("llava_onevision",)
     model_classes = ("LlavaOnevisionForConditionalGeneration",)
-    supports_vision_attention = False  # a high-resolution token mixes tiles (and is interpolated): no one ViT row
+    # a high-resolution token mixes tiles (and may be interpolated): it has no one ViT row to read
+    supports_vision_attention = False
+    supports_vision_features = False
 
     @property
     def grid_side(self) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from vtprune.adapters.base import (
-    Adapter, EncodedBatch, Embedded, Sample, VisionPlan, grid_coords, left_pad, register_adapter,
+    Adapter, EncodedBatch, Embedded, Sample, VisionGeometry, VisionPlan, grid_coords, left_pad, register_adapter,
 )
 from vtprune.adapters.spec import FamilySpec, Shape, register_family, token_ids
 from vtprune.errors import InputError
@@ -34,6 +34,7 @@ class Qwen2VLAdapter(Adapter):
     model_classes = ("Qwen2_5_VLForConditionalGeneration", "Qwen2VLForConditionalGeneration")
     supports_video = True
     supports_vision_attention = True
+    supports_vision_features = True
 
     system_prompt: str | None = None
 
@@ -234,6 +235,42 @@ class Qwen2VLAdapter(Adapter):
             has_video = int(bool((types[b] == 2).any()))
             kinds.append(["image"] * (len(grids) - has_video) + ["video"] * has_video)
         return stats_dict(per_sample(batch, att, kinds), per_sample(batch, keys, kinds))
+
+    def vision_geometry(self) -> VisionGeometry:
+        vc = self.model.config.vision_config
+        width = int(getattr(vc, "embed_dim", None) or vc.hidden_size)  # Qwen2-VL names its ViT width embed_dim
+        window = None
+        if hasattr(self.vision_tower, "permute_input_for_window_attn"):  # Qwen2.5-VL: window-ordered hidden states
+            window = {"window_size": int(vc.window_size), "patch_size": int(vc.patch_size), "merge": self.merge}
+        return VisionGeometry(depth=int(vc.depth), width=width, last_block=int(vc.depth) - 1, merge=self.merge,
+                              window=window)
+
+    def vision_token_features(self, batch: EncodedBatch, vision: dict[str, Any], hidden_states: Sequence[int]
+                              ) -> dict[int, torch.Tensor]:
+        """Each image token's merge group averaged, un-permuted from the window order where the tower has one
+        (the window index its forward uses); images only."""
+        from vtprune.adapters.vit_attention import per_sample
+
+        if "video" in vision:
+            raise self.unsupported("per-token vision features of video")
+        geo = self.vision_geometry()
+        grid = batch.model_inputs["image_grid_thw"]
+        sizes = (grid.prod(-1) // (self.merge * self.merge)).tolist()
+        out = {}
+        hs = vision["image"].hidden_states
+        for i in (i for i in hidden_states if 0 <= i < len(hs) and hs[i] is not None):  # others: absent
+            h = hs[i]
+            h = h.reshape(-1, self.merge * self.merge, h.shape[-1])
+            if geo.window is not None:
+                from transformers.vision_utils import get_vision_window_index
+
+                index, _ = get_vision_window_index(grid.cpu(), spatial_merge_size=self.merge,
+                                                   window_size=geo.window["window_size"],
+                                                   patch_size=geo.window["patch_size"])
+                h = h[torch.argsort(index).to(h.device)]
+            items = list(h.mean(dim=1).float().split(sizes))
+            out[i] = per_sample(batch, {"image": items}, [["image"] * len(g) for g in batch.grids])
+        return out
 
     def rope(self, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.text_model.rotary_emb(hidden, positions[1:])

@@ -6,7 +6,9 @@ A method declares
   ``vit``: inside the vision encoder) and, through :meth:`Pruner.stages`, where it does for a given model depth;
 - ``requires``: what the runtime must gather for it (``"last_query_attention"``: the last prompt token's
   attention logits over all keys at the stage's layer; ``"vision_outputs"``: the vision tower's outputs;
-  ``"vision_attention"``: vision-encoder attention and keys per visual token; ``"keys"``: the stage layer's
+  ``"vision_attention"``: vision-encoder attention and keys per visual token; ``"vision_features"``: the
+  adapter's per-token ViT features of the hidden states :meth:`Pruner.vision_hidden_states` names, in
+  ``Context.vision["token_features"]``; ``"keys"``: the stage layer's
   cached keys);
 - ``merges``: whether it also rewrites the hidden states of the tokens it keeps (token merging, :meth:`Pruner.merge`);
 - ``trainable`` and ``modalities``, for listings.

@@ -235,6 +235,8 @@ def _prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, al
     requires = method.requires if method is not None else frozenset()
     if "vision_attention" in requires and not adapter.supports_vision_attention:
         raise adapter.unsupported(f"vision-encoder attention per token (which {method.name} reads)")  # type: ignore[union-attr]
+    if "vision_features" in requires and not adapter.supports_vision_features:
+        raise adapter.unsupported(f"per-token ViT features (which {method.name} reads)")  # type: ignore[union-attr]
 
     t0 = time.perf_counter()
     want_vision = vision_hidden_states(adapter, method) if requires & {"vision_outputs", "vision_attention"} else False
@@ -245,6 +247,12 @@ def _prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, al
         emb = adapter.embed(batch, vision_outputs=want_vision)
     if "vision_attention" in requires and emb.vision:
         emb.vision.update(adapter.vision_token_stats(batch, emb.vision))
+    if "vision_features" in requires and emb.vision:
+        levels = method.vision_hidden_states()  # type: ignore[union-attr]
+        if levels is None:  # a method that cannot say (a composition): every recorded hidden state
+            hs = next(iter(emb.vision.values())).hidden_states
+            levels = tuple(i for i, h in enumerate(hs) if h is not None)
+        emb.vision["token_features"] = adapter.vision_token_features(batch, emb.vision, levels)
     _sync(dev)
     t1 = time.perf_counter()
 

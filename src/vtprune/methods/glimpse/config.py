@@ -14,7 +14,10 @@ from typing import Any
 from vtprune.methods.base import check_settings
 from vtprune.errors import ConfigError
 
-FAMILIES = ("qwen2_5_vl", "qwen2_vl", "llava")
+
+LOG_SOFTMAX_FAMILIES = ("llava",)
+"""Families whose official GlimpsePrune release scores glimpse attention as log-softmax probabilities; raw logits
+elsewhere (the official Qwen releases, and the families added since)."""
 
 
 @dataclass
@@ -22,7 +25,7 @@ class GlimpseConfig:
     """Shapes and defaults of a GlimpsePrune pruner (paper: arXiv 2508.01548; see reference/glimpseprune.md)."""
 
     family: str
-    """Base model family (``config.model_type``): qwen2_5_vl, qwen2_vl or llava."""
+    """Base model family (``config.model_type``); its adapter must support per-token vision features."""
     hidden_size: int
     """LLM width D."""
     num_layers: int
@@ -73,8 +76,10 @@ class GlimpseConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
-        if self.family not in FAMILIES:
-            raise ConfigError(f"family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
+        from vtprune.adapters import supported_families
+
+        if self.family not in supported_families():
+            raise ConfigError(f"family must be one of {', '.join(supported_families())}, got {self.family!r}")
         for name in ("hidden_size", "num_layers", "num_heads", "vision_hidden_size", "vip_size", "vip_heads", "le_length"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -122,27 +127,18 @@ class GlimpseConfig:
         official hidden-state indices 23, 17, 11, 5); logits for Qwen, log-softmax for LLaVA; S = 256 and C = 512
         (LLMs narrower than 256 get S = D rounded down to a multiple of 16, C = 2S).
         """
+        from vtprune.adapters import get_adapter
+
         cfg = model.config
         family = str(cfg.model_type)
-        if family not in FAMILIES:
-            raise ConfigError(f"GlimpsePrune supports {', '.join(FAMILIES)}; got model_type {family!r}")
-        text, vision = cfg.text_config, cfg.vision_config
+        adapter = get_adapter(model, None, None)
+        if not adapter.supports_vision_features:
+            raise adapter.unsupported("GlimpsePrune (its VIP reads per-token ViT levels)")
+        geo = adapter.vision_geometry()
+        text = cfg.text_config
         L = int(text.num_hidden_layers)
-        if family == "llava":
-            depth = int(vision.num_hidden_layers)
-            fl = cfg.vision_feature_layer
-            fl = int(fl if isinstance(fl, int) else fl[-1])
-            last = (fl if fl >= 0 else depth + 1 + fl) - 1  # hidden_states[i] is the output of block i - 1
-            vis_hidden, merge, window, logits = int(vision.hidden_size), 1, None, False
-        else:
-            depth = int(vision.depth)
-            last = depth - 1
-            vis_hidden = int(vision.hidden_size if family == "qwen2_5_vl" else vision.embed_dim)
-            merge = int(vision.spatial_merge_size)
-            window = None
-            if family == "qwen2_5_vl":
-                window = {"window_size": int(vision.window_size), "patch_size": int(vision.patch_size), "merge": merge}
-            logits = True
+        depth, last, vis_hidden, merge, window = geo.depth, geo.last_block, geo.width, geo.merge, geo.window
+        logits = family not in LOG_SOFTMAX_FAMILIES
         step = max(1, depth // 4)
         blocks = [b for b in (last - i * step for i in range(4)) if b >= 0]
         D = int(text.hidden_size)

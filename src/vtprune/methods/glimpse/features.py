@@ -1,8 +1,8 @@
 """GlimpsePrune's inputs and its selection rule, as pure functions of the runtime's :class:`Context`.
 
 - :func:`glimpse_attention`: the glimpse query's per-head scores on each visual token ``[B, Nv, H]``.
-- :func:`vision_levels`: multi-level ViT features aligned with the context's visual tokens ``[B, Nv, Dv]``
-  (Qwen: un-permuted from the ViT's window order, averaged over each merge group; LLaVA: CLIP patch tokens).
+- :func:`vision_levels`: multi-level ViT features aligned with the context's visual tokens ``[B, Nv, Dv]`` (the
+  adapter's per-token features: :meth:`vtprune.adapters.base.Adapter.vision_token_features`).
 - :class:`Groups`: packs a sample's tokens per image into ``[G, M]`` rows (the VIP attends within one image).
 - :func:`select_tokens`: threshold / cap / floor / fixed-ratio selection per image.
 """
@@ -20,8 +20,8 @@ from vtprune.methods.glimpse.config import GlimpseConfig
 
 
 def glimpse_attention(ctx: Context, use_logits: bool) -> torch.Tensor:
-    """``[B, Nv, H]`` float32: raw logits (Qwen) or log-softmax over all keys (LLaVA) at the visual columns; 0 on
-    padding entries."""
+    """``[B, Nv, H]`` float32: raw logits or (``use_logits=False``) log-softmax over all keys at the visual columns; 0
+    on padding entries."""
     att = ctx.attention
     if att is None:
         raise RuntimeError("glimpse needs the 'last_query_attention' context")
@@ -33,84 +33,27 @@ def glimpse_attention(ctx: Context, use_logits: bool) -> torch.Tensor:
     return out.masked_fill(~ctx.visual_valid.unsqueeze(-1), 0.0)
 
 
-def qwen_merge_features(hidden: torch.Tensor, grid_thw: torch.Tensor, merge: int, window: dict[str, int] | None) -> torch.Tensor:
-    """ViT block output ``[N_patches, Dv]`` (all images of the batch) -> ``[N_tokens, Dv]`` in LLM-token order.
-
-    Qwen2.5-VL's ViT runs on window-permuted merge groups; the model's own window index (the same function its
-    forward uses) un-permutes them. Each token is the mean of its ``merge x merge`` patches.
-    """
-    m2 = merge * merge
-    h = hidden.reshape(-1, m2, hidden.shape[-1])
-    if window is not None:
-        from transformers.vision_utils import get_vision_window_index
-
-        index, _ = get_vision_window_index(grid_thw.cpu(), spatial_merge_size=merge, window_size=window["window_size"],
-                                           patch_size=window["patch_size"])
-        h = h[torch.argsort(index).to(h.device)]
-    return h.mean(dim=1)
-
-
 def vision_levels(ctx: Context, cfg: GlimpseConfig) -> list[torch.Tensor]:
-    """One ``[B, Nv, Dv]`` float32 tensor per entry of ``cfg.vision_blocks``, aligned with ``ctx.visual_ids``."""
+    """One ``[B, Nv, Dv]`` float32 tensor per entry of ``cfg.vision_blocks``, aligned with ``ctx.visual_ids``: the
+    adapter's per-token ViT features (``ctx.vision["token_features"]``, the ``"vision_features"`` requirement)."""
     if "video" in ctx.vision:
         raise InputError("glimpse prunes image tokens only; this batch has a video")
-    out = ctx.vision.get("image")
-    hs = getattr(out, "hidden_states", None) if out is not None else None
-    if hs is None:
-        raise RuntimeError("glimpse needs the vision tower's hidden states ('vision_outputs')")
-    grids = [g for sample in ctx.grids for g in sample]
-    if any(t != 1 for t, _, _ in grids):
-        raise InputError("glimpse prunes image tokens only (temporal grid > 1)")
-    last = next(h for h in reversed(hs) if h is not None)
-    if (last.dim() == 3) != (cfg.family == "llava") or last.shape[-1] != cfg.vision_hidden_size:
-        raise ConfigError(f"this glimpse pruner was trained for a {cfg.family} model with a "
-                          f"{cfg.vision_hidden_size}-wide ViT; it does not fit this model")
+    feats = ctx.vision.get("token_features")
+    if feats is None:
+        raise RuntimeError("glimpse needs the per-token ViT features ('vision_features')")
     levels = []
     for blk in cfg.vision_blocks:
-        idx = blk + 1  # hidden_states[0] is the block-0 input; [j + 1] the output of block j
-        if not (0 < idx < len(hs)) or hs[idx] is None:
-            raise ConfigError(f"this glimpse pruner reads ViT block {blk}; the model's ViT has {len(hs) - 1} blocks")
-        h = hs[idx]
-        if cfg.family == "llava":  # [N_img, T, Dv]: CLS + patches; the LLM sees patches (or CLS + patches)
-            per_item = [int(c) for c in _item_counts(ctx)]
-            drop_cls = all(n == h.shape[1] - 1 for n in per_item)
-            h = (h[:, 1:] if drop_cls else h).reshape(-1, h.shape[-1])
-        else:
-            m = cfg.merge_size
-            grid_thw = torch.tensor([[t, gh * m, gw * m] for t, gh, gw in grids], dtype=torch.long)
-            h = qwen_merge_features(h, grid_thw, m, cfg.vit_window)
-        levels.append(h.float())
-    return [_per_sample(ctx, lv) for lv in levels]
-
-
-def _item_counts(ctx: Context) -> list[int]:
-    """Visual tokens of every image of the batch, in stream order (from the per-sample totals and grids)."""
-    counts = []
-    for b, sample in enumerate(ctx.grids):
-        if not sample:
-            continue
-        total = int(ctx.visual_total[b])
-        each = total // len(sample)
-        counts += [each] * len(sample)
-    return counts
-
-
-def _per_sample(ctx: Context, stream: torch.Tensor) -> torch.Tensor:
-    """Split the batch's token stream ``[N, Dv]`` per sample and gather each sample's current tokens."""
-    B, Nv = ctx.visual_ids.shape
-    out = stream.new_zeros(B, Nv, stream.shape[-1])
-    off = 0
-    for b in range(B):
-        n = int(ctx.visual_total[b])
-        if n == 0:
-            continue
-        rows = stream[off : off + n]
-        off += n
-        ids = ctx.visual_ids[b].clamp(0, n - 1).to(stream.device)
-        out[b] = rows[ids] * ctx.visual_valid[b].unsqueeze(-1).to(stream.dtype)
-    if off != stream.shape[0]:
-        raise RuntimeError(f"ViT features ({stream.shape[0]} tokens) do not match the prompt's visual tokens ({off})")
-    return out
+        f = feats.get(blk + 1)  # hidden_states[j + 1] is the output of block j
+        if f is None:
+            raise ConfigError(f"this glimpse pruner (for a {cfg.family} model) reads ViT block {blk}, which this "
+                              "model's ViT does not have")
+        if f.shape[-1] != cfg.vision_hidden_size:
+            raise ConfigError(f"this glimpse pruner was trained for a {cfg.family} model with a "
+                              f"{cfg.vision_hidden_size}-wide ViT; it does not fit this model")
+        ids = ctx.visual_ids.clamp(0, max(f.shape[1] - 1, 0)).to(f.device)
+        rows = f.gather(1, ids.unsqueeze(-1).expand(-1, -1, f.shape[-1]))
+        levels.append(rows * ctx.visual_valid.unsqueeze(-1).to(rows.dtype))
+    return levels
 
 
 @dataclass

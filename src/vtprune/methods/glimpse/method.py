@@ -42,7 +42,7 @@ class GlimpsePruner(Pruner):
 
     name = "glimpse"
     sites = ("llm",)
-    requires = frozenset({"last_query_attention", "vision_outputs"})
+    requires = frozenset({"last_query_attention", "vision_outputs", "vision_features"})
     trainable = True
     requires_pruner = True
     modalities = ("image",)
