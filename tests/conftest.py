@@ -9,7 +9,7 @@ from PIL import Image
 
 import vtprune
 
-FAMILIES = ["qwen2_5_vl", "qwen2_vl", "llava", "qwen3_vl", "llava_onevision"]
+FAMILIES = ["qwen2_5_vl", "qwen2_vl", "llava", "qwen3_vl", "llava_onevision", "internvl"]
 
 
 def make_image(w: int, h: int, seed: int = 0) -> Image.Image:

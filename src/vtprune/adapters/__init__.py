@@ -1,6 +1,7 @@
 """Model adapters: one per model family, chosen from the model's class (see :func:`get_adapter`)."""
 
 from vtprune.adapters.base import Adapter, EncodedBatch, Sample, get_adapter, register_adapter, supported_families
+from vtprune.adapters import internvl as _internvl  # noqa: F401  (registration)
 from vtprune.adapters import llava as _llava  # noqa: F401  (registration)
 from vtprune.adapters import llava_onevision as _llava_onevision  # noqa: F401  (registration)
 from vtprune.adapters import qwen2_vl as _qwen2_vl  # noqa: F401  (registration)
