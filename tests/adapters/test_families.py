@@ -40,3 +40,17 @@ def test_vit_site_on_a_family_without_it_is_refused(vlms):
         vlm.adapter.vision_plan(None, None)
     with pytest.raises(UnsupportedModelError, match="not supported by this family"):
         vlm.generate([vtprune.Sample("q", [make_image(56, 56)])], vtprune.pruner("stts", keep=0.5))
+
+
+@pytest.mark.parametrize("name, params", [("qwen3_vl-4b", 4.44e9), ("llava_onevision-7b", 8.03e9),
+                                          ("internvl-3-8b", 7.94e9)])
+def test_new_family_shapes_have_the_model_cards_parameter_count(name, params):
+    import torch
+
+    from vtprune.adapters.spec import family_tokenizer
+    from vtprune.bench.shapes import hf_config
+
+    s = get_shape(name)
+    with torch.device("meta"):
+        model = family_spec(s.family).model_cls()(hf_config(s, family_tokenizer(s.family), s.layers, s.vit_layers))
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(params, rel=0.01)

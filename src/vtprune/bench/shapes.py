@@ -91,9 +91,9 @@ def build_model(shape: Shape, *, layers: int, vit_layers: int, dtype: torch.dtyp
     """Random-weight model of ``shape`` at the given depth, in ``dtype`` on ``device``; returns (model, tokenizer)."""
     from transformers.initialization import no_init_weights
 
-    from vtprune.testbed.tokenizer import build_tokenizer
+    from vtprune.adapters.spec import family_tokenizer
 
-    tok = build_tokenizer()
+    tok = family_tokenizer(shape.family)
     cfg = hf_config(shape, tok, layers, vit_layers)
     cls = family_spec(shape.family).model_cls()
     # no_init_weights: HF's own scoped switch (restored on exit); memory stays untouched until _fill_random
