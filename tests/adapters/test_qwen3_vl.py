@@ -7,7 +7,6 @@ import torch
 
 import vtprune
 from tests.conftest import make_image, stock_generate
-from vtprune.errors import UnsupportedModelError
 from vtprune.runtime.executor import Sampling, decode, prefill
 
 
@@ -73,10 +72,44 @@ def test_chat_template_renders_the_encoded_prompt(q3):
     assert q3.tokenizer.decode(batch.input_ids[0]) == expanded
 
 
-def test_vit_site_is_refused_with_a_reason(q3):
-    frames = [make_image(64, 64, i) for i in range(2)]
-    with pytest.raises(UnsupportedModelError, match="not supported by this family"):
-        q3.generate([vtprune.Sample("q", video=frames)], vtprune.pruner("stts", keep=0.5))
+@pytest.mark.parametrize("method", ["stts-1.0", "vit-0", "vit-2"])
+def test_vit_site_keep_all_equals_stock_video(q3, method):
+    from tests.stts.helpers import FixedVit
+
+    m = vtprune.pruner("stts", keep=1.0) if method == "stts-1.0" else FixedVit(block=int(method[-1]))
+    samples = [vtprune.Sample("what moved?", video=[make_image(64, 64, i) for i in range(6)]),
+               vtprune.Sample("and here?", video=[make_image(96, 64, i) for i in range(4)])]
+    ours = decode(q3.adapter, prefill(q3.adapter, q3.adapter.encode(samples), m), Sampling(max_new_tokens=6),
+                  q3.eos_ids())
+    assert torch.equal(ours, stock_generate(q3, samples, max_new_tokens=6))
+
+
+def test_vit_cut_takes_the_deepstack_features_of_dropped_steps_with_it(q3):
+    """The tower attends within a frame: dropping temporal step 1 after block 0 gives, for the kept steps, exactly
+    the stock tower's features and DeepStack levels on a video of those steps alone (a tap at block 0 saw every
+    unit, the later taps only the kept ones)."""
+    from tests.stts.helpers import FixedVit, drop_steps
+    from vtprune.runtime.vision import run_tower
+
+    frames = [make_image(64, 64, i) for i in range(6)]  # 3 temporal steps of 2 frames
+    mi = q3.adapter.encode([vtprune.Sample("q", video=frames)]).model_inputs
+    with torch.no_grad():
+        out = run_tower(q3.adapter.vision_plan(mi["pixel_values_videos"], mi["video_grid_thw"]), 0,
+                        FixedVit(block=0, pattern=drop_steps({1})).select, num_layers=q3.num_layers)
+        sub = q3.adapter.encode([vtprune.Sample("q", video=frames[:2] + frames[4:])]).model_inputs
+        ref = q3.model.model.visual(sub["pixel_values_videos"], grid_thw=sub["video_grid_thw"])
+    assert int(out.keep.sum()) == 2 * 4 and out.features.shape == ref.pooler_output.shape
+    torch.testing.assert_close(out.features, ref.pooler_output, rtol=1e-5, atol=1e-5)
+    assert sorted(out.taps) == list(q3.model.config.vision_config.deepstack_visual_indexes)
+    for got, want in zip((out.taps[j] for j in sorted(out.taps)), ref.deepstack_features):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_stts_prunes_qwen3_vl_video(q3):
+    frames = [make_image(64, 64, i) for i in range(8)]
+    [a] = q3.generate([vtprune.Sample("what moved?", video=frames)], vtprune.pruner("stts", keep=0.5),
+                      max_new_tokens=3)
+    assert a.visual_tokens == 16 and a.kept_tokens == 8
 
 
 def test_bench_shape_is_the_published_model():

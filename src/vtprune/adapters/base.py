@@ -61,6 +61,8 @@ class VisionPlan:
         unit_order: ``[U]`` long, the raster unit id (items concatenated) of each processing-order unit.
         unit_grids: per item its ``(t, h, w)`` unit grid.
         merger: the stock merger, ``[n * unit, Dv] -> [n, D]``.
+        taps: block index -> a stock module that turns that block's output ``[n * unit, Dv]`` into an extra
+            feature level ``[n, D]`` (Qwen3-VL's DeepStack mergers); none on most towers.
     """
 
     hidden: torch.Tensor
@@ -71,6 +73,7 @@ class VisionPlan:
     unit_order: torch.Tensor
     unit_grids: list[tuple[int, int, int]]
     merger: Callable[[torch.Tensor], torch.Tensor]
+    taps: dict[int, Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=dict)
 
 
 @dataclass

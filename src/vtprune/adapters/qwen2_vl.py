@@ -8,6 +8,7 @@ exactly where the unpruned prompt would have.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -152,8 +153,8 @@ class Qwen2VLAdapter(Adapter):
 
     def embed(self, batch: EncodedBatch, *, vision_outputs: bool | Sequence[int] = False, video_tower: Any = None
               ) -> Embedded:
-        """``video_tower(pixel_values, grid_thw) -> (features [U_kept, D], keep [U] bool)`` replaces the stock video
-        features (the ``vit`` site); placeholders of dropped units keep their token embedding. ``vision_outputs``:
+        """``video_tower(pixel_values, grid_thw) -> TowerOutput`` (features ``[U_kept, D]``, keep ``[U]`` bool, tap
+        levels) replaces the stock video features (the ``vit`` site); placeholders of dropped units keep their token embedding. ``vision_outputs``:
         keep the tower outputs with every hidden state (True) or only those indices (the others are None)."""
         dev = self.device
         inner = self.model.model
@@ -171,10 +172,18 @@ class Qwen2VLAdapter(Adapter):
                 continue
             mask = (input_ids == self._special(tok)).unsqueeze(-1)
             if kind == "video" and video_tower is not None:
-                feats, keep = video_tower(mi[pv_key], mi[grid_key])
+                tout = video_tower(mi[pv_key], mi[grid_key])
+                keep = tout.keep.to(mask.device)
                 sel = mask.clone()
-                sel[mask] = keep.to(mask.device)
-                embeds = embeds.masked_scatter(sel, feats.to(embeds.dtype))
+                sel[mask] = keep
+                embeds = embeds.masked_scatter(sel, tout.features.to(embeds.dtype))
+                if tout.taps:  # extra levels of the kept units, laid out over every unit (dropped ones: zeros)
+                    levels = []
+                    for i in sorted(tout.taps):
+                        full = tout.taps[i].new_zeros(keep.shape[0], tout.taps[i].shape[-1])
+                        full[keep.to(full.device)] = tout.taps[i]
+                        levels.append((full,))
+                    outs[kind] = SimpleNamespace(deepstack_features=levels)  # as the stock tower output has them
                 continue
             getter = inner.get_image_features if kind == "image" else inner.get_video_features
             hidden = vision_outputs if isinstance(vision_outputs, bool) else list(vision_outputs)

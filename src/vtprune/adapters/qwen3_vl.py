@@ -11,8 +11,9 @@
   still in the sequence: a token pruned before the LLM takes all its DeepStack features with it, and a token pruned
   after layer K receives no injection after K (the injection follows the kept set). With every token kept this is
   the stock forward exactly.
-- **Sites**: ``pre_llm`` and ``llm``. The ``vit`` site is not supported (its tower would also have to cut the
-  DeepStack taps).
+- **Sites**: ``pre_llm``, ``llm`` and ``vit`` (video, STTS): the tower's DeepStack mergers are taps of its
+  :class:`VisionPlan`; a tap before the cut block saw every unit and keeps the kept units' rows, a tap after it runs
+  on the kept units only, so a unit dropped in the tower takes its DeepStack features with it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from vtprune.adapters.base import register_adapter
+from vtprune.adapters.base import VisionPlan, register_adapter
 from vtprune.adapters.qwen2_vl import Qwen2VLAdapter, image_processor, qwen_ids, qwen_special
 from vtprune.adapters.spec import FamilySpec, Shape, register_family
 
@@ -33,7 +34,7 @@ DEFAULT_FPS = 2.0
 class Qwen3VLAdapter(Qwen2VLAdapter):
     families = ("qwen3_vl",)
     model_classes = ("Qwen3VLForConditionalGeneration",)
-    supports_vit_site = False
+    supports_vit_site = True
 
     @property
     def _absolute_time(self) -> bool:
@@ -49,6 +50,30 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
             stamp = (k * tp + (k * tp + tp - 1)) / 2 / rate
             ids += self._tok(f"<{stamp:.1f} seconds>") + super()._item_ids(kind, 1, h, w, fps)
         return ids
+
+    def vision_plan(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> VisionPlan:
+        """The stock tower's preamble (patch embedding plus the learned position table resampled to each grid,
+        rotary tables, per-frame segments; raster order, no windows) with its DeepStack mergers as taps."""
+        from transformers.vision_utils import (
+            get_vision_attention_seqlens, get_vision_interpolation_indices_and_weights, get_vision_position_ids,
+        )
+
+        vis = self.vision_tower
+        m = int(vis.spatial_merge_size)
+        grid_thw = grid_thw.to(self.device)
+        idx, w = get_vision_interpolation_indices_and_weights(
+            grid_thw, num_grid_per_side=vis.num_grid_per_side, mode=vis.interpolation_mode,
+            align_corners=vis.interpolation_align_corners, spatial_merge_size=m)
+        cu, _ = get_vision_attention_seqlens(grid_thw, vis.config)
+        h = vis.patch_embed(pixel_values.to(self.device).type(vis.dtype))
+        h = h + (vis.pos_embed(idx) * w[:, :, None]).sum(1).to(h.dtype)
+        cos, sin = vis.rotary_pos_emb(h, get_vision_position_ids(grid_thw, m))
+        grids = [(int(t), int(hh) // m, int(ww) // m) for t, hh, ww in grid_thw.tolist()]
+        taps = {int(j): vis.deepstack_merger_list[k] for k, j in enumerate(vis.deepstack_visual_indexes)}
+        return VisionPlan(hidden=h, position_embeddings=(cos, sin), blocks=list(vis.blocks),
+                          block_cu=[cu] * len(vis.blocks), unit=m * m,
+                          unit_order=torch.arange(h.shape[0] // (m * m), device=h.device), unit_grids=grids,
+                          merger=vis.merger, taps=taps)
 
     def _injections(self, model_inputs: dict[str, Any], outs: dict[str, Any]) -> dict[int, torch.Tensor]:
         """DeepStack level ``i`` as ``[B, Nv, D]`` in each sample's visual-token order (see the module docstring)."""

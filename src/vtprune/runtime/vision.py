@@ -16,7 +16,7 @@ With every unit kept and no bias, the loop performs exactly the stock tower's op
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from collections.abc import Sequence
 from typing import Any, Callable
 
@@ -31,11 +31,13 @@ from vtprune.runtime import ops
 @dataclass
 class TowerOutput:
     """``features`` ``[U_kept, D]`` of the kept units in raster order; ``keep`` ``[U]`` bool (raster); the
-    method's ``decision``."""
+    method's ``decision``; ``taps``: per tap block of the plan, its level ``[U_kept, D]`` of the kept units in raster
+    order (a tap before the cut saw every unit; the dropped units' rows leave with them)."""
 
     features: torch.Tensor
     keep: torch.Tensor
     decision: VitDecision
+    taps: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 def resolve_block(layer: int, depth: int) -> int:
@@ -79,8 +81,11 @@ def run_tower(plan: VisionPlan, block: int, select: Callable[[VisionContext], to
     block = resolve_block(block, depth)
     h, (cos, sin) = plan.hidden, plan.position_embeddings
     cus = list(plan.block_cu)
+    taps: dict[int, torch.Tensor] = {}  # processing order; every unit before the cut, kept units after
     for i in range(block + 1):
         h = plan.blocks[i](h, cu_seqlens=cus[i], position_embeddings=(cos, sin))
+        if i in plan.taps:
+            taps[i] = plan.taps[i](h)
 
     m = plan.unit
     U = h.shape[0] // m
@@ -98,6 +103,8 @@ def run_tower(plan: VisionPlan, block: int, select: Callable[[VisionContext], to
             raise ConfigError(f"a key bias needs a block after ViT block {block}; the encoder has {depth}")
         bias_rows = ops.unit_rows(dec.key_bias.to(h.device)[order], m)
         h = _biased_block(plan.blocks[nxt], h, cus[nxt], (cos, sin), bias_rows)
+        if nxt in plan.taps:
+            taps[nxt] = plan.taps[nxt](h)
         nxt += 1
 
     rows = ops.unit_rows(keep_p, m)
@@ -108,9 +115,12 @@ def run_tower(plan: VisionPlan, block: int, select: Callable[[VisionContext], to
         if key not in cut:
             cut[key] = ops.cut_cu_seqlens(cus[i], rows)
         h = plan.blocks[i](h, cu_seqlens=cut[key], position_embeddings=(cos, sin))
+        if i in plan.taps:
+            taps[i] = plan.taps[i](h)
     merged = plan.merger(h)  # [U_kept, D] processing order
     back = torch.argsort(order[keep_p])  # kept units back to raster order
-    return TowerOutput(features=merged[back], keep=dec.keep.to(h.device), decision=dec)
+    taps = {i: (t if t.shape[0] == merged.shape[0] else t[keep_p])[back] for i, t in taps.items()}
+    return TowerOutput(features=merged[back], keep=dec.keep.to(h.device), decision=dec, taps=taps)
 
 
 def vit_stage(stages: list[Stage]) -> Stage | None:
@@ -133,12 +143,12 @@ def embed_with_vit(adapter: Any, batch: Any, method: Pruner, stage: Stage, *, vi
     decisions: list[VitDecision] = []
     unit_keep: list[torch.Tensor] = []
 
-    def tower(pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+    def tower(pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> TowerOutput:
         out = run_tower(adapter.vision_plan(pixel_values, grid_thw), stage.layer, method.select, name=method.name,
                         num_layers=adapter.num_layers)
         decisions.append(out.decision)
         unit_keep.append(out.keep)
-        return out.features, out.keep
+        return out
 
     emb = adapter.embed(batch, vision_outputs=vision_outputs, video_tower=tower)
     vid = adapter.video_mask(batch).to(emb.embeds.device)  # [B, L] placeholders of video units
