@@ -6,7 +6,7 @@ out on the tower's square patch grid. Positions are 1-D, carried as ``[1, B, L]`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -95,6 +95,29 @@ class LlavaAdapter(Adapter):
             feats = torch.cat(list(out.pooler_output), dim=0).to(embeds.dtype)
             mask = (input_ids == int(self.model.config.image_token_id)).unsqueeze(-1)
             embeds = embeds.masked_scatter(mask, feats)
+            if vision_outputs:
+                vision["image"] = out
+        return Embedded(embeds, self.positions(input_ids, attention_mask, {}), vision)
+
+    def _embed_images(self, batch: EncodedBatch, vision_outputs: bool | Sequence[int],
+                      features: Callable[[dict[str, Any], bool], Any]) -> Embedded:
+        """Token embeddings with the image features written at the image placeholders, for families whose stock
+        ``get_image_features`` needs nothing of ours: ``features(model_inputs, record_hidden)`` (inputs on the
+        model's device) returns its output, ``pooler_output`` one tensor or one per image."""
+        dev = self.device
+        input_ids = batch.input_ids.to(dev)
+        attention_mask = batch.attention_mask.to(dev)
+        embeds = self.model.model.get_input_embeddings()(input_ids)
+        vision: dict[str, Any] = {}
+        if "pixel_values" in batch.model_inputs:
+            mi = {k: v.to(dev) for k, v in batch.model_inputs.items()}
+            out = features(mi, bool(vision_outputs))
+            po = out.pooler_output
+            feats = (torch.cat(list(po)) if isinstance(po, (list, tuple)) else po.reshape(-1, po.shape[-1]))
+            mask = (input_ids == int(self.model.config.image_token_id)).unsqueeze(-1)
+            if int(mask.sum()) != feats.shape[0]:
+                raise RuntimeError(f"{int(mask.sum())} image placeholders for {feats.shape[0]} features")
+            embeds = embeds.masked_scatter(mask, feats.to(embeds.dtype))
             if vision_outputs:
                 vision["image"] = out
         return Embedded(embeds, self.positions(input_ids, attention_mask, {}), vision)

@@ -120,29 +120,17 @@ class LlavaOnevisionAdapter(LlavaAdapter):
         return EncodedBatch(input_ids, attention_mask, model_inputs, visual.bool(), coords, grids)
 
     def embed(self, batch: EncodedBatch, *, vision_outputs: bool | Sequence[int] = False) -> Embedded:
-        dev = self.device
-        inner = self.model.model
-        input_ids = batch.input_ids.to(dev)
-        attention_mask = batch.attention_mask.to(dev)
-        embeds = inner.get_input_embeddings()(input_ids)
-        vision: dict[str, Any] = {}
-        mi = batch.model_inputs
-        if "pixel_values" in mi:
-            cfg = self.model.config
-            out = inner.get_image_features(
-                pixel_values=mi["pixel_values"].to(dev, self.vision_tower.dtype), image_sizes=mi["image_sizes"].to(dev),
+        cfg = self.model.config
+
+        def features(mi: dict[str, Any], hidden: bool) -> Any:
+            return self.model.model.get_image_features(
+                pixel_values=mi["pixel_values"].to(self.vision_tower.dtype), image_sizes=mi["image_sizes"],
                 vision_feature_layer=cfg.vision_feature_layer,
                 vision_feature_select_strategy=cfg.vision_feature_select_strategy,
-                vision_aspect_ratio=cfg.vision_aspect_ratio, batch_num_images=mi["batch_num_images"].to(dev),
-                output_hidden_states=bool(vision_outputs), return_dict=True)
-            feats = torch.cat(list(out.pooler_output), dim=0).to(embeds.dtype)
-            mask = (input_ids == int(cfg.image_token_id)).unsqueeze(-1)
-            if int(mask.sum()) != feats.shape[0]:
-                raise RuntimeError(f"{int(mask.sum())} image placeholders for {feats.shape[0]} features")
-            embeds = embeds.masked_scatter(mask, feats)
-            if vision_outputs:
-                vision["image"] = out
-        return Embedded(embeds, self.positions(input_ids, attention_mask, {}), vision)
+                vision_aspect_ratio=cfg.vision_aspect_ratio, batch_num_images=mi["batch_num_images"],
+                output_hidden_states=hidden, return_dict=True)
+
+        return self._embed_images(batch, vision_outputs, features)
 
 
 # --- the family spec: random config, processor, bench shape ------------------------------------------------------
