@@ -181,3 +181,24 @@ def test_untrained_path_still_checks_input(args: list[str], message: str, capsys
     assert main(["bench", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_batch_sweep_with_memory_budget_and_prune_step(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    import csv
+
+    out = tmp_path / "sw"
+    assert main([*TINY, *FAST, "--method", "glimpse", "--keep", "0.25", "--sweep", "batch=1,2", "--memory-budget",
+                 "16", "--out", str(out), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    r1, r2 = rep["results"]
+    assert r1["config"]["batch_size"] == 1 and r2["config"]["batch_size"] == 2
+    tp = r2["throughput"]
+    assert tp["batch_size"] == 2 and tp["baseline"]["prefill_samples_per_s"] > 0
+    assert tp["pruned"]["generate_samples_per_s"] < tp["pruned"]["prefill_samples_per_s"]
+    ov = r1["overhead"]
+    assert ov["prune_step_syncs"] >= 1 and ov["prune_step_ops"] > 0 and ov["layer_ops"] > 0
+    assert ov["prune_step_layers"] is not None
+    mb = rep["memory_budget"]
+    assert mb["baseline"]["max_batch"] >= 1 and [m["batch"] for m in mb["pruned"]["measured"]] == [1, 2]
+    rows = list(csv.DictReader(open(out / "sweep.csv")))
+    assert [r["batch"] for r in rows] == ["1", "2"] and float(rows[1]["pruned_generate_samples_per_s"]) > 0

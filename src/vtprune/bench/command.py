@@ -23,7 +23,7 @@ from vtprune.bench.shapes import Shape, get_shape, shapes, text_dims, vision_dim
 from vtprune.errors import ConfigError
 
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-_SWEEP_KEYS = {"keep": float, "frames": int, "visual-tokens": int}
+_SWEEP_KEYS = {"keep": float, "frames": int, "visual-tokens": int, "batch": int}
 # CPU runs default to process CPU time: the project's CPU machines are shared, and other processes inflate wall time
 # (by 1.5-5x, in bursts) but not the CPU time this process spends. Wall-clock ratios are always reported beside it.
 AUTO_CLOCK = {"cuda": "wall", "cpu": "cpu"}
@@ -72,13 +72,15 @@ def _parse_sweep(text: str) -> tuple[str, list[Any]]:
     key, sep, vals = text.partition("=")
     key = key.strip()
     if not sep or key not in _SWEEP_KEYS:
-        raise ConfigError(f"--sweep must look like keep=0.5,0.25 or frames=16,32; keys: {', '.join(_SWEEP_KEYS)}")
+        raise ConfigError(f"--sweep must look like keep=0.5,0.25 or batch=1,2,4; keys: {', '.join(_SWEEP_KEYS)}")
     try:
         values = [_SWEEP_KEYS[key](v) for v in vals.split(",") if v.strip()]
     except ValueError:
         raise ConfigError(f"--sweep {key}: values must be {_SWEEP_KEYS[key].__name__}s, got {vals!r}") from None
     if not values:
         raise ConfigError(f"--sweep {key}: no values")
+    if key == "batch" and min(values) < 1:
+        raise ConfigError("--sweep batch: batch sizes must be >= 1")
     return key, values
 
 
@@ -211,13 +213,19 @@ def _run_one(plan: _Plan, model: Any, tok: Any, method: Any, spec: VisualSpec, a
     batch = adapter.encode(inp.samples)
     ab = run_ab(adapter, batch, pruner("none"), method, repeat=args["repeat"], warmup=args["warmup"],
                 new_tokens=args["new_tokens"], progress=progress)
+    from vtprune.bench.profile import profile_step
+
+    if progress:
+        progress("counting the prune step's ops and syncs (one untimed prefill)")
+    step_profile = profile_step(adapter, batch, method)
     merge = plan.shape.merge
     grids = [(t, h * merge, w * merge) for t, h, w in batch.grids[0]]
     cfg = _config(plan, method, model, inp, dict(args, load_at_start=load_at_start), adapter.device)
     vit = [st for st in method.stages(plan.layers) if st.site == "vit"]
     return build_report(cfg, ab, text_dims(plan.shape), vision_dims(plan.shape, plan.vit_layers), grids,
                         full_layers(method, plan.layers), float(method.keep), vit_identical=not vit,
-                        vit_blocks_all=vit_blocks_all(method, vit[0], plan.vit_layers) if vit else None)
+                        vit_blocks_all=vit_blocks_all(method, vit[0], plan.vit_layers) if vit else None,
+                        step_profile=step_profile)
 
 
 def vit_blocks_all(method: Any, stage: Any, depth: int) -> int:
@@ -254,7 +262,11 @@ def bench(
     threads: Optional[int] = typer.Option(None, "--threads", min=1,
                                           help="torch CPU threads (default: 1 on CPU, see CPU_THREADS)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-    sweep: Optional[str] = typer.Option(None, "--sweep", help="keep=0.5,0.25,0.11 | frames=16,32 | visual-tokens=..."),
+    sweep: Optional[str] = typer.Option(None, "--sweep",
+                                        help="keep=0.5,0.25,0.11 | frames=16,32 | visual-tokens=... | batch=1,2,4,8"),
+    memory_budget: Optional[float] = typer.Option(None, "--memory-budget", min=0.0,
+                                                  help="GiB: report the largest batch whose weights + peak memory "
+                                                       "fit, per arm (linear in the batch, fitted to the run)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write report.json (or sweep.csv + sweep.png) here."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
     vit_attention: str = typer.Option("stock", "--vit-attention",
@@ -305,6 +317,8 @@ def bench(
     sweep_key, sweep_values = _parse_sweep(sweep) if sweep else (None, [None])
     if sweep_key == "keep" and keep is not None:
         raise ConfigError("--sweep keep=... replaces --keep; give one of them")
+    if sweep_key == "batch" and batch_size != 1:
+        raise ConfigError("--sweep batch=... replaces --batch-size; give one of them")
     fsize = parse_size(frame_size, "--frame-size")
     spec_args = dict(visual_tokens=visual_tokens, image_size=parse_size(image_size) if image_size else None,
                      frames=frames, frame_size=fsize)
@@ -345,7 +359,8 @@ def bench(
             m = _make_method(plan, v if sweep_key == "keep" else keep, model)
         if progress and sweep_key:
             progress(f"sweep {sweep_key}={v}")
-        reports.append(_run_one(plan, model, tok, m, spec, args, progress))
+        point_args = dict(args, batch_size=v) if sweep_key == "batch" else args
+        reports.append(_run_one(plan, model, tok, m, spec, point_args, progress))
 
     from vtprune.bench.report import print_report, sanitize, write_sweep
 
@@ -356,6 +371,15 @@ def bench(
                        "results": reports}
     else:
         result = reports[0]
+    if memory_budget is not None:
+        from vtprune.bench.report import fit_memory_budget
+
+        elem = torch.finfo(getattr(torch, _DTYPES[dtype])).bits // 8
+        budget = fit_memory_budget(reports, memory_budget * 2**30, sum(p.numel() for p in model.parameters()) * elem)
+        if sweep_key:
+            result["memory_budget"] = budget
+        else:
+            result = dict(result, memory_budget=budget)
     result = sanitize(result)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -367,3 +391,7 @@ def bench(
         print_report(rep)
     if sweep_key:
         typer.echo(f"wrote {result['sweep']['csv']} and {result['sweep']['png']}")
+    if memory_budget is not None:
+        from vtprune.bench.report import budget_line
+
+        typer.echo(budget_line(result["memory_budget"]))

@@ -174,13 +174,28 @@ class LayerTimer:
         self.cpu_times: list[float] = []
         self.lengths: list[int] = []
         self.steps: list[tuple[float, float]] = []
+        self.gaps: list[float] = []
+        self.cpu_gaps: list[float] = []
         self.first_layer_start = (0.0, 0.0)
         self._t0 = (0.0, 0.0)
+        self._t_end = (0.0, 0.0)
         self._handles: list[Any] = []
 
     def reset(self) -> None:
         n = self.adapter.num_layers
         self.times, self.cpu_times, self.lengths, self.steps = [0.0] * n, [0.0] * n, [0] * n, []
+        self.gaps, self.cpu_gaps = [0.0] * n, [0.0] * n
+
+    def _gap(self, i: int, now: tuple[float, float]) -> None:
+        """Time since layer ``i`` ended (to the next layer's start or the end of the prefill): the pruning work at a
+        cut after layer ``i`` (glimpse attention, select, sequence and cache cuts, new mask and RoPE) lands here."""
+        self.gaps[i] += now[0] - self._t_end[0]
+        self.cpu_gaps[i] += now[1] - self._t_end[1]
+
+    def end_prefill(self, now: tuple[float, float]) -> None:
+        """Close the last layer's gap at the prefill's end (final norm, head, and a cut after the last layer)."""
+        if self.lengths and self.lengths[-1]:
+            self._gap(len(self.lengths) - 1, now)
 
     def _pre(self, i: int) -> Callable[..., None]:
         def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -193,6 +208,8 @@ class LayerTimer:
                 self._t0 = clock()
                 if i == 0:
                     self.first_layer_start = self._t0
+                else:
+                    self._gap(i - 1, self._t0)
 
         return hook
 
@@ -203,6 +220,7 @@ class LayerTimer:
                 w, c = clock()
                 self.times[i] += w - self._t0[0]
                 self.cpu_times[i] += c - self._t0[1]
+                self._t_end = (w, c)
 
         return hook
 
@@ -271,6 +289,8 @@ class ArmRun:
     decode_forwards: int
     select: float
     layer_times: list[float]
+    layer_gaps: list[float]
+    """Per layer, the time from its end to the next layer's start (the last: to the end of the prefill)."""
     layer_lengths: list[int]
     step_times: list[float]
     cpu: dict[str, Any]
@@ -316,6 +336,7 @@ def run_arm(adapter: Adapter, batch: EncodedBatch, method: Pruner, new_tokens: i
         state = prefill(adapter, batch, method)
         sync(dev)
         w1, c1 = clock()
+        layers.end_prefill((w1, c1))
         layers.recording = False
         cl = layers.first_layer_start[1]
         kv_tokens, kv_bytes = kv_stats(state.cache)
@@ -329,10 +350,11 @@ def run_arm(adapter: Adapter, batch: EncodedBatch, method: Pruner, new_tokens: i
     run = ArmRun(
         vit=state.timings["vision"], llm_prefill=state.timings["llm_prefill"], prefill=w1 - w0,
         decode=state.timings["decode"], decode_forwards=max(int(state.timings["decode_steps"]) - 1, 0),
-        select=sel.total, layer_times=list(layers.times), layer_lengths=list(layers.lengths),
+        select=sel.total, layer_times=list(layers.times), layer_gaps=list(layers.gaps),
+        layer_lengths=list(layers.lengths),
         step_times=[w for w, _ in layers.steps],
         cpu={"vit": cl - c0, "llm_prefill": c1 - cl, "prefill": c1 - c0, "layer_times": list(layers.cpu_times),
-             "step_times": [c for _, c in layers.steps]},
+             "step_times": [c for _, c in layers.steps], "layer_gaps": list(layers.cpu_gaps)},
         peak_memory=max(vit, llm_peak), peak_memory_vit=vit, peak_memory_llm=llm_peak,
         kv_tokens=kv_tokens, kv_bytes=kv_bytes, visual_tokens=list(state.visual_tokens),
         kept_tokens=list(state.kept_tokens), finite=finite,

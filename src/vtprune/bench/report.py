@@ -34,9 +34,9 @@ def summarize(runs: list[ArmRun], text: TextDims, vision: VisionDims, patch_grid
     f_vit = vit_flops(vision, patch_grids * batch_size, cut)
     f_llm = llm_prefill_flops(text, r0.layer_lengths, batch_size)
     f_dec = decode_flops_per_token(text, kv_mean, num_layers, batch_size)
-    wall = _components([(r.vit, r.llm_prefill, r.prefill, r.layer_times, r.step_times) for r in runs])
+    wall = _components([(r.vit, r.llm_prefill, r.prefill, r.layer_times, r.step_times, r.layer_gaps) for r in runs])
     cpu = _components([(r.cpu["vit"], r.cpu["llm_prefill"], r.cpu["prefill"], r.cpu["layer_times"],
-                        r.cpu["step_times"]) for r in runs])
+                        r.cpu["step_times"], r.cpu["layer_gaps"]) for r in runs])
     steps = [t for r in runs for t in r.step_times]
     return {
         **wall,
@@ -68,8 +68,9 @@ def summarize(runs: list[ArmRun], text: TextDims, vision: VisionDims, patch_grid
     }
 
 
-def _components(runs: list[tuple[float, float, float, list[float], list[float]]]) -> dict[str, Any]:
-    """Per-component medians from (vit, llm_prefill, prefill, per-layer times, decode step times) of each run."""
+def _components(runs: list[tuple[float, float, float, list[float], list[float], list[float]]]) -> dict[str, Any]:
+    """Per-component medians from (vit, llm_prefill, prefill, per-layer times, decode step times, per-layer gaps
+    after each layer) of each run."""
     layers_s = [median([r[3][i] for r in runs]) for i in range(len(runs[0][3]))]
     outside = median([r[1] - sum(r[3]) for r in runs])
     vit_s = median([r[0] for r in runs])
@@ -81,6 +82,7 @@ def _components(runs: list[tuple[float, float, float, list[float], list[float]]]
         "prefill_s": vit_s + llm_s + rest,
         "decode_per_token_s": median([t for r in runs for t in r[4]]),
         "layers_s": layers_s,
+        "gaps_s": [median([r[5][i] for r in runs]) for i in range(len(runs[0][5]))],
         "outside_layers_s": outside,
     }
 
@@ -166,8 +168,10 @@ def bound(full_layers: int, num_layers: int, keep: float, text_tokens: int, visu
 
 def build_report(config: dict[str, Any], ab: ABResult, text: TextDims, vision: VisionDims,
                  patch_grids: list[tuple[int, int, int]], full_layers: int, keep: float,
-                 vit_identical: bool = False, vit_blocks_all: int | None = None) -> dict[str, Any]:
-    """The full report. ``vit_identical``: the method does not prune inside the ViT, so both arms run the very same
+                 vit_identical: bool = False, vit_blocks_all: int | None = None,
+                 step_profile: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The full report. ``step_profile``: :func:`vtprune.bench.profile.profile_step`'s counts (empty or None for
+    methods that do not cut inside the LLM). ``vit_identical``: the method does not prune inside the ViT, so both arms run the very same
     ViT work and its ratio is an A/A control: its distance from 1 shows the timing noise of this run.
     ``vit_blocks_all``: a ``vit``-site method's blocks run on every patch (the rest on the kept units)."""
     B, L = config["batch_size"], config["layers"]
@@ -198,14 +202,79 @@ def build_report(config: dict[str, Any], ab: ABResult, text: TextDims, vision: V
         "noise": spread,
         "bound": bound(full_layers, L, keep, text_tokens, base["visual_tokens"], pr["kept_visual_tokens"],
                        rat["llm_prefill"], (base["tokens_per_layer"], pr["tokens_per_layer"])),
+        "throughput": throughput(base, pr, B, config["clock"]),
         "overhead": {
             "select_s": pr["select_s"],
             "select_share_of_prefill": _ratio(pr["select_s"], pr["prefill_s"]),
             "prune_overhead_s": pr["outside_layers_s"] - base["outside_layers_s"],
+            **prune_step(base, pr, config["clock"], step_profile or {}),
             "note": "select_s: time inside the method's select(); prune_overhead_s: extra LLM-prefill time outside "
                     "the decoder layers (gathering what the method needs, select, cutting sequence and cache, "
-                    "rebuilding masks and RoPE) compared with the baseline",
+                    "rebuilding masks and RoPE) compared with the baseline; prune_step_*: the work between the end "
+                    "of each cut layer and the next layer's start (vtprune.bench.profile): its time over one "
+                    "unpruned decoder layer's (headline clock), aten ops launched (views excluded) against one "
+                    "decoder layer's, and device-to-host syncs",
         },
+    }
+
+
+def throughput(base: dict[str, Any], pruned: dict[str, Any], batch: int, clock: str) -> dict[str, Any]:
+    """Samples per second of each arm on the headline clock: prefill alone, and prefill + the decode steps run
+    (``decode_forwards`` of them, the same in both arms), with pruned / baseline ratios."""
+    out: dict[str, Any] = {"batch_size": batch, "clock": clock}
+    for name, arm in (("baseline", base), ("pruned", pruned)):
+        t = arm if clock == "wall" else arm["cpu_time"]
+        gen = t["prefill_s"] + arm["decode_forwards"] * t["decode_per_token_s"]
+        out[name] = {"prefill_samples_per_s": _ratio(batch, t["prefill_s"]),
+                     "generate_samples_per_s": _ratio(batch, gen), "peak_memory_bytes": arm["peak_memory_bytes"]}
+    for k in ("prefill_samples_per_s", "generate_samples_per_s"):
+        out[f"ratio_{k}"] = _ratio(out["pruned"][k], out["baseline"][k])
+    return out
+
+
+def fit_memory_budget(reports: list[dict[str, Any]], budget: float, weights: int) -> dict[str, Any]:
+    """The largest batch per arm whose weights + peak memory fit ``budget`` bytes: peak memory above the weights
+    fitted as ``a + b * batch`` (least squares over the run's batch sizes; through the origin from one batch)."""
+    out: dict[str, Any] = {"budget_bytes": int(budget), "weights_bytes": weights,
+                           "note": "peak memory (activations, KV cache, temporaries; the bench's measure) fitted "
+                                   "linearly in the batch size over the measured batches, plus the weights"}
+    for name in ("baseline", "pruned"):
+        pts = sorted((r["config"]["batch_size"], r[name]["peak_memory_bytes"]) for r in reports)
+        xs, ys = [float(x) for x, _ in pts], [float(y) for _, y in pts]
+        if len(set(xs)) > 1:
+            mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+            b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+            a = my - b * mx
+        else:
+            a, b = 0.0, ys[0] / xs[0]
+        room = budget - weights - a
+        best = int(room // b) if b > 0 and room > 0 else 0
+        out[name] = {"max_batch": best, "per_sample_bytes": b, "fixed_bytes": a,
+                     "measured": [{"batch": int(x), "peak_memory_bytes": int(y)} for x, y in pts]}
+    out["ratio_max_batch"] = _ratio(out["pruned"]["max_batch"], out["baseline"]["max_batch"])
+    return out
+
+
+def budget_line(mb: dict[str, Any]) -> str:
+    return (f"memory budget {_fmt_b(mb['budget_bytes'])} (weights {_fmt_b(mb['weights_bytes'])}): largest batch "
+            f"none {mb['baseline']['max_batch']}, pruned {mb['pruned']['max_batch']} "
+            f"({_fmt_b(mb['baseline']['per_sample_bytes'])} vs {_fmt_b(mb['pruned']['per_sample_bytes'])} per sample)")
+
+
+def prune_step(base: dict[str, Any], pruned: dict[str, Any], clock: str, profile: dict[str, Any]) -> dict[str, Any]:
+    """The prune step in layers and in portable counts. Its time is the pruned arm's gap after each cut layer minus
+    the baseline's gap there (which holds only the hooks' own cost), over the median unpruned layer."""
+    if not profile:
+        return {}
+    tb, tp = (base, pruned) if clock == "wall" else (base["cpu_time"], pruned["cpu_time"])
+    step = sum(tp["gaps_s"][k] - tb["gaps_s"][k] for k in profile["cut_layers"])
+    layer = median(tb["layers_s"])
+    return {
+        "prune_step_s": step,
+        "prune_step_layers": _ratio(step, layer),
+        **{k: profile[k] for k in ("prune_step_ops", "layer_ops", "prune_step_syncs", "prune_step_sync_sites",
+                                   "prune_step_top_ops")},
+        "prune_step_ops_per_layer_ops": _ratio(profile["prune_step_ops"], profile["layer_ops"]),
     }
 
 
@@ -315,6 +384,13 @@ def print_report(rep: dict[str, Any]) -> None:
     con.print(bound_line(bd, head))
     con.print(f"method overhead: select {_fmt_s(ov['select_s'])}, pruning work outside the layers "
               f"{_fmt_s(ov['prune_overhead_s'])}; kept {p['kept_visual_tokens']}/{p['visual_tokens']} visual tokens")
+    if "prune_step_ops" in ov:
+        con.print(f"prune step: {_fmt_r(ov['prune_step_layers'])} decoder layers of time, {ov['prune_step_ops']} aten "
+                  f"ops (one layer: {ov['layer_ops']}), {ov['prune_step_syncs']} device-to-host syncs")
+    tp = rep["throughput"]
+    con.print(f"throughput (batch {tp['batch_size']}, {head}): prefill {tp['baseline']['prefill_samples_per_s']:.3g} -> "
+              f"{tp['pruned']['prefill_samples_per_s']:.3g} samples/s, prefill + {b['decode_forwards']} decode steps "
+              f"{tp['baseline']['generate_samples_per_s']:.3g} -> {tp['pruned']['generate_samples_per_s']:.3g} samples/s")
     con.print(f"memory: {c['memory_measure']}")
     for note in c.get("notes", []):
         con.print(f"note: {note}")
@@ -327,7 +403,8 @@ def write_sweep(key: str, values: list[Any], reports: list[dict[str, Any]], out:
     """``sweep.csv`` (one row per value) and ``sweep.png`` (ratios against the swept value) in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     csv_path, png_path = out / "sweep.csv", out / "sweep.png"
-    cols = ["baseline_prefill_s", "pruned_prefill_s", "baseline_llm_prefill_s", "pruned_llm_prefill_s",
+    cols = ["baseline_prefill_samples_per_s", "pruned_prefill_samples_per_s", "baseline_generate_samples_per_s",
+            "pruned_generate_samples_per_s", "baseline_prefill_s", "pruned_prefill_s", "baseline_llm_prefill_s", "pruned_llm_prefill_s",
             "baseline_decode_per_token_s", "pruned_decode_per_token_s", "baseline_peak_memory_bytes",
             "pruned_peak_memory_bytes", "baseline_kv_cache_bytes", "pruned_kv_cache_bytes"]
     with open(csv_path, "w", newline="") as f:
@@ -336,7 +413,8 @@ def write_sweep(key: str, values: list[Any], reports: list[dict[str, Any]], out:
                     "bound_with_text", *cols])
         for v, rep in zip(values, reports):
             b, p = rep["baseline"], rep["pruned"]
-            arm = {"baseline": b, "pruned": p}
+            tp = rep["throughput"]
+            arm = {"baseline": {**b, **tp["baseline"]}, "pruned": {**p, **tp["pruned"]}}
             w.writerow([v, b["visual_tokens"], p["kept_visual_tokens"], *(rep["ratios"][k] for k in RATIO_KEYS),
                         rep["bound"]["value"], rep["bound"]["with_text"],
                         *(arm[c.split("_", 1)[0]][c.split("_", 1)[1]] for c in cols)])
@@ -350,6 +428,8 @@ def write_sweep(key: str, values: list[Any], reports: list[dict[str, Any]], out:
     for k, style in (("prefill", "o-"), ("llm_prefill", "s-"), ("decode_per_token", "^-"), ("peak_memory", "v-"),
                      ("kv_cache", "d-"), ("flops", "x--")):
         ax.plot(xs, [rep["ratios"][k] for rep in reports], style, label=k)
+    for k, style in (("ratio_prefill_samples_per_s", "o:"), ("ratio_generate_samples_per_s", "s:")):
+        ax.plot(xs, [rep["throughput"][k] for rep in reports], style, label=k.replace("ratio_", "throughput "))
     ax.plot(xs, [rep["bound"]["with_text"] for rep in reports], "k:", label="LLM-prefill bound (with text)")
     c = reports[0]["config"]
     ax.set_xlabel(key)

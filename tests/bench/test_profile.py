@@ -1,0 +1,38 @@
+"""The prune step's portable profile: what counts as an op and as a device-to-host sync, and the glimpse step's
+budget of one sync (the kept counts)."""
+
+from __future__ import annotations
+
+import torch
+
+from tests.glimpse.helpers import small_pruner
+from vtprune.bench.profile import OpCounter, profile_step
+
+
+def test_counter_counts_kernels_and_host_reads_not_views() -> None:
+    x = torch.randn(4, 3)
+    c = OpCounter(x.device)
+    with c:
+        c.active = True
+        y = (x * 2).view(12)  # one kernel, one view
+        assert c.ops == 1 and c.syncs == 0
+        bool((y > 0).any())  # gt, any, then a scalar read
+        x[x > 0]  # a boolean index: its size depends on the data
+        x[torch.tensor([0, 2])]  # a long index: no sync
+        torch.nonzero(x)
+        x.tolist()
+        x.cpu()
+        c.active = False
+        x.sum().item()  # not counted while inactive
+    assert c.syncs == 5, c.sync_sites
+    assert c.names["_local_scalar_dense"] == 1 and c.names["index"] == 2
+
+
+def test_glimpse_step_is_profiled(vlms, three_samples) -> None:
+    vlm = vlms["qwen2_5_vl"]
+    m = small_pruner(vlm, fixed_remain_ratio=0.5)
+    for samples in (three_samples[:1], three_samples):  # one sample; three of different sizes (padding)
+        prof = profile_step(vlm.adapter, vlm.adapter.encode(samples), m)
+        assert prof["prune_step_syncs"] >= 1 and sum(prof["prune_step_sync_sites"].values()) == prof["prune_step_syncs"]
+        assert prof["layer_ops"] > 10 and prof["prune_step_ops"] > 0
+        assert prof["cut_layers"] == [m.stages(vlm.adapter.num_layers)[0].layer]
