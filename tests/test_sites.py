@@ -135,7 +135,7 @@ def test_decoding_continues_at_unpruned_positions(vlms):
     vlm = vlms["qwen2_5_vl"]
     sample = [vtprune.Sample("q", [make_image(112, 112, 1)])]
     batch = vlm.adapter.encode(sample)
-    full = prefill(vlm.adapter, batch, None)
+    full = prefill(vlm.adapter, batch)
     pruned = prefill(vlm.adapter, batch, vtprune.pruner("uniform", keep=0.25, layer=0))
     assert pruned.positions.shape[-1] < full.positions.shape[-1]
     assert torch.equal(pruned.positions[..., -1], full.positions[..., -1])

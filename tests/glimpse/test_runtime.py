@@ -10,7 +10,8 @@ import vtprune
 from tests.conftest import make_image, stock_generate
 from tests.glimpse.helpers import small_pruner, with_modules
 from vtprune.errors import ConfigError
-from vtprune.runtime.executor import HARD_FLOOR, Sampling, _Seq, decode, prefill, relaxed_log_keep
+from vtprune.runtime.executor import LiveSequence, RecordScores, Sampling, decode, prefill
+from vtprune.training.relax import HARD_FLOOR, RelaxedCut, relaxed_log_keep
 
 FAMS = ["qwen2_5_vl", "llava", "qwen3_vl"]
 
@@ -30,7 +31,7 @@ def test_glimpse_leaves_sequence_and_cache(vlms, fam):
     for layer in st.cache.layers:  # text + kept visual, no glimpse token, in every layer
         assert layer.keys.shape[2] == layer.values.shape[2] == L
     # decoding continues at the unpruned prompt's positions (the glimpse's slot is reused by the first new token)
-    full = prefill(vlm.adapter, batch, None)
+    full = prefill(vlm.adapter, batch)
     assert torch.equal(st.positions[..., -1], full.positions[..., -1])
 
 
@@ -40,7 +41,7 @@ def test_keep_all_equals_stock(vlms, three_samples, fam):
     m = small_pruner(vlm)
     ref_tokens = stock_generate(vlm, three_samples, max_new_tokens=6)
     batch = vlm.adapter.encode(three_samples)
-    ref = prefill(vlm.adapter, batch, None, all_logits=True).logits
+    ref = prefill(vlm.adapter, batch, all_logits=True).logits
     for keep_all in (with_modules(m, threshold=0.0), with_modules(m, fixed_remain_ratio=1.0)):
         st = prefill(vlm.adapter, batch, keep_all, all_logits=True)
         assert st.kept_tokens == st.visual_tokens
@@ -55,7 +56,7 @@ def test_batch_equals_singles(vlms, three_samples, fam):
     vlm = vlms[fam]
     m = small_pruner(vlm, seed=3, threshold=0.5)
     with torch.no_grad():  # centre the untrained logits on the threshold so the kept counts vary per sample
-        st = prefill(vlm.adapter, vlm.adapter.encode(three_samples), m, grad=True)
+        st = prefill(vlm.adapter, vlm.adapter.encode(three_samples), m, cut=RecordScores())
         vals = st.scores[0][st.score_ids[0] >= 0].sort().values
         k = len(vals) // 2  # midway between two neighbouring logits: no token sits on the threshold
         m.modules.vip.out_proj.bias -= (vals[k - 1] + vals[k]) / 2
@@ -71,7 +72,7 @@ def test_batch_equals_singles(vlms, three_samples, fam):
 def test_extra_tokens_take_the_next_positions():
     hidden, mask = torch.zeros(2, 3, 4), torch.tensor([[0, 1, 1], [1, 1, 1]])
     pos = torch.tensor([[[0, 0, 1], [0, 1, 2]], [[0, 0, 5], [0, 3, 9]]])  # [P=2, B=2, L=3]
-    seq = _Seq(hidden, mask, pos, torch.full((2, 3), -1))
+    seq = LiveSequence(hidden, mask, pos, torch.full((2, 3), -1))
     seq.append_extra(torch.ones(2, 1, 4))
     assert seq.positions[..., -1].tolist() == [[2, 3], [6, 10]]
     assert seq.mask[:, -1].tolist() == [1, 1] and seq.extra[:, -1].all() and not seq.extra[:, :-1].any()
@@ -84,12 +85,12 @@ def test_grad_mode_scores_and_glimpse_logits(vlms, fam):
     vlm = vlms[fam]
     m = small_pruner(vlm)
     batch = vlm.adapter.encode([vtprune.Sample("q", [make_image(84, 56, 1)]), vtprune.Sample("r", [make_image(56, 56, 2)])])
-    st = prefill(vlm.adapter, batch, m, grad=True)
+    st = prefill(vlm.adapter, batch, m, cut=RecordScores())
     s, ids = st.scores[0], st.score_ids[0]
     assert s.requires_grad and s.shape == ids.shape and (ids >= 0).sum(1).tolist() == st.visual_tokens
     assert st.extra_logits is not None and st.extra_logits.shape[:2] == (2, 1)
     # the prompt's own logits are the unpruned ones (nothing is cut in grad mode, the glimpse is causal-after)
-    ref = prefill(vlm.adapter, batch, None).logits
+    ref = prefill(vlm.adapter, batch).logits
     torch.testing.assert_close(st.logits.detach(), ref, rtol=1e-4, atol=1e-5)
     (s.sum() + st.extra_logits.sum()).backward()
     g = m.modules.glimpse.embeddings.grad
@@ -104,13 +105,13 @@ def test_soft_relaxation_matches_hard_cut_at_the_extremes(vlms, fam, relax):
     m = small_pruner(vlm, min_remain=0)
     batch = vlm.adapter.encode([vtprune.Sample("where?", [make_image(112, 84, 1)])])
     with torch.no_grad():
-        for bias, ref in ((30.0, prefill(vlm.adapter, batch, None)), (-30.0, None)):
+        for bias, ref in ((30.0, prefill(vlm.adapter, batch)), (-30.0, None)):
             m.modules.vip.out_proj.bias.fill_(bias)
             m.modules.vip.out_proj.weight.zero_()
             if ref is None:  # every token dropped after layer K
                 ref = prefill(vlm.adapter, batch, m)
                 assert ref.kept_tokens == [0]
-            soft = prefill(vlm.adapter, batch, m, grad=True, soft=True if relax == "sigmoid" else relax)
+            soft = prefill(vlm.adapter, batch, m, cut=RelaxedCut(relax, m.keep_threshold))
             torch.testing.assert_close(soft.logits, ref.logits, rtol=1e-4, atol=1e-3 if relax != "sigmoid" else 1e-4)
 
 
@@ -151,19 +152,20 @@ def test_hard_relaxation_is_the_inference_cut_and_trains_dropped_tokens(vlms, fa
     with torch.no_grad():
         m.modules.vip.out_proj.bias.fill_(0.0)
         m.modules.vip.out_proj.weight.normal_(0, 5.0)
-        s0 = prefill(vlm.adapter, batch, m, grad=True).scores[0]
+        s0 = prefill(vlm.adapter, batch, m, cut=RecordScores()).scores[0]
         m.modules.vip.out_proj.bias.fill_(-float(s0[s0 != 0].median()) + 0.01)  # logits both sides of 0
         ref = prefill(vlm.adapter, batch, m)
     assert 0 < ref.kept_tokens[0] < ref.visual_tokens[0]
-    hard = prefill(vlm.adapter, batch, m, grad=True, soft="hard")
+    hard = prefill(vlm.adapter, batch, m, cut=RelaxedCut("hard", m.keep_threshold))
     torch.testing.assert_close(hard.logits.detach(), ref.logits, rtol=1e-3, atol=2e-3)
     strict = with_modules(m, min_remain=0, threshold=0.9)  # the relaxed cut follows the method's threshold
     with torch.no_grad():
         ref9 = prefill(vlm.adapter, batch, strict)
     assert ref9.kept_tokens[0] < ref.kept_tokens[0]
-    torch.testing.assert_close(prefill(vlm.adapter, batch, strict, grad=True, soft="hard").logits.detach(),
+    strict_cut = RelaxedCut("hard", strict.keep_threshold)
+    torch.testing.assert_close(prefill(vlm.adapter, batch, strict, cut=strict_cut).logits.detach(),
                                ref9.logits, rtol=1e-3, atol=2e-3)
-    sig = prefill(vlm.adapter, batch, m, grad=True, soft="sigmoid")
+    sig = prefill(vlm.adapter, batch, m, cut=RelaxedCut("sigmoid", m.keep_threshold))
     assert (sig.logits.detach() - ref.logits).abs().max() > 10 * (hard.logits.detach() - ref.logits).abs().max()
     s = hard.scores[0]
     s.retain_grad()
@@ -172,7 +174,7 @@ def test_hard_relaxation_is_the_inference_cut_and_trains_dropped_tokens(vlms, fa
     dropped = (s.detach()[0] <= 0) & (hard.score_ids[0][0] >= 0)
     assert bool(torch.isfinite(g).all()) and bool((g[dropped] != 0).all()) and bool((g[~dropped] != 0).any())
     with pytest.raises(ConfigError, match="relaxation"):
-        prefill(vlm.adapter, batch, m, grad=True, soft="nope")
+        RelaxedCut("nope")
 
 
 def test_vip_runs_in_a_half_precision_models_precision_without_touching_its_weights():

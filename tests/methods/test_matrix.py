@@ -46,7 +46,7 @@ def test_keep_all_equals_unpruned(vlm, three_samples, name):
     if refused(vlm, three_samples, vtprune.pruner(name, keep=1.0)):
         return
     batch = vlm.adapter.encode(three_samples)
-    ref = prefill(vlm.adapter, batch, None, all_logits=True)
+    ref = prefill(vlm.adapter, batch, all_logits=True)
     got = prefill(vlm.adapter, batch, vtprune.pruner(name, keep=1.0), all_logits=True)
     assert got.kept_tokens == got.visual_tokens
     valid = got.attention_mask.bool()

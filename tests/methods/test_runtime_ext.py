@@ -49,7 +49,7 @@ class _KeepAllMerge(Pruner):
 
 def test_identity_merge_keeps_keep_all_exact(vlm, three_samples):
     batch = vlm.adapter.encode(three_samples)
-    ref = prefill(vlm.adapter, batch, None, all_logits=True)
+    ref = prefill(vlm.adapter, batch, all_logits=True)
     got = prefill(vlm.adapter, batch, _KeepAllMerge(), all_logits=True)
     assert torch.equal(got.logits, ref.logits)
 

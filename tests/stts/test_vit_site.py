@@ -183,7 +183,7 @@ def test_video_fps_places_tokens_on_qwen2_5_vls_time_axis(vlm):
     assert batch.model_inputs["second_per_grid_ts"].tolist() == [0.5, 1.0]
     with torch.no_grad():
         stock = vlm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **batch.model_inputs).logits
-    ours = prefill(vlm.adapter, batch, None, all_logits=True)
+    ours = prefill(vlm.adapter, batch, all_logits=True)
     valid = batch.attention_mask.bool()
     torch.testing.assert_close(ours.logits[valid], stock[valid], rtol=1e-5, atol=1e-5)
     # the time axis: 4 temporal patches 0.5 s apart sit at 2x tokens_per_second x 0.5 = 2 positions apart, not 4
@@ -193,7 +193,7 @@ def test_video_fps_places_tokens_on_qwen2_5_vls_time_axis(vlm):
     default = vlm.adapter.encode([vtprune.Sample("what moves?", video=frames)])
     at_2fps = vlm.adapter.encode([vtprune.Sample("what moves?", video=frames, fps=2.0)])
     assert default.model_inputs["second_per_grid_ts"].tolist() == [1.0]
-    assert torch.equal(prefill(vlm.adapter, default, None).positions, prefill(vlm.adapter, at_2fps, None).positions)
+    assert torch.equal(prefill(vlm.adapter, default).positions, prefill(vlm.adapter, at_2fps).positions)
     # a pruned run keeps the survivors' time positions
     m = FixedVit(block=1, pattern=lambda ctx: torch.arange(ctx.hidden.shape[0]) % 2 == 0)
     kept = prefill(vlm.adapter, batch, m)

@@ -365,7 +365,8 @@ class Pruner:
         return extra
 
     def score(self, ctx: Context) -> torch.Tensor:
-        """Differentiable ``[B, Nv]`` float keep logits (higher = keep), for ``prefill(grad=True)`` (training)."""
+        """Differentiable ``[B, Nv]`` float keep logits (higher = keep), recorded by a training prefill
+        (:class:`~vtprune.runtime.executor.RecordScores`)."""
         raise NotImplementedError(f"method {self.name!r} has no differentiable score")
 
     def trained_adapter(self) -> tuple[str, str] | None:

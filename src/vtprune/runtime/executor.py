@@ -1,14 +1,15 @@
 """The prefill executor and decode loop.
 
-Prefill runs the stock decoder layers in our own loop so the sequence can shrink between layers; every cut goes
-through :mod:`vtprune.runtime.ops`. Decoding calls the stock model forward one token at a time with the pruned
+Prefill runs the stock decoder layers in our own loop so the sequence can shrink between layers: a
+:class:`PrefillSession` holds the live sequence and the KV cache, asks the method at each stage and applies its
+answer as the caller's :class:`CutPolicy` says (a hard cut at inference; recorded scores or a relaxed cut in
+training). Every cut goes through :mod:`vtprune.runtime.ops`. Decoding calls the stock model forward one token at a time with the pruned
 cache, the compacted attention mask and explicit position ids that continue from the unpruned prompt, exactly the
 inputs stock ``generate`` would build, so keep-all is token-identical to it.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from transformers.masking_utils import create_causal_mask
 from vtprune.adapters.base import Adapter, EncodedBatch
 from vtprune.errors import ConfigError, check_int, check_real
 from vtprune.methods.base import Context, Pruner, Stage, check_stages
+from vtprune.methods.none import NoPruning
 from vtprune.runtime import ops, vision
 
 
@@ -42,9 +44,9 @@ class PrefillState:
         kept_visual: per sample ``[k]`` long, original visual-token indices of the survivors (sequence order).
         kept_coords: per sample ``[k, 4]`` (item, t, h, w) of the surviving visual tokens.
         timings: seconds for ``vision`` and ``llm_prefill``.
-        scores / score_ids: ``prefill(grad=True)`` only: per stage the method's ``[B, Nv]`` keep logits (with grad)
-            and the original visual index of each entry (-1 on padding).
-        extra_logits: ``prefill(grad=True)`` only: ``[B, n, V]`` logits at the method's extra prompt tokens.
+        scores / score_ids: under :class:`RecordScores` (or a relaxed cut) only: per stage the method's ``[B, Nv]``
+            keep logits (with grad) and the original visual index of each entry (-1 on padding).
+        extra_logits: under a policy that cuts nothing only: ``[B, n, V]`` logits at the method's extra tokens.
     """
 
     logits: torch.Tensor
@@ -65,14 +67,21 @@ class PrefillState:
         return [k / v if v else 1.0 for k, v in zip(self.kept_tokens, self.visual_tokens)]
 
 
-class _Seq:
-    """The live prefill sequence: hidden states, mask, positions and, per position, the original visual id."""
+class LiveSequence:
+    """The prefill sequence as it shrinks: hidden states, mask, positions and, per position, the original visual id
+    (-1 for text, padding and extra tokens). ``B`` batch, ``L`` current length, ``P`` position rows."""
 
     def __init__(self, hidden: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, visual_id: torch.Tensor):
         self.hidden, self.mask, self.positions, self.visual_id = hidden, mask, positions, visual_id
         self.extra = torch.zeros_like(mask, dtype=torch.bool)  # a method's extra prompt tokens (always last)
 
+    @property
+    def n_extra(self) -> int:
+        """Extra prompt tokens currently in the sequence (the same number in every row)."""
+        return int(self.extra[0].sum()) if self.extra.shape[0] else 0
+
     def cut(self, keep: torch.Tensor) -> torch.Tensor:
+        """Keep the positions where ``keep`` ``[B, L]`` is True (and the mask is 1); returns the ``[B, L']`` index."""
         index, valid = ops.compact_index(keep & self.mask.bool())
         self.hidden = ops.gather_seq(self.hidden, index, 1)
         self.positions = ops.gather_seq(self.positions, index, 2)
@@ -107,16 +116,6 @@ class _Seq:
         return index, valid, ids
 
 
-def _mask(adapter: Adapter, seq: _Seq) -> Any:
-    return create_causal_mask(
-        config=adapter.text_config,
-        inputs_embeds=seq.hidden,
-        attention_mask=seq.mask,
-        past_key_values=None,
-        position_ids=adapter.layer_position_ids(seq.positions),
-    )
-
-
 def last_query_attention(
     adapter: Adapter, layer_idx: int, hidden_in: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor],
     cache: DynamicCache, mask: torch.Tensor,
@@ -134,258 +133,258 @@ def last_query_attention(
     return logits.masked_fill(mask[:, None, :] == 0, float("-inf"))
 
 
-RELAXATIONS = ("sigmoid", "hard", "sampled")
-"""How a training run through a relaxed cut weighs the visual keys after the stage (see :func:`relaxed_log_keep`)."""
-HARD_FLOOR = 1e-4
-"""Attention weight left on a token the ``hard``/``sampled`` relaxations drop: small enough that the forward is the
-cut (10^-4 of its weight), large enough that its gradient does not vanish (it stays finite, see below)."""
+class CutPolicy:
+    """How a prefill applies each stage's answer (:class:`HardCut` at inference, :class:`RecordScores` or a relaxed
+    cut from :mod:`vtprune.training.relax` in training).
 
-
-def check_relaxation(relax: str) -> None:
-    """Raise :class:`ConfigError` unless ``relax`` names one of :data:`RELAXATIONS`."""
-    if relax not in RELAXATIONS:
-        raise ConfigError(f"relaxation must be one of {', '.join(RELAXATIONS)}, got {relax!r}")
-
-
-def relaxed_log_keep(logits: torch.Tensor, relax: str = "sigmoid", threshold: float = 0.5) -> torch.Tensor:
-    """The log weight a training run adds to each visual key's attention logits after a stage, from the method's
-    keep logits (``keep if sigmoid(logit) > threshold`` at inference).
-
-    - ``sigmoid``: ``logsigmoid(logit)``, each key scaled by its keep probability p. Nothing is ever cut, so a
-      retention penalty on the mean of p can lower every p together at almost no cost to the answer (the softmax
-      renormalises), while the hard rule at inference then keeps almost nothing.
-    - ``hard``: straight-through. The forward is the inference rule's cut (weight 1 above the threshold,
-      :data:`HARD_FLOOR` below); the backward treats the weight as p (``w = hard + p - p.detach()``), so
-      ``dL/dp = (dL/dbias) / w``: for a dropped key that is the first-order effect of putting it back, finite
-      because both factors scale with the floor.
-    - ``sampled``: as ``hard`` with the decision drawn, ``P(keep) = sigmoid(logit - logit(threshold))`` (logistic
-      noise, the binary-concrete / Gumbel-sigmoid trick): the forward explores, and at threshold 0.5 the expected
-      retention of the cut it sees is exactly the mean keep probability a retention penalty measures.
+    Attributes:
+        grad: the prefill runs with gradients on (a training run).
+        cuts: stages cut the sequence, and the method's extra prompt tokens leave at its last stage. A policy that
+            cuts nothing keeps them through every layer; their logits come back as ``PrefillState.extra_logits``.
     """
-    check_relaxation(relax)
-    z = logits.float()
-    if relax == "sigmoid":
-        return torch.nn.functional.logsigmoid(z)
-    t = min(max(float(threshold), 1e-6), 1.0 - 1e-6)
-    z = z - math.log(t / (1.0 - t))
-    if relax == "sampled":
-        u = torch.rand_like(z).clamp(1e-6, 1.0 - 1e-6)
-        z = z + (torch.log(u) - torch.log1p(-u))
-    p = torch.sigmoid(z)
-    w = (z > 0).to(p.dtype).clamp(min=HARD_FLOOR) + (p - p.detach())
-    return torch.log(w)
+
+    grad: bool = False
+    cuts: bool = True
+
+    def at_stage(self, session: PrefillSession, ctx: Context, last: bool) -> None:
+        """Apply the method's answer at ``ctx.stage`` (``last``: the method's last cutting stage)."""
+        raise NotImplementedError
+
+    def layer_mask(self, session: PrefillSession, mask: Any) -> Any:
+        """The attention mask the layers after a stage use (default: the causal mask of the current sequence)."""
+        return mask
 
 
-def soft_keep_mask(mask: torch.Tensor, extra: torch.Tensor, key_bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Float attention mask ``[B, 1, L, L]`` for training through a relaxed cut: causal + padding, extra tokens hidden
-    from every other query (they are cut at the stage), plus ``key_bias`` ``[B, L]`` (log keep probability on
-    visual key columns, 0 elsewhere) added to every query row."""
-    L = mask.shape[1]
-    allowed = torch.ones(L, L, dtype=torch.bool, device=mask.device).tril() & mask.bool()[:, None, :]
-    allowed = allowed & ~(extra[:, None, :] & ~extra[:, :, None])
-    out = torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(~allowed, torch.finfo(dtype).min)
-    return (out + key_bias[:, None, :].to(dtype)).unsqueeze(1)
+class HardCut(CutPolicy):
+    """Inference: the method's :meth:`~Pruner.select` mask cuts the sequence and the KV cache of the layers run so
+    far; a merging method first rewrites the rows it keeps; the extra prompt tokens leave at the last stage.
+
+    ``grad=True`` runs this path, cuts and all, with gradients on: training the model itself under pruning
+    (GlimpsePrune+), a loss on the pruned sequence's logits (and on decoding from its cache) reaches its weights."""
+
+    def __init__(self, grad: bool = False) -> None:
+        self.grad = grad
+
+    def at_stage(self, session: PrefillSession, ctx: Context, last: bool) -> None:
+        method, seq = session.method, session.seq
+        keep_vis = method.select(ctx)
+        if keep_vis.shape != ctx.visual_valid.shape or keep_vis.dtype != torch.bool:
+            raise RuntimeError(f"{method.name}.select returned {tuple(keep_vis.shape)} {keep_vis.dtype}, "
+                               f"expected {tuple(ctx.visual_valid.shape)} bool")
+        if method.merges:
+            keep_rows = keep_vis & ctx.visual_valid
+            seq.hidden = ops.replace_rows(seq.hidden, ctx.visual_index, keep_rows, method.merge(ctx, keep_vis))
+        keep_seq = ops.scatter_visual(keep_vis, ctx.visual_index, ctx.visual_valid, seq.hidden.shape[1])
+        session.cut(keep_seq & ~seq.extra if last else keep_seq)
 
 
-def prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, all_logits: bool = False,
-            grad: bool = False, soft: bool | str = False, track_grad: bool = False) -> PrefillState:
-    """Run the prompt through the model, pruning where ``method`` says; returns the state decoding continues from.
+class RecordScores(CutPolicy):
+    """Training: nothing is cut; at each stage the method's differentiable :meth:`~Pruner.score` ``[B, Nv]`` and
+    the original visual index of each entry (-1 on padding) are recorded (``PrefillState.scores`` /
+    ``score_ids``). The prompt's logits are then the unpruned ones."""
 
-    ``grad=True`` (training a learned method): gradients on, nothing is cut; at each stage the runtime records
-    ``method.score(ctx)`` instead of calling ``select``, the method's extra prompt tokens run through every layer
-    (their logits come back as ``extra_logits``), and ``logits`` are the last prompt token's. With ``soft`` the cut
-    is relaxed: after the stage, visual keys get :func:`relaxed_log_keep` of the scores (``soft`` names the
-    relaxation; ``True`` is ``"sigmoid"``; the hard ones cut at the method's ``keep_threshold``, 0.5 without one)
-    added to their attention logits and the extra tokens are hidden from the rest. The cache of a grad run is not
-    meant for decoding.
+    grad = True
+    cuts = False
 
-    ``track_grad=True`` (training the model itself under pruning, GlimpsePrune+): the inference path, cuts and
-    all, with gradients on, so a loss on the logits of the pruned sequence (and on decoding from its cache)
-    reaches the model's trainable weights.
-    """
-    if soft is True:
-        soft = "sigmoid"
-    if soft:
-        check_relaxation(str(soft))  # before any layer runs
-    with torch.set_grad_enabled(grad or track_grad):
-        return _prefill(adapter, batch, method, all_logits=all_logits, grad=grad, soft=soft)
+    def at_stage(self, session: PrefillSession, ctx: Context, last: bool) -> None:
+        session.scores.append(session.method.score(ctx))
+        session.score_ids.append(ctx.visual_ids.masked_fill(~ctx.visual_valid, -1))
+
+
+class PrefillSession:
+    """One prefill: the live sequence, the KV cache it fills and what the cut policy records, read top to bottom by
+    :func:`prefill` (embed, stages before the LLM, the layer loop with its stages, the final logits)."""
+
+    seq: LiveSequence
+    visual_total: torch.Tensor
+    """``[B]`` visual tokens of each sample before any pruning."""
+    coords: torch.Tensor
+    """``[B, Nv0, 4]`` (item, t, h, w) of every original visual token, padded."""
+    token_layers: torch.Tensor
+    """``[B]`` visual tokens summed over the decoder layers run so far."""
+
+    def __init__(self, adapter: Adapter, batch: EncodedBatch, method: Pruner, cut: CutPolicy) -> None:
+        self.adapter, self.batch, self.method, self.policy = adapter, batch, method, cut
+        self.num_layers = adapter.num_layers
+        self.stages = method.stages(self.num_layers)
+        check_stages(self.stages, self.num_layers)
+        cut_stages = [s for s in self.stages if s.site in ("pre_llm", "llm")]
+        self.last_stage = max(cut_stages, key=lambda s: (s.site == "llm", s.layer)) if cut_stages else None
+        self.cache = DynamicCache(config=adapter.text_config)
+        self.computed_upto = -1  # the last decoder layer whose KV cache holds the sequence
+        self.scores: list[torch.Tensor] = []
+        self.score_ids: list[torch.Tensor] = []
+        self.key_bias: torch.Tensor | None = None
+        """``[B, L]`` additive log weight on each key after a stage, set by a relaxed policy (training)."""
+        self.vision: dict[str, Any] = {}
+        self.injections: dict[int, torch.Tensor] = {}
+        """Per decoder layer, what the family adds to the visual rows after it (the adapter's ``Embedded``)."""
+
+    def embed(self) -> None:
+        """The vision tower and the prompt embeddings; at the ``vit`` site video units are cut inside the encoder
+        (:mod:`vtprune.runtime.vision`) and their placeholders leave before layer 0, the rest keeping positions."""
+        adapter, batch, method, dev = self.adapter, self.batch, self.method, self.adapter.device
+        requires = method.requires
+        if "vision_attention" in requires and not adapter.supports_vision_attention:
+            raise adapter.unsupported(f"vision-encoder attention per token (which {method.name} reads)")
+        if "vision_features" in requires and not adapter.supports_vision_features:
+            raise adapter.unsupported(f"per-token ViT features (which {method.name} reads)")
+        want_vision: bool | list[int] = False
+        if requires & {"vision_outputs", "vision_attention"}:
+            want_vision = vision_hidden_states(adapter, method)
+        vit = vision.vit_stage(self.stages)
+        vit_keep = None
+        if vit is not None:
+            emb, vit_keep, _ = vision.embed_with_vit(adapter, batch, method, vit, vision_outputs=want_vision)
+        else:
+            emb = adapter.embed(batch, vision_outputs=want_vision)
+        if "vision_attention" in requires and emb.vision:
+            emb.vision.update(adapter.vision_token_stats(batch, emb.vision))
+        if "vision_features" in requires and emb.vision:
+            levels = method.vision_hidden_states()
+            if levels is None:  # a method that cannot say (a composition): every recorded hidden state
+                hs = next(iter(emb.vision.values())).hidden_states
+                levels = tuple(i for i, h in enumerate(hs) if h is not None)
+            emb.vision["token_features"] = adapter.vision_token_features(batch, emb.vision, levels)
+        self.vision = emb.vision
+        self.injections = emb.injections
+        vis = batch.visual_mask.to(dev)
+        self.visual_total = vis.sum(1)
+        visual_id = torch.where(vis, vis.long().cumsum(1) - 1, torch.full_like(vis, -1, dtype=torch.long))
+        self.seq = LiveSequence(emb.embeds, batch.attention_mask.to(dev), emb.positions, visual_id)
+        if vit_keep is not None:
+            self.seq.cut(vit_keep)
+        coords = torch.nn.utils.rnn.pad_sequence(list(batch.coords), batch_first=True).to(dev)
+        self.coords = coords if coords.dim() == 3 else torch.zeros(batch.batch_size, 0, 4, dtype=torch.long, device=dev)
+        self.token_layers = torch.zeros(batch.batch_size, dtype=torch.long, device=dev)
+        if self.last_stage is not None:
+            extra = method.prompt_tokens(self.seq.hidden)
+            if extra is not None and extra.shape[1]:
+                self.seq.append_extra(extra)
+
+    def cut(self, keep: torch.Tensor) -> None:
+        """Cut the sequence to ``keep`` ``[B, L]`` and the KV cache of every layer computed so far with it."""
+        index = self.seq.cut(keep)
+        if self.computed_upto >= 0:
+            ops.prune_cache(self.cache, index, self.computed_upto)
+
+    def context(self, stage: Stage, attention: torch.Tensor | None, keys: torch.Tensor | None) -> Context:
+        seq = self.seq
+        index, valid, ids = seq.visual_rows()
+        self.coords = self.coords.to(ids.device)
+        coords = (self.coords.gather(1, ids.unsqueeze(-1).expand(-1, -1, 4)) if self.coords.shape[1]
+                  else ids.new_zeros(*ids.shape, 4))
+        return Context(
+            stage=stage, hidden=seq.hidden, attention_mask=seq.mask, visual_index=index, visual_valid=valid,
+            visual_ids=ids, coords=coords, grids=self.batch.grids, visual_total=self.visual_total,
+            text_mask=(seq.visual_id < 0) & seq.mask.bool() & ~seq.extra, num_layers=self.num_layers,
+            attention=attention, vision=self.vision, keys=keys, extra_mask=seq.extra if seq.n_extra else None,
+        )
+
+    def apply_stage(self, stage: Stage, attention: torch.Tensor | None = None, keys: torch.Tensor | None = None
+                    ) -> None:
+        """Ask the method at ``stage`` and apply its answer as the policy says. Without visual tokens left there is
+        nothing to ask; a cutting policy still lets the extra tokens leave at the last stage."""
+        ctx = self.context(stage, attention, keys)
+        last = stage == self.last_stage and self.policy.cuts
+        if bool(ctx.visual_valid.any()):
+            self.policy.at_stage(self, ctx, last)
+        elif last and self.seq.n_extra:
+            self.cut(~self.seq.extra)
+
+    def layer_inputs(self) -> tuple[tuple[torch.Tensor, torch.Tensor], Any]:
+        """Rotary tables and attention mask for the current sequence (rebuilt after every cut)."""
+        cos_sin = self.adapter.rope(self.seq.hidden, self.seq.positions)
+        mask = create_causal_mask(
+            config=self.adapter.text_config, inputs_embeds=self.seq.hidden, attention_mask=self.seq.mask,
+            past_key_values=None, position_ids=self.adapter.layer_position_ids(self.seq.positions),
+        )
+        return cos_sin, self.policy.layer_mask(self, mask)
+
+    def run_layers(self) -> None:
+        """The stock decoder layers in order; after layer ``i`` the ``llm`` stage at ``i``, if any."""
+        adapter, seq, method = self.adapter, self.seq, self.method
+        at_layer = {s.layer: s for s in self.stages if s.site == "llm"}
+        cos_sin, mask = self.layer_inputs()
+        for i, layer in enumerate(adapter.layers):
+            dev_i = adapter.layer_device(i)
+            if seq.hidden.device != dev_i:  # a device_map boundary: the sequence and its tables follow the layer
+                seq.to(dev_i)
+                cos_sin = (cos_sin[0].to(dev_i), cos_sin[1].to(dev_i))
+                mask = mask.to(dev_i) if isinstance(mask, torch.Tensor) else mask
+            n = seq.n_extra
+            if n:  # the method's per-layer input hook for its extra tokens (always the last n positions)
+                seq.hidden = torch.cat([seq.hidden[:, :-n], method.before_layer(i, seq.hidden[:, -n:])], 1)
+            h_in = seq.hidden
+            seq.hidden = layer(h_in, attention_mask=mask, position_ids=adapter.layer_position_ids(seq.positions),
+                               past_key_values=self.cache, use_cache=True, position_embeddings=cos_sin)
+            if i in self.injections:  # the family's own per-layer step (DeepStack): only the kept visual rows get it
+                seq.hidden = ops.add_visual(seq.hidden, seq.visual_id, self.injections[i])
+            self.computed_upto = i
+            self.token_layers += (seq.visual_id >= 0).sum(1).to(self.token_layers.device)
+            if i in at_layer:
+                attn = None
+                if "last_query_attention" in method.requires:
+                    attn = last_query_attention(adapter, i, h_in, cos_sin, self.cache, seq.mask)
+                self.apply_stage(at_layer[i], attn, self.cache.layers[i].keys if "keys" in method.requires else None)
+                cos_sin, mask = self.layer_inputs()
+
+    def finish(self, all_logits: bool, t0: float, t1: float) -> PrefillState:
+        """Logits of the prompt (and of extra tokens still present), the state decoding continues from; ``t0``/``t1``
+        are when the prefill and its LLM part began."""
+        adapter, seq, B = self.adapter, self.seq, self.batch.batch_size
+        norm_head = lambda h: adapter.lm_head(adapter.text_model.norm(h)).float()  # noqa: E731
+        extra_logits = None
+        if seq.n_extra:  # a policy that cuts nothing: the extra tokens went through every layer
+            extra_logits = norm_head(seq.hidden[:, -seq.n_extra:])
+            self.cut(~seq.extra)
+        logits = norm_head(seq.hidden if all_logits else seq.hidden[:, -1:])
+        _sync(adapter.device)
+        timings = {"vision": t1 - t0, "llm_prefill": time.perf_counter() - t1}
+        kept_ids = [seq.visual_id[b][seq.visual_id[b] >= 0].cpu() for b in range(B)]
+        return PrefillState(
+            logits=logits if all_logits else logits[:, -1], cache=self.cache, attention_mask=seq.mask,
+            positions=seq.positions, visual_tokens=[int(v) for v in self.visual_total.tolist()],
+            kept_tokens=[len(k) for k in kept_ids], token_layers=[int(v) for v in self.token_layers.tolist()],
+            kept_visual=kept_ids, kept_coords=[self.batch.coords[b][kept_ids[b]] for b in range(B)],
+            timings=timings, scores=self.scores, score_ids=self.score_ids, extra_logits=extra_logits,
+        )
+
+
+def prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None = None, *, cut: CutPolicy | None = None,
+            all_logits: bool = False) -> PrefillState:
+    """Run the prompt through the model, pruning where ``method`` says (default: none), each stage applied as the
+    ``cut`` policy says (default: :data:`HardCut`, inference; training passes :class:`RecordScores` or a relaxed
+    cut from :mod:`vtprune.training.relax`); returns the state decoding continues from. The cache of a policy
+    that cuts nothing is not meant for decoding."""
+    session = PrefillSession(adapter, batch, method if method is not None else NoPruning(), cut or HardCut())
+    dev = adapter.device
+    with torch.set_grad_enabled(session.policy.grad):
+        t0 = time.perf_counter()
+        session.embed()
+        _sync(dev)
+        t1 = time.perf_counter()
+        for stage in session.stages:
+            if stage.site == "pre_llm":
+                session.apply_stage(stage)
+        session.run_layers()
+        return session.finish(all_logits, t0, t1)
 
 
 def vision_hidden_states(adapter: Adapter, method: Pruner) -> bool | list[int]:
     """The vision tower's hidden states ``method`` needs recorded: the union of what its ``select`` reads and what
     the adapter's vision-attention statistics read, or True (all) where either cannot say."""
+    wanted: set[int] = set()
     parts = []
     if "vision_outputs" in method.requires:
         parts.append(method.vision_hidden_states())
     if "vision_attention" in method.requires:
         parts.append(adapter.vision_stats_hidden_states())
-    if not parts or any(p is None for p in parts):
-        return True
-    return sorted({i for p in parts for i in p})  # type: ignore[union-attr]
-
-
-def _prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None, *, all_logits: bool, grad: bool,
-             soft: bool | str) -> PrefillState:
-    dev = adapter.device
-    L_layers = adapter.num_layers
-    stages = method.stages(L_layers) if method is not None else []
-    check_stages(stages, L_layers)
-    pre = [s for s in stages if s.site == "pre_llm"]
-    at_layer = {s.layer: s for s in stages if s.site == "llm"}
-    requires = method.requires if method is not None else frozenset()
-    if "vision_attention" in requires and not adapter.supports_vision_attention:
-        raise adapter.unsupported(f"vision-encoder attention per token (which {method.name} reads)")  # type: ignore[union-attr]
-    if "vision_features" in requires and not adapter.supports_vision_features:
-        raise adapter.unsupported(f"per-token ViT features (which {method.name} reads)")  # type: ignore[union-attr]
-
-    t0 = time.perf_counter()
-    want_vision = vision_hidden_states(adapter, method) if requires & {"vision_outputs", "vision_attention"} else False
-    vit = vision.vit_stage(stages)
-    if vit is not None:  # the 'vit' site: video units cut inside the encoder (runtime/vision.py)
-        emb, vit_keep, _ = vision.embed_with_vit(adapter, batch, method, vit, vision_outputs=want_vision)  # type: ignore[arg-type]
-    else:
-        emb = adapter.embed(batch, vision_outputs=want_vision)
-    if "vision_attention" in requires and emb.vision:
-        emb.vision.update(adapter.vision_token_stats(batch, emb.vision))
-    if "vision_features" in requires and emb.vision:
-        levels = method.vision_hidden_states()  # type: ignore[union-attr]
-        if levels is None:  # a method that cannot say (a composition): every recorded hidden state
-            hs = next(iter(emb.vision.values())).hidden_states
-            levels = tuple(i for i, h in enumerate(hs) if h is not None)
-        emb.vision["token_features"] = adapter.vision_token_features(batch, emb.vision, levels)
-    _sync(dev)
-    t1 = time.perf_counter()
-
-    vis = batch.visual_mask.to(dev)
-    visual_id = torch.where(vis, vis.long().cumsum(1) - 1, torch.full_like(vis, -1, dtype=torch.long))
-    seq = _Seq(emb.embeds, batch.attention_mask.to(dev), emb.positions, visual_id)
-    if vit is not None:
-        seq.cut(vit_keep)  # placeholders of dropped units leave before layer 0; the rest keep their positions
-    cut_stages = [s for s in stages if s.site in ("pre_llm", "llm")]
-    extra = method.prompt_tokens(seq.hidden) if method is not None and cut_stages else None
-    n_extra = int(extra.shape[1]) if extra is not None else 0
-    if n_extra:
-        seq.append_extra(extra)  # type: ignore[arg-type]
-    last_stage = max(cut_stages, key=lambda s: (s.site == "llm", s.layer)) if cut_stages else None
-    scores: list[torch.Tensor] = []
-    score_ids: list[torch.Tensor] = []
-    soft_bias: torch.Tensor | None = None
-    visual_total = vis.sum(1)
-    coords_pad = torch.nn.utils.rnn.pad_sequence([c for c in batch.coords], batch_first=True).to(dev)
-    if coords_pad.dim() < 3:
-        coords_pad = torch.zeros(batch.batch_size, 0, 4, dtype=torch.long, device=dev)
-    cache = DynamicCache(config=adapter.text_config)
-    token_layers = torch.zeros(batch.batch_size, dtype=torch.long, device=dev)
-
-    def apply(stage: Stage, computed_upto: int, attention: torch.Tensor | None, keys: torch.Tensor | None = None) -> None:
-        nonlocal n_extra, soft_bias, coords_pad
-        index, valid, ids = seq.visual_rows()
-        coords_pad = coords_pad.to(ids.device)
-        drop_extra = bool(n_extra) and stage == last_stage and not grad
-        if not bool(valid.any()):
-            if drop_extra:  # no visual token to prune: the extra tokens still leave here
-                idx = seq.cut(~seq.extra)
-                n_extra = 0
-                if computed_upto >= 0:
-                    ops.prune_cache(cache, idx, computed_upto)
-            return
-        ctx = Context(
-            stage=stage,
-            hidden=seq.hidden,
-            attention_mask=seq.mask,
-            visual_index=index,
-            visual_valid=valid,
-            visual_ids=ids,
-            coords=coords_pad.gather(1, ids.unsqueeze(-1).expand(-1, -1, 4)) if coords_pad.shape[1] else ids.new_zeros(*ids.shape, 4),
-            grids=batch.grids,
-            visual_total=visual_total,
-            text_mask=(seq.visual_id < 0) & seq.mask.bool() & ~seq.extra,
-            num_layers=L_layers,
-            attention=attention,
-            vision=emb.vision,
-            keys=keys,
-            extra_mask=seq.extra if n_extra else None,
-        )
-        if grad:  # training: record differentiable scores, cut nothing
-            s = method.score(ctx)  # type: ignore[union-attr]
-            scores.append(s)
-            score_ids.append(ids.masked_fill(~valid, -1))
-            if soft:
-                lp = relaxed_log_keep(s, str(soft), getattr(method, "keep_threshold", 0.5)).masked_fill(~valid, 0.0)
-                soft_bias = torch.zeros(seq.mask.shape, dtype=lp.dtype, device=lp.device).scatter_add(1, index, lp)
-            return
-        keep_vis = method.select(ctx)  # type: ignore[union-attr]
-        if keep_vis.shape != valid.shape or keep_vis.dtype != torch.bool:
-            raise RuntimeError(f"{method.name}.select returned {tuple(keep_vis.shape)} {keep_vis.dtype}, "  # type: ignore[union-attr]
-                               f"expected {tuple(valid.shape)} bool")
-        if method.merges:  # type: ignore[union-attr]
-            seq.hidden = ops.replace_rows(seq.hidden, index, keep_vis & valid, method.merge(ctx, keep_vis))  # type: ignore[union-attr]
-        keep_seq = ops.scatter_visual(keep_vis, index, valid, seq.hidden.shape[1])
-        if drop_extra:
-            keep_seq = keep_seq & ~seq.extra
-            n_extra = 0
-        idx = seq.cut(keep_seq)
-        if computed_upto >= 0:
-            ops.prune_cache(cache, idx, computed_upto)
-
-    for st in pre:
-        apply(st, -1, None)
-    cos_sin = adapter.rope(seq.hidden, seq.positions)
-    mask = _mask(adapter, seq)
-    for i, layer in enumerate(adapter.layers):
-        dev_i = adapter.layer_device(i)
-        if seq.hidden.device != dev_i:  # a device_map boundary: the sequence and its tables follow the layer
-            seq.to(dev_i)
-            cos_sin = (cos_sin[0].to(dev_i), cos_sin[1].to(dev_i))
-            mask = mask.to(dev_i) if isinstance(mask, torch.Tensor) else mask
-        if n_extra:  # the method's per-layer input hook for its extra tokens (always the last n positions)
-            seq.hidden = torch.cat([seq.hidden[:, :-n_extra], method.before_layer(i, seq.hidden[:, -n_extra:])], 1)  # type: ignore[union-attr]
-        h_in = seq.hidden
-        seq.hidden = layer(
-            h_in,
-            attention_mask=mask,
-            position_ids=adapter.layer_position_ids(seq.positions),
-            past_key_values=cache,
-            use_cache=True,
-            position_embeddings=cos_sin,
-        )
-        if i in emb.injections:  # the family's own per-layer step (DeepStack): only the kept visual rows get it
-            seq.hidden = ops.add_visual(seq.hidden, seq.visual_id, emb.injections[i])
-        token_layers += (seq.visual_id >= 0).sum(1).to(token_layers.device)
-        if i in at_layer:
-            attn = None
-            if "last_query_attention" in requires:
-                attn = last_query_attention(adapter, i, h_in, cos_sin, cache, seq.mask)
-            apply(at_layer[i], i, attn, cache.layers[i].keys if "keys" in requires else None)
-            cos_sin = adapter.rope(seq.hidden, seq.positions)
-            mask = _mask(adapter, seq)
-            if soft_bias is not None:
-                mask = soft_keep_mask(seq.mask, seq.extra, soft_bias, seq.hidden.dtype)
-    extra_logits = None
-    if n_extra:  # grad mode: the extra tokens went through every layer
-        extra_logits = adapter.lm_head(adapter.text_model.norm(seq.hidden[:, -n_extra:])).float()
-        ops.prune_cache(cache, seq.cut(~seq.extra), L_layers - 1)
-    h = seq.hidden if all_logits else seq.hidden[:, -1:]
-    logits = adapter.lm_head(adapter.text_model.norm(h)).float()
-    _sync(dev)
-    t2 = time.perf_counter()
-
-    kept_ids = [seq.visual_id[b][seq.visual_id[b] >= 0].cpu() for b in range(batch.batch_size)]
-    return PrefillState(
-        logits=logits if all_logits else logits[:, -1],
-        cache=cache,
-        attention_mask=seq.mask,
-        positions=seq.positions,
-        visual_tokens=[int(v) for v in visual_total.tolist()],
-        kept_tokens=[len(k) for k in kept_ids],
-        token_layers=[int(v) for v in token_layers.tolist()],
-        kept_visual=kept_ids,
-        kept_coords=[batch.coords[b][kept_ids[b]] for b in range(batch.batch_size)],
-        timings={"vision": t1 - t0, "llm_prefill": t2 - t1},
-        scores=scores,
-        score_ids=score_ids,
-        extra_logits=extra_logits,
-    )
+    for part in parts:
+        if part is None:
+            return True
+        wanted.update(part)
+    return sorted(wanted) if parts else True
 
 
 @dataclass

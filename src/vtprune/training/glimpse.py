@@ -4,10 +4,10 @@ Two recipes:
 
 - ``box`` (the paper's stage 1): loss = ``loc_weight * (Dice + 0.1 * BCE)`` of the VIP logits against the evidence
   boxes rasterised onto the token grid, plus ``le_weight * CE`` of the glimpse position predicting the first answer
-  token. The sequence is not pruned (``prefill(grad=True)``).
+  token. The sequence is not pruned (``prefill(..., cut=RecordScores())``).
 - ``boxfree`` (for data without boxes): distil from the unpruned model. The keep decisions enter layers > K as a
-  log weight on the visual key columns (``prefill(grad=True, soft=relax)``, see
-  :func:`vtprune.runtime.executor.relaxed_log_keep`): by default the inference rule's own cut, drawn with
+  log weight on the visual key columns (``prefill(..., cut=RelaxedCut(relax, threshold))``, see
+  :func:`vtprune.training.relax.relaxed_log_keep`): by default the inference rule's own cut, drawn with
   ``P(keep) = sigmoid(logit)`` and trained straight-through (``sampled``); ``sigmoid`` scales every key by its keep
   probability instead. Loss = ``KL(unpruned || relaxed-pruned)`` of the first answer token +
   ``retention_weight * mean keep probability`` + ``le_weight * CE`` as above.
@@ -184,12 +184,13 @@ def glimpse_loss(adapter: Any, method: GlimpsePruner, inputs: dict[str, Any], mo
                  w: LossWeights, relax: str = DEFAULT_RELAX) -> tuple[torch.Tensor, dict[str, float]]:
     """The training loss of one collated batch and its parts (floats, for logging); ``relax`` is the box-free
     mode's relaxation of the cut."""
-    from vtprune.runtime.executor import prefill
+    from vtprune.runtime.executor import RecordScores, prefill
+    from vtprune.training.relax import RelaxedCut
 
     batch, first = inputs["batch"], inputs["first_token"].to(adapter.device)
     parts: dict[str, float] = {}
     if mode == "box":
-        out = prefill(adapter, batch, method, grad=True)
+        out = prefill(adapter, batch, method, cut=RecordScores())
         loss = torch.zeros((), device=adapter.device)
         if inputs["targets"]:
             dice, bce = mask_loss(out.scores[0], [(b, i.to(adapter.device), t.to(adapter.device)) for b, i, t in inputs["targets"]])
@@ -197,8 +198,8 @@ def glimpse_loss(adapter: Any, method: GlimpsePruner, inputs: dict[str, Any], mo
             parts.update(dice=dice.item(), bce=bce.item())
     else:
         with torch.no_grad():
-            teacher = prefill(adapter, batch, None).logits.float()
-        out = prefill(adapter, batch, method, grad=True, soft=relax)
+            teacher = prefill(adapter, batch).logits.float()
+        out = prefill(adapter, batch, method, cut=RelaxedCut(relax, method.keep_threshold))
         kl = F.kl_div(out.logits.float().log_softmax(-1), teacher.log_softmax(-1), log_target=True, reduction="batchmean")
         valid = out.score_ids[0] >= 0
         p = torch.sigmoid(out.scores[0])
@@ -263,13 +264,13 @@ def train_glimpse(
 
     ``config`` overrides :class:`GlimpseConfig` fields of a fresh pruner (e.g. ``vip_size`` for tiny models);
     ``method`` continues training an existing one instead; ``relax`` is the box-free relaxation of the cut
-    (``sampled``, ``hard`` or ``sigmoid``, see :func:`vtprune.runtime.executor.relaxed_log_keep`); ``workers`` > 0
+    (``sampled``, ``hard`` or ``sigmoid``, see :func:`vtprune.training.relax.relaxed_log_keep`); ``workers`` > 0
     collates (loads images, encodes) in that many DataLoader processes. Returns the run's metadata (also
     ``out/train_meta.json``).
     """
     from transformers import TrainingArguments
 
-    from vtprune.runtime.executor import check_relaxation
+    from vtprune.training.relax import check_relaxation
 
     if mode not in MODES:
         raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")

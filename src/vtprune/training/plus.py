@@ -42,7 +42,7 @@ import torch
 from vtprune.errors import ConfigError
 from vtprune.methods.base import Pruner
 from vtprune.methods.glimpse.plus import KeepGiven
-from vtprune.runtime.executor import Sampling, decode, prefill
+from vtprune.runtime.executor import HardCut, Sampling, decode, prefill
 from vtprune.training import grpo
 from vtprune.training.rewards import NAMES as REWARD_NAMES
 from vtprune.training.rewards import JudgeClient, reward_for
@@ -188,7 +188,7 @@ def completion_logprobs(vlm: Any, ro: Rollout, temperature: float = 1.0, grad: b
     ``temperature``, as in sampling."""
     adapter = vlm.adapter
     with torch.set_grad_enabled(grad):
-        state = prefill(adapter, ro.batch, KeepGiven(kept=ro.kept, at=ro.layer), track_grad=grad)
+        state = prefill(adapter, ro.batch, KeepGiven(kept=ro.kept, at=ro.layer), cut=HardCut(grad=grad))
         tok = ro.tokens.to(adapter.device)
         mask = ro.mask.to(adapter.device)
         first = torch.log_softmax(state.logits.float() / temperature, -1).gather(1, tok[:, :1])  # [B, 1]

@@ -169,7 +169,7 @@ class GlimpsePruner(Pruner):
     @property
     def keep_threshold(self) -> float:
         """The threshold the hard cut uses: this method's own, else the pruner's config's (what a training run's
-        relaxed cut, :func:`vtprune.runtime.executor.relaxed_log_keep`, cuts at too)."""
+        relaxed cut, :func:`vtprune.training.relax.relaxed_log_keep`, cuts at too)."""
         return self._cfg.threshold if self.threshold is None else float(self.threshold)
 
     def select(self, ctx: Context) -> torch.Tensor:
