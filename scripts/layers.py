@@ -1,13 +1,13 @@
 """Measure vtprune's import structure: upward imports between floors, private imports, import circles.
 
 Floors, lowest first (a module may import its own floor and below; DESIGN.md "The house"):
-  0 errors, version 1 hub, data, testbed (synthetic data, tiny models)   2 adapters   3 methods
-  4 runtime         5 api                                                6 training, eval, bench, viz
-  7 cli, demo (the commands), __main__ (python -m vtprune), the package root (vtprune/__init__.py, which re-exports the public face)
+  0 errors, version, options         1 hub, data, testbed (synthetic data, tiny models)
+  2 adapters   3 methods   4 runtime   5 api   6 training, eval, bench, viz
+  7 cli, demo (the commands), __main__ (python -m vtprune), the package root (vtprune/__init__.py, the public face)
 
 Every import counts, also those inside functions, except those under ``if TYPE_CHECKING:`` (never run). A
-private import names a ``_``-prefixed module or object of another package. A circle is a cycle between modules (not packages). ``python scripts/layers.py`` prints them;
-``tests/test_layers.py`` holds the house to its limits.
+private import names a ``_``-prefixed module or object of another package. A circle is a cycle between modules
+(not packages). ``python scripts/layers.py`` prints them; ``tests/test_layers.py`` holds the house to its limits.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 FLOORS = {
-    "errors": 0, "version": 0, "hub": 1, "data": 1, "testbed": 1, "adapters": 2, "methods": 3, "runtime": 4, "api": 5,
-    "training": 6, "eval": 6, "bench": 6, "viz": 6, "cli": 7, "demo": 7, "__main__": 7, "": 7,
+    "errors": 0, "version": 0, "options": 0, "hub": 1, "data": 1, "testbed": 1, "adapters": 2, "methods": 3,
+    "runtime": 4, "api": 5, "training": 6, "eval": 6, "bench": 6, "viz": 6, "cli": 7, "demo": 7, "__main__": 7, "": 7,
 }
 
 

@@ -249,6 +249,19 @@ def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...
     return tuple(exits), tuple(aborts), tuple(usage)
 
 
+FLAGS = {"video_frames": "--frames", "weights": "--weights"}
+"""Library argument names whose flag is not ``--`` + the name with dashes."""
+
+
+def user_message(e: VtpruneError) -> str:
+    """The error's message, its library argument (``epochs``) named as the flag the user typed (``--epochs``)."""
+    msg = str(e)
+    arg = e.argument
+    if arg and msg.startswith(arg):
+        return FLAGS.get(arg, "--" + arg.replace("_", "-")) + msg[len(arg):]
+    return msg
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app; user errors (bad options included) print one line on stderr and exit 2."""
     from transformers.utils import logging as hf_logging
@@ -260,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rv = app(args=argv, standalone_mode=False)
     except VtpruneError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {user_message(e)}", err=True)
         return 2
     except exits as e:
         return int(getattr(e, "exit_code", 0) or 0)

@@ -11,7 +11,14 @@ import numbers
 
 
 class VtpruneError(Exception):
-    """Base class of every user-facing vtprune error."""
+    """Base class of every user-facing vtprune error.
+
+    ``argument``: the library argument the error is about (e.g. ``"epochs"``), when one is; the CLI names the
+    matching flag (``--epochs``) instead."""
+
+    def __init__(self, *args: object, argument: str | None = None) -> None:
+        super().__init__(*args)
+        self.argument = argument
 
 
 class UnsupportedModelError(VtpruneError, NotImplementedError):

@@ -16,7 +16,6 @@ from vtprune.training.common import (
     CollatorRandom,
     ListDataset,
     WallClockCosine,
-    check_workers,
     time_limit_callback,
 )
 
@@ -104,12 +103,6 @@ def test_wall_clock_cosine_drives_a_lambda_lr():
     opt.step()
     sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
-
-
-def test_check_workers():
-    assert check_workers(0) == 0 and check_workers(3) == 3
-    with pytest.raises(ConfigError, match="--workers"):
-        check_workers(-1)
 
 
 def test_train_base_with_workers_stops_at_its_time_limit(tmp_path, capsys):

@@ -12,17 +12,18 @@ import logging
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vtprune.errors import ConfigError
+from vtprune.options import check_choice, check_int, check_out_dir, check_positive, check_range
 from vtprune.training.common import (
     CollatorRandom,
     ListDataset,
     WallClockCosine,
-    check_workers,
     time_limit_callback,
 )
 
@@ -306,6 +307,61 @@ def _trainer_class():
     return ZooTrainer
 
 
+@dataclass
+class BaseTrainSettings:
+    """The run settings of :func:`train_base`, checked before anything loads."""
+
+    out: Path
+    """Directory the model goes to (checkpoints under ``out/checkpoints``); an existing file is refused."""
+    steps: int = 3000
+    batch_size: int = 16
+    lr: float = 2e-3
+    warmup: float = 0.05
+    """Fraction of the schedule spent warming the learning rate up, in [0, 1)."""
+    describe_weight: float = 0.5
+    """Loss weight of the "Describe the image." caption turn (0: off)."""
+    probe_weight: float = 1.0
+    """Loss weight of the dense per-token scene probe on the visual tokens (0: off)."""
+    vision_steps: int = 300
+    """Steps pre-training the vision side alone on reading scenes first (0: off)."""
+    vision_batch_size: int = 32
+    qa_turns: int = 4
+    """Extra questions per image or video drawn from its scene, as further turns (0: off)."""
+    attn_weight: float = 0.5
+    """Loss weight of evidence attention (0: off)."""
+    readout_weight: float = 0.0
+    """Loss weight of the vocabulary readout (0: off)."""
+    workers: int = 0
+    max_minutes: float | None = None
+    """Stop training after this much wall time, > 0."""
+    schedule: str = "steps"
+    """``steps``: cosine over ``steps``; ``time``: over ``max_minutes`` of wall time (needs ``max_minutes``)."""
+    video_frames: int | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        check_out_dir("out", self.out)
+        check_int("steps", self.steps, 1)
+        check_int("batch_size", self.batch_size, 1)
+        check_positive("lr", self.lr)
+        check_range("warmup", self.warmup, 0, 1, hi_open=True)
+        for name in ("describe_weight", "probe_weight", "attn_weight", "readout_weight"):
+            check_range(name, getattr(self, name), 0)
+        check_int("vision_steps", self.vision_steps, 0)
+        check_int("vision_batch_size", self.vision_batch_size, 1)
+        check_int("qa_turns", self.qa_turns, 0)
+        check_int("workers", self.workers, 0)
+        for name in ("video_frames", "threads"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), 1)
+        if self.max_minutes is not None:
+            check_positive("max_minutes", self.max_minutes)
+        check_choice("schedule", self.schedule, ("steps", "time"))
+        if self.schedule == "time" and self.max_minutes is None:
+            raise ConfigError("max_minutes is needed by schedule 'time' (the wall-time budget it follows)",
+                              argument="max_minutes")
+
+
 def train_base(
     *, model_type: str, data: list[str], out: Path, steps: int = 3000, batch_size: int = 16, lr: float = 2e-3,
     seed: int = 0, warmup: float = 0.05, resume: bool = False, threads: int | None = None,
@@ -344,25 +400,11 @@ def train_base(
     from vtprune.adapters import get_adapter
     from vtprune.data.dataset import read_jsonl, resolve_data
 
-    if steps < 1 or batch_size < 1 or lr <= 0:
-        raise ConfigError("steps, batch size and learning rate must be positive")
-    if describe_weight < 0:
-        raise ConfigError(f"--describe-weight must be >= 0, got {describe_weight}")
-    if probe_weight < 0:
-        raise ConfigError(f"--probe-weight must be >= 0, got {probe_weight}")
-    if qa_turns < 0:
-        raise ConfigError(f"--qa-turns must be >= 0, got {qa_turns}")
-    if attn_weight < 0:
-        raise ConfigError(f"--attn-weight must be >= 0, got {attn_weight}")
-    if readout_weight < 0:
-        raise ConfigError(f"--readout-weight must be >= 0, got {readout_weight}")
-    if vision_steps < 0 or vision_batch_size < 1:
-        raise ConfigError("--vision-steps must be >= 0 and --vision-batch-size >= 1")
-    check_workers(workers)
-    if schedule not in ("steps", "time"):
-        raise ConfigError(f"--schedule must be steps or time, got {schedule!r}")
-    if schedule == "time" and max_minutes is None:
-        raise ConfigError("--schedule time follows the wall-time budget: give --max-minutes")
+    BaseTrainSettings(out=Path(out), steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
+                      describe_weight=describe_weight, probe_weight=probe_weight, vision_steps=vision_steps,
+                      vision_batch_size=vision_batch_size, qa_turns=qa_turns, attn_weight=attn_weight,
+                      readout_weight=readout_weight, workers=workers, max_minutes=max_minutes, schedule=schedule,
+                      video_frames=video_frames, threads=threads)
     stop = time_limit_callback(max_minutes)
     lr_lambda = WallClockCosine(max_minutes * 60, warmup) if schedule == "time" else None
     if threads:

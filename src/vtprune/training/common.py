@@ -46,15 +46,6 @@ class CollatorRandom(random.Random):
         return self
 
 
-def check_workers(workers: int) -> int:
-    """``workers`` DataLoader processes (0: collate in the training process); negative raises ``ConfigError``."""
-    from vtprune.errors import ConfigError
-
-    if workers < 0:
-        raise ConfigError(f"--workers must be >= 0, got {workers}")
-    return workers
-
-
 def time_limit_callback(minutes: float | None) -> list[Any]:
     """A Trainer callback list that ends training (the run still saves as usual) once ``minutes`` of wall time have
     passed since training started; ``[]`` for ``None``. For runs on a lent machine with a fixed time budget: the

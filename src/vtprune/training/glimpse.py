@@ -33,8 +33,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vtprune.errors import ConfigError
+from vtprune.options import check_choice, check_int, check_out_dir, check_positive, check_range
 from vtprune.methods.glimpse.method import GlimpsePruner
-from vtprune.training.common import CollatorRandom, ListDataset, check_workers
+from vtprune.training.common import CollatorRandom, ListDataset
 
 log = logging.getLogger(__name__)
 
@@ -173,11 +174,64 @@ class Collator:
 # --- the loss of one batch ----------------------------------------------------------------------------------------
 @dataclass
 class LossWeights:
+    """Weights of the training loss's parts (each a finite number >= 0)."""
+
     loc: float = 1.0
+    """box: Dice + ``bce`` * BCE of the VIP logits against the evidence boxes."""
     bce: float = 0.1
+    """box: weight of the BCE inside the localisation loss."""
     le: float = 1.0
+    """Cross-entropy of the glimpse position predicting the first answer token."""
     kl: float = 1.0
+    """boxfree: KL(unpruned || relaxed-pruned) of the first answer token."""
     retention: float = 0.05
+    """boxfree: the mean keep probability (``--retention-weight``)."""
+
+    def __post_init__(self) -> None:
+        for name in ("loc", "bce", "le", "kl"):
+            check_range(f"{name}_weight", getattr(self, name), 0)
+        check_range("retention_weight", self.retention, 0)
+
+
+@dataclass
+class GlimpseTrainSettings:
+    """The run settings of :func:`train_glimpse`, checked before anything loads."""
+
+    out: Path
+    """Directory the pruner goes to (checkpoints under ``out/checkpoints``); an existing file is refused."""
+    mode: str = "auto"
+    """``box``, ``boxfree`` or ``auto`` (box if the data has boxes)."""
+    epochs: float = 1.0
+    """Passes over the data (fractions allowed)."""
+    lr: float = 1e-4
+    """Peak learning rate (cosine schedule)."""
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (overrides ``epochs``)."""
+    warmup: float = 0.1
+    """Fraction of the steps spent warming the learning rate up, in [0, 1]."""
+    save_steps: int = 500
+    logging_steps: int = 10
+    relax: str = DEFAULT_RELAX
+    """boxfree: how training sees the cut (:data:`vtprune.training.relax.RELAXATIONS`)."""
+    workers: int = 0
+    """DataLoader processes that collate batches."""
+
+    def __post_init__(self) -> None:
+        from vtprune.training.relax import RELAXATIONS
+
+        check_out_dir("out", self.out)
+        check_choice("mode", self.mode, MODES)
+        check_positive("epochs", self.epochs)
+        check_positive("lr", self.lr)
+        check_range("warmup", self.warmup, 0, 1)
+        for name in ("batch_size", "grad_accum", "save_steps", "logging_steps"):
+            check_int(name, getattr(self, name), 1)
+        if self.max_steps is not None:
+            check_int("max_steps", self.max_steps, 1)
+        check_choice("relax", self.relax, RELAXATIONS)
+        check_int("workers", self.workers, 0)
 
 
 def glimpse_loss(adapter: Any, method: GlimpsePruner, inputs: dict[str, Any], mode: str,
@@ -270,14 +324,9 @@ def train_glimpse(
     """
     from transformers import TrainingArguments
 
-    from vtprune.training.relax import check_relaxation
-
-    if mode not in MODES:
-        raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
-    check_relaxation(relax)
-    check_workers(workers)
-    if lr <= 0 or batch_size < 1 or grad_accum < 1 or epochs <= 0 or (max_steps is not None and max_steps < 1):
-        raise ConfigError("learning rate, batch size, gradient accumulation, epochs and max steps must be positive")
+    GlimpseTrainSettings(out=Path(out), mode=mode, epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
+                         max_steps=max_steps, warmup=warmup, save_steps=save_steps, logging_steps=logging_steps,
+                         relax=relax, workers=workers)
     if isinstance(model, str):
         from vtprune.api import load
 

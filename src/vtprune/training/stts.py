@@ -15,6 +15,7 @@ import logging
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,12 @@ from torch import nn
 
 from vtprune.adapters.base import Adapter, EncodedBatch, Sample
 from vtprune.errors import ConfigError, InputError
+from vtprune.options import check_choice, check_int, check_out_dir, check_positive, check_range
 from vtprune.methods.stts import STTS, STTSConfig
 from vtprune.runtime import ops, vision
 from vtprune.hub import LORA_DIR
 from vtprune.training.supervised import SupervisedBatch, encode_with_answers
-from vtprune.training.common import CollatorRandom, ListDataset, check_workers
+from vtprune.training.common import CollatorRandom, ListDataset
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +150,48 @@ def apply_lora(vlm: Any, path: str | Path) -> None:
     merge_lora(vlm.model, path)
 
 
+@dataclass
+class STTSTrainSettings:
+    """The run settings of :func:`train_stts`, checked before anything loads."""
+
+    out: Path
+    """Directory the scorer goes to; an existing file is refused."""
+    keep: float = 0.5
+    """Fraction of each video's units kept after the bias block while training, in (0, 1)."""
+    tune: str = "none"
+    """Also train: ``none`` | ``lora`` (LLM attention, peft) | ``full``."""
+    steps: int = 1000
+    batch_size: int = 4
+    lr: float = 1e-4
+    temporal_weight: float = 0.5
+    """Weight of the temporal loss, >= 0."""
+    temporal_loss: str = "mse"
+    """``mse`` (STTS) | ``bce``."""
+    lora_rank: int = 8
+    workers: int = 0
+    keep_range: tuple[float, float] | None = None
+    """``(lo, hi)``: each step's keep drawn from it, ``0 < lo <= hi < 1``."""
+
+    def __post_init__(self) -> None:
+        from vtprune.methods.stts.method import TEMPORAL_LOSSES
+
+        check_out_dir("out", self.out)
+        check_range("keep", self.keep, 0, 1, lo_open=True, hi_open=True)
+        check_choice("tune", self.tune, TUNE)
+        for name in ("steps", "batch_size", "lora_rank"):
+            check_int(name, getattr(self, name), 1)
+        check_positive("lr", self.lr)
+        check_range("temporal_weight", self.temporal_weight, 0)
+        check_choice("temporal_loss", self.temporal_loss, TEMPORAL_LOSSES)
+        check_int("workers", self.workers, 0)
+        if self.keep_range is not None:
+            lo, hi = self.keep_range
+            for v in (lo, hi):
+                check_range("keep_range", v, 0, 1, lo_open=True, hi_open=True)
+            if lo > hi:
+                raise ConfigError(f"keep_range must be LO,HI with LO <= HI, got {self.keep_range}", argument="keep_range")
+
+
 def train_stts(
     *, model: str, out: Path, data: list[str] | None = None, rows: list[tuple[Sample, list[str]]] | None = None,
     keep: float = 0.5, block: int | None = None, tune: str = "none", steps: int = 1000, batch_size: int = 4,
@@ -169,19 +213,9 @@ def train_stts(
 
     from vtprune.api import load
 
-    if tune not in TUNE:
-        raise ConfigError(f"--tune must be one of {', '.join(TUNE)}, got {tune!r}")
-    if steps < 1 or batch_size < 1 or lr <= 0 or lora_rank < 1:
-        raise ConfigError("steps, batch size, learning rate and LoRA rank must be positive")
-    check_workers(workers)
-    from vtprune.methods.stts.method import TEMPORAL_LOSSES
-
-    if temporal_loss not in TEMPORAL_LOSSES:
-        raise ConfigError(f"--temporal-loss must be one of {', '.join(TEMPORAL_LOSSES)}, got {temporal_loss!r}")
-    if not 0 < keep < 1:
-        raise ConfigError(f"--keep must be in (0, 1) to train a pruner, got {keep}")
-    if keep_range is not None and not 0 < keep_range[0] <= keep_range[1] < 1:
-        raise ConfigError(f"--keep-range must be LO,HI with 0 < LO <= HI < 1, got {keep_range}")
+    STTSTrainSettings(out=Path(out), keep=keep, tune=tune, steps=steps, batch_size=batch_size, lr=lr,
+                      temporal_weight=temporal_weight, temporal_loss=temporal_loss, lora_rank=lora_rank,
+                      workers=workers, keep_range=keep_range)
     if threads:
         torch.set_num_threads(threads)
     rows = list(rows or []) + (_load_rows(data, num_frames) if data else [])
