@@ -30,6 +30,7 @@ LORA_OPTION = typer.Option(None, "--lora", help="LoRA adapter to merge into the 
                            "`train stts --tune lora` output).")
 STRICT_OPTION = typer.Option(False, "--strict", help="Exit 3 when any sample could not be evaluated (such samples "
                              "are skipped with a warning and counted under errors either way).")
+WEIGHTS_HELP = "A learned method's weights: zoo:<name> or a directory (--pruner: the deprecated name)."
 VIT_ATTENTION_OPTION = typer.Option("stock", "--vit-attention", help="Qwen vision attention: stock (HF's, a call per "
                                     "window) or packed (one call per block; what makes STTS's ViT cut pay on a GPU "
                                     "without flash-attn).")
@@ -68,7 +69,7 @@ def ask(
     method: str = typer.Option("none", "--method"),
     keep: Optional[float] = typer.Option(None, "--keep", help="Fraction of visual tokens to keep, in (0, 1]."),
     layer: Optional[int] = typer.Option(None, "--layer", help="Prune after this LLM layer (0-based)."),
-    pruner_path: Optional[str] = typer.Option(None, "--pruner", help="Trained pruner (zoo:<name> or directory)."),
+    weights: Optional[str] = typer.Option(None, "--weights", "--pruner", help=WEIGHTS_HELP),
     lora: Optional[str] = LORA_OPTION,
     vit_attention: str = VIT_ATTENTION_OPTION,
     max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
@@ -88,8 +89,8 @@ def ask(
     images = [load_image(p) for p in image]
     frames, sampled_fps = load_clip(video, vlm.video_frames, fps) if video is not None else (None, None)
     unpruned = not images and frames is None
-    m = build_method(method, keep=keep, layer=layer, weights=pruner_path, num_layers=vlm.num_layers)
-    warn_unpaired_tuning(pruner_path, lora, model)
+    m = build_method(method, keep=keep, layer=layer, weights=weights, num_layers=vlm.num_layers)
+    warn_unpaired_tuning(weights, lora, model)
     if unpruned:
         typer.echo("note: no image or video given; running the text-only prompt unpruned", err=True)
     from vtprune.adapters import Sample
@@ -118,7 +119,7 @@ def eval_cmd(
     method: str = typer.Option("none", "--method"),
     keep: Optional[float] = typer.Option(None, "--keep"),
     layer: Optional[int] = typer.Option(None, "--layer"),
-    pruner_path: Optional[str] = typer.Option(None, "--pruner"),
+    weights: Optional[str] = typer.Option(None, "--weights", "--pruner", help=WEIGHTS_HELP),
     lora: Optional[str] = LORA_OPTION,
     vit_attention: str = VIT_ATTENTION_OPTION,
     batch_size: int = typer.Option(8, "--batch-size", min=1),
@@ -134,7 +135,7 @@ def eval_cmd(
 
     with _interruptible():
         report = run_eval(
-            model=model, data=data, method=method, keep=keep, layer=layer, pruner=pruner_path, batch_size=batch_size,
+            model=model, data=data, method=method, keep=keep, layer=layer, weights=weights, batch_size=batch_size,
             limit=limit, predictions=predictions, max_new_tokens=max_new_tokens,
             progress=not as_json and sys.stderr.isatty(), num_frames=num_frames, lora=lora, vit_attention=vit_attention,
         )
@@ -173,7 +174,8 @@ def compare(
     keeps: str = typer.Option("0.5,0.25,0.11,0.05", "--keeps", help="Comma-separated keep ratios."),
     out: Path = typer.Option(..., "--out", help="Folder for predictions, results.json and table.md."),
     layer: Optional[int] = typer.Option(None, "--layer"),
-    pruner: list[str] = typer.Option([], "--pruner", help="METHOD=PATH for learned methods (repeatable)."),
+    weights: list[str] = typer.Option([], "--weights", "--pruner", help="METHOD=PATH: a learned method's weights "
+                                      "(repeatable; --pruner: the deprecated name)."),
     lora: Optional[str] = LORA_OPTION,
     vit_attention: str = VIT_ATTENTION_OPTION,
     batch_size: int = typer.Option(8, "--batch-size", min=1),
@@ -189,13 +191,13 @@ def compare(
         keep_list = [float(k) for k in keeps.split(",") if k.strip()]
     except ValueError:
         raise ConfigError(f"--keeps must be comma-separated numbers, got {keeps!r}") from None
-    if any("=" not in p for p in pruner):
-        raise ConfigError("--pruner takes METHOD=PATH")
+    if any("=" not in p for p in weights):
+        raise ConfigError("--weights takes METHOD=PATH")
     with _interruptible():
         summary = run_compare(
             model=model, data=data, methods=[m.strip() for m in methods_.split(",") if m.strip()], keeps=keep_list,
             out=out, layer=layer, batch_size=batch_size, limit=limit, max_new_tokens=max_new_tokens,
-            pruners=dict(p.split("=", 1) for p in pruner), lora=lora, vit_attention=vit_attention,
+            weights=dict(p.split("=", 1) for p in weights), lora=lora, vit_attention=vit_attention,
         )
     from vtprune.eval.compare import markdown_table
 

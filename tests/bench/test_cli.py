@@ -171,7 +171,7 @@ def test_learned_methods_without_pruner_are_timed_untrained(capsys: pytest.Captu
     "args, message",
     [
         ([*TINY[1:], "--method", "random", "--keep", "0.5", "--layer", "0", "--pruner", "zoo:glimpse-synth-qwen2_5_vl"],
-         "pruner"),
+         "takes no weights (--weights)"),  # --pruner: the deprecated name of --weights
         ([*TINY[1:], "--method", "glimpse", "--keep", "0.5", "--layer", "5"], "out of range"),
         (["--shape", "qwen2_5_vl-3b", "--layers", "2", "--vit-layers", "2", "--frames", "4", "--method", "stts",
           "--keep", "0.5", "--layer", "0"], "no --layer"),

@@ -1,5 +1,5 @@
 """Persistence: save/load round trip saves only the pruner, the
-``pruner=`` / ``--pruner`` wiring, and clear errors for mismatched models."""
+``weights=`` / ``--weights`` wiring, and clear errors for mismatched models."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def test_shipped_pruner_loads_from_the_zoo_in_half_precision(vlms, tmp_path, mon
     m.save_pretrained(tmp_path / "p")
     monkeypatch.setattr(hub, "ZOO_DIR", tmp_path / "zoo")
     hub.ship_model(tmp_path / "p", "glimpse-tiny")
-    back = vtprune.pruner("glimpse", pruner="zoo:glimpse-tiny")
+    back = vtprune.pruner("glimpse", weights="zoo:glimpse-tiny")
     assert back.config == m.config
     for k, v in back.modules.state_dict().items():
         torch.testing.assert_close(v, m.modules.state_dict()[k].half().float())
@@ -58,16 +58,18 @@ def test_shipped_pruner_loads_from_the_zoo_in_half_precision(vlms, tmp_path, mon
 def test_pruner_wiring_and_errors(vlms, tmp_path):
     vlm = vlms["qwen2_5_vl"]
     small_pruner(vlm).save_pretrained(tmp_path)
-    m = vtprune.pruner("glimpse", pruner=str(tmp_path), keep=0.25, threshold=0.0)  # keep < 1 caps: 16 -> 4
-    assert m.to_dict()["pruner"] == str(tmp_path) and json.dumps(m.to_dict())
+    m = vtprune.pruner("glimpse", weights=str(tmp_path), keep=0.25, threshold=0.0)  # keep < 1 caps: 16 -> 4
+    assert m.to_dict()["weights"] == str(tmp_path) and json.dumps(m.to_dict())
+    with pytest.warns(DeprecationWarning, match="use weights"):  # the old name still works
+        assert vtprune.pruner("glimpse", pruner=str(tmp_path), keep=0.25, threshold=0.0).to_dict() == m.to_dict()
     assert [a.kept_tokens for a in vlm.generate([vtprune.Sample("q", [make_image(112, 112, 1)])], m, max_new_tokens=2)] == [4]
     built = build_method("glimpse", keep=None, layer=1, weights=str(tmp_path), num_layers=4)
-    assert isinstance(built, GlimpsePruner) and built.stages(4)[0].layer == 1
+    assert isinstance(built, GlimpsePruner) and built.stages(4)[0].after == 1
     with pytest.raises(ConfigError, match="learned"):
         vtprune.pruner("glimpse")
     with pytest.raises(ConfigError, match="4-layer"):
         m.stages(8)
     with pytest.raises(ModelLoadError):
-        vtprune.pruner("glimpse", pruner=str(tmp_path / "nowhere"))
+        vtprune.pruner("glimpse", weights=str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match="qwen2_5_vl"):  # a Qwen pruner on a LLaVA model
         vlms["llava"].generate([vtprune.Sample("q", [make_image(56, 56, 1)])], m, max_new_tokens=1)

@@ -106,7 +106,7 @@ def test_cli_trains_saves_resumes_and_the_pruner_loads(fam, tmp_path):
     assert main(args + ["--max-steps", "3", "--resume"]) == 0
     assert json.loads((out / "train_meta.json").read_text())["steps"] == 3
     vlm = vtprune.load(f"random:{fam}")
-    ans = vlm.generate([vtprune.Sample("where?", [make_image(84, 56, 0)])], vtprune.pruner("glimpse", pruner=str(out)),
+    ans = vlm.generate([vtprune.Sample("where?", [make_image(84, 56, 0)])], vtprune.pruner("glimpse", weights=str(out)),
                        max_new_tokens=3)[0]
     assert 1 <= ans.kept_tokens <= ans.visual_tokens
     assert main(["train", "glimpse", "--model", f"random:{fam}", "--data", str(tmp_path / "d.jsonl"), "--out",

@@ -25,8 +25,8 @@ def test_shipped_pruner_on_its_base_model(base: str, name: str) -> None:
     sample = vtprune.Sample(rec.question, [Image.open(rec.images[0]).convert("RGB")])
     batch = vlm.adapter.encode([sample])
     n = int(batch.visual_mask.sum())
-    free = prefill(vlm.adapter, batch, vtprune.pruner("glimpse", pruner=f"zoo:{name}"))
-    capped = prefill(vlm.adapter, batch, vtprune.pruner("glimpse", pruner=f"zoo:{name}", keep=0.111))
+    free = prefill(vlm.adapter, batch, vtprune.pruner("glimpse", weights=f"zoo:{name}"))
+    capped = prefill(vlm.adapter, batch, vtprune.pruner("glimpse", weights=f"zoo:{name}", keep=0.111))
     k_free, k_cap = int(free.kept_visual[0].numel()), int(capped.kept_visual[0].numel())
     assert 1 <= k_cap <= max(1, round(0.111 * n)) and k_cap <= k_free <= n
     # all n tokens pass layers 0..K (K = the trained layer), the survivors the remaining L - K - 1

@@ -62,3 +62,15 @@ def drop_steps(steps: set[int]):
 def load_small(family: str = "qwen2_5_vl") -> vtprune.VLM:
     torch.set_num_threads(1)
     return vtprune.load(f"random:{family}")
+
+
+def stts_with_scorer(vlm: vtprune.VLM, **settings: object) -> vtprune.Pruner:
+    """``pruner("stts", **settings)`` with a seeded untrained scorer sized to ``vlm``'s vision encoder (input width,
+    2x2 units; the rest at :class:`STTSConfig`'s defaults), built on purpose: STTS refuses to select without one."""
+    from vtprune.methods.stts import STTS, STTSConfig
+
+    m = vtprune.pruner("stts", **settings)
+    assert isinstance(m, STTS)
+    width = STTSConfig.for_vision_config(vlm.model.config.vision_config).vision_dim
+    m.init_scorer(STTSConfig(vision_dim=width, unit=4))
+    return m

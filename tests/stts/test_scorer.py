@@ -96,8 +96,14 @@ def test_selection_is_global_exact_and_keeps_the_first_step():
     assert keep_count(8, 4, 4, 0.5) == 64 and keep_count(16, 4, 4, 0.25) == 64  # budget from (T, H, W, keep) only
 
 
+def with_scorer(m: STTS, vision_dim: int = 32, unit: int = 4) -> STTS:
+    """``m`` with a seeded untrained scorer for ``[U, unit, vision_dim]`` units (built on purpose: no weights)."""
+    m.init_scorer(STTSConfig(vision_dim=vision_dim, unit=unit))
+    return m
+
+
 def test_select_on_a_context_batch_of_videos():
-    m = vtprune.pruner("stts", keep=0.5)
+    m = with_scorer(vtprune.pruner("stts", keep=0.5))
     hidden = torch.randn(2 * 6 + 3 * 4, 4, 32)
     ctx = VisionContext(stage=Stage("vit", 0), hidden=hidden, grids=[(2, 2, 3), (3, 2, 2)], depth=4, training=True)
     dec = m.select(ctx)
@@ -107,7 +113,7 @@ def test_select_on_a_context_batch_of_videos():
     assert dec.aux_loss is not None and dec.aux_loss.dim() == 0
     ctx.training = False
     assert m.select(ctx).aux_loss is None
-    assert vtprune.pruner("stts", keep=0.5, bias=False).select(ctx).key_bias is None
+    assert with_scorer(vtprune.pruner("stts", keep=0.5, bias=False)).select(ctx).key_bias is None
 
 
 def test_settings_and_stages():

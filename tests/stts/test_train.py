@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import vtprune
-from tests.stts.helpers import load_small, video
+from tests.stts.helpers import load_small, stts_with_scorer, video
 from vtprune.methods import Compose
 from vtprune.methods.stts import STTS, STTSConfig
 from vtprune.runtime.executor import prefill
@@ -57,9 +57,9 @@ def test_save_load_round_trip_saves_only_the_scorer(vlm, tmp_path):
     assert set(state) == {"scorer." + k for k in m.scorer.state_dict()}
     assert sum(v.numel() for v in state.values()) < sum(p.numel() for p in vlm.model.parameters()) / 10
     cfg = json.loads((tmp_path / "vtprune_config.json").read_text())
-    assert cfg["method"]["method"] == "stts" and cfg["vtprune_version"] == vtprune.__version__
+    assert cfg["method"] == "stts" and cfg["settings"]["block"] == 1 and cfg["vtprune_version"] == vtprune.__version__
     loaded = STTS.from_pretrained(tmp_path)
-    assert loaded == m
+    assert loaded.to_dict() == {**m.to_dict(), "weights": str(tmp_path)}
     for a, b in zip(m.scorer.state_dict().values(), loaded.scorer.state_dict().values()):
         assert torch.equal(a, b)
     batch = vlm.adapter.encode([vtprune.Sample("q", video=video(8, 112, 84, 9))])
@@ -73,9 +73,10 @@ def test_save_load_round_trip_saves_only_the_scorer(vlm, tmp_path):
 
 def test_compose_stts_in_the_vit_then_random_after_layer_k(vlm):
     batch = vlm.adapter.encode([vtprune.Sample("what moves?", video=video(8, 112, 84, 4))])  # 48 units
-    stts = vtprune.pruner("stts", keep=0.5)
+    stts = stts_with_scorer(vlm, keep=0.5)
     both = vtprune.pruner("stts", keep=0.5, then=vtprune.pruner("random", keep=0.25, layer=2, seed=1))
     assert both == Compose([vtprune.pruner("stts", keep=0.5), vtprune.pruner("random", keep=0.25, layer=2, seed=1)])
+    both = Compose([stts, vtprune.pruner("random", keep=0.25, layer=2, seed=1)])
     assert [s.site for s in both.stages(4)] == ["vit", "llm"]
     first = prefill(vlm.adapter, batch, stts)
     st = prefill(vlm.adapter, batch, both)

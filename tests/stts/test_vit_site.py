@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import vtprune
-from tests.stts.helpers import FixedVit, drop_steps, load_small, video
+from tests.stts.helpers import FixedVit, drop_steps, load_small, stts_with_scorer, video
 from vtprune.runtime import ops
 from vtprune.runtime.executor import Sampling, decode, prefill
 from vtprune.runtime.vision import resolve_block, run_tower
@@ -125,7 +125,7 @@ def _kept_positions(batch, b, kept_visual):
 def test_llm_sequence_shrinks_and_keeps_original_positions(vlm):
     samples = [vtprune.Sample("what moves?", video=video(8, 112, 84, 4))]  # T=4 steps of 4x3 units
     batch = vlm.adapter.encode(samples)
-    m = vtprune.pruner("stts", keep=0.4)
+    m = stts_with_scorer(vlm, keep=0.4)
     st = prefill(vlm.adapter, batch, m)
     n_vis = st.visual_tokens[0]
     assert n_vis == 48 and st.kept_tokens[0] == round(0.4 * 48) == 19
@@ -146,7 +146,7 @@ def test_batch_mixing_video_image_text_equals_singles(vlm):
                vtprune.Sample("an image", [make_image(112, 84, 1)]),
                vtprune.Sample("just text"),
                vtprune.Sample("video two", video=video(4, 84, 56, 6))]
-    m = vtprune.pruner("stts", keep=0.5, seed=1)
+    m = stts_with_scorer(vlm, keep=0.5, seed=1)
     batched = vlm.generate(samples, m, max_new_tokens=5)
     singles = [vlm.generate([s], m, max_new_tokens=5)[0] for s in samples]
     assert [a.text for a in batched] == [a.text for a in singles]
@@ -159,15 +159,15 @@ def test_qwen2_vl_keep_all_and_pruned():
     batch = vlm.adapter.encode([vtprune.Sample("q", video=video(4, 112, 84, 7))])
     st = prefill(vlm.adapter, batch, FixedVit(block=1), all_logits=True)
     torch.testing.assert_close(st.logits[0], _stock_logits(vlm, batch)[0], rtol=1e-5, atol=1e-5)
-    assert prefill(vlm.adapter, batch, vtprune.pruner("stts", keep=0.5)).kept_tokens == [12]
+    assert prefill(vlm.adapter, batch, stts_with_scorer(vlm, keep=0.5)).kept_tokens == [12]
 
 
 def test_bias_needs_a_following_block(vlm):
     batch = vlm.adapter.encode(_samples()[:1])
     with pytest.raises(vtprune.ConfigError, match="needs a block after"):
-        prefill(vlm.adapter, batch, vtprune.pruner("stts", keep=0.5, block=3))
+        prefill(vlm.adapter, batch, stts_with_scorer(vlm, keep=0.5, block=3))
     with pytest.raises(vtprune.ConfigError, match="out of range"):
-        prefill(vlm.adapter, batch, vtprune.pruner("stts", keep=0.5, block=9))
+        prefill(vlm.adapter, batch, stts_with_scorer(vlm, keep=0.5, block=9))
     llava = load_small("llava")
     from tests.conftest import make_image
     with pytest.raises(vtprune.UnsupportedModelError, match="not supported by this family"):

@@ -63,7 +63,7 @@ class _Plan:
     method: str
     keep: float | None
     layer: int | None
-    pruner: str | None
+    weights: str | None
     sweep_key: str | None
     sweep_values: list[Any]
 
@@ -84,31 +84,30 @@ def _parse_sweep(text: str) -> tuple[str, list[Any]]:
     return key, values
 
 
-UNTRAINED_NOTE = ("untrained {name} weights (no --pruner): the selection is arbitrary but the compute is that of a "
+UNTRAINED_NOTE = ("untrained {name} weights (no --weights): the selection is arbitrary but the compute is that of a "
                   "trained pruner of the same architecture at this retention")
 
 
 def _is_untrained(plan: _Plan) -> bool:
-    """A learned method benched without ``--pruner``: timed with seeded untrained weights sized to the shape."""
+    """A learned method benched without ``--weights``: timed with seeded untrained weights sized to the shape."""
     from vtprune.methods import get_method
+    from vtprune.methods.learned import LearnedPruner
 
-    return plan.pruner is None and getattr(get_method(plan.method), "trainable", False)
+    return plan.weights is None and issubclass(get_method(plan.method), LearnedPruner)
 
 
 def _make_method(plan: _Plan, keep: float | None, model: Any = None) -> Any:
     """The method under test, built and range-checked against the LLM depth actually run (the eval harness's
-    builder; training-free methods refuse ``--pruner``). A learned method without ``--pruner`` is built untrained
+    builder; training-free methods refuse ``--weights``). A learned method without ``--weights`` is built untrained
     for ``model`` (its ``untrained`` constructor); with ``model`` None it is only validated and None returned."""
     from vtprune.methods import get_method
     from vtprune.methods.base import check_keep, check_layer, check_stages
     from vtprune.methods.factory import build_method
 
     if not _is_untrained(plan):
-        return build_method(plan.method, keep=keep, layer=plan.layer, weights=plan.pruner, num_layers=plan.layers)
+        return build_method(plan.method, keep=keep, layer=plan.layer, weights=plan.weights, num_layers=plan.layers)
     check_keep(keep)
     cls = get_method(plan.method)
-    if not hasattr(cls, "untrained"):
-        raise ConfigError(f"method {plan.method!r} is learned and cannot be built untrained: pass --pruner")
     if plan.layer is not None:  # checked before the model is built, as build_method does for the rest
         if "llm" not in cls.sites:
             raise ConfigError(f"{plan.method} prunes inside the vision encoder; it takes no --layer")
@@ -127,7 +126,7 @@ def full_layers(method: Any, num_layers: int) -> int:
         return num_layers
     if any(s.site in ("vit", "pre_llm") for s in stages):
         return 0
-    return min(s.layer for s in stages if s.site == "llm") + 1
+    return min(s.after for s in stages if s.site == "llm") + 1
 
 
 def _load_avg() -> float | None:
@@ -233,7 +232,7 @@ def vit_blocks_all(method: Any, stage: Any, depth: int) -> int:
     applies in (:meth:`Pruner.vit_bias_blocks`)."""
     from vtprune.runtime.vision import resolve_block
 
-    cut = resolve_block(stage.layer, depth) + 1
+    cut = resolve_block(stage.after, depth) + 1
     return min(depth, cut + method.vit_bias_blocks())
 
 
@@ -248,8 +247,9 @@ def bench(
     method: str = typer.Option(..., "--method", help="Method to compare with none."),
     keep: Optional[float] = typer.Option(None, "--keep", help="Fraction of visual tokens to keep, in (0, 1]."),
     layer: Optional[int] = typer.Option(None, "--layer", help="Prune after this LLM layer (0-based)."),
-    pruner_path: Optional[str] = typer.Option(None, "--pruner", help="Trained pruner (zoo:<name> or directory); "
-                                              "learned methods without it are timed with untrained weights."),
+    weights: Optional[str] = typer.Option(None, "--weights", "--pruner", help="A learned method's weights (zoo:<name> "
+                                          "or directory; --pruner: deprecated alias); learned methods without them "
+                                          "are timed with untrained weights."),
     batch_size: int = typer.Option(1, "--batch-size", min=1),
     new_tokens: int = typer.Option(8, "--new-tokens", min=2, help="Tokens to decode (>= 2: one step is timed)."),
     repeat: int = typer.Option(3, "--repeat", min=1, help="Timed A/B rounds."),
@@ -322,7 +322,7 @@ def bench(
     fsize = parse_size(frame_size, "--frame-size")
     spec_args = dict(visual_tokens=visual_tokens, image_size=parse_size(image_size) if image_size else None,
                      frames=frames, frame_size=fsize)
-    plan = _Plan(s, n_layers, n_vit, dtype, device, method, keep, layer, pruner_path, sweep_key, sweep_values)
+    plan = _Plan(s, n_layers, n_vit, dtype, device, method, keep, layer, weights, sweep_key, sweep_values)
 
     # validate every point of the run before building anything
     points: list[tuple[Any, Any, VisualSpec]] = []

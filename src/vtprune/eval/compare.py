@@ -17,7 +17,7 @@ from vtprune.eval.runner import run_eval
 
 def run_compare(
     *, model: str, data: str, methods: list[str], keeps: list[float], out: Path, layer: int | None = None,
-    batch_size: int = 8, limit: int | None = None, max_new_tokens: int = 8, pruners: dict[str, str] | None = None,
+    batch_size: int = 8, limit: int | None = None, max_new_tokens: int = 8, weights: dict[str, str] | None = None,
     lora: str | None = None, vit_attention: str = "stock",
 ) -> dict[str, Any]:
     """Evaluate ``none`` once and every method at every keep ratio (all on ``model`` with the LoRA adapter ``lora``
@@ -25,7 +25,7 @@ def run_compare(
     writes the summary."""
     if not methods or not keeps:
         raise ConfigError("compare needs at least one method and one keep ratio")
-    pruners = pruners or {}
+    weights = weights or {}
     from vtprune.methods.base import check_keep
     from vtprune.methods.registry import get_method
 
@@ -47,7 +47,7 @@ def run_compare(
         tag = f"{method}-{keep if keep is not None else 'all'}"
         try:
             r = run_eval(model=model, data=data, method=method, keep=keep,
-                         layer=layer if method not in ("none",) else None, pruner=pruners.get(method),
+                         layer=layer if method not in ("none",) else None, weights=weights.get(method),
                          batch_size=batch_size, limit=limit, predictions=out / "preds" / f"{tag}.jsonl",
                          max_new_tokens=max_new_tokens, lora=lora, vit_attention=vit_attention)
         except UnreachableKeepError as e:

@@ -193,7 +193,7 @@ def score_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_eval(
     *, model: str, data: str, method: str = "none", keep: float | None = None, layer: int | None = None,
-    pruner: str | None = None, batch_size: int = 8, limit: int | None = None, predictions: Path | None = None,
+    weights: str | None = None, batch_size: int = 8, limit: int | None = None, predictions: Path | None = None,
     max_new_tokens: int = 16, progress: bool = False, num_frames: int | None = None, lora: str | None = None,
     vit_attention: str = "stock",
 ) -> dict[str, Any]:
@@ -218,8 +218,8 @@ def run_eval(
     lora = lora or plus_adapter(pruner)  # a GlimpsePrune+ folder brings its adapter
     vlm = load(model, lora=lora, vit_attention=vit_attention)
     num_frames = num_frames or vlm.video_frames
-    m = build_method(method, keep=keep, layer=layer, weights=pruner, num_layers=vlm.num_layers)
-    warn_unpaired_tuning(pruner, lora, model)
+    m = build_method(method, keep=keep, layer=layer, weights=weights, num_layers=vlm.num_layers)
+    warn_unpaired_tuning(weights, lora, model)
     settings = {"model": model, "data": data, "data_sha256": file_sha256(path), "method": m.to_dict(),
                 "max_new_tokens": max_new_tokens, "num_frames": num_frames}
     if lora is not None:

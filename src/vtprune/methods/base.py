@@ -16,6 +16,7 @@ A method declares
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import numbers
@@ -35,13 +36,17 @@ from vtprune.methods.registry import SITES, get_method  # noqa: F401  (SITES: th
 
 @dataclass(frozen=True)
 class Stage:
-    """One pruning point: ``site`` and, for ``llm``/``vit``, the layer/block after which tokens are cut.
+    """One pruning point: the ``site`` and where in that site's stack of layers tokens are cut.
 
-    For ``vit``, ``layer = -1`` asks for the default early block, ``round(3/27 * depth)`` (STTS's block 3 of 27,
-    scaled; see :func:`vtprune.runtime.vision.resolve_block`)."""
+    Attributes:
+        site: ``vit`` (inside the vision encoder), ``pre_llm`` (before the LLM) or ``llm`` (inside the LLM).
+        after: the 0-based index, in the site's own stack, of the layer after which tokens are cut: a decoder layer
+            at ``llm``, a vision block at ``vit`` (``-1``: the default early block, ``round(3/27 * depth)``, STTS's
+            block 3 of 27 scaled; :func:`vtprune.runtime.vision.resolve_block`); unused at ``pre_llm``.
+    """
 
     site: str
-    layer: int = -1
+    after: int = -1
 
 
 @dataclass
@@ -101,7 +106,7 @@ class Context:
 
 @dataclass
 class VisionContext:
-    """What a method sees at a ``vit`` stage: the vision encoder's hidden states after block ``stage.layer``, for
+    """What a method sees at a ``vit`` stage: the vision encoder's hidden states after block ``stage.after``, for
     every video item of the batch (images are never pruned in the encoder). ``U`` LLM-token units (one merge group
     of ``m`` ViT patches each, ``m = 4`` on Qwen: a unit becomes exactly one LLM token), ``Dv`` ViT width.
 
@@ -195,10 +200,10 @@ def check_stages(stages: list[Stage], num_layers: int) -> None:
     """The stages a method answered for an LLM of ``num_layers`` layers are in range (ViT blocks: >= 0, or -1 for
     the default block)."""
     for st in stages:
-        if st.site == "vit" and st.layer < -1:
-            raise ConfigError(f"ViT block must be >= 0 (or -1 for the default), got {st.layer}")
-        if st.site == "llm" and not (0 <= st.layer < num_layers):
-            raise ConfigError(f"layer {st.layer} out of range for a {num_layers}-layer LLM (0..{num_layers - 1})")
+        if st.site == "vit" and st.after < -1:
+            raise ConfigError(f"ViT block must be >= 0 (or -1 for the default), got {st.after}")
+        if st.site == "llm" and not (0 <= st.after < num_layers):
+            raise ConfigError(f"layer {st.after} out of range for a {num_layers}-layer LLM (0..{num_layers - 1})")
 
 
 def unpruned_kinds(method: Pruner | None, kinds: set[str]) -> list[str]:
@@ -375,7 +380,10 @@ class Pruner:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.name, **dataclasses.asdict(self)}
+        """The method's name and settings: its compared fields (state such as learned modules is declared with
+        ``compare=False`` and is not a setting)."""
+        fields = dataclasses.fields(self)
+        return {"method": self.name, **{f.name: copy.deepcopy(getattr(self, f.name)) for f in fields if f.compare}}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Pruner:

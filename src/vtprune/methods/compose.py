@@ -54,12 +54,12 @@ class Compose(Pruner):
         for m in self.methods:
             for st in m.stages(num_layers):
                 if st in owner:
-                    raise ConfigError(f"compose: {owner[st].name!r} and {m.name!r} both prune at {st.site} {st.layer}")
+                    raise ConfigError(f"compose: {owner[st].name!r} and {m.name!r} both prune at {st.site} {st.after}")
                 owner[st] = m
         return owner
 
     def stages(self, num_layers: int) -> list[Stage]:
-        return sorted(self.owners(num_layers), key=lambda s: (_SITE_ORDER[s.site], s.layer))
+        return sorted(self.owners(num_layers), key=lambda s: (_SITE_ORDER[s.site], s.after))
 
     def _member(self, ctx: Context | VisionContext) -> Pruner:
         """The member that answers at ``ctx``'s stage; a ``vit`` stage arrives with its default block resolved to an
@@ -71,7 +71,7 @@ class Compose(Pruner):
             owner = self.owners(ctx.num_layers)
             found = [owner[stage]] if stage in owner else [o for s, o in owner.items() if stage.site == s.site == "vit"]
         if len(found) != 1:
-            raise ConfigError(f"compose: {len(found)} members prune at {stage.site} {stage.layer}, expected one")
+            raise ConfigError(f"compose: {len(found)} members prune at {stage.site} {stage.after}, expected one")
         return found[0]
 
     def select(self, ctx: Context | VisionContext) -> torch.Tensor | VitDecision:  # type: ignore[override]

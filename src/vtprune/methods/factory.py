@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from vtprune.errors import ConfigError, VtpruneError
 from vtprune.hub import LORA_DIR, resolve
 from vtprune.methods.base import Pruner, check_keep, check_stages
 from vtprune.methods.compose import Compose
+from vtprune.methods.learned import LearnedPruner
 from vtprune.methods.registry import get_method, split_name
 
 log = logging.getLogger(__name__)
@@ -22,13 +24,23 @@ def pruner(name: str, **settings: Any) -> Pruner:
     """Build a registered method by name, e.g. ``pruner("random", keep=0.25, layer=2)``; ``pruner("divprune@frame",
     keep=0.5)`` is ``pruner("divprune", keep=0.5, per_frame=True)`` (an image method applied frame by frame).
 
-    ``then=<Pruner>`` chains a second method after this one (see :class:`vtprune.methods.compose.Compose`), e.g.
-    ``pruner("stts", keep=0.5, then=pruner("random", keep=0.25, layer=2))``.
+    ``weights=<directory or zoo:name>`` loads a learned method's weights
+    (:meth:`~vtprune.methods.learned.LearnedPruner.from_pretrained`). ``then=<Pruner>`` chains a second method after
+    this one (see :class:`vtprune.methods.compose.Compose`), e.g.
+    ``pruner("stts", weights="zoo:stts-synth-qwen2_5_vl", then=pruner("random", keep=0.25, layer=2))``.
     """
     then = settings.pop("then", None)
     if then is not None:
         return Compose([pruner(name, **settings), then])
     cls = get_method(name)
+    if "pruner" in settings and issubclass(cls, LearnedPruner):  # the deprecated name of the weights' location
+        warnings.warn("pruner=<path> is deprecated; use weights=<path>", DeprecationWarning, stacklevel=2)
+        settings["weights"] = settings.pop("pruner")
+    weights = settings.pop("weights", None)
+    if weights is not None:
+        if not issubclass(cls, LearnedPruner):
+            raise ConfigError(f"method {name!r} is training-free and takes no weights", argument="weights")
+        return cls.from_pretrained(weights, **settings)
     if split_name(name)[1]:
         settings["per_frame"] = True
     known = {f.name for f in dataclasses.fields(cls)}
@@ -43,13 +55,14 @@ def build_method(name: str, *, keep: float | None, layer: int | None, weights: s
     directory or ``zoo:<name>``). Errors are :class:`ConfigError`."""
     cls = get_method(name)
     check_keep(keep)
+    learned = issubclass(cls, LearnedPruner)
     if weights is not None:
-        loader = getattr(cls, "from_pretrained", None)
-        if loader is None:
-            raise ConfigError(f"method {name!r} is training-free and takes no weights (--pruner)")
-        m = loader(weights, keep=keep, layer=layer)
-    elif getattr(cls, "trainable", False) and getattr(cls, "requires_pruner", True):
-        raise ConfigError(f"method {name!r} is learned: give its weights (a directory or zoo:<name>; --pruner on the command line)")
+        if not learned:
+            raise ConfigError(f"method {name!r} is training-free and takes no weights (--weights)", argument="weights")
+        m: Pruner = cls.from_pretrained(weights, keep=keep, layer=layer)
+    elif learned:
+        raise ConfigError(f"method {name!r} is learned: give its weights (a directory or zoo:<name>; --weights on "
+                          "the command line)", argument="weights")
     else:
         m = pruner(name, keep=keep, layer=layer)
     check_stages(m.stages(num_layers), num_layers)

@@ -87,6 +87,6 @@ class PDrop(Pruner):
 
     def select(self, ctx: Context) -> torch.Tensor:
         bounds, lam = self.schedule(ctx.num_layers)
-        s = bounds.index(ctx.stage.layer + 1) + 1
+        s = bounds.index(ctx.stage.after + 1) + 1
         counts = keep_counts(lam**s, ctx.visual_total, ctx.visual_counts)
         return topk_mask(last_query_visual_attention(ctx), ctx.visual_valid, counts)

@@ -209,7 +209,7 @@ class PrefillSession:
         self.stages = method.stages(self.num_layers)
         check_stages(self.stages, self.num_layers)
         cut_stages = [s for s in self.stages if s.site in ("pre_llm", "llm")]
-        self.last_stage = max(cut_stages, key=lambda s: (s.site == "llm", s.layer)) if cut_stages else None
+        self.last_stage = max(cut_stages, key=lambda s: (s.site == "llm", s.after)) if cut_stages else None
         self.cache = DynamicCache(config=adapter.text_config)
         self.computed_upto = -1  # the last decoder layer whose KV cache holds the sequence
         self.scores: list[torch.Tensor] = []
@@ -304,7 +304,7 @@ class PrefillSession:
     def run_layers(self) -> None:
         """The stock decoder layers in order; after layer ``i`` the ``llm`` stage at ``i``, if any."""
         adapter, seq, method = self.adapter, self.seq, self.method
-        at_layer = {s.layer: s for s in self.stages if s.site == "llm"}
+        at_layer = {s.after: s for s in self.stages if s.site == "llm"}
         cos_sin, mask = self.layer_inputs()
         for i, layer in enumerate(adapter.layers):
             dev_i = adapter.layer_device(i)

@@ -144,7 +144,7 @@ def embed_with_vit(adapter: Any, batch: Any, method: Pruner, stage: Stage, *, vi
     unit_keep: list[torch.Tensor] = []
 
     def tower(pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> TowerOutput:
-        out = run_tower(adapter.vision_plan(pixel_values, grid_thw), stage.layer, method.select, name=method.name,
+        out = run_tower(adapter.vision_plan(pixel_values, grid_thw), stage.after, method.select, name=method.name,
                         num_layers=adapter.num_layers)
         decisions.append(out.decision)
         unit_keep.append(out.keep)

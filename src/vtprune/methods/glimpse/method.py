@@ -8,12 +8,12 @@ question and image), they and the text are cut out of the sequence and the KV ca
 token is removed too, and layers K+1.. and decoding run on the short sequence.
 
 The pruner attaches to the unmodified base model: only ``model.safetensors`` (glimpse + VIP weights) and
-``vtprune_config.json`` are saved. ``keep < 1`` caps the kept fraction per image (the paper's "<= 11.1%" rows).
+``vtprune_config.json`` are saved (:mod:`vtprune.methods.learned`; official GlimpsePrune files load too).
+``keep < 1`` caps the kept fraction per image (the paper's "<= 11.1%" rows).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from vtprune.errors import ConfigError, ModelLoadError
-from vtprune.methods.base import Context, Pruner, Stage, hf_model
+from vtprune.methods.base import Context, Stage, hf_model
+from vtprune.methods.learned import CONFIG_NAME, LearnedPruner, pruner_dir
 from vtprune.methods.registry import register_method
 from vtprune.methods.glimpse.config import GlimpseConfig, check_selection
 from vtprune.methods.glimpse.features import Groups, glimpse_attention, select_tokens, vision_levels
@@ -31,24 +32,20 @@ from vtprune.methods.glimpse.plus import ADAPTER_MODES, plus_adapter
 
 log = logging.getLogger(__name__)
 
-CONFIG_NAME = "vtprune_config.json"
-WEIGHTS_NAME = "model.safetensors"
-
 
 @register_method
 @dataclass
-class GlimpsePruner(Pruner):
+class GlimpsePruner(LearnedPruner):
     """GlimpsePrune: a learned glimpse token + importance predictor; dynamic per-sample retention (after layer K)."""
 
     name = "glimpse"
     sites = ("llm",)
     requires = frozenset({"last_query_attention", "vision_outputs", "vision_features"})
-    trainable = True
-    requires_pruner = True
     modalities = ("image",)
 
-    pruner: str | None = None
-    """Trained pruner: a directory (vtprune or official GlimpsePrune layout) or ``zoo:<name>``."""
+    weights: str | None = None
+    """Where the weights were loaded from (a directory, vtprune or official layout, or ``zoo:<name>``); set by
+    :meth:`from_pretrained`."""
     threshold: float | None = None
     """Keep sigmoid(logit) > threshold; None = the pruner's default (0.5); 0 keeps every token."""
     max_remain_ratio: float | None = None
@@ -71,12 +68,10 @@ class GlimpsePruner(Pruner):
         if self.adapter_mode not in ADAPTER_MODES:
             raise ConfigError(f"adapter_mode must be one of {', '.join(ADAPTER_MODES)}, got {self.adapter_mode!r}")
         if self.adapter is None:
-            self.adapter = plus_adapter(self.pruner)
-        if self.config is None and self.pruner is not None:
-            self.config, self.modules = load_pruner(self.pruner)
+            self.adapter = plus_adapter(self.weights)
         if self.config is None:
-            raise ConfigError("method 'glimpse' is learned: pass pruner=<directory or zoo:name> "
-                              "(or build an untrained one with GlimpsePruner.for_model(model))")
+            raise ConfigError("method 'glimpse' is learned: load weights (weights=<directory or zoo:name>, "
+                              "GlimpsePruner.from_pretrained) or build untrained ones (GlimpsePruner.for_model(model))")
         if self.modules is None:
             self.modules = GlimpseModules(self.config)
         self.modules.eval()
@@ -105,31 +100,46 @@ class GlimpsePruner(Pruner):
     @classmethod
     def from_pretrained(cls, path: str | Path, *, keep: float | None = None, layer: int | None = None,
                         **settings: Any) -> GlimpsePruner:
-        """Load a saved pruner (``save_pretrained`` layout, the official ``new_modules_gp.pt`` layout, or
-        ``zoo:<name>``); ``keep``/``layer``/selection settings override its defaults."""
-        cfg, mods = load_pruner(str(path))
-        kw = {k: v for k, v in dict(keep=keep, layer=layer, **settings).items() if v is not None}
-        return cls(pruner=str(path), config=cfg, modules=mods, **kw)
+        """Load saved weights (vtprune's layout, the official GlimpsePrune files, or ``zoo:<name>``);
+        ``keep``/``layer``/selection settings override the saved ones."""
+        from vtprune.methods.glimpse.official import OFFICIAL_FILE, OFFICIAL_SAFETENSORS, is_official, load_official
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write ``vtprune_config.json`` and ``model.safetensors`` (the pruner's own weights only)."""
-        from safetensors.torch import save_file
+        d = pruner_dir(path)
+        if (d / CONFIG_NAME).is_file():
+            m = super().from_pretrained(path, keep=keep, layer=layer, **settings)
+            assert isinstance(m, GlimpsePruner)
+            return m
+        if not is_official(d):
+            raise ModelLoadError(f"{d} is not a glimpse pruner (no {CONFIG_NAME}, {OFFICIAL_FILE} or "
+                                 f"{OFFICIAL_SAFETENSORS})")
+        cfg, mods = load_official(d)
+        given = {k: v for k, v in dict(keep=keep, layer=layer, **settings).items() if v is not None}
+        return cls(weights=str(path), config=cfg, modules=mods, **given)
 
-        from vtprune.version import __version__
+    # --- the learned-pruner hooks ------------------------------------------------------------------
+    def module(self) -> GlimpseModules | None:
+        return self.modules
 
-        assert self.config is not None and self.modules is not None
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().to("cpu").contiguous() for k, v in self.modules.state_dict().items()}
-        save_file(state, str(d / WEIGHTS_NAME), metadata={"format": "pt", "method": self.name})
-        meta = {"method": self.name, "vtprune_version": __version__, "config": self.config.to_dict()}
-        (d / CONFIG_NAME).write_text(json.dumps(meta, indent=1, sort_keys=True))
+    def module_config(self) -> dict[str, Any]:
+        return self._cfg.to_dict()
+
+    @classmethod
+    def with_module(cls, settings: dict[str, Any], module_config: dict[str, Any]) -> GlimpsePruner:
+        cfg = GlimpseConfig.from_dict(module_config)
+        m = cls.from_dict({**settings, "config": cfg, "modules": GlimpseModules(cfg)})
+        assert isinstance(m, GlimpsePruner)
+        return m
+
+    def settings(self) -> dict[str, Any]:
+        d = super().settings()
+        d.pop("adapter", None)  # found beside the weights when loaded, not a saved setting
+        return d
 
     def trained_adapter(self) -> tuple[str, str] | None:
         return (self.adapter, self.adapter_mode) if self.adapter is not None and self.adapter_mode != "off" else None
 
     def to_dict(self) -> dict[str, Any]:
-        keys = ("keep", "layer", "pruner", "threshold", "max_remain_ratio", "min_remain", "fixed_remain_ratio",
+        keys = ("keep", "layer", "weights", "threshold", "max_remain_ratio", "min_remain", "fixed_remain_ratio",
                 "adapter_mode", "adapter")
         return {"method": self.name, **{k: getattr(self, k) for k in keys}}
 
@@ -227,39 +237,3 @@ class GlimpsePruner(Pruner):
         with torch.autocast(ctx.hidden.device.type, dtype=dt, enabled=half):
             logits = mods.vip(attn, conds, pos, groups.valid)
         return logits.float(), groups
-
-
-def resolve_pruner_path(path: str) -> Path:
-    from vtprune.hub import resolve
-
-    p = resolve(path).expanduser()  # an unknown zoo name raises there
-    if not p.is_dir():
-        raise ModelLoadError(f"cannot load glimpse pruner {path!r}: not a directory (or zoo:<name>)")
-    return p
-
-
-def load_pruner(path: str) -> tuple[GlimpseConfig, GlimpseModules]:
-    """Config and weights from a vtprune pruner directory or an official GlimpsePrune one (``new_modules_gp.pt``)."""
-    from vtprune.hub import read_config, read_weights
-
-    d = resolve_pruner_path(path)
-    if (d / CONFIG_NAME).is_file():
-        meta = read_config(d / CONFIG_NAME)
-        if meta.get("method") != "glimpse":
-            raise ModelLoadError(f"{d} holds a {meta.get('method')!r} pruner, not a glimpse one")
-        meta = read_config(d / CONFIG_NAME, "config")
-        try:
-            cfg = GlimpseConfig.from_dict(meta["config"])
-        except (ConfigError, TypeError) as e:  # a value of the wrong type or range in the file
-            raise ModelLoadError(f"{d / CONFIG_NAME}: {e}") from None
-        mods = GlimpseModules(cfg)
-        try:
-            mods.load_state_dict(read_weights(d / WEIGHTS_NAME), strict=True)
-        except RuntimeError as e:
-            raise ModelLoadError(f"cannot load glimpse weights from {d}: {e}") from None
-        return cfg, mods
-    from vtprune.methods.glimpse.official import OFFICIAL_FILE, OFFICIAL_SAFETENSORS, is_official, load_official
-
-    if is_official(d):
-        return load_official(d)
-    raise ModelLoadError(f"{d} is not a glimpse pruner (no {CONFIG_NAME}, {OFFICIAL_FILE} or {OFFICIAL_SAFETENSORS})")

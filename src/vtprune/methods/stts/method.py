@@ -21,27 +21,22 @@ video, plus block ``j + 1`` run one attention segment at a time.
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from vtprune.errors import ConfigError, ModelLoadError
-from vtprune.methods.base import Pruner, Stage, VisionContext, VitDecision, hf_model
+from vtprune.errors import ConfigError
+from vtprune.methods.base import Stage, VisionContext, VitDecision, hf_model
+from vtprune.methods.learned import LearnedPruner
 from vtprune.methods.registry import register_method
 from vtprune.methods.stts.config import STTSConfig
 from vtprune.methods.stts.modules import STTSScorer, unit_change
-from vtprune.version import __version__
 
 log = logging.getLogger(__name__)
 
-CONFIG_NAME = "vtprune_config.json"
-WEIGHTS_NAME = "model.safetensors"
-PREFIX = "scorer."
 TEMPORAL_LOSSES = ("mse", "bce")
 
 
@@ -93,13 +88,13 @@ def temporal_targets(units: torch.Tensor) -> torch.Tensor:
 
 @register_method
 @dataclass
-class STTS(Pruner):
+class STTS(LearnedPruner):
     """STTS: learned spatio-temporal token scoring, cutting video tokens inside the vision encoder."""
 
     name = "stts"
     sites = ("vit",)
-    trainable = True
     modalities = ("video",)
+    prefix = "scorer."
 
     block: int | None = None
     """ViT block after which the scorer runs (block + 1 carries the bias); None: ``round(3/27 * depth)``."""
@@ -116,7 +111,11 @@ class STTS(Pruner):
     bias_floor: float = -2.0
     """Log of the smallest key weight of the bias."""
     seed: int = 0
-    """Init seed of a scorer built without trained weights."""
+    """Init seed of a scorer built without trained weights (:meth:`init_scorer`, :meth:`untrained`)."""
+    weights: str | None = None
+    """Where the scorer's weights were loaded from; set by :meth:`from_pretrained`."""
+    scorer: STTSScorer | None = field(default=None, repr=False, compare=False)
+    """The learned scorer; None until weights are loaded or built."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -128,7 +127,6 @@ class STTS(Pruner):
             raise ConfigError(f"temporal_loss must be one of {', '.join(TEMPORAL_LOSSES)}, got {self.temporal_loss!r}")
         if not self.bias_floor < 0:
             raise ConfigError(f"bias_floor must be < 0, got {self.bias_floor}")
-        self.scorer: STTSScorer | None = None
 
     def stages(self, num_layers: int) -> list[Stage]:
         if self.keep >= 1.0:  # nothing to prune: the stock model, exactly
@@ -148,9 +146,9 @@ class STTS(Pruner):
 
     def _scorer_for(self, hidden: torch.Tensor) -> STTSScorer:
         if self.scorer is None:
-            log.warning("stts: no trained scorer loaded; using a randomly initialised one (seed %d)", self.seed)
-            self.init_scorer(STTSConfig(vision_dim=hidden.shape[-1], unit=hidden.shape[-2]))
-        assert self.scorer is not None
+            raise ConfigError("stts has no scorer weights: load them (weights=<directory or zoo:name>, "
+                              "STTS.from_pretrained) or build untrained ones on purpose (STTS.untrained(model), "
+                              "init_scorer)")
         if self.scorer.config.vision_dim != hidden.shape[-1] or self.scorer.config.unit != hidden.shape[-2]:
             raise ConfigError(f"stts scorer expects units of {self.scorer.config.unit} x {self.scorer.config.vision_dim}, "
                               f"the model gives {hidden.shape[-2]} x {hidden.shape[-1]}")
@@ -194,52 +192,18 @@ class STTS(Pruner):
         m.init_scorer(STTSConfig.for_vision_config(hf.config.vision_config))
         return m
 
-    # --- save / load: only the scorer's weights -------------------------------------------------------------------
-    def save_pretrained(self, path: str | Path) -> None:
-        """Write ``vtprune_config.json`` (settings + scorer shape + version) and ``model.safetensors`` (scorer only)."""
-        from safetensors.torch import save_file
+    # --- the learned-pruner hooks ------------------------------------------------------------------------------
+    def module(self) -> STTSScorer | None:
+        return self.scorer
 
+    def module_config(self) -> dict[str, Any]:
         if self.scorer is None:
-            raise ConfigError("stts: no scorer to save (train one, or call init_scorer)")
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
-        state = {PREFIX + k: v.detach().float().cpu().contiguous() for k, v in self.scorer.state_dict().items()}
-        save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
-        cfg = {"method": self.to_dict(), "scorer": self.scorer.config.to_dict(), "vtprune_version": __version__}
-        (out / CONFIG_NAME).write_text(json.dumps(cfg, indent=1, sort_keys=True))
+            raise ConfigError("stts: no scorer (train one, or call init_scorer)")
+        return self.scorer.config.to_dict()
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, keep: float | None = None, layer: int | None = None,
-                        **overrides: Any) -> STTS:
-        """Load a saved scorer (a directory or ``zoo:<name>``); ``keep`` and other settings may be overridden."""
-        if layer is not None:
-            raise ConfigError("stts prunes inside the vision encoder; it takes no layer")
-        from vtprune.hub import read_config, read_weights, resolve
-
-        p = resolve(path)
-        if not (p / CONFIG_NAME).is_file() or not (p / WEIGHTS_NAME).is_file():
-            raise ModelLoadError(f"no STTS scorer at {path} (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
-        cfg = read_config(p / CONFIG_NAME, "method", "scorer")
-        settings = dict(cfg["method"])
-        if settings.pop("method", "stts") != cls.name:
-            raise ModelLoadError(f"{path} holds a {cfg['method'].get('method')!r} pruner, not stts")
-        try:
-            saved = cls.from_dict(settings)
-            scorer_cfg = STTSConfig.from_dict(cfg["scorer"])
-        except (ConfigError, TypeError) as e:  # a value of the wrong type or range in the file
-            raise ModelLoadError(f"{p / CONFIG_NAME}: {e}") from None
-        settings = {**saved.to_dict(), **{k: v for k, v in {"keep": keep, **overrides}.items() if v is not None}}
-        settings.pop("method")
+    def with_module(cls, settings: dict[str, Any], module_config: dict[str, Any]) -> STTS:
         m = cls.from_dict(settings)
         assert isinstance(m, STTS)
-        scorer = m.init_scorer(scorer_cfg)
-        state = {k[len(PREFIX):]: v for k, v in read_weights(p / WEIGHTS_NAME).items() if k.startswith(PREFIX)}
-        try:
-            scorer.load_state_dict(state, strict=True)
-        except RuntimeError as e:  # missing tensors or other shapes than the config says
-            raise ModelLoadError(f"the weights in {p / WEIGHTS_NAME} do not fit its config: {_first(e)}") from None
+        m.init_scorer(STTSConfig.from_dict(module_config))
         return m
-
-
-def _first(e: BaseException) -> str:
-    return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
