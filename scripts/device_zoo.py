@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from vtprune.eval.runner import run_eval
     from vtprune.testbed.sets import ensure_set
-    from vtprune.training.base import train_base
+    from vtprune.training.zoo import train_base
 
     init, model_type, data, frames, val = TARGETS[a.target]
     t0 = time.perf_counter()

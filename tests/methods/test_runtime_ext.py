@@ -11,22 +11,9 @@ import torch
 import vtprune
 from tests.conftest import make_image, refused, stock_logits_from_embeds
 from vtprune.methods.base import Context, Pruner, Stage
-from vtprune.runtime import ops
 from vtprune.runtime.executor import prefill
 
 SAMPLE = [vtprune.Sample("what is left of the blue square?", [make_image(112, 84, 1)])]
-
-
-def test_replace_rows_writes_only_selected_rows():
-    x = torch.arange(12.0).view(1, 6, 2)
-    index = torch.tensor([[2, 4, 0]])  # the third entry is padding sharing index 0
-    rows = torch.tensor([[True, False, False]])
-    new = torch.full((1, 3, 2), -1.0)
-    out = ops.replace_rows(x, index, rows, new)
-    expect = x.clone()
-    expect[0, 2] = -1.0
-    assert torch.equal(out, expect) and torch.equal(x, torch.arange(12.0).view(1, 6, 2))
-    assert ops.replace_rows(x, index, torch.zeros_like(rows), new) is x
 
 
 @dataclass

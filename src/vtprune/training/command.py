@@ -98,7 +98,7 @@ def base(
                                       "time (--steps then only caps the run)."),
 ) -> None:
     """Train a small VLM of a real HF class from scratch on testbed data (the zoo recipe)."""
-    from vtprune.training.base import train_base
+    from vtprune.training.zoo import train_base
 
     _progress_to_stderr()
 

@@ -160,7 +160,7 @@ def content_token_ids(tokenizer: Any) -> torch.Tensor:
     """``[C]``: the vocabulary id of each content class's first token (:data:`IGNORE` for ``none``).
 
     Glyphs are one token each (``k``); table words and numbers give their first piece (``47`` -> ``4``). The zoo
-    recipe's readout loss (:class:`~vtprune.training.base.ZooRecipe`) uses it as the target of the LM head read at
+    recipe's readout loss (:class:`~vtprune.training.zoo.ZooRecipe`) uses it as the target of the LM head read at
     a visual token, so what the tower saw there is written in the same vocabulary the answers use."""
     ids = [IGNORE] + [tokenizer.encode(c, add_special_tokens=False)[0] for c in CONTENT_CLASSES[1:]]
     return torch.tensor(ids, dtype=torch.long)

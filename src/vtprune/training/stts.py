@@ -258,7 +258,7 @@ def train_stts(
         vlm.tokenizer.save_pretrained(out / "base_model")
         vlm.image_processor.save_pretrained(out / "base_model")
         if vlm.video_frames is not None:  # the frame sampling the base model came with (``vtprune.load`` reads it)
-            from vtprune.training.base import write_processing
+            from vtprune.training.zoo import write_processing
 
             write_processing(out / "base_model", vlm.video_frames)
 

@@ -8,7 +8,6 @@ from transformers import DynamicCache
 
 import vtprune
 from tests.conftest import make_image
-from vtprune.runtime import ops
 from vtprune.runtime.executor import Sampling, decode, prefill
 
 
@@ -139,20 +138,3 @@ def test_decoding_continues_at_unpruned_positions(vlms):
     pruned = prefill(vlm.adapter, batch, vtprune.pruner("uniform", keep=0.25, layer=0))
     assert pruned.positions.shape[-1] < full.positions.shape[-1]
     assert torch.equal(pruned.positions[..., -1], full.positions[..., -1])
-
-
-def test_ops_compact_and_scatter():
-    keep = torch.tensor([[True, False, True, True], [False, True, False, False]])
-    index, valid = ops.compact_index(keep)
-    assert index.tolist()[0] == [0, 2, 3] and valid.tolist() == [[True, True, True], [False, False, True]]
-    assert index[1, -1] == 1
-    x = torch.arange(8.0).view(2, 4)
-    assert ops.gather_seq(x.unsqueeze(-1), index, 1).squeeze(-1)[0].tolist() == [0.0, 2.0, 3.0]
-    cache = torch.arange(2 * 1 * 4 * 1.0).view(2, 1, 4, 1)
-    assert ops.gather_seq(cache, index, 2)[0, 0, :, 0].tolist() == [0.0, 2.0, 3.0]
-    # padding entries pointing at index 0 must not undo the drop of position 0
-    keep_vis = torch.tensor([[False, True], [True, False]])
-    vidx = torch.tensor([[0, 1], [2, 0]])
-    valid_v = torch.tensor([[True, True], [True, False]])
-    seq_keep = ops.scatter_visual(keep_vis, vidx, valid_v, 4)
-    assert seq_keep.tolist() == [[False, True, True, True], [True, True, True, True]]

@@ -49,7 +49,7 @@ def test_unknown_zoo_entry_lists_what_is_shipped():
 
 def test_caption_turn_leaves_the_answer_untouched(vlms):
     from tests.conftest import make_image
-    from vtprune.training.base import _token_ce
+    from vtprune.training.zoo import _token_ce
     from vtprune.training.supervised import encode_with_answers
 
     vlm = vlms["qwen2_5_vl"]
@@ -80,7 +80,7 @@ def test_train_base_rejects_a_negative_caption_weight(tmp_path, capsys):
 
 def test_scene_question_turns_are_labelled_apart_from_answer_and_caption(vlms):
     from tests.conftest import make_image
-    from vtprune.training.base import _token_ce
+    from vtprune.training.zoo import _token_ce
     from vtprune.training.supervised import encode_with_answers
 
     vlm = vlms["qwen2_5_vl"]
@@ -107,7 +107,7 @@ def test_scene_question_turns_are_labelled_apart_from_answer_and_caption(vlms):
 def test_llava_recipe_starts_from_sincos_positions():
     import math
 
-    from vtprune.training.base import build_untrained
+    from vtprune.training.zoo import build_untrained
 
     model, _, _ = build_untrained("llava")
     emb = model.model.vision_tower.embeddings
@@ -124,7 +124,7 @@ def test_readout_loss_is_the_lm_head_read_at_the_chosen_layer():
     from tests.conftest import make_image
     from vtprune.errors import ConfigError
     from vtprune.adapters.spec import build_random
-    from vtprune.training.base import ZooRecipe
+    from vtprune.training.zoo import ZooRecipe
     from vtprune.training.probe import CONTENT_CLASSES, IGNORE, NT, content_token_ids
     from vtprune.training.supervised import encode_with_answers
 

@@ -88,7 +88,7 @@ def test_scene_question_evidence_is_the_builders_evidence(task):
 
 def test_recipe_adds_the_loss_and_trains_the_supervised_layers_queries():
     from vtprune.data.dataset import read_jsonl, resolve_data
-    from vtprune.training.base import ZooRecipe, _collator
+    from vtprune.training.zoo import ZooRecipe, _collator
 
     vlm = vtprune.load("random:qwen2_5_vl")
     recs = [r for r in read_jsonl(resolve_data("testbed:image-mini"))][:3]
@@ -170,7 +170,7 @@ def test_video_scene_questions_known_answers():
 
 def test_recipe_supervises_video_evidence_and_question_turns():
     from vtprune.data.dataset import read_jsonl, resolve_data
-    from vtprune.training.base import ZooRecipe, _collator
+    from vtprune.training.zoo import ZooRecipe, _collator
 
     vlm = vtprune.load("random:qwen2_5_vl")
     recs = [r for r in read_jsonl(resolve_data("testbed:video-mini"))][:5]  # one of each task

@@ -8,7 +8,6 @@ import torch
 
 import vtprune
 from tests.stts.helpers import FixedVit, drop_steps, load_small, stts_with_scorer, video
-from vtprune.runtime import ops
 from vtprune.runtime.executor import Sampling, decode, prefill
 from vtprune.runtime.vision import resolve_block, run_tower
 
@@ -105,11 +104,7 @@ def test_packed_encoder_equals_masked_reference(vlm, block, with_bias):
     torch.testing.assert_close(out.features, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_cut_cu_seqlens_recounts_segments():
-    cu = torch.tensor([0, 4, 8, 12], dtype=torch.int32)
-    keep = torch.tensor([1, 0, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1]).bool()
-    assert ops.cut_cu_seqlens(cu, keep).tolist() == [0, 3, 7]  # the empty middle segment disappears
-    assert ops.unit_rows(torch.tensor([True, False]), 2).tolist() == [True, True, False, False]
+def test_default_block_scales_stts_block_3_of_27():
     assert resolve_block(-1, 4) == 0 and resolve_block(-1, 6) == 1 and resolve_block(-1, 27) == 3
     assert resolve_block(-1, 32) == 4
 
