@@ -186,7 +186,7 @@ metadata:
     ("pretrained=random:qwen2_5_vl,method=nope", "unknown method"),
     ("pretrained=random:qwen2_5_vl,method=fastv,keep=1.5", "keep"),
     ("pretrained=random:qwen2_5_vl,method=fastv,keep=0.5,layer=99", "layer 99"),
-    ("pretrained=random:qwen2_5_vl,method=glimpse", "--pruner"),
+    ("pretrained=random:qwen2_5_vl,method=glimpse", "is learned"),
     ("pretrained=random:qwen2_5_vl,kep=0.5", "unknown model_args kep"),
     ("pretrained=random:nosuchfamily", "nosuchfamily"),
     ("method=fastv", "pretrained="),

@@ -3,8 +3,8 @@
 Prefill runs the stock decoder layers in our own loop so the sequence can shrink between layers: a
 :class:`PrefillSession` holds the live sequence and the KV cache, asks the method at each stage and applies its
 answer as the caller's :class:`CutPolicy` says (a hard cut at inference; recorded scores or a relaxed cut in
-training). Every cut goes through :mod:`vtprune.runtime.ops`. Decoding calls the stock model forward one token at a time with the pruned
-cache, the compacted attention mask and explicit position ids that continue from the unpruned prompt, exactly the
+training). Every cut goes through :mod:`vtprune.runtime.ops`. Decoding calls the stock model forward one token
+at a time with the pruned cache, the compacted attention mask and explicit position ids that continue from the unpruned prompt, exactly the
 inputs stock ``generate`` would build, so keep-all is token-identical to it.
 """
 

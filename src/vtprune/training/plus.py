@@ -176,7 +176,7 @@ def rollout(vlm: Any, method: Pruner, samples: list[Any], group: int, temperatur
     eos = vlm.eos_ids()
     tokens = decode(adapter, state, Sampling(max_new_tokens=max_new_tokens, temperature=temperature), eos,
                     row_seeds=seeds)
-    layer = next(s.layer for s in method.stages(adapter.num_layers) if s.site == "llm")
+    layer = next(s.after for s in method.stages(adapter.num_layers) if s.site == "llm")
     return Rollout(batch=batch, tokens=tokens, mask=completion_mask(tokens, eos), kept=state.kept_visual, layer=layer,
                    texts=[t.strip() for t in vlm.tokenizer.batch_decode(tokens.cpu(), skip_special_tokens=True)],
                    retention=state.retention())
