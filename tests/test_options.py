@@ -48,3 +48,34 @@ def test_ints_choices_and_output_directories(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(ConfigError, match="out must be a directory, but .* is a file"):
         check_out_dir("out", tmp_path / "f")
+
+
+def test_options_come_from_the_config_fields():
+    """The CLI's flags, defaults and help are the config dataclass's fields and attribute docstrings."""
+    import dataclasses
+
+    from vtprune.options import field_docs, setting
+
+    @dataclasses.dataclass
+    class Settings:
+        out: str
+        """Where results go."""
+        max_steps: int | None = None
+        lr: float = 1e-3
+        """Peak learning
+        rate."""
+
+    assert field_docs(Settings) == {"out": "Where results go.", "lr": "Peak learning rate."}
+    opt = setting(Settings, "lr")
+    assert opt.default == 1e-3 and opt.param_decls == ("--lr",) and opt.help == "Peak learning rate."
+    assert setting(Settings, "out").default is ... and setting(Settings, "max_steps", "--steps").param_decls == ("--steps",)
+
+
+def test_train_commands_show_their_configs_docs(capsys):
+    from vtprune.cli import main
+    from vtprune.training.glimpse import GlimpseTrainSettings
+    from vtprune.options import field_docs
+
+    assert main(["train", "glimpse", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert " ".join(field_docs(GlimpseTrainSettings)["epochs"].split()) in out

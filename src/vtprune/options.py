@@ -59,3 +59,44 @@ def check_out_dir(name: str, path: str | Path) -> None:
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise ConfigError(f"{name} must be a directory, but {p} is a file", argument=name)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The attribute docstrings of a dataclass (a string literal right under a field), by field name."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, nxt in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr)
+                    and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def setting(cls: type, name: str, flag: str | None = None, **typer_kw: Any) -> Any:
+    """A ``typer.Option`` for the dataclass field ``cls.<name>``: its default, the flag ``--<name-with-dashes>``
+    (or ``flag``), and its attribute docstring as the help, so a command's options come from its config."""
+    import dataclasses
+
+    import typer
+
+    f = next(x for x in dataclasses.fields(cls) if x.name == name)
+    default = f.default if f.default is not dataclasses.MISSING else ...
+    help_text = typer_kw.pop("help", None) or _plain(field_docs(cls).get(name, ""))
+    return typer.Option(default, flag or "--" + name.replace("_", "-"), help=help_text or None, **typer_kw)
+
+
+def _plain(doc: str) -> str:
+    """A docstring as terminal text: ``code`` and :role:`~a.b.name` become code and name; rich's [markup] escaped."""
+    import re
+
+    doc = re.sub(r":\w+:`~?([^`]+)`", lambda m: m.group(1).rsplit(".", 1)[-1], doc)
+    return doc.replace("``", "").replace("[", "\\[")

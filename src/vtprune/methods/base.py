@@ -190,7 +190,8 @@ def check_keep(keep: float | None) -> None:
 
 
 def check_layer(layer: int, num_layers: int) -> int:
-    """An LLM decoder layer index for an LLM of ``num_layers`` layers; returns it as an int."""
+    """An LLM decoder layer index for an LLM of ``num_layers`` layers; returns it as an int. The one range check of
+    LLM layers: methods, stages and commands all call it."""
     if not 0 <= layer < num_layers:
         raise ConfigError(f"layer {layer} out of range for a {num_layers}-layer LLM (0..{num_layers - 1})")
     return int(layer)
@@ -202,8 +203,8 @@ def check_stages(stages: list[Stage], num_layers: int) -> None:
     for st in stages:
         if st.site == "vit" and st.after < -1:
             raise ConfigError(f"ViT block must be >= 0 (or -1 for the default), got {st.after}")
-        if st.site == "llm" and not (0 <= st.after < num_layers):
-            raise ConfigError(f"layer {st.after} out of range for a {num_layers}-layer LLM (0..{num_layers - 1})")
+        if st.site == "llm":
+            check_layer(st.after, num_layers)
 
 
 def unpruned_kinds(method: Pruner | None, kinds: set[str]) -> list[str]:
@@ -343,9 +344,7 @@ class Pruner:
     def stages(self, num_layers: int) -> list[Stage]:
         """Where this configuration prunes on an LLM of ``num_layers`` layers."""
         if self.layer is not None:
-            if self.layer >= num_layers:
-                raise ConfigError(f"layer {self.layer} out of range for a {num_layers}-layer LLM (0..{num_layers - 1})")
-            return [Stage("llm", int(self.layer))]
+            return [Stage("llm", check_layer(self.layer, num_layers))]
         return [Stage(self.sites[0], -1)]
 
     def select(self, ctx: Context) -> torch.Tensor:

@@ -9,6 +9,10 @@ from typing import Optional
 import typer
 
 from vtprune.errors import ConfigError
+from vtprune.options import setting
+from vtprune.training.glimpse import GlimpseTrainSettings, LossWeights
+from vtprune.training.stts import STTSTrainSettings
+from vtprune.training.zoo import BaseTrainSettings
 
 
 train_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
@@ -47,55 +51,33 @@ def _float_list(text: str, option: str) -> tuple[float, ...]:
         raise ConfigError(f"{option} must be comma-separated numbers, got {text!r}") from None
 
 
-def _workers_option() -> typer.models.OptionInfo:
-    """``--workers``, the same for every training command."""
-    return typer.Option(0, "--workers", min=0,
-                        help="DataLoader processes that collate batches (0: in the training process; "
-                             "a few keep a GPU fed).")
-
-
 @train_app.command("base")
 def base(
     model_type: str = typer.Option(..., "--model-type", help="qwen2_5_vl or llava"),
     data: list[str] = typer.Option(..., "--data", help="JSONL or testbed:<name> (repeatable)."),
-    out: Path = typer.Option(..., "--out"),
-    steps: int = typer.Option(3000, "--steps"),
-    batch_size: int = typer.Option(16, "--batch-size"),
-    lr: float = typer.Option(2e-3, "--lr"),
+    out: Path = setting(BaseTrainSettings, "out"),
+    steps: int = setting(BaseTrainSettings, "steps"),
+    batch_size: int = setting(BaseTrainSettings, "batch_size"),
+    lr: float = setting(BaseTrainSettings, "lr"),
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in OUT."),
-    video_frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Resample videos to this many frames."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's)."),
+    video_frames: Optional[int] = setting(BaseTrainSettings, "video_frames", "--frames"),
+    threads: Optional[int] = setting(BaseTrainSettings, "threads"),
     init: Optional[str] = typer.Option(None, "--init", help="Start from this model (zoo:<name> or a directory)."),
-    describe_weight: float = typer.Option(0.5, "--describe-weight", min=0.0,
-                                          help="Loss weight of the 'Describe the image.' caption turn (0: off)."),
-    probe_weight: float = typer.Option(1.0, "--probe-weight", min=0.0,
-                                       help="Loss weight of the dense per-token scene probe on the visual tokens (0: off)."),
-    vision_steps: int = typer.Option(300, "--vision-steps", min=0,
-                                     help="Steps pre-training the vision side alone on reading scenes first (0: off)."),
-    vision_batch_size: int = typer.Option(32, "--vision-batch-size", min=1),
-    qa_turns: int = typer.Option(4, "--qa-turns", min=0,
-                                 help="Extra questions per image or video drawn from its scene, as further turns "
-                                      "(0: off)."),
-    attn_weight: float = typer.Option(0.5, "--attn-weight", min=0.0,
-                                      help="Loss weight of evidence attention: one head per supervised layer looks "
-                                           "at the question's evidence boxes (0: off)."),
+    describe_weight: float = setting(BaseTrainSettings, "describe_weight"),
+    probe_weight: float = setting(BaseTrainSettings, "probe_weight"),
+    vision_steps: int = setting(BaseTrainSettings, "vision_steps"),
+    vision_batch_size: int = setting(BaseTrainSettings, "vision_batch_size"),
+    qa_turns: int = setting(BaseTrainSettings, "qa_turns"),
+    attn_weight: float = setting(BaseTrainSettings, "attn_weight"),
     attn_layers: Optional[str] = typer.Option(None, "--attn-layers",
                                               help="Comma-separated LLM layers for --attn-weight (default: L/4 and L/2)."),
-    workers: int = _workers_option(),
-    readout_weight: float = typer.Option(0.0, "--readout-weight", min=0.0,
-                                         help="Loss weight of the vocabulary readout: the LM head, read at "
-                                              "--readout-layer, names each visual token's glyph or table word "
-                                              "(0: off)."),
+    workers: int = setting(BaseTrainSettings, "workers"),
+    readout_weight: float = setting(BaseTrainSettings, "readout_weight"),
     readout_layer: Optional[int] = typer.Option(None, "--readout-layer",
                                                 help="Decoder layers before the readout (1..L; default L/2)."),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes",
-                                                help="Stop training after this much wall time and save (the "
-                                                     "learning-rate schedule still follows --steps unless "
-                                                     "--schedule time)."),
-    schedule: str = typer.Option("steps", "--schedule",
-                                 help="steps: cosine learning rate over --steps | time: over --max-minutes of wall "
-                                      "time (--steps then only caps the run)."),
+    max_minutes: Optional[float] = setting(BaseTrainSettings, "max_minutes"),
+    schedule: str = setting(BaseTrainSettings, "schedule"),
 ) -> None:
     """Train a small VLM of a real HF class from scratch on testbed data (the zoo recipe)."""
     from vtprune.training.zoo import train_base
@@ -116,28 +98,25 @@ def base(
 def glimpse(
     model: str = typer.Option(..., "--model", help="Base model: random:<family>, zoo:<name> or a local path."),
     data: list[str] = typer.Option(..., "--data", help="JSONL or testbed:<name> (repeatable)."),
-    out: Path = typer.Option(..., "--out", help="Where the pruner (and checkpoints/) go."),
-    mode: str = typer.Option("auto", "--mode", help="box (Dice+BCE on evidence boxes + glimpse CE), boxfree "
-                             "(distil from the unpruned model), auto (box if the data has boxes)."),
+    out: Path = setting(GlimpseTrainSettings, "out"),
+    mode: str = setting(GlimpseTrainSettings, "mode"),
     layer: int | None = typer.Option(None, "--layer", help="Prune after this LLM layer (default ceil(2L/3)-1)."),
-    epochs: float = typer.Option(1.0, "--epochs"),
-    lr: float = typer.Option(1e-4, "--lr"),
-    batch_size: int = typer.Option(4, "--batch-size"),
-    grad_accum: int = typer.Option(1, "--grad-accum"),
-    max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
+    epochs: float = setting(GlimpseTrainSettings, "epochs"),
+    lr: float = setting(GlimpseTrainSettings, "lr"),
+    batch_size: int = setting(GlimpseTrainSettings, "batch_size"),
+    grad_accum: int = setting(GlimpseTrainSettings, "grad_accum"),
+    max_steps: int | None = setting(GlimpseTrainSettings, "max_steps"),
     vip_size: int | None = typer.Option(None, "--vip-size", help="VIP width S (default 256; small for tiny models)."),
     cond_size: int | None = typer.Option(None, "--cond-size", help="ViT conditioning width C (default 512)."),
-    retention_weight: float = typer.Option(0.05, "--retention-weight", help="boxfree: weight of the mean keep probability."),
-    relax: str = typer.Option("sampled", "--relax", help="boxfree: how training sees the cut: sampled (the hard cut, "
-                              "decisions drawn with P = keep probability, straight-through), hard (the threshold's cut, "
-                              "straight-through) or sigmoid (every key scaled by its keep probability)."),
-    save_steps: int = typer.Option(500, "--save-steps"),
+    retention_weight: float = setting(LossWeights, "retention", "--retention-weight"),
+    relax: str = setting(GlimpseTrainSettings, "relax"),
+    save_steps: int = setting(GlimpseTrainSettings, "save_steps"),
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in OUT."),
-    workers: int = _workers_option(),
+    workers: int = setting(GlimpseTrainSettings, "workers"),
 ) -> None:
     """Train a GlimpsePrune pruner (glimpse token + importance predictor) on a frozen base model."""
-    from vtprune.training.glimpse import LossWeights, train_glimpse
+    from vtprune.training.glimpse import train_glimpse
 
     config = {k: v for k, v in dict(vip_size=vip_size, cond_size=cond_size).items() if v is not None}
     meta = train_glimpse(model=model, data=list(data), out=out, mode=mode, layer=layer, epochs=epochs, lr=lr,
@@ -149,26 +128,22 @@ def glimpse(
 
 @train_app.command("stts")
 def stts(
-    out: Path = typer.Option(..., "--out", help="Directory for the scorer (model.safetensors + vtprune_config.json)."),
+    out: Path = setting(STTSTrainSettings, "out"),
     model: str = typer.Option("zoo:synth-video-qwen2_5_vl", "--model", help="Base VLM (Qwen2-VL / Qwen2.5-VL)."),
     data: list[str] = typer.Option(["testbed:video-train"], "--data", help="JSONL or testbed:<name> (repeatable)."),
-    keep: float = typer.Option(0.5, "--keep", help="Fraction of each video's units kept after the bias block."),
+    keep: float = setting(STTSTrainSettings, "keep"),
     block: int | None = typer.Option(None, "--block", help="ViT block the scorer reads (default round(3/27*depth))."),
-    tune: str = typer.Option("none", "--tune", help="Also train: none | lora (LLM attention, peft) | full."),
-    steps: int = typer.Option(1000, "--steps"),
-    batch_size: int = typer.Option(4, "--batch-size"),
-    lr: float = typer.Option(1e-4, "--lr"),
-    temporal_weight: float = typer.Option(0.5, "--temporal-weight", help="Weight of the temporal loss."),
-    temporal_loss: str = typer.Option("mse", "--temporal-loss",
-                                      help="mse (STTS) | bce (cross-entropy on the score's logit; does not stall "
-                                           "when the sigmoid saturates)."),
+    tune: str = setting(STTSTrainSettings, "tune"),
+    steps: int = setting(STTSTrainSettings, "steps"),
+    batch_size: int = setting(STTSTrainSettings, "batch_size"),
+    lr: float = setting(STTSTrainSettings, "lr"),
+    temporal_weight: float = setting(STTSTrainSettings, "temporal_weight"),
+    temporal_loss: str = setting(STTSTrainSettings, "temporal_loss"),
     num_frames: int | None = typer.Option(None, "--num-frames", help="Frames decoded per video (default: all)."),
-    lora_rank: int = typer.Option(8, "--lora-rank"),
+    lora_rank: int = setting(STTSTrainSettings, "lora_rank"),
     seed: int = typer.Option(0, "--seed"),
-    workers: int = _workers_option(),
-    keep_range: str | None = typer.Option(None, "--keep-range",
-                                          help="LO,HI: draw each step's keep ratio from [LO, HI] instead of --keep "
-                                               "(which stays the saved default)."),
+    workers: int = setting(STTSTrainSettings, "workers"),
+    keep_range: str | None = setting(STTSTrainSettings, "keep_range", metavar="LO,HI"),
     similarity_input: bool = typer.Option(False, "--similarity-input",
                                           help="Also feed the scorer each unit's change from the previous step "
                                                "(1 - cos; not in STTS)."),

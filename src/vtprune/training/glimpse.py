@@ -185,7 +185,7 @@ class LossWeights:
     kl: float = 1.0
     """boxfree: KL(unpruned || relaxed-pruned) of the first answer token."""
     retention: float = 0.05
-    """boxfree: the mean keep probability (``--retention-weight``)."""
+    """boxfree: weight of the mean keep probability (``--retention-weight``)."""
 
     def __post_init__(self) -> None:
         for name in ("loc", "bce", "le", "kl"):
@@ -198,25 +198,31 @@ class GlimpseTrainSettings:
     """The run settings of :func:`train_glimpse`, checked before anything loads."""
 
     out: Path
-    """Directory the pruner goes to (checkpoints under ``out/checkpoints``); an existing file is refused."""
+    """Where the pruner goes (checkpoints under out/checkpoints); an existing file is refused."""
     mode: str = "auto"
-    """``box``, ``boxfree`` or ``auto`` (box if the data has boxes)."""
+    """box (Dice+BCE on evidence boxes + glimpse CE), boxfree (distil from the unpruned model), auto (box if the
+    data has boxes)."""
     epochs: float = 1.0
-    """Passes over the data (fractions allowed)."""
+    """Passes over the data (fractions allowed), > 0."""
     lr: float = 1e-4
-    """Peak learning rate (cosine schedule)."""
+    """Peak learning rate (cosine schedule), > 0."""
     batch_size: int = 4
+    """Samples per optimizer step and process (before gradient accumulation)."""
     grad_accum: int = 1
+    """Batches accumulated per optimizer step."""
     max_steps: int | None = None
-    """Stop after this many optimizer steps (overrides ``epochs``)."""
+    """Stop after this many optimizer steps (overrides epochs)."""
     warmup: float = 0.1
     """Fraction of the steps spent warming the learning rate up, in [0, 1]."""
     save_steps: int = 500
+    """Optimizer steps between checkpoints."""
     logging_steps: int = 10
     relax: str = DEFAULT_RELAX
-    """boxfree: how training sees the cut (:data:`vtprune.training.relax.RELAXATIONS`)."""
+    """boxfree: how training sees the cut: sampled (the hard cut, decisions drawn with P = keep probability,
+    straight-through), hard (the threshold's cut, straight-through) or sigmoid (every key scaled by its keep
+    probability)."""
     workers: int = 0
-    """DataLoader processes that collate batches."""
+    """DataLoader processes that collate batches (0: in the training process; a few keep a GPU fed)."""
 
     def __post_init__(self) -> None:
         from vtprune.training.relax import RELAXATIONS

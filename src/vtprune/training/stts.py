@@ -155,22 +155,26 @@ class STTSTrainSettings:
     """The run settings of :func:`train_stts`, checked before anything loads."""
 
     out: Path
-    """Directory the scorer goes to; an existing file is refused."""
+    """Directory for the scorer (model.safetensors + vtprune_config.json); an existing file is refused."""
     keep: float = 0.5
-    """Fraction of each video's units kept after the bias block while training, in (0, 1)."""
+    """Fraction of each video's units kept after the bias block, in (0, 1)."""
     tune: str = "none"
-    """Also train: ``none`` | ``lora`` (LLM attention, peft) | ``full``."""
+    """Also train: none | lora (LLM attention, peft) | full."""
     steps: int = 1000
+    """Optimizer steps."""
     batch_size: int = 4
     lr: float = 1e-4
+    """Learning rate, > 0."""
     temporal_weight: float = 0.5
     """Weight of the temporal loss, >= 0."""
     temporal_loss: str = "mse"
-    """``mse`` (STTS) | ``bce``."""
+    """mse (STTS) | bce (cross-entropy on the score's logit; does not stall when the sigmoid saturates)."""
     lora_rank: int = 8
     workers: int = 0
+    """DataLoader processes that collate batches (0: in the training process; a few keep a GPU fed)."""
     keep_range: tuple[float, float] | None = None
-    """``(lo, hi)``: each step's keep drawn from it, ``0 < lo <= hi < 1``."""
+    """(lo, hi): draw each step's keep ratio from [lo, hi] instead of keep (which stays the saved default);
+    0 < lo <= hi < 1."""
 
     def __post_init__(self) -> None:
         from vtprune.methods.stts.method import TEMPORAL_LOSSES

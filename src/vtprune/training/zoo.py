@@ -41,9 +41,8 @@ ZOO_SIZES: dict[str, dict[str, Any]] = {
     "qwen2_5_vl": dict(hidden=128, layers=8, heads=4, kv_heads=2, vit_depth=6, vit_hidden=96, vit_heads=4,
                        window_size=112),
     # LLaVA-1.5's 14 px patches on a 224 px squashed input (no centre crop: it could cut the evidence out):
-    # 16x16 = 256 visual tokens. Tried first: 28 px patches at 336 px (144 tokens), with one patch per glyph at a
-    # random offset the tower did not learn to read (7% of glyphs after 280 warm-up steps; Qwen's 14 px: 89%);
-    # LLaVA-1.5's own 336 px (576 tokens) costs 7 s per warm-up step on 2 cores, 4.5x the 224 px input
+    # 16x16 = 256 visual tokens, which a from-scratch tower learns to read and 2 cores can train (the sizes that
+    # were tried: BENCHMARKS.md, "Zoo models")
     "llava": dict(hidden=128, layers=8, heads=4, kv_heads=2, vit_depth=6, vit_hidden=96, vit_heads=4, image_size=224,
                   patch_size=14),
 }
@@ -72,9 +71,9 @@ def sincos_positions(embeddings: torch.nn.Module) -> None:
     """Start a CLIP tower's learned position table from 2-D sine-cosine positions (as MAE does), CLS row zero.
 
     HF initialises it with std 0.02 against patch embeddings of std ~0.5: the from-scratch tower then has no usable
-    sense of where a patch is (Qwen's tower has 2-D RoPE from the start). In the vision warm-up at 224 px the
-    default start reached 58% of shape kinds by step 220; this one 66% by step 300 (glyphs stayed near 7% either
-    way). Half the channels encode the row, half the column, each as sin/cos at geometric frequencies."""
+    sense of where a patch is (Qwen's tower has 2-D RoPE from the start); the vision warm-up learns faster from
+    this start (BENCHMARKS.md, "Zoo models"). Half the channels encode the row, half the column,
+    each as sin/cos at geometric frequencies."""
     w = embeddings.position_embedding.weight
     side, d = math.isqrt(int(embeddings.num_patches)), w.shape[1]
     q = d // 4
@@ -314,30 +313,42 @@ class BaseTrainSettings:
     out: Path
     """Directory the model goes to (checkpoints under ``out/checkpoints``); an existing file is refused."""
     steps: int = 3000
+    """Optimizer steps (with ``schedule="time"``: only a cap)."""
     batch_size: int = 16
     lr: float = 2e-3
     warmup: float = 0.05
     """Fraction of the schedule spent warming the learning rate up, in [0, 1)."""
     describe_weight: float = 0.5
-    """Loss weight of the "Describe the image." caption turn (0: off)."""
+    """Loss weight of a second turn "Describe the image." -> the record's ``caption`` (testbed image sets carry one);
+    0 trains on the answers alone."""
     probe_weight: float = 1.0
-    """Loss weight of the dense per-token scene probe on the visual tokens (0: off)."""
+    """Loss weight of the dense token probe on the visual tokens of records that carry their scene
+    (:mod:`vtprune.training.probe`; 0: off)."""
     vision_steps: int = 300
-    """Steps pre-training the vision side alone on reading scenes first (0: off)."""
+    """Steps pre-training the vision side alone with that probe on generated reading scenes first
+    (:func:`~vtprune.training.probe.vision_warmup`; skipped when resuming; 0: off)."""
     vision_batch_size: int = 32
     qa_turns: int = 4
-    """Extra questions per image or video drawn from its scene, as further turns (0: off)."""
+    """Further questions the image's scene or the video's tracks answer (:func:`scene_qa`), added as extra turns
+    (0: off)."""
     attn_weight: float = 0.5
-    """Loss weight of evidence attention (0: off)."""
+    """Loss weight of evidence attention (:mod:`vtprune.training.evidence`): the first head of each supervised
+    layer looks at the reply's evidence boxes (a video's in the temporal patches of their frames); 0: off."""
     readout_weight: float = 0.0
-    """Loss weight of the vocabulary readout (0: off)."""
+    """Loss weight of the vocabulary readout at the readout layer (:class:`ZooRecipe`), on records that carry their
+    scene (0: off)."""
     workers: int = 0
+    """DataLoader processes that collate batches (image processing and question drawing: what keeps a GPU fed)."""
     max_minutes: float | None = None
-    """Stop training after this much wall time, > 0."""
+    """Stop after this much wall time, > 0 (the model is saved as at the last step)."""
     schedule: str = "steps"
-    """``steps``: cosine over ``steps``; ``time``: over ``max_minutes`` of wall time (needs ``max_minutes``)."""
+    """``steps``: the cosine learning-rate schedule runs over ``steps``; ``time``: over ``max_minutes`` of wall time
+    (:class:`~vtprune.training.common.WallClockCosine`), for a fixed time budget at an unknown step rate."""
     video_frames: int | None = None
+    """Resample every video to this many frames; saved with the model as its processing default
+    (``vtprune_processing.json``), as HF video processors carry their frame sampling."""
     threads: int | None = None
+    """torch CPU threads (default: torch's)."""
 
     def __post_init__(self) -> None:
         check_out_dir("out", self.out)
@@ -371,30 +382,11 @@ def train_base(
     max_minutes: float | None = None, readout_weight: float = 0.0, readout_layer: int | None = None,
     schedule: str = "steps",
 ) -> dict[str, Any]:
-    """Train a zoo-sized ``model_type`` on ``data`` (JSONL paths or ``testbed:`` names) and save it to ``out``.
-
-    ``video_frames`` resamples every video to that many frames; it is saved with the model as its processing
-    default (``vtprune_processing.json``), as HF video processors carry their frame sampling. ``init`` (a model
-    name or directory, e.g. ``zoo:synth-qwen2_5_vl``) starts from those weights with a fresh schedule instead of a
-    random initialisation: how a shipped zoo model is trained further. ``describe_weight`` > 0 adds a second turn
-    "Describe the image." -> the record's ``caption`` (testbed image sets carry one) to every such sample, with
-    that weight on its loss; 0 trains on the answers alone. ``probe_weight`` > 0 adds the dense token probe on the
-    visual tokens of records that carry their scene (testbed sets do; see :mod:`vtprune.training.probe`).
-    ``vision_steps`` > 0 first pre-trains the vision side alone with that probe on generated reading scenes
-    (:func:`~vtprune.training.probe.vision_warmup`), skipped when resuming from a checkpoint. ``qa_turns`` > 0
-    adds up to that many further questions the image's scene or the video's tracks answer (:func:`scene_qa`) as
-    extra turns.
-    ``attn_weight`` > 0 adds evidence attention (:mod:`vtprune.training.evidence`) on the first head of each of
-    ``attn_layers`` (default: layers L/4 and L/2 of an L-layer LLM) for every reply whose evidence boxes are known
-    (a video's in the temporal patches of their frames).
-    ``workers`` > 0 collates batches in that many DataLoader processes (what keeps a GPU busy: collation, i.e.
-    image processing and question drawing, costs about 7 ms a sample on one core). ``max_minutes`` ends training
-    after that much wall time (the model is saved as at the last step). On a machine with CUDA everything,
-    the vision warm-up included, runs on the GPU. ``readout_weight`` > 0 adds the readout loss at
-    ``readout_layer`` (default L/2; see :class:`ZooRecipe`) on records that carry their scene. ``schedule``
-    "steps" runs the cosine learning-rate schedule over ``steps``; "time" runs it over ``max_minutes`` of wall
-    time instead (:class:`~vtprune.training.common.WallClockCosine`), ``steps`` then only capping the run: for a
-    fixed time budget on a machine whose step rate is not known beforehand."""
+    """Train a zoo-sized ``model_type`` on ``data`` (JSONL paths or ``testbed:`` names) and save it to ``out``: the
+    recipe of the shipped zoo models (:class:`ZooRecipe`). Every setting is documented on
+    :class:`BaseTrainSettings`; ``init`` (a model name or directory) starts from those weights with a fresh schedule,
+    ``attn_layers`` / ``readout_layer`` place the evidence-attention and readout losses (default L/4 and L/2, and
+    L/2). Returns the run's metadata (also ``out/train_meta.json``)."""
     from transformers import TrainingArguments
 
     from vtprune.adapters import get_adapter

@@ -13,6 +13,7 @@ from typing import Any
 
 from vtprune.methods.base import check_settings
 from vtprune.errors import ConfigError
+from vtprune.methods.base import check_layer
 
 
 LOG_SOFTMAX_FAMILIES = ("llava",)
@@ -85,8 +86,7 @@ class GlimpseConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.cond_size < 0:
             raise ConfigError(f"cond_size must be >= 0, got {self.cond_size}")
-        if not (0 <= self.layer < self.num_layers):
-            raise ConfigError(f"layer {self.layer} out of range for a {self.num_layers}-layer LLM")
+        check_layer(self.layer, self.num_layers)
         self.le_layers = sorted(int(i) for i in self.le_layers) if self.le_layers else list(range(self.num_layers))
         if 0 not in self.le_layers or any(not (0 <= i < self.num_layers) for i in self.le_layers):
             raise ConfigError(f"le_layers must contain 0 and lie in 0..{self.num_layers - 1}, got {self.le_layers}")

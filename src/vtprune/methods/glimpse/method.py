@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from vtprune.errors import ConfigError, ModelLoadError
-from vtprune.methods.base import Context, Stage, hf_model
+from vtprune.methods.base import Context, Stage, check_layer, hf_model
 from vtprune.methods.learned import CONFIG_NAME, LearnedPruner, pruner_dir
 from vtprune.methods.registry import register_method
 from vtprune.methods.glimpse.config import GlimpseConfig, check_selection
@@ -150,8 +150,7 @@ class GlimpsePruner(LearnedPruner):
             raise ConfigError(f"this glimpse pruner was trained for a {cfg.num_layers}-layer LLM; "
                               f"the model has {num_layers} layers")
         K = cfg.layer if self.layer is None else int(self.layer)
-        if not (0 <= K < num_layers):
-            raise ConfigError(f"layer {K} out of range for a {num_layers}-layer LLM (0..{num_layers - 1})")
+        check_layer(K, num_layers)
         if K != cfg.layer:
             log.warning("glimpse pruner trained at layer %d, pruning after layer %d", cfg.layer, K)
         return [Stage("llm", K)]

@@ -104,8 +104,8 @@ class STTS(LearnedPruner):
     """The temporal loss: ``"mse"`` (STTS: squared error between the score and its target) or ``"bce"`` (binary
     cross-entropy of the score's logit against the target clipped to [0, 1]; not in STTS). Both are minimised by
     the same score, the target's expectation; the MSE's gradient carries the sigmoid's slope and vanishes once a
-    learning rate large enough to push the logits far negative on mostly static video has done so (at 1e-3 a scorer
-    fitted to testbed videos had its logits near -30 by step 50 and stopped learning), the BCE's does not."""
+    learning rate large enough to push the logits far negative on mostly static video has done so, the BCE's does
+    not (BENCHMARKS.md, "STTS on video")."""
     bias: bool = True
     """Apply the scores as a key bias in block ``block + 1`` (STTS); False cuts right after ``block``."""
     bias_floor: float = -2.0
