@@ -71,7 +71,8 @@ def test_lmms_eval_equals_vtprune_eval(task, tmp_path, model, method):
     data, task_dir = task
     args = ",".join(f"{k}={v}" for k, v in {"pretrained": model, **method, "batch_size": 3}.items())
     res = lmms_run(task_dir, args, tmp_path / "out")
-    report, rows = vtprune_eval(data, tmp_path, model=model, **method)
+    lib = {("weights" if k == "pruner" else k): v for k, v in method.items()}  # the plugin's pruner= is weights=
+    report, rows = vtprune_eval(data, tmp_path, model=model, **lib)
     got = predictions(res)
     # lmms-eval in batches of 3 == vtprune eval one at a time
     assert len(got) == 4 and got == {i: r["prediction"] for i, r in rows.items()}
