@@ -22,24 +22,24 @@ def test_ranges_known_answers():
     check_range("warmup", 1.0, 0, 1)
     check_positive("lr", 1e-12)
     check_range("keep", 0.5, 0, 1, lo_open=True, hi_open=True)
-    with pytest.raises(ConfigError, match=r"warmup must be in \[0, 1\), got 1.0"):
+    with pytest.raises(ConfigError, match=r"warmup must be a finite number in \[0, 1\), got 1.0"):
         check_range("warmup", 1.0, 0, 1, hi_open=True)
-    with pytest.raises(ConfigError, match="lr must be > 0, got 0"):
+    with pytest.raises(ConfigError, match="lr must be a finite number > 0, got 0"):
         check_positive("lr", 0)
-    with pytest.raises(ConfigError, match="attn_weight must be >= 0, got -0.5"):
+    with pytest.raises(ConfigError, match="attn_weight must be a finite number >= 0, got -0.5"):
         check_range("attn_weight", -0.5, 0)
-    with pytest.raises(ConfigError, match="lr must be a number, got 'x'"):
+    with pytest.raises(ConfigError, match="lr must be a finite number > 0, got 'x'"):
         check_positive("lr", "x")
-    with pytest.raises(ConfigError, match="must be a number"):
+    with pytest.raises(ConfigError, match="must be a finite number"):
         check_positive("lr", True)
 
 
 def test_ints_choices_and_output_directories(tmp_path):
     check_int("steps", 1, 1)
-    with pytest.raises(ConfigError, match="workers must be >= 0, got -1") as e:
+    with pytest.raises(ConfigError, match="workers must be an integer >= 0, got -1") as e:
         check_int("workers", -1, 0)
     assert e.value.argument == "workers"
-    with pytest.raises(ConfigError, match="steps must be an integer, got 2.5"):
+    with pytest.raises(ConfigError, match="steps must be an integer >= 1, got 2.5"):
         check_int("steps", 2.5, 1)
     with pytest.raises(ConfigError, match="mode must be one of box, boxfree, got 'x'"):
         check_choice("mode", "x", ("box", "boxfree"))

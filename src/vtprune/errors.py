@@ -57,7 +57,7 @@ def check_int(name: str, value: object, minimum: int | None = None, error: type[
     (:class:`ConfigError` by default) naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (minimum is not None and value < minimum):
         need = "an integer" + (f" >= {minimum}" if minimum is not None else "")
-        raise (error or ConfigError)(f"{name} must be {need}, got {value!r}")
+        raise (error or ConfigError)(f"{name} must be {need}, got {value!r}", argument=name)
     return int(value)
 
 
@@ -76,5 +76,5 @@ def check_real(name: str, value: object, lo: float | None = None, hi: float | No
         where = f" in {lo_s}, {hi_s}" if lo is not None and hi is not None else (
             f" {'>' if lo_open else '>='} {lo:g}" if lo is not None else f" {'<' if hi_open else '<='} {hi:g}"
             if hi is not None else "")
-        raise (error or ConfigError)(f"{name} must be a finite number{where}, got {value!r}")
+        raise (error or ConfigError)(f"{name} must be a finite number{where}, got {value!r}", argument=name)
     return float(value)  # type: ignore[arg-type]

@@ -4,47 +4,22 @@ the user typed (``epochs`` -> ``--epochs``)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from vtprune.errors import ConfigError
+from vtprune.errors import ConfigError, check_int, check_real
+
+__all__ = ["check_choice", "check_int", "check_out_dir", "check_positive", "check_range", "field_docs", "setting"]
 
 
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{name} must be a number, got {value!r}", argument=name)
-    if not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number, got {value}", argument=name)
-    return float(value)
+check_range = check_real
+"""``value`` is a finite number within ``[lo, hi]`` (:func:`vtprune.errors.check_real`)."""
 
 
-def check_range(name: str, value: Any, lo: float | None = None, hi: float | None = None, *,
-                lo_open: bool = False, hi_open: bool = False) -> None:
-    """``value`` is a finite number within ``[lo, hi]`` (an open end with ``lo_open``/``hi_open``; None: no bound)."""
-    v = _number(name, value)
-    below = lo is not None and (v <= lo if lo_open else v < lo)
-    above = hi is not None and (v >= hi if hi_open else v > hi)
-    if below or above:
-        left = "any" if lo is None else f"{'(' if lo_open else '['}{lo:g}"
-        right = "any" if hi is None else f"{hi:g}{')' if hi_open else ']'}"
-        bound = f"in {left}, {right}" if lo is not None and hi is not None else (
-            f"{'>' if lo_open else '>='} {lo:g}" if lo is not None else f"{'<' if hi_open else '<='} {hi:g}")
-        raise ConfigError(f"{name} must be {bound}, got {value}", argument=name)
-
-
-def check_positive(name: str, value: Any) -> None:
+def check_positive(name: str, value: Any) -> float:
     """``value`` is a finite number > 0."""
-    check_range(name, value, 0, lo_open=True)
-
-
-def check_int(name: str, value: Any, lo: int | None = None) -> None:
-    """``value`` is an int (not a bool), at least ``lo`` when given."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be an integer, got {value!r}", argument=name)
-    if lo is not None and value < lo:
-        raise ConfigError(f"{name} must be >= {lo}, got {value}", argument=name)
+    return check_real(name, value, 0, lo_open=True)
 
 
 def check_choice(name: str, value: Any, choices: Iterable[str]) -> None:

@@ -47,7 +47,7 @@ def test_files_written_before_the_schema_still_load(tmp_path):
     with pytest.raises(vtprune.ModelLoadError, match="newer vtprune"):
         read_config(tmp_path)
     (tmp_path / CONFIG_NAME).write_text("[1, 2]")
-    with pytest.raises(vtprune.ModelLoadError, match="not a vtprune pruner config"):
+    with pytest.raises(vtprune.ModelLoadError, match="must hold a JSON object, got a JSON list"):
         read_config(tmp_path)
 
 
