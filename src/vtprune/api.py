@@ -103,7 +103,7 @@ class VLM:
         with self.peft.disable_adapter():
             first = prefill(self.adapter, batch, method)
         stage = method.stages(self.num_layers)[0]  # type: ignore[union-attr]
-        state = prefill(self.adapter, batch, KeepGiven(kept=first.kept_visual, at=stage.layer))
+        state = prefill(self.adapter, batch, KeepGiven(kept=first.kept_visual, at=stage.after))
         state.timings["mask_pass"] = first.timings["vision"] + first.timings["llm_prefill"]
         return state
 

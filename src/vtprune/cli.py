@@ -85,7 +85,7 @@ def ask(
         raise ConfigError("--fps is the frame rate of --video; give a video")
     from vtprune.methods.glimpse.plus import plus_adapter
 
-    vlm = load(model, lora=lora or plus_adapter(pruner_path), vit_attention=vit_attention)
+    vlm = load(model, lora=lora or plus_adapter(weights), vit_attention=vit_attention)
     images = [load_image(p) for p in image]
     frames, sampled_fps = load_clip(video, vlm.video_frames, fps) if video is not None else (None, None)
     unpruned = not images and frames is None

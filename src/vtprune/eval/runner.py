@@ -215,7 +215,7 @@ def run_eval(
         records = records[:limit]
     from vtprune.methods.glimpse.plus import plus_adapter
 
-    lora = lora or plus_adapter(pruner)  # a GlimpsePrune+ folder brings its adapter
+    lora = lora or plus_adapter(weights)  # a GlimpsePrune+ folder brings its adapter
     vlm = load(model, lora=lora, vit_attention=vit_attention)
     num_frames = num_frames or vlm.video_frames
     m = build_method(method, keep=keep, layer=layer, weights=weights, num_layers=vlm.num_layers)
