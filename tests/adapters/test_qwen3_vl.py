@@ -107,8 +107,10 @@ def test_vit_cut_takes_the_deepstack_features_of_dropped_steps_with_it(q3):
 
 def test_stts_prunes_qwen3_vl_video(q3):
     frames = [make_image(64, 64, i) for i in range(8)]
-    [a] = q3.generate([vtprune.Sample("what moved?", video=frames)], vtprune.pruner("stts", keep=0.5),
-                      max_new_tokens=3)
+    from vtprune.methods.stts import STTS
+
+    stts = STTS.untrained(q3, keep=0.5)  # STTS selects only with a scorer: untrained weights, asked for
+    [a] = q3.generate([vtprune.Sample("what moved?", video=frames)], stts, max_new_tokens=3)
     assert a.visual_tokens == 16 and a.kept_tokens == 8
 
 
