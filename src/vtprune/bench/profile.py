@@ -121,7 +121,7 @@ class OpCounter:
 
 def cut_layers(method: Pruner, num_layers: int) -> list[int]:
     """The decoder layers after which ``method`` cuts (its ``llm`` stages)."""
-    return sorted({s.layer for s in method.stages(num_layers) if s.site == "llm"})
+    return sorted({s.after for s in method.stages(num_layers) if s.site == "llm"})
 
 
 def profile_step(adapter: Adapter, batch: EncodedBatch, method: Pruner) -> dict[str, Any]:
