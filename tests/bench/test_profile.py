@@ -35,4 +35,4 @@ def test_glimpse_step_is_profiled(vlms, three_samples) -> None:
         prof = profile_step(vlm.adapter, vlm.adapter.encode(samples), m)
         assert prof["prune_step_syncs"] >= 1 and sum(prof["prune_step_sync_sites"].values()) == prof["prune_step_syncs"]
         assert prof["layer_ops"] > 10 and prof["prune_step_ops"] > 0
-        assert prof["cut_layers"] == [m.stages(vlm.adapter.num_layers)[0].layer]
+        assert prof["cut_layers"] == [m.stages(vlm.adapter.num_layers)[0].after]
