@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from vtprune.adapters import Adapter, Sample, get_adapter
+from vtprune.data.chat import checkpoint_template
 from vtprune.errors import ConfigError, InputError, ModelLoadError, UnsupportedModelError, VtpruneError
 from vtprune.methods import Pruner, pruner
 from vtprune.methods.base import input_kinds, unpruned_kinds
@@ -47,13 +48,14 @@ class VLM:
     """A loaded model with its tokenizer, image processor and adapter."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, image_processor: Any, name: str = "",
-                 video_frames: int | None = None) -> None:
+                 video_frames: int | None = None, chat_template: str | None = None) -> None:
         self.model = model.eval()
         self.video_frames = video_frames
         """Frames a video is resampled to unless the caller asks otherwise (the model's processing default)."""
         self.tokenizer = tokenizer
         self.image_processor = image_processor
-        self.adapter: Adapter = get_adapter(model, tokenizer, image_processor)
+        self.adapter: Adapter = get_adapter(model, tokenizer, image_processor, chat_template=chat_template)
+        """``chat_template``: the checkpoint's processor-level template, when it has one apart from the tokenizer's."""
         self.name = name
         self.lora: str | None = None
         """The LoRA adapter directory loaded into the model (merged, or kept apart in ``peft``)."""
@@ -247,17 +249,20 @@ def load(name: str, *, dtype: str | torch.dtype | None = "auto", device_map: str
             model = model.to(torch_dtype)
         if device_map is not None:
             model = _dispatch(model, device_map, offload_folder)
-        frames = None
+        frames, folder = None, None
     elif name.startswith("zoo:"):
         from vtprune.hub import load_zoo_model, zoo_path
 
         model, tok, proc = load_zoo_model(name.split(":", 1)[1], dtype=torch_dtype or torch.float32,
                                           attn_implementation=attn_implementation, **placement)
-        frames = _video_frames(zoo_path(name.split(":", 1)[1]))
+        folder = zoo_path(name.split(":", 1)[1])
+        frames = _video_frames(folder)
     else:
         model, tok, proc = _load_local(name, dtype=torch_dtype or "auto", attn_implementation=attn_implementation,
                                        **placement)
-        frames = _video_frames(Path(name))
+        folder = Path(name)
+        frames = _video_frames(folder)
+    template = checkpoint_template(folder, tok) if folder is not None else None
     peft_model = apply_lora(model, lora, merge=lora_merge) if lora is not None else None
     if vit_attention == "packed":
         from vtprune.runtime.packed_attention import use_packed_vision_attention
@@ -268,7 +273,7 @@ def load(name: str, *, dtype: str | torch.dtype | None = "auto", device_map: str
             raise ConfigError(f"vit_attention='packed': {e}") from None
     if device is not None:
         model = model.to(device)
-    vlm = VLM(model, tok, proc, name=name, video_frames=frames)
+    vlm = VLM(model, tok, proc, name=name, video_frames=frames, chat_template=template)
     if lora is not None:
         vlm.lora, vlm.peft = str(lora_dir(lora)), peft_model
     return vlm

@@ -120,8 +120,12 @@ def supported_families() -> list[str]:
     return sorted(_ADAPTERS)
 
 
-def get_adapter(model: torch.nn.Module, tokenizer: Any, image_processor: Any) -> Adapter:
-    """Pick the adapter for ``model`` from its config's model_type; a clear error for anything else."""
+def get_adapter(model: torch.nn.Module, tokenizer: Any, image_processor: Any, *, chat_template: str | None = None
+                ) -> Adapter:
+    """Pick the adapter for ``model`` from its config's model_type; a clear error for anything else.
+
+    ``chat_template``: the checkpoint's template when it is not the tokenizer's (a processor-level file, see
+    :func:`vtprune.data.chat.checkpoint_template`)."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     cls = _ADAPTERS.get(str(model_type))
     if cls is None or not any(type(model).__name__ == n for n in cls.model_classes):
@@ -129,7 +133,7 @@ def get_adapter(model: torch.nn.Module, tokenizer: Any, image_processor: Any) ->
             f"unsupported model {type(model).__name__} (model_type={model_type!r}); "
             f"supported families: {', '.join(supported_families())}"
         )
-    return cls(model, tokenizer, image_processor)
+    return cls(model, tokenizer, image_processor, chat_template=chat_template)
 
 
 class Adapter:
@@ -138,11 +142,18 @@ class Adapter:
     families: ClassVar[tuple[str, ...]] = ()
     model_classes: ClassVar[tuple[str, ...]] = ()
     supports_video: ClassVar[bool] = False
+    fallback_template: ClassVar[str] = ""
+    """Name of the shipped template (``data/chat_templates/<name>.jinja``) used when a checkpoint has none."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, image_processor: Any) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, image_processor: Any, *,
+                 chat_template: str | None = None) -> None:
+        from vtprune.data.chat import tokenizer_template
+
         self.model = model
         self.tokenizer = tokenizer
         self.image_processor = image_processor
+        self.chat_template = chat_template or tokenizer_template(tokenizer)
+        """The checkpoint's own template, or ``None`` (then :attr:`template` is the family fallback)."""
         attn = getattr(self.text_config, "_attn_implementation", "sdpa")
         if attn not in ("sdpa", "eager"):
             raise UnsupportedModelError(f"attention implementation {attn!r} is not supported; use 'sdpa' or 'eager'")
@@ -189,12 +200,44 @@ class Adapter:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    # --- family specifics (implemented by subclasses) -------------------------------------------
-    def encode(self, samples: list[Sample]) -> EncodedBatch:
-        raise NotImplementedError
+    # --- prompts ----------------------------------------------------------------------------------
+    @property
+    def template(self) -> str:
+        """The chat template prompts are rendered with: the checkpoint's, else the family fallback."""
+        from vtprune.data.chat import shipped_template
+
+        return self.chat_template or shipped_template(self.fallback_template)
+
+    def prompt_text(self, sample: Sample) -> str:
+        """What the template renders for ``sample`` with the generation prompt, visual placeholders unexpanded."""
+        from vtprune.data.chat import render
+
+        return render(self.tokenizer, self.template, sample.messages())
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """Token ids of a whole (expanded) prompt, tokenized in one call with the tokenizer's own special tokens
+        (LLaVA-1.5's adds ``<s>``), as HF's processor tokenizes it."""
+        return list(self.tokenizer(text).input_ids)
 
     def followup_ids(self, question: str) -> list[int]:
-        """Tokens of a further text-only user turn, up to the assistant's reply, to follow an answer's end token."""
+        """Tokens of a further text-only user turn, up to the assistant's reply, to follow an answer's end token.
+
+        Read off the template: what it renders after an assistant reply (less the end token training appends
+        itself) up to the next generation prompt."""
+        from vtprune.data.chat import render
+
+        mark = "\x00ANSWER\x00"
+        conv = [{"role": "user", "content": [{"type": "text", "text": "?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": mark}]},
+                {"role": "user", "content": [{"type": "text", "text": question}]}]
+        tail = render(self.tokenizer, self.template, conv).split(mark, 1)[1]
+        eos = self.tokenizer.eos_token
+        if eos and tail.startswith(eos):
+            tail = tail[len(eos):]
+        return list(self.tokenizer(tail, add_special_tokens=False).input_ids)
+
+    # --- family specifics (implemented by subclasses) -------------------------------------------
+    def encode(self, samples: list[Sample]) -> EncodedBatch:
         raise NotImplementedError
 
     def embed(self, batch: EncodedBatch, *, vision_outputs: bool | Sequence[int] = False) -> Embedded:

@@ -1,6 +1,6 @@
 """Adapter for LLaVA-1.5 (``LlavaForConditionalGeneration``): a CLIP tower, an MLP projector, a Llama LLM.
 
-Prompt: ``USER: <image>\\n{question} ASSISTANT:``; each image becomes a fixed number of placeholder tokens laid
+Prompt: the checkpoint's chat template (llava-hf's renders ``USER: <image>\\n{question} ASSISTANT:``); each image becomes a fixed number of placeholder tokens laid
 out on the tower's square patch grid. Positions are 1-D, carried as ``[1, B, L]``.
 """
 
@@ -15,6 +15,7 @@ from vtprune.adapters.base import (
     Adapter, EncodedBatch, Embedded, Sample, VisionGeometry, grid_coords, left_pad, register_adapter,
 )
 from vtprune.adapters.spec import FamilySpec, Shape, register_family, token_ids
+from vtprune.data.chat import shipped_template
 
 
 @register_adapter
@@ -23,6 +24,8 @@ class LlavaAdapter(Adapter):
     model_classes = ("LlavaForConditionalGeneration",)
     supports_vision_attention = True
     supports_vision_features = True
+    fallback_template = "llava"
+    """Without a checkpoint template: llava-hf/llava-1.5-7b-hf's own (``data/chat_templates/SOURCES.md``)."""
 
     @property
     def grid_side(self) -> int:
@@ -40,26 +43,26 @@ class LlavaAdapter(Adapter):
     def vision_tower(self) -> torch.nn.Module:
         return self.model.model.vision_tower
 
-    def followup_ids(self, question: str) -> list[int]:
-        return list(self.tokenizer(f" USER: {question} ASSISTANT:", add_special_tokens=False).input_ids)
-
     def encode(self, samples: list[Sample]) -> EncodedBatch:
+        """Each sample's prompt from the chat template, every ``<image>`` expanded to the tower's token count and
+        the whole string tokenized in one call (HF's ``LlavaProcessor``: the tokenizer adds its ``<s>``)."""
+        from vtprune.data.chat import expand
+
         self.check_images(samples)
         image_id = int(self.model.config.image_token_id)
+        image_token = self.tokenizer.convert_ids_to_tokens(image_id)
         rows, coords, grids, pixels = [], [], [], []
         side, n = self.grid_side, self.tokens_per_image
         for s in samples:
-            ids = list(self.tokenizer("USER: ", add_special_tokens=False).input_ids)
+            text = expand(self.prompt_text(s), image_token, [n] * len(s.images), "image")
+            rows.append(self.prompt_ids(text))
             cs, gs = [], []
             for i, _ in enumerate(s.images):
-                ids += [image_id] * n + list(self.tokenizer("\n", add_special_tokens=False).input_ids)
                 c = grid_coords(i, 1, side, side)
                 if n > side * side:  # "full" strategy keeps the CLS token first; give it coordinate (-1, -1)
                     c = torch.cat([torch.tensor([[i, 0, -1, -1]]), c])
                 cs.append(c)
                 gs.append((1, side, side))
-            ids += list(self.tokenizer(f"{s.question} ASSISTANT:", add_special_tokens=False).input_ids)
-            rows.append(ids)
             coords.append(torch.cat(cs) if cs else torch.zeros(0, 4, dtype=torch.long))
             grids.append(gs)
             if s.images:
@@ -232,7 +235,8 @@ def _bench_config(shape: Any, tok: Any, layers: int, vit_layers: int) -> Any:
 
 register_family(FamilySpec(
     name="llava", model_class="LlavaForConditionalGeneration", random_config=_random_config,
-    image_processor=image_processor, bench_config=_bench_config, shapes=(
+    image_processor=image_processor, chat_template=shipped_template("llava"), tokenizer={"llava": True},
+    bench_config=_bench_config, shapes=(
         # https://huggingface.co/llava-hf/llava-1.5-7b-hf/blob/main/config.json (Llama-2-7B/Vicuna LLM,
         # CLIP ViT-L/14-336 tower, 2-layer GELU projector, feature layer -2, 576 image tokens)
         Shape("llava-1.5-7b", "llava", "llava-hf/llava-1.5-7b-hf config.json", hidden=4096, inter=11008,

@@ -17,6 +17,7 @@ from vtprune.adapters.base import (
     Adapter, EncodedBatch, Embedded, Sample, VisionGeometry, VisionPlan, grid_coords, left_pad, register_adapter,
 )
 from vtprune.adapters.spec import FamilySpec, Shape, register_family, token_ids
+from vtprune.data.chat import shipped_template
 from vtprune.errors import InputError
 
 _SELECTION_WORKS: dict[str, bool] = {}
@@ -36,8 +37,9 @@ class Qwen2VLAdapter(Adapter):
     supports_video = True
     supports_vision_attention = True
     supports_vision_features = True
-
-    system_prompt: str | None = None
+    fallback_template = "qwen2_vl_plain"
+    """Without a checkpoint template: the real one less its default system turn, the prompt vtprune's zoo models
+    were trained with (``data/chat_templates/SOURCES.md``)."""
 
     @property
     def merge(self) -> int:
@@ -55,9 +57,6 @@ class Qwen2VLAdapter(Adapter):
     def _absolute_time(self) -> bool:
         """Qwen2.5-VL's M-RoPE spaces temporal patches by their seconds (``tokens_per_second``); Qwen2-VL by index."""
         return hasattr(self.model.config.vision_config, "tokens_per_second")
-
-    def _tok(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
     def _special(self, name: str) -> int:
         return int(self.tokenizer.convert_tokens_to_ids(name))
@@ -82,15 +81,18 @@ class Qwen2VLAdapter(Adapter):
         pv = pv.reshape((len(frames) // tp) * per, C * tp * P * P)
         return pv, torch.tensor([[len(frames) // tp, h, w]])
 
-    def followup_ids(self, question: str) -> list[int]:
-        return self._tok(f"\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
+    def _expand_videos(self, text: str, grids: list[torch.Tensor], fps: float | None) -> str:
+        """Each ``<|video_pad|>`` the template placed, expanded to its video's token count (HF's processor)."""
+        from vtprune.data.chat import expand
 
-    def _item_ids(self, kind: int, t: int, h: int, w: int, fps: float | None) -> list[int]:
-        """The prompt tokens of one image (``kind`` 1) or video (2) with a ``t x h x w`` LLM-token grid."""
-        pad = self._special("<|image_pad|>" if kind == 1 else "<|video_pad|>")
-        return [self._special("<|vision_start|>")] + [pad] * (t * h * w) + [self._special("<|vision_end|>")]
+        return expand(text, "<|video_pad|>", [int(g.prod()) // self.merge**2 for g in grids], "video")
 
     def encode(self, samples: list[Sample]) -> EncodedBatch:
+        """Each sample's prompt from the chat template, placeholders expanded per image/video grid and the whole
+        string tokenized in one call (HF's ``Qwen2_5_VLProcessor``); token types, coordinates and grids are read
+        off the ids, so visual items are numbered in the order they appear in the sequence."""
+        from vtprune.data.chat import expand
+
         self.check_images(samples)
         img_id, vid_id = self._special("<|image_pad|>"), self._special("<|video_pad|>")
         rows: list[list[int]] = []
@@ -99,40 +101,41 @@ class Qwen2VLAdapter(Adapter):
         grids: list[list[tuple[int, int, int]]] = []
         pixel_values, image_grids, video_values, video_grids = [], [], [], []
         video_seconds: list[float] = []  # per video, seconds per temporal patch (HF's default 1.0 without an fps)
+        m2 = self.merge * self.merge
         for s in samples:
-            ids: list[int] = []
-            tt: list[int] = []
-            if self.system_prompt:
-                ids += self._tok(f"<|im_start|>system\n{self.system_prompt}<|im_end|>\n")
-            ids += self._tok("<|im_start|>user\n")
-            sample_coords, sample_grids = [], []
-            items: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+            images: list[torch.Tensor] = []  # per image its grid [1, 3]
             if s.images:
                 out = self.image_processor(images=list(s.images), return_tensors="pt")
-                offs = 0
-                for g in out["image_grid_thw"]:
-                    n = int(g.prod())
-                    items.append((1, out["pixel_values"][offs : offs + n], g.view(1, 3)))
-                    offs += n
+                pixel_values.append(out["pixel_values"])
+                images = [g.view(1, 3) for g in out["image_grid_thw"]]
+            videos: list[torch.Tensor] = []
             if s.video is not None:
                 if len(s.video) == 0:
                     raise InputError("video has no frames")
                 pv, g = self._video_pixels(s.video)
-                items.append((2, pv, g))
+                video_values.append(pv)
+                videos = [g]
                 video_seconds.append(self._temporal_patch / s.fps if s.fps else 1.0)
-            tt = [0] * len(ids)
-            for item_idx, (kind, pv, g) in enumerate(items):
-                t, h, w = int(g[0, 0]), int(g[0, 1]) // self.merge, int(g[0, 2]) // self.merge
-                item_ids = self._item_ids(kind, t, h, w, s.fps)
-                ids += item_ids
-                tt += [kind if i in (img_id, vid_id) else 0 for i in item_ids]
-                sample_coords.append(grid_coords(item_idx, t, h, w))
-                sample_grids.append((t, h, w))
-                (pixel_values if kind == 1 else video_values).append(pv)
-                (image_grids if kind == 1 else video_grids).append(g)
-            q = self._tok(f"{s.question}<|im_end|>\n<|im_start|>assistant\n")
-            ids += q
-            tt += [0] * (len(ids) - len(tt))
+            image_grids += images
+            video_grids += videos
+            text = self.prompt_text(s)
+            text = expand(text, "<|image_pad|>", [int(g.prod()) // m2 for g in images], "image")
+            text = self._expand_videos(text, videos, s.fps)
+            ids = self.prompt_ids(text)
+            tt = [1 if t == img_id else 2 if t == vid_id else 0 for t in ids]
+            queues = {1: list(images), 2: list(videos)}
+            left = {1: 0, 2: 0}  # tokens of the current image / video still to come
+            sample_coords, sample_grids = [], []
+            for kind in tt:  # each item owns the next t*h*w tokens of its kind; items numbered in sequence order
+                if kind == 0:
+                    continue
+                if left[kind] == 0:
+                    g = queues[kind].pop(0)
+                    t, h, w = int(g[0, 0]), int(g[0, 1]) // self.merge, int(g[0, 2]) // self.merge
+                    sample_coords.append(grid_coords(len(sample_grids), t, h, w))
+                    sample_grids.append((t, h, w))
+                    left[kind] = t * h * w
+                left[kind] -= 1
             rows.append(ids)
             types.append(tt)
             coords.append(torch.cat(sample_coords) if sample_coords else torch.zeros(0, 4, dtype=torch.long))
@@ -404,7 +407,7 @@ _QWEN2_VIT = dict(vit_hidden=1280, vit_inter=5120, vit_layers=32, vit_heads=16, 
 register_family(FamilySpec(
     name="qwen2_5_vl", model_class="Qwen2_5_VLForConditionalGeneration",
     random_config=lambda tok, **sizes: _random_config("qwen2_5_vl", tok, **sizes), image_processor=image_processor,
-    bench_config=_bench_config, shapes=(
+    chat_template=shipped_template("qwen2_vl"), bench_config=_bench_config, shapes=(
         # https://huggingface.co/Qwen/Qwen2.5-VL-3B-Instruct/blob/main/config.json
         Shape("qwen2_5_vl-3b", "qwen2_5_vl", "Qwen/Qwen2.5-VL-3B-Instruct config.json", hidden=2048, inter=11008,
               layers=36, heads=16, kv_heads=2, vocab=151936, max_positions=128000, rope_theta=1e6,
@@ -418,7 +421,7 @@ register_family(FamilySpec(
 register_family(FamilySpec(
     name="qwen2_vl", model_class="Qwen2VLForConditionalGeneration",
     random_config=lambda tok, **sizes: _random_config("qwen2_vl", tok, **sizes), image_processor=image_processor,
-    bench_config=_bench_config, shapes=(
+    chat_template=shipped_template("qwen2_vl"), bench_config=_bench_config, shapes=(
         # https://huggingface.co/Qwen/Qwen2-VL-2B-Instruct/blob/main/config.json
         Shape("qwen2_vl-2b", "qwen2_vl", "Qwen/Qwen2-VL-2B-Instruct config.json", hidden=1536, inter=8960,
               layers=28, heads=12, kv_heads=2, vocab=151936, max_positions=32768, rope_theta=1e6,

@@ -40,16 +40,19 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     def _absolute_time(self) -> bool:
         return False  # time is in the text timestamps, not in second_per_grid_ts
 
-    def _item_ids(self, kind: int, t: int, h: int, w: int, fps: float | None) -> list[int]:
-        if kind == 1:
-            return super()._item_ids(kind, t, h, w, fps)
-        tp = self._temporal_patch
-        rate = fps or DEFAULT_FPS
-        ids: list[int] = []
-        for k in range(t):  # mean time of the patch's first and last frame (HF's _calculate_timestamps)
-            stamp = (k * tp + (k * tp + tp - 1)) / 2 / rate
-            ids += self._tok(f"<{stamp:.1f} seconds>") + super()._item_ids(kind, 1, h, w, fps)
-        return ids
+    def _expand_videos(self, text: str, grids: list[torch.Tensor], fps: float | None) -> str:
+        """Each ``<|vision_start|><|video_pad|><|vision_end|>`` the template placed becomes, per temporal patch, its
+        timestamp then its tokens (HF's ``Qwen3VLProcessor``)."""
+        from vtprune.data.chat import replace_each
+
+        tp, rate, m = self._temporal_patch, fps or DEFAULT_FPS, self.merge
+        texts = []
+        for g in grids:
+            t, n = int(g[0, 0]), int(g[0, 1]) * int(g[0, 2]) // (m * m)
+            stamps = [(k * tp + (k * tp + tp - 1)) / 2 / rate for k in range(t)]  # HF's _calculate_timestamps
+            texts.append("".join(f"<{s:.1f} seconds><|vision_start|>" + "<|video_pad|>" * n + "<|vision_end|>"
+                                 for s in stamps))
+        return replace_each(text, "<|vision_start|><|video_pad|><|vision_end|>", texts, "video")
 
     def vision_plan(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> VisionPlan:
         """The stock tower's preamble (patch embedding plus the learned position table resampled to each grid,

@@ -91,7 +91,10 @@ class FamilySpec:
         image_processor: ``(**kwargs) -> processor`` for the tiny model (PIL backend).
         tokens: special tokens this family's prompts use that the offline tokenizer lacks; added after its own
             (so other families' ids do not move).
-        chat_template: the family's chat template (Jinja), set on the random model's tokenizer.
+        chat_template: the family's chat template (Jinja), set on the random model's tokenizer: the real
+            checkpoint's (``vtprune/data/chat_templates``), so tests run through it.
+        tokenizer: keyword arguments of :func:`vtprune.testbed.tokenizer.build_tokenizer` (LLaVA: ``llava=True``,
+            the BOS its Llama tokenizer adds and its ``<image>`` token).
         shapes: real model shapes (:class:`vtprune.bench.shapes.Shape`) for ``vtprune bench --shape``.
         bench_config: ``(shape, tokenizer, layers, vit_layers) -> config`` of a shape at reduced depth.
     """
@@ -102,6 +105,7 @@ class FamilySpec:
     image_processor: Callable[..., Any]
     tokens: tuple[str, ...] = ()
     chat_template: str | None = None
+    tokenizer: dict[str, Any] = field(default_factory=dict)
     shapes: tuple[Any, ...] = ()
     bench_config: Callable[[Any, Any, int, int], Any] | None = None
 
@@ -149,7 +153,7 @@ def token_ids(tok: Any, **names: str) -> dict[str, int]:
 def family_tokenizer(family: str) -> Any:
     """The offline tokenizer with ``family``'s extra special tokens appended and its chat template set."""
     spec = family_spec(family)
-    tok = build_tokenizer()
+    tok = build_tokenizer(**spec.tokenizer)
     if spec.tokens:
         tok.add_special_tokens({"additional_special_tokens": list(spec.tokens)})
     if spec.chat_template:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from vtprune.adapters.spec import Shape, family_spec, family_specs
+from vtprune.adapters.spec import Shape, family_spec, family_specs, family_tokenizer
 from vtprune.bench.flops import TextDims, VisionDims
 from vtprune.errors import ConfigError
 

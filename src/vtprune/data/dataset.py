@@ -16,6 +16,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from PIL import Image
@@ -27,16 +28,32 @@ _KNOWN = {"id", "image", "video", "question", "answers", "type", "boxes", "frame
 
 @dataclass
 class Sample:
-    """One question about zero or more images, or about one video (a list of frames)."""
+    """One question about zero or more images, or about one video (a list of frames), as a chat turn.
+
+    The prompt is what the checkpoint's chat template renders for :meth:`messages` (HF's messages format): by default
+    one user turn holding the images, then the video, then the question, exactly as the model card's
+    ``apply_chat_template`` example builds it. ``system`` and ``history`` add a system turn and earlier turns;
+    :meth:`from_messages` takes a whole HF conversation.
+    """
 
     question: str
     images: list[Image.Image] = field(default_factory=list)
+    """Every image of the conversation, in the order their placeholders appear (``history`` first, then the
+    question's turn), as HF's processor takes them."""
     video: list[Image.Image] | None = None
     """Frames of one video, in order; Qwen families only."""
     fps: float | None = None
     """Frames per second of ``video`` as given (after any resampling). Qwen2.5-VL places video tokens on an absolute
     time axis: ``second_per_grid_ts = temporal_patch_size / fps``, as HF's processor computes it. ``None`` is HF's
     default of one second per temporal patch (2 fps). Qwen2-VL has no time axis and ignores it."""
+    system: str | None = None
+    """A system turn. ``None`` leaves the template's default (Qwen2-VL/2.5-VL: "You are a helpful assistant.")."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """Earlier turns in HF's messages format (``{"role": "user"|"assistant", "content": str | [parts]}``); an
+    ``{"type": "image"}`` / ``{"type": "video"}`` part places the next of ``images`` / the ``video`` there."""
+    turn: list[dict[str, Any]] | None = None
+    """The question's own turn as HF content parts, when its layout is not images-video-question (set by
+    :meth:`from_messages`); ``question`` then holds its text."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.question, str):
@@ -48,6 +65,91 @@ class Sample:
             raise InputError(f"video must be a list of PIL images (its frames) or None, got {_kinds(self.video)}")
         if self.fps is not None:
             check_real("fps", self.fps, 0, None, lo_open=True, error=InputError)
+        for i, m in enumerate(self.history):
+            if not isinstance(m, dict) or m.get("role") not in ("user", "assistant", "system"):
+                raise InputError(f"history[{i}] must be a message dict with role user, assistant or system")
+
+    def messages(self) -> list[dict[str, Any]]:
+        """The conversation in HF's messages format, visual parts as ``{"type": "image"|"video"}`` placeholders."""
+        msgs: list[dict[str, Any]] = []
+        if self.system is not None:
+            msgs.append({"role": "system", "content": [{"type": "text", "text": self.system}]})
+        msgs += [dict(m, content=_parts(m.get("content", ""))) for m in self.history]
+        if self.turn is not None:
+            content = [dict(p) for p in self.turn]
+        else:
+            placed = sum(1 for m in msgs for p in m["content"] if p.get("type") == "image")
+            video_placed = any(p.get("type") == "video" for m in msgs for p in m["content"])
+            content = [{"type": "image"} for _ in self.images[placed:]]
+            if self.video is not None and not video_placed:
+                content.append({"type": "video"})
+            content.append({"type": "text", "text": self.question})
+        msgs.append({"role": "user", "content": content})
+        return msgs
+
+    @classmethod
+    def from_messages(cls, messages: Sequence[dict[str, Any]], *, fps: float | None = None) -> Sample:
+        """A sample from an HF conversation whose last message is the user's turn to answer.
+
+        Visual parts carry their data as HF's processors take it: ``{"type": "image", "image": PIL.Image}`` and
+        ``{"type": "video", "video": [PIL.Image, ...]}`` (one video per conversation). A leading ``system`` message
+        becomes :attr:`system`; the rest before the last turn becomes :attr:`history`.
+        """
+        if not messages or not isinstance(messages[-1], dict) or messages[-1].get("role") != "user":
+            raise InputError("messages: the last message must be the user's turn")
+        images: list[Image.Image] = []
+        video: list[Image.Image] | None = None
+
+        def strip(i: int, content: Any) -> list[dict[str, Any]]:
+            nonlocal video
+            out = []
+            for p in _parts(content):
+                kind = p.get("type")
+                if kind == "image":
+                    im = p.get("image")
+                    if not isinstance(im, Image.Image):
+                        raise InputError(f"messages[{i}]: an image part needs a PIL image under 'image'")
+                    images.append(im)
+                    out.append({"type": "image"})
+                elif kind == "video":
+                    frames = p.get("video")
+                    if video is not None or not isinstance(frames, (list, tuple)) or not frames:
+                        raise InputError(f"messages[{i}]: one video per conversation, given as a list of frames")
+                    video = list(frames)
+                    out.append({"type": "video"})
+                elif kind == "text":
+                    out.append({"type": "text", "text": str(p.get("text", ""))})
+                else:
+                    raise InputError(f"messages[{i}]: unknown content type {kind!r}")
+            return out
+
+        system = None
+        start = 0
+        if messages[0].get("role") == "system" and len(messages) > 1:
+            parts = strip(0, messages[0].get("content", ""))
+            if any(p["type"] != "text" for p in parts):
+                raise InputError("messages[0]: a system message holds text only")
+            system, start = "".join(p["text"] for p in parts), 1
+        history = []
+        for i in range(start, len(messages) - 1):
+            m = messages[i]
+            if not isinstance(m, dict) or m.get("role") not in ("user", "assistant", "system"):
+                raise InputError(f"messages[{i}] must be a message dict with role user, assistant or system")
+            history.append({"role": m["role"], "content": strip(i, m.get("content", ""))})
+        turn = strip(len(messages) - 1, messages[-1].get("content", ""))
+        question = "".join(p["text"] for p in turn if p["type"] == "text")
+        default = [p for p in turn if p["type"] == "image"] + [p for p in turn if p["type"] == "video"]
+        default += [{"type": "text", "text": question}]
+        return cls(question, images, video, fps, system, history, None if turn == default else turn)
+
+
+def _parts(content: Any) -> list[dict[str, Any]]:
+    """HF message content as a list of parts (a plain string is one text part)."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if not isinstance(content, (list, tuple)) or not all(isinstance(p, dict) for p in content):
+        raise InputError("message content must be a string or a list of {'type': ...} parts")
+    return [dict(p) for p in content]
 
 
 def _kinds(value: Any) -> str:

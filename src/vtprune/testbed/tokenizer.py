@@ -31,9 +31,12 @@ _WORDS = (
 )
 
 
-def build_tokenizer(vocab_size: int = 600) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE tokenizer on the built-in corpus and wrap it for transformers."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def build_tokenizer(vocab_size: int = 600, *, llava: bool = False) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on the built-in corpus and wrap it for transformers.
+
+    ``llava``: as LLaVA-1.5's Llama tokenizer, encoding with special tokens puts the BOS token (here
+    ``<|endoftext|>``) first, and the image token HF's processor reads is ``<image>``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -46,10 +49,14 @@ def build_tokenizer(vocab_size: int = 600) -> PreTrainedTokenizerFast:
     )
     corpus = [_WORDS, _WORDS.lower(), _WORDS.upper()] * 4
     tok.train_from_iterator(corpus, trainer=trainer)
+    if llava:
+        bos = ("<|endoftext|>", tok.token_to_id("<|endoftext|>"))
+        tok.post_processor = processors.TemplateProcessing(single="<|endoftext|> $A", pair="<|endoftext|> $A $B",
+                                                           special_tokens=[bos])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
         pad_token="<pad>",
         bos_token="<|endoftext|>",
-        extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+        extra_special_tokens={"image_token": "<image>" if llava else "<|image_pad|>", "video_token": "<|video_pad|>"},
     )
