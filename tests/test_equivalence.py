@@ -6,14 +6,15 @@ import pytest
 import torch
 
 import vtprune
-from vtprune.runtime.executor import Sampling, decode, prefill
+from vtprune.runtime.executor import prefill
+from vtprune.runtime.generation import decode
 from tests.conftest import stock_generate
 
 
 def _decode(vlm, samples, method, n=8):
     batch = vlm.adapter.encode(samples)
     st = prefill(vlm.adapter, batch, method)
-    return decode(vlm.adapter, st, Sampling(max_new_tokens=n), vlm.eos_ids())
+    return decode(vlm.adapter, st, vlm.generation_config(max_new_tokens=n))
 
 
 def _stock_prefill_logits(vlm, batch):

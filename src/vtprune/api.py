@@ -7,6 +7,7 @@ directory holding an HF checkpoint plus its tokenizer and image processor.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import time
@@ -17,13 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import GenerationConfig
 
 from vtprune.adapters import Adapter, Sample, get_adapter
 from vtprune.data.chat import checkpoint_template
-from vtprune.errors import ConfigError, InputError, ModelLoadError, UnsupportedModelError, VtpruneError
+from vtprune.errors import ConfigError, InputError, ModelLoadError, UnsupportedModelError, VtpruneError, check_int
 from vtprune.methods import Pruner, pruner
 from vtprune.methods.base import input_kinds, unpruned_kinds
-from vtprune.runtime.executor import PrefillState, Sampling, decode, prefill, score_continuation
+from vtprune.runtime.executor import PrefillState, prefill, score_continuation
+from vtprune.runtime.generation import decode, generation_config
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,8 @@ class Answer:
     token_layers: int = 0
     kept_coords: torch.Tensor | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    tokens: list[int] = field(default_factory=list)
+    """The generated token ids (end token included, no padding), as ``model.generate`` returns them."""
 
     @property
     def retention(self) -> float:
@@ -66,11 +71,11 @@ class VLM:
     def num_layers(self) -> int:
         return self.adapter.num_layers
 
-    def eos_ids(self) -> list[int]:
-        eos = self.model.generation_config.eos_token_id
-        if eos is None:
-            eos = self.tokenizer.eos_token_id
-        return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+    def generation_config(self, **overrides: Any) -> GenerationConfig:
+        """The decoding settings :meth:`generate` uses: ``overrides`` (any ``GenerationConfig`` field, ``None``
+        ignored; ``temperature=0`` is greedy) over the checkpoint's ``generation_config.json`` over transformers'
+        defaults (:func:`vtprune.runtime.generation.generation_config`)."""
+        return generation_config(self.model, **overrides)
 
     def prefill(self, samples: list[Sample], method: Pruner | None = None) -> PrefillState:
         return self._prefill(self._encode(samples), method)
@@ -114,12 +119,16 @@ class VLM:
         samples: list[Sample],
         method: Pruner | str | None = None,
         *,
-        max_new_tokens: int = 32,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
+        generation: GenerationConfig | None = None,
         seed: int = 0,
+        **decoding: Any,
     ) -> list[Answer]:
-        """Answer a batch of samples, pruning with ``method`` (a :class:`Pruner` or a method name)."""
+        """Answer a batch of samples, pruning with ``method`` (a :class:`Pruner` or a method name).
+
+        Decoding follows the checkpoint's generation config (``do_sample``, ``temperature``, ``top_k``,
+        ``top_p``, ``repetition_penalty``, its end tokens, ...) unless ``decoding`` overrides a setting (e.g.
+        ``do_sample=False``, ``max_new_tokens=16``) or ``generation`` (from :meth:`generation_config`) is given;
+        ``seed`` seeds sampling. With nothing pruned the tokens are ``model.generate``'s."""
         if isinstance(samples, Sample) or not isinstance(samples, (list, tuple)) or not all(
                 isinstance(x, Sample) for x in samples):
             got = "one Sample (wrap it in a list)" if isinstance(samples, Sample) else repr(samples)[:80]
@@ -128,7 +137,12 @@ class VLM:
             method = pruner(method)
         elif method is not None and not isinstance(method, Pruner):
             raise ConfigError(f"method must be a Pruner, a method name or None, got {method!r}")
-        sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+        check_int("seed", seed)
+        if generation is None:
+            cfg = self.generation_config(**decoding)
+        else:
+            cfg = copy.deepcopy(generation)
+            cfg.update(**decoding)
         if not samples:
             return []
         _warn_unpruned(method, samples)
@@ -136,7 +150,7 @@ class VLM:
         batch = self._encode(samples)
         t_enc = time.perf_counter() - t0
         state = self._prefill(batch, method)
-        tokens = decode(self.adapter, state, sampling, self.eos_ids())
+        tokens = decode(self.adapter, state, cfg, batch.input_ids, seed=seed)
         timings = {"preprocess": t_enc, **state.timings}
         timings["total"] = time.perf_counter() - t0
         texts = self.tokenizer.batch_decode(tokens.cpu(), skip_special_tokens=True)
@@ -148,6 +162,7 @@ class VLM:
                 token_layers=state.token_layers[b],
                 kept_coords=state.kept_coords[b],
                 timings=dict(timings),
+                tokens=_unpadded(tokens[b].tolist(), cfg),
             )
             for b in range(len(samples))
         ]
@@ -198,6 +213,16 @@ def _warn_unpruned(method: Pruner | None, samples: list[Sample]) -> None:
             _WARNED.add((method.name, kind))  # type: ignore[union-attr]
             log.warning("%s prunes %s only: %s input passes unpruned (keep=%s does not apply to it)", method.name,
                         " and ".join(method.modalities), kind, method.keep)  # type: ignore[union-attr]
+
+
+def _unpadded(row: list[int], cfg: GenerationConfig) -> list[int]:
+    """A generated row up to and including its first end token (what follows is padding)."""
+    eos = cfg.eos_token_id
+    eos = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+    for i, t in enumerate(row):
+        if t in eos:
+            return row[: i + 1]
+    return row
 
 
 VIT_ATTENTION = ("stock", "packed")

@@ -36,6 +36,29 @@ VIT_ATTENTION_OPTION = typer.Option("stock", "--vit-attention", help="Qwen visio
                                     "without flash-attn).")
 
 
+# decoding options shared by ask and eval: unset ones keep the command's default (ask: the checkpoint's
+# generation_config.json; eval: greedy with the checkpoint's other settings)
+GREEDY_OPTION = typer.Option(None, "--greedy/--sample", help="Greedy decoding, or sampling (default: ask follows the "
+                             "checkpoint's generation config, eval is greedy).")
+TEMPERATURE_OPTION = typer.Option(None, "--temperature", help="Sampling temperature (0 = greedy).")
+TOP_P_OPTION = typer.Option(None, "--top-p", help="Nucleus sampling mass.")
+TOP_K_OPTION = typer.Option(None, "--top-k", help="Sample among the k most likely tokens.")
+MIN_P_OPTION = typer.Option(None, "--min-p", help="Drop tokens below this share of the top token's probability.")
+REPETITION_PENALTY_OPTION = typer.Option(None, "--repetition-penalty", help="HF's repetition penalty (1 = none).")
+NO_REPEAT_NGRAM_OPTION = typer.Option(None, "--no-repeat-ngram-size", help="Never repeat an n-gram of this size.")
+SEED_OPTION = typer.Option(None, "--seed", help="Seed for sampling (default 0).")
+
+
+def decoding_overrides(greedy: Optional[bool], temperature: Optional[float], top_p: Optional[float],
+                       top_k: Optional[int], min_p: Optional[float], repetition_penalty: Optional[float],
+                       no_repeat_ngram_size: Optional[int], seed: Optional[int]) -> dict[str, object]:
+    """The decoding options given on the command line, as :meth:`vtprune.VLM.generate` keywords."""
+    given = dict(do_sample=None if greedy is None else not greedy, temperature=temperature, top_p=top_p, top_k=top_k,
+                 min_p=min_p, repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+                 seed=seed)
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def _emit_json(obj: object) -> None:
     typer.echo(json.dumps(obj, indent=None, default=float))
 
@@ -72,7 +95,16 @@ def ask(
     weights: Optional[str] = typer.Option(None, "--weights", "--pruner", help=WEIGHTS_HELP),
     lora: Optional[str] = LORA_OPTION,
     vit_attention: str = VIT_ATTENTION_OPTION,
-    max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Default: the checkpoint's, "
+                                                  "else 32."),
+    greedy: Optional[bool] = GREEDY_OPTION,
+    temperature: Optional[float] = TEMPERATURE_OPTION,
+    top_p: Optional[float] = TOP_P_OPTION,
+    top_k: Optional[int] = TOP_K_OPTION,
+    min_p: Optional[float] = MIN_P_OPTION,
+    repetition_penalty: Optional[float] = REPETITION_PENALTY_OPTION,
+    no_repeat_ngram_size: Optional[int] = NO_REPEAT_NGRAM_OPTION,
+    seed: Optional[int] = SEED_OPTION,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Answer one question about an image (or video), pruning with --method."""
@@ -96,7 +128,9 @@ def ask(
     from vtprune.adapters import Sample
 
     ans = vlm.generate([Sample(question, images, frames, sampled_fps)], None if unpruned else m,
-                       max_new_tokens=max_new_tokens)[0]
+                       max_new_tokens=max_new_tokens, **decoding_overrides(
+                           greedy, temperature, top_p, top_k, min_p, repetition_penalty, no_repeat_ngram_size,
+                           seed))[0]
     if as_json:
         _emit_json(
             {
@@ -126,6 +160,14 @@ def eval_cmd(
     limit: Optional[int] = typer.Option(None, "--limit", min=1),
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="Write (and resume from) this JSONL."),
     max_new_tokens: int = typer.Option(16, "--max-new-tokens", min=1),
+    greedy: Optional[bool] = GREEDY_OPTION,
+    temperature: Optional[float] = TEMPERATURE_OPTION,
+    top_p: Optional[float] = TOP_P_OPTION,
+    top_k: Optional[int] = TOP_K_OPTION,
+    min_p: Optional[float] = MIN_P_OPTION,
+    repetition_penalty: Optional[float] = REPETITION_PENALTY_OPTION,
+    no_repeat_ngram_size: Optional[int] = NO_REPEAT_NGRAM_OPTION,
+    seed: Optional[int] = SEED_OPTION,
     num_frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Resample videos to this many frames."),
     strict: bool = STRICT_OPTION,
     as_json: bool = typer.Option(False, "--json"),
@@ -138,6 +180,8 @@ def eval_cmd(
             model=model, data=data, method=method, keep=keep, layer=layer, weights=weights, batch_size=batch_size,
             limit=limit, predictions=predictions, max_new_tokens=max_new_tokens,
             progress=not as_json and sys.stderr.isatty(), num_frames=num_frames, lora=lora, vit_attention=vit_attention,
+            decoding=decoding_overrides(greedy, temperature, top_p, top_k, min_p, repetition_penalty,
+                                        no_repeat_ngram_size, seed),
         )
     if as_json:
         _emit_json(report)

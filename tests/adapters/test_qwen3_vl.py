@@ -7,7 +7,8 @@ import torch
 
 import vtprune
 from tests.conftest import make_image, stock_generate
-from vtprune.runtime.executor import Sampling, decode, prefill
+from vtprune.runtime.executor import prefill
+from vtprune.runtime.generation import decode
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def test_video_prompt_carries_timestamps_and_matches_stock(q3):
     assert "<0.1 seconds><|vision_start|>" in text and "<0.6 seconds><|vision_start|>" in text
     assert "<0.2 seconds>" in q3.tokenizer.decode(batch.input_ids[1])  # 2 fps without one: 0.25 s
     assert batch.grids[0] == [(2, 2, 2)]
-    ours = decode(q3.adapter, prefill(q3.adapter, batch, None), Sampling(max_new_tokens=8), q3.eos_ids())
+    ours = decode(q3.adapter, prefill(q3.adapter, batch, None), q3.generation_config(max_new_tokens=8))
     assert torch.equal(ours, stock_generate(q3, samples))
 
 
@@ -79,8 +80,7 @@ def test_vit_site_keep_all_equals_stock_video(q3, method):
     m = vtprune.pruner("stts", keep=1.0) if method == "stts-1.0" else FixedVit(block=int(method[-1]))
     samples = [vtprune.Sample("what moved?", video=[make_image(64, 64, i) for i in range(6)]),
                vtprune.Sample("and here?", video=[make_image(96, 64, i) for i in range(4)])]
-    ours = decode(q3.adapter, prefill(q3.adapter, q3.adapter.encode(samples), m), Sampling(max_new_tokens=6),
-                  q3.eos_ids())
+    ours = decode(q3.adapter, prefill(q3.adapter, q3.adapter.encode(samples), m), q3.generation_config(max_new_tokens=6))
     assert torch.equal(ours, stock_generate(q3, samples, max_new_tokens=6))
 
 

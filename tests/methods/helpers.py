@@ -8,7 +8,8 @@ import torch
 
 import vtprune
 from vtprune.methods.base import Context, Pruner, Stage
-from vtprune.runtime.executor import Sampling, decode, prefill
+from vtprune.runtime.executor import prefill
+from vtprune.runtime.generation import decode
 
 
 def make_ctx(visual: list[torch.Tensor], text: list[torch.Tensor] | None = None, *, stage: Stage = Stage("pre_llm"),
@@ -49,7 +50,7 @@ def kept(mask: torch.Tensor, b: int = 0) -> set[int]:
 def run(vlm: vtprune.VLM, samples: list[vtprune.Sample], method: Pruner | None, n: int = 4):
     """Prefill + greedy decode; returns the prefill state and the tokens ``[B, T]``."""
     st = prefill(vlm.adapter, vlm.adapter.encode(samples), method)
-    return st, decode(vlm.adapter, st, Sampling(max_new_tokens=n), vlm.eos_ids())
+    return st, decode(vlm.adapter, st, vlm.generation_config(max_new_tokens=n))
 
 
 def assert_batch_invariant(vlm: vtprune.VLM, samples: list[vtprune.Sample], method: Pruner, n: int = 4) -> None:

@@ -8,7 +8,8 @@ from transformers import DynamicCache
 
 import vtprune
 from tests.conftest import make_image
-from vtprune.runtime.executor import Sampling, decode, prefill
+from vtprune.runtime.executor import prefill
+from vtprune.runtime.generation import decode
 
 
 def _kept_positions(batch, b: int, kept_visual: torch.Tensor) -> torch.Tensor:
@@ -62,7 +63,7 @@ def test_pre_llm_equals_stock_fed_kept_tokens(vlm, method):
     if emb.injections:  # generate cannot take DeepStack features with inputs_embeds; the logits above cover them
         return
     ref_tokens = vlm.model.generate(inputs_embeds=E, attention_mask=ones, position_ids=pos, max_new_tokens=6, do_sample=False)
-    ours = decode(vlm.adapter, prefill(vlm.adapter, batch, m), Sampling(max_new_tokens=6), vlm.eos_ids())
+    ours = decode(vlm.adapter, prefill(vlm.adapter, batch, m), vlm.generation_config(max_new_tokens=6))
     assert torch.equal(ours, ref_tokens)
 
 
@@ -102,7 +103,7 @@ def test_llm_site_cache_and_first_decode_logits(vlm, K):
         step = vlm.model(input_ids=first[:, None], attention_mask=torch.ones(1, len(P) + 1, dtype=torch.long),
                          position_ids=vlm.adapter.forward_position_ids(pos[..., -1:] + 1), past_key_values=cache,
                          use_cache=True)
-    ours = decode(vlm.adapter, st, Sampling(max_new_tokens=2), [-1])
+    ours = decode(vlm.adapter, st, vlm.generation_config(max_new_tokens=2, eos_token_id=[]))
     assert ours[0, 0] == first[0]
     # our second token comes from the same first-decode logits
     assert ours[0, 1] == step.logits[0, -1].argmax()

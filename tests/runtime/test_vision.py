@@ -8,7 +8,8 @@ import torch
 
 import vtprune
 from tests.stts.helpers import FixedVit, drop_steps, load_small, stts_with_scorer, video
-from vtprune.runtime.executor import Sampling, decode, prefill
+from vtprune.runtime.executor import prefill
+from vtprune.runtime.generation import decode
 from vtprune.runtime.vision import resolve_block, run_tower
 
 
@@ -38,7 +39,7 @@ def test_keep_all_equals_stock_video(vlm, method):
     st = prefill(vlm.adapter, batch, m, all_logits=True)
     valid = batch.attention_mask.bool()
     torch.testing.assert_close(st.logits[valid], _stock_logits(vlm, batch)[valid], rtol=1e-5, atol=1e-5)
-    ours = decode(vlm.adapter, prefill(vlm.adapter, batch, m), Sampling(max_new_tokens=6), vlm.eos_ids())
+    ours = decode(vlm.adapter, prefill(vlm.adapter, batch, m), vlm.generation_config(max_new_tokens=6))
     stock = vlm.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **batch.model_inputs,
                                max_new_tokens=6, do_sample=False)[:, batch.input_ids.shape[1]:]
     assert torch.equal(ours, stock)

@@ -21,7 +21,8 @@ import torch
 
 from vtprune.adapters.base import Adapter, EncodedBatch
 from vtprune.methods.base import Pruner
-from vtprune.runtime.executor import Sampling, decode, prefill
+from vtprune.runtime.executor import prefill
+from vtprune.runtime.generation import decode, generation_config
 
 
 def sync(device: torch.device) -> None:
@@ -342,7 +343,8 @@ def run_arm(adapter: Adapter, batch: EncodedBatch, method: Pruner, new_tokens: i
         kv_tokens, kv_bytes = kv_stats(state.cache)
         finite = bool(torch.isfinite(state.logits).all())
         layers.decoding = True
-        decode(adapter, state, Sampling(max_new_tokens=new_tokens), eos_ids=[-1])
+        cfg = generation_config(adapter.model, max_new_tokens=new_tokens, do_sample=False, eos_token_id=[])
+        decode(adapter, state, cfg)  # no end token: a fixed number of steps
         layers.decoding = False
         llm_peak = meter.stop()
     layers.on_first_layer = None

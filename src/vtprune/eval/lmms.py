@@ -212,10 +212,8 @@ class VtpruneSimple(lmms):
 
     # --- generation ----------------------------------------------------------------------------------------------
     def _generate(self, requests: list[Instance]) -> list[str]:
-        from vtprune.runtime.executor import Sampling
-
         groups: dict[str, list[int]] = defaultdict(list)
-        settings: dict[str, tuple[Sampling, list[str]]] = {}
+        settings: dict[str, tuple[dict[str, Any], list[str]]] = {}
         for i, req in enumerate(requests):
             key = json.dumps(self._gen_kwargs(req), sort_keys=True, default=str)
             if key not in settings:
@@ -223,12 +221,11 @@ class VtpruneSimple(lmms):
             groups[key].append(i)
         out: list[str] = [""] * len(requests)
         for key, idx in groups.items():
-            sampling, until = settings[key]
+            decoding, until = settings[key]
             for j in range(0, len(idx), self.batch_size):
                 chunk = idx[j : j + self.batch_size]
                 samples = [self.request_sample(requests[i]) for i in chunk]
-                answers = self.vlm.generate(samples, self.method, max_new_tokens=sampling.max_new_tokens,
-                                            temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed)
+                answers = self.vlm.generate(samples, self.method, **decoding)
                 for i, ans in zip(chunk, answers):
                     out[i] = _cut(ans.text, until)
                     self._record(requests[i], ans.visual_tokens, ans.kept_tokens, ans.timings, len(chunk))
@@ -237,21 +234,20 @@ class VtpruneSimple(lmms):
     def _gen_kwargs(self, req: Instance) -> dict[str, Any]:
         return dict(req.args[1] or {})
 
-    def _sampling(self, kw: dict[str, Any]) -> tuple[Any, list[str]]:
-        """vtprune's decoding settings and the stop strings from a task's ``generation_kwargs``."""
-        from vtprune.runtime.executor import Sampling
-
+    def _sampling(self, kw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """Decoding overrides and the stop strings from a task's ``generation_kwargs``: greedy unless the task asks
+        to sample (lmms-eval's convention), the checkpoint's other settings (e.g. its repetition penalty) kept."""
         if int(kw.get("num_beams") or 1) != 1:
             raise ConfigError(f"beam search (num_beams={kw['num_beams']}) is not supported by the vtprune model")
         temperature = float(kw.get("temperature") or 0.0)
-        if kw.get("do_sample") is False:
-            temperature = 0.0
+        sample = temperature > 0 and kw.get("do_sample") is not False
         until = kw.get("until") or []
         until = [until] if isinstance(until, str) else list(until)
-        sampling = Sampling(max_new_tokens=int(kw.get("max_new_tokens") or self.args.max_new_tokens),
-                            temperature=temperature, top_p=float(kw.get("top_p") or 1.0) if temperature else 1.0,
-                            seed=int(kw.get("seed") or 0))
-        return sampling, [u for u in until if u]
+        decoding: dict[str, Any] = {"max_new_tokens": int(kw.get("max_new_tokens") or self.args.max_new_tokens),
+                                    "do_sample": sample, "seed": int(kw.get("seed") or 0)}
+        if sample:
+            decoding.update(temperature=temperature, top_p=kw.get("top_p"), top_k=kw.get("top_k"))
+        return decoding, [u for u in until if u]
 
     # --- log-likelihood --------------------------------------------------------------------------------------------
     def _loglikelihood(self, requests: list[Instance]) -> list[Any]:

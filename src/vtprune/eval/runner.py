@@ -195,7 +195,7 @@ def run_eval(
     *, model: str, data: str, method: str = "none", keep: float | None = None, layer: int | None = None,
     weights: str | None = None, batch_size: int = 8, limit: int | None = None, predictions: Path | None = None,
     max_new_tokens: int = 16, progress: bool = False, num_frames: int | None = None, lora: str | None = None,
-    vit_attention: str = "stock",
+    vit_attention: str = "stock", decoding: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``method`` on ``data`` with ``model`` (with the LoRA adapter ``lora`` merged in, if given); returns
     the metrics report (see :func:`score_rows`).
@@ -203,7 +203,10 @@ def run_eval(
     A sample that cannot be read or processed (an :class:`InputError`: a corrupt video, a missing image, ...) does
     not stop the run: its row records the error, a warning names it, and the report counts it under ``errors``
     (its metrics cover the other samples); a resumed run retries it. Ctrl-C raises :class:`Interrupted`, whose
-    message says how many rows the predictions file holds."""
+    message says how many rows the predictions file holds.
+
+    Decoding is greedy with the checkpoint's other generation settings (its repetition penalty, end tokens, ...),
+    as lmms-eval runs HF models; ``decoding`` overrides any of them (``do_sample``, ``temperature``, ``seed``...)."""
     from vtprune.api import load
     from vtprune.data.dataset import read_jsonl, resolve_data
 
@@ -226,6 +229,10 @@ def run_eval(
         settings["lora"] = str(lora)
     if vit_attention != "stock":  # recorded only when set, so earlier runs' predictions still resume
         settings["vit_attention"] = vit_attention
+    decoding = {"do_sample": False, **{k: v for k, v in (decoding or {}).items() if v is not None}}
+    vlm.generation_config(**{k: v for k, v in decoding.items() if k != "seed"})  # bad settings fail before any work
+    if decoding != {"do_sample": False}:  # likewise recorded only when set
+        settings["decoding"] = decoding
 
     done: dict[str, dict[str, Any]] = {}
     out = None
@@ -254,7 +261,7 @@ def run_eval(
     try:
         for i in range(0, len(todo), batch_size):
             chunk = todo[i : i + batch_size]
-            for row in _eval_chunk(vlm, m, chunk, num_frames, max_new_tokens):
+            for row in _eval_chunk(vlm, m, chunk, num_frames, max_new_tokens, decoding):
                 done[row["id"]] = row
                 if out is not None:
                     out.write(row)
@@ -288,7 +295,8 @@ def run_eval(
     return report
 
 
-def _eval_chunk(vlm: Any, m: Pruner, chunk: list[Any], num_frames: int | None, max_new_tokens: int
+def _eval_chunk(vlm: Any, m: Pruner, chunk: list[Any], num_frames: int | None, max_new_tokens: int,
+                decoding: dict[str, Any]
                 ) -> list[dict[str, Any]]:
     """The rows of one batch of records, in order. A record whose sample cannot be loaded, or whose batch fails
     with an :class:`InputError`, gets an error row (the batch's other samples then run one by one)."""
@@ -303,7 +311,7 @@ def _eval_chunk(vlm: Any, m: Pruner, chunk: list[Any], num_frames: int | None, m
     while groups:
         group = groups.pop()
         try:
-            answers = vlm.generate([s for _, s in group], m, max_new_tokens=max_new_tokens)
+            answers = vlm.generate([s for _, s in group], m, max_new_tokens=max_new_tokens, **decoding)
         except InputError as e:
             if len(group) == 1:
                 rows[group[0][0].id] = _error_row(group[0][0], e)

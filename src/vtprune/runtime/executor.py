@@ -19,7 +19,7 @@ from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
 from vtprune.adapters.base import Adapter, EncodedBatch
-from vtprune.errors import ConfigError, check_int, check_real
+from vtprune.errors import ConfigError
 from vtprune.methods.base import Context, Pruner, Stage, check_stages
 from vtprune.methods.none import NoPruning
 from vtprune.runtime import ops, vision
@@ -385,82 +385,6 @@ def vision_hidden_states(adapter: Adapter, method: Pruner) -> bool | list[int]:
             return True
         wanted.update(part)
     return sorted(wanted) if parts else True
-
-
-@dataclass
-class Sampling:
-    """Decoding settings. ``temperature == 0`` is greedy (the default)."""
-
-    max_new_tokens: int = 32
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_int("max_new_tokens", self.max_new_tokens, 1)
-        check_real("temperature", self.temperature, 0)
-        check_real("top_p", self.top_p, 0, 1, lo_open=True)
-        check_int("seed", self.seed)
-
-
-def _choose(logits: torch.Tensor, s: Sampling, gen: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
-    if s.temperature == 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits / s.temperature, dim=-1)
-    if s.top_p < 1:
-        sp, si = probs.sort(-1, descending=True)
-        drop = sp.cumsum(-1) - sp > s.top_p
-        probs = probs.scatter(-1, si, sp.masked_fill(drop, 0))
-    if isinstance(gen, list):  # one stream per row: a row's draws do not depend on the rest of the batch
-        return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs.cpu(), gen)]).to(logits.device)
-    return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
-
-
-@torch.no_grad()
-def decode(adapter: Adapter, state: PrefillState, sampling: Sampling, eos_ids: list[int],
-           row_seeds: list[int] | None = None) -> torch.Tensor:
-    """Generate up to ``max_new_tokens`` tokens from ``state``; returns ``[B, T]`` (finished rows padded).
-
-    ``row_seeds``: with sampling, one random stream per row seeded so (instead of one for the batch seeded with
-    ``sampling.seed``): a row's sample then does not depend on which other rows share its batch (RL rollouts
-    sharded over processes draw what one process would)."""
-    dev = adapter.device
-    B = state.logits.shape[0]
-    gen: torch.Generator | list[torch.Generator] | None = None
-    if sampling.temperature > 0:
-        if row_seeds is not None:
-            if len(row_seeds) != B:
-                raise ConfigError(f"row_seeds has {len(row_seeds)} seeds for {B} rows")
-            gen = [torch.Generator().manual_seed(int(s)) for s in row_seeds]
-        else:
-            gen = torch.Generator().manual_seed(sampling.seed)
-    eos = torch.tensor(eos_ids, device=dev)
-    pad = adapter.pad_token_id
-    mask, pos, logits = state.attention_mask.to(dev), state.positions[..., -1:].to(dev), state.logits.to(dev)
-    finished = torch.zeros(B, dtype=torch.bool, device=dev)
-    out = []
-    t0 = time.perf_counter()
-    for step in range(sampling.max_new_tokens):
-        nxt = torch.where(finished, torch.full_like(finished, pad, dtype=torch.long), _choose(logits, sampling, gen))
-        out.append(nxt)
-        finished |= torch.isin(nxt, eos)
-        if bool(finished.all()) or step == sampling.max_new_tokens - 1:
-            break
-        mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
-        pos = pos + 1
-        o = adapter.model(
-            input_ids=nxt[:, None],
-            attention_mask=mask,
-            position_ids=adapter.forward_position_ids(pos),
-            past_key_values=state.cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        logits = o.logits[:, -1].float()
-    _sync(dev)
-    state.timings["decode"] = time.perf_counter() - t0
-    state.timings["decode_steps"] = float(len(out))
-    return torch.stack(out, dim=1) if out else torch.zeros(B, 0, dtype=torch.long, device=dev)
 
 
 @torch.no_grad()

@@ -42,7 +42,8 @@ import torch
 from vtprune.errors import ConfigError
 from vtprune.methods.base import Pruner
 from vtprune.methods.glimpse.plus import KeepGiven
-from vtprune.runtime.executor import HardCut, Sampling, decode, prefill
+from vtprune.runtime.executor import HardCut, prefill
+from vtprune.runtime.generation import decode
 from vtprune.training import grpo
 from vtprune.training.rewards import NAMES as REWARD_NAMES
 from vtprune.training.rewards import JudgeClient, reward_for
@@ -173,9 +174,9 @@ def rollout(vlm: Any, method: Pruner, samples: list[Any], group: int, temperatur
     rows = [s for s in samples for _ in range(group)]
     batch = adapter.encode(rows)
     state = prefill(adapter, batch, method)
-    eos = vlm.eos_ids()
-    tokens = decode(adapter, state, Sampling(max_new_tokens=max_new_tokens, temperature=temperature), eos,
-                    row_seeds=seeds)
+    cfg = vlm.generation_config(max_new_tokens=max_new_tokens, temperature=temperature, do_sample=temperature > 0)
+    eos = [int(e) for e in (cfg.eos_token_id if isinstance(cfg.eos_token_id, list) else [cfg.eos_token_id])]
+    tokens = decode(adapter, state, cfg, row_seeds=seeds)
     layer = next(s.after for s in method.stages(adapter.num_layers) if s.site == "llm")
     return Rollout(batch=batch, tokens=tokens, mask=completion_mask(tokens, eos), kept=state.kept_visual, layer=layer,
                    texts=[t.strip() for t in vlm.tokenizer.batch_decode(tokens.cpu(), skip_special_tokens=True)],
