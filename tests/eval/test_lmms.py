@@ -231,9 +231,13 @@ def test_messages_other_than_one_user_turn_are_refused(task):
     two_texts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
     ok = lm.messages_sample([{"role": "user", "content": two_texts}])
     assert ok.question == "ab" and ok.images == []
-    with pytest.raises(vtprune.InputError, match="one user turn"):
-        lm.messages_sample([{"role": "system", "content": [{"type": "text", "text": "be brief"}]},
-                            {"role": "user", "content": [{"type": "text", "text": "hi"}]}])
+    turns = lm.messages_sample([{"role": "system", "content": [{"type": "text", "text": "be brief"}]},
+                                {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                                {"role": "assistant", "content": [{"type": "text", "text": "hello"}]},
+                                {"role": "user", "content": [{"type": "text", "text": "and now?"}]}])
+    assert turns.system == "be brief" and turns.question == "and now?" and len(turns.history) == 2
+    with pytest.raises(vtprune.InputError, match="last message"):
+        lm.messages_sample([{"role": "assistant", "content": [{"type": "text", "text": "hi"}]}])
     with pytest.raises(vtprune.InputError, match="audio"):
         lm.messages_sample([{"role": "user", "content": [{"type": "audio", "url": "x.wav"}]}])
     with pytest.raises(vtprune.InputError, match="cannot read image"):
@@ -280,5 +284,5 @@ def test_a_video_message_is_resampled_to_the_model_frame_count(tmp_path):
     s = lm.messages_sample([{"role": "user", "content": [{"type": "video", "url": str(tmp_path / "clip.npz")},
                                                          {"type": "text", "text": "what moves?"}]}])
     assert s.question == "what moves?" and s.images == [] and len(s.video) == 4
-    with pytest.raises(vtprune.InputError, match="more than one video"):
+    with pytest.raises(vtprune.InputError, match="one video"):
         lm.messages_sample([{"role": "user", "content": [{"type": "video", "url": str(tmp_path / "clip.npz")}] * 2}])

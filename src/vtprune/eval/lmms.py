@@ -340,8 +340,8 @@ class VtpruneSimple(lmms):
 
 
 class Vtprune(VtpruneSimple):
-    """The chat form (``--model vtprune``): prompts from the task's ``doc_to_messages``, one user turn with its
-    images or video, laid out by the model family's chat format."""
+    """The chat form (``--model vtprune``): prompts from the task's ``doc_to_messages`` (system turn, earlier
+    turns, the user's turn with its images or video), rendered by the checkpoint's chat template."""
 
     is_simple = False
 
@@ -353,26 +353,33 @@ class Vtprune(VtpruneSimple):
         return self.messages_sample(doc_to_messages(self._doc(task, split, doc_id)))
 
     def messages_sample(self, messages: list[dict[str, Any]]) -> Sample:
-        """One user turn (its text parts joined in order, its images / video) as a :class:`Sample`."""
+        """lmms-eval's messages (system turn, earlier turns, the user's turn; images as PIL or paths, videos as paths)
+        as a :class:`Sample` in HF's messages format, for the checkpoint's own chat template."""
         from lmms_eval.protocol import ChatMessages
 
         try:
             chat = ChatMessages(messages=messages)
         except ValueError as e:
             raise InputError(f"malformed chat messages: {str(e).splitlines()[0]}") from None
-        roles = [m.role for m in chat.messages]
-        if roles != ["user"]:
-            raise InputError(f"the vtprune model takes one user turn (no system prompt or earlier turns yet), got "
-                             f"roles {roles}")
-        texts, visuals = [], []
-        for c in chat.messages[0].content:
-            if c.type == "text":
-                texts.append(c.text)
-            elif c.type in ("image", "video"):
-                visuals.append(c.url["url"] if isinstance(c.url, dict) and "url" in c.url else c.url)
-            else:
-                raise InputError(f"{c.type} input is not supported by the vtprune model")
-        return self._sample("".join(texts), visuals)
+        hf: list[dict[str, Any]] = []
+        fps = None
+        for m in chat.messages:
+            parts: list[dict[str, Any]] = []
+            for c in m.content:
+                if c.type == "text":
+                    parts.append({"type": "text", "text": c.text})
+                elif c.type in ("image", "video"):
+                    url = c.url["url"] if isinstance(c.url, dict) and "url" in c.url else c.url
+                    one = self._sample("", [url])
+                    if one.video is not None:
+                        parts.append({"type": "video", "video": one.video})
+                        fps = one.fps
+                    else:
+                        parts.append({"type": "image", "image": one.images[0]})
+                else:
+                    raise InputError(f"{c.type} input is not supported by the vtprune model")
+            hf.append({"role": m.role, "content": parts})
+        return Sample.from_messages(hf, fps=fps)
 
 
 def _cut(text: str, until: list[str]) -> str:
