@@ -46,6 +46,20 @@ class CollatorRandom(random.Random):
         return self
 
 
+def training_arguments(out: Any, **settings: Any) -> Any:
+    """``transformers.TrainingArguments`` for vtprune's Trainer-based loops: checkpoints under ``out/checkpoints``, a
+    cosine schedule, gradient clipping at 1.0, the CPU where no GPU is, our own logging (no reporters, no tqdm) and
+    every collated column kept; ``settings`` are what each loop chooses (steps, batch, rate, warm-up, saving...)."""
+    from pathlib import Path
+
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(Path(out) / "checkpoints"), lr_scheduler_type="cosine", max_grad_norm=1.0, report_to=[],
+        remove_unused_columns=False, use_cpu=not torch.cuda.is_available(), disable_tqdm=True, **settings,
+    )
+
+
 def time_limit_callback(minutes: float | None) -> list[Any]:
     """A Trainer callback list that ends training (the run still saves as usual) once ``minutes`` of wall time have
     passed since training started; ``[]`` for ``None``. For runs on a lent machine with a fixed time budget: the

@@ -35,7 +35,7 @@ from PIL import Image
 from vtprune.errors import ConfigError
 from vtprune.options import check_choice, check_int, check_out_dir, check_positive, check_range
 from vtprune.methods.glimpse.method import GlimpsePruner
-from vtprune.training.common import CollatorRandom, ListDataset
+from vtprune.training.common import CollatorRandom, ListDataset, training_arguments
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +328,6 @@ def train_glimpse(
     collates (loads images, encodes) in that many DataLoader processes. Returns the run's metadata (also
     ``out/train_meta.json``).
     """
-    from transformers import TrainingArguments
 
     GlimpseTrainSettings(out=Path(out), mode=mode, epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
                          max_steps=max_steps, warmup=warmup, save_steps=save_steps, logging_steps=logging_steps,
@@ -361,26 +360,20 @@ def train_glimpse(
     assert modules is not None
     steps_per_epoch = math.ceil(len(with_images) / (batch_size * grad_accum))
     total = max_steps or max(1, math.ceil(epochs * steps_per_epoch))
-    args = TrainingArguments(
-        output_dir=str(Path(out) / "checkpoints"),
+    args = training_arguments(
+        out,
         num_train_epochs=epochs,
         max_steps=max_steps or -1,
         per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=grad_accum,
         learning_rate=lr,
-        lr_scheduler_type="cosine",
         warmup_steps=int(warmup * total),
         weight_decay=0.0,
-        max_grad_norm=1.0,
         logging_steps=max(1, min(logging_steps, total)),
         save_steps=save_steps,
         save_total_limit=2,
-        report_to=[],
         seed=seed,
         dataloader_num_workers=workers,
-        remove_unused_columns=False,
-        use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=True,
     )
     trainer = _trainer_class()(
         model=modules, args=args, train_dataset=ListDataset(with_images),

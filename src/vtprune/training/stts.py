@@ -29,7 +29,7 @@ from vtprune.methods.stts import STTS, STTSConfig
 from vtprune.runtime import ops, vision
 from vtprune.hub import LORA_DIR
 from vtprune.training.supervised import SupervisedBatch, encode_with_answers
-from vtprune.training.common import CollatorRandom, ListDataset
+from vtprune.training.common import CollatorRandom, ListDataset, training_arguments
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def train_stts(
     (:attr:`STTSConfig.similarity_input`; not in STTS). ``temporal_loss`` ``"mse"`` (STTS) or ``"bce"``
     (:attr:`STTS.temporal_loss`). The saved ``train_meta.json`` reports ``saturated_last``, the share of scores
     stuck at the sigmoid's ends over the last tenth of training; a warning is logged when it is above half."""
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer
 
     from vtprune.api import load
 
@@ -232,12 +232,11 @@ def train_stts(
     method.init_scorer(scfg)
     peft_model = _tune(vlm, tune, lora_rank)
     trainee = _Trainee(vlm.adapter, method, keep_range, seed)
-    args = TrainingArguments(
-        output_dir=str(out / "checkpoints"), max_steps=steps, per_device_train_batch_size=batch_size,
-        learning_rate=lr, lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20), weight_decay=0.0,
-        max_grad_norm=1.0, logging_steps=max(1, min(50, steps // 20)), save_strategy="no", report_to=[], seed=seed,
-        dataloader_num_workers=workers, remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=True,
+    args = training_arguments(
+        out, max_steps=steps, per_device_train_batch_size=batch_size,
+        learning_rate=lr, warmup_steps=max(1, steps // 20), weight_decay=0.0,
+        logging_steps=max(1, min(50, steps // 20)), save_strategy="no", seed=seed,
+        dataloader_num_workers=workers,
     )
     trainer = Trainer(model=trainee, args=args, train_dataset=ListDataset(rows),
                       data_collator=_collator(vlm.adapter, CollatorRandom(seed)))

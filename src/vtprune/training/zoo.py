@@ -25,6 +25,7 @@ from vtprune.training.common import (
     ListDataset,
     WallClockCosine,
     time_limit_callback,
+    training_arguments,
 )
 
 log = logging.getLogger(__name__)
@@ -387,7 +388,6 @@ def train_base(
     :class:`BaseTrainSettings`; ``init`` (a model name or directory) starts from those weights with a fresh schedule,
     ``attn_layers`` / ``readout_layer`` place the evidence-attention and readout losses (default L/4 and L/2, and
     L/2). Returns the run's metadata (also ``out/train_meta.json``)."""
-    from transformers import TrainingArguments
 
     from vtprune.adapters import get_adapter
     from vtprune.data.dataset import read_jsonl, resolve_data
@@ -419,24 +419,18 @@ def train_base(
         attn_layers = tuple(sorted({n_layers // 4, n_layers // 2}))
     if any(not 0 <= i < n_layers for i in attn_layers):
         raise ConfigError(f"--attn-layers must lie in 0..{n_layers - 1}, got {list(attn_layers)}")
-    args = TrainingArguments(
-        output_dir=str(out / "checkpoints"),
+    args = training_arguments(
+        out,
         max_steps=steps,
         per_device_train_batch_size=batch_size,
         learning_rate=lr,
-        lr_scheduler_type="cosine",
         warmup_steps=max(1, int(warmup * steps)),
         weight_decay=0.01,
-        max_grad_norm=1.0,
         logging_steps=max(1, min(20, steps // 20)),
         save_steps=max(100, steps // 6),
         save_total_limit=1,
-        report_to=[],
         seed=seed,
         dataloader_num_workers=workers,
-        remove_unused_columns=False,
-        use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=True,
     )
     recipe = ZooRecipe(model, describe_weight, probe_weight, adapter=adapter, attn_weight=attn_weight,
                        attn_layers=attn_layers, readout_weight=readout_weight,
