@@ -14,7 +14,7 @@ FLOOR_VENV ?= .venv-floor
 # Qwen3-VL is left out: its tests fail on 5.17 (a shape mismatch, not investigated); it is tested on 5.23 only, as
 # are LLaVA-OneVision and InternVL (added on 5.23, never run on 5.17)
 FLOOR_TESTS := tests/test_equivalence.py tests/test_generation.py tests/test_loading.py tests/runtime/test_executor.py \
-	tests/glimpse/test_official.py tests/glimpse/test_plus.py tests/glimpse/test_runtime.py \
+	tests/methods/glimpse/test_official.py tests/methods/glimpse/test_plus.py tests/methods/glimpse/test_runtime.py \
 	-k "not qwen3_vl and not llava_onevision and not internvl"
 
 .PHONY: install lmms demo test test-floor clean

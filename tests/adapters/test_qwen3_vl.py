@@ -75,7 +75,7 @@ def test_chat_template_renders_the_encoded_prompt(q3):
 
 @pytest.mark.parametrize("method", ["stts-1.0", "vit-0", "vit-2"])
 def test_vit_site_keep_all_equals_stock_video(q3, method):
-    from tests.stts.helpers import FixedVit
+    from tests.methods.stts.helpers import FixedVit
 
     m = vtprune.pruner("stts", keep=1.0) if method == "stts-1.0" else FixedVit(block=int(method[-1]))
     samples = [vtprune.Sample("what moved?", video=[make_image(64, 64, i) for i in range(6)]),
@@ -88,7 +88,7 @@ def test_vit_cut_takes_the_deepstack_features_of_dropped_steps_with_it(q3):
     """The tower attends within a frame: dropping temporal step 1 after block 0 gives, for the kept steps, exactly
     the stock tower's features and DeepStack levels on a video of those steps alone (a tap at block 0 saw every
     unit, the later taps only the kept ones)."""
-    from tests.stts.helpers import FixedVit, drop_steps
+    from tests.methods.stts.helpers import FixedVit, drop_steps
     from vtprune.runtime.vision import run_tower
 
     frames = [make_image(64, 64, i) for i in range(6)]  # 3 temporal steps of 2 frames

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from tests.glimpse.helpers import small_pruner
+from tests.methods.glimpse.helpers import small_pruner
 from vtprune.bench.profile import OpCounter, profile_step
 
 

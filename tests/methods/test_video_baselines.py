@@ -7,7 +7,7 @@ import torch
 
 import vtprune
 from tests.methods.helpers import assert_batch_invariant, kept, make_ctx, run
-from tests.stts.helpers import video
+from tests.methods.stts.helpers import video
 from vtprune.errors import UnknownMethodError
 from vtprune.methods import get_method
 from vtprune.methods.divprune import DivPrune

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.conftest import make_image
-from tests.glimpse.helpers import small_pruner
+from tests.methods.glimpse.helpers import small_pruner
 from vtprune.adapters import Sample
 from vtprune.runtime.executor import prefill
 from vtprune.training.plus import (add_lora, completion_logprobs, completion_mask, llm_linear_names, rollout, row_seed,

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import make_image
-from tests.glimpse.helpers import small_pruner
+from tests.methods.glimpse.helpers import small_pruner
 from tests.plus.helpers import image_set, stub_server
 from vtprune.training.plus import PlusConfig, train_plus
 

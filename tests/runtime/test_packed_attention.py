@@ -7,7 +7,7 @@ import torch
 
 import vtprune
 from tests.conftest import make_image
-from tests.stts.helpers import FixedVit, load_small, video
+from tests.methods.stts.helpers import FixedVit, load_small, video
 from vtprune.errors import UnsupportedModelError
 from vtprune.runtime.packed_attention import (
     NAME,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import vtprune
-from tests.stts.helpers import FixedVit, drop_steps, load_small, stts_with_scorer, video
+from tests.methods.stts.helpers import FixedVit, drop_steps, load_small, stts_with_scorer, video
 from vtprune.runtime.executor import prefill
 from vtprune.runtime.generation import decode
 from vtprune.runtime.vision import resolve_block, run_tower

@@ -10,7 +10,7 @@ import torch
 
 import vtprune
 from tests.conftest import make_image
-from tests.glimpse.helpers import SMALL
+from tests.methods.glimpse.helpers import SMALL
 from vtprune.errors import ConfigError
 from vtprune.training.glimpse import (
     TrainItem, bce_loss, box_token_mask, dice_loss, image_frame, mask_loss, train_glimpse,

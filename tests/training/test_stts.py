@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import vtprune
-from tests.stts.helpers import load_small, stts_with_scorer, video
+from tests.methods.stts.helpers import load_small, stts_with_scorer, video
 from vtprune.methods import Compose
 from vtprune.methods.stts import STTS, STTSConfig
 from vtprune.runtime.executor import prefill

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tests.glimpse.helpers import small_pruner
+from tests.methods.glimpse.helpers import small_pruner
 from vtprune.methods.base import Context, Stage
 from vtprune.methods.glimpse.features import Groups, select_tokens
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import vtprune
-from tests.stts.helpers import video
+from tests.methods.stts.helpers import video
 from vtprune.methods.stts import STTS
 from vtprune.runtime.executor import prefill
 from vtprune.hub import zoo_path

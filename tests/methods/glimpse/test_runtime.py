@@ -8,7 +8,7 @@ import torch
 
 import vtprune
 from tests.conftest import make_image, stock_generate
-from tests.glimpse.helpers import small_pruner, with_modules
+from tests.methods.glimpse.helpers import small_pruner, with_modules
 from vtprune.errors import ConfigError
 from vtprune.runtime.executor import LiveSequence, RecordScores, prefill
 from vtprune.runtime.generation import decode
@@ -157,7 +157,7 @@ def test_vip_runs_in_a_half_precision_models_precision_without_touching_its_weig
     save or training step sees); the selection reads fp32 logits, close to the fp32 model's."""
     import vtprune
     from tests.conftest import make_image
-    from tests.glimpse.helpers import small_pruner
+    from tests.methods.glimpse.helpers import small_pruner
     from vtprune.methods.glimpse import method as gm
 
     vlm = vtprune.load("random:qwen2_5_vl")

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 import vtprune
 from tests.conftest import make_image
-from tests.glimpse.helpers import small_pruner
+from tests.methods.glimpse.helpers import small_pruner
 from vtprune.errors import ConfigError, ModelLoadError
 from vtprune.methods.factory import build_method
 from vtprune.methods.glimpse import GlimpsePruner

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tests.glimpse.helpers import small_pruner
+from tests.methods.glimpse.helpers import small_pruner
 from vtprune.methods.glimpse import GlimpseConfig, GlimpseModules
 from vtprune.methods.glimpse.modules import Rope2D, apply_rope
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import vtprune
-from tests.glimpse.helpers import small_pruner
+from tests.methods.glimpse.helpers import small_pruner
 from vtprune.methods import Compose
 from vtprune.runtime.executor import prefill
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 import vtprune
 from tests.conftest import make_image
-from tests.glimpse.test_official import write_official
+from tests.methods.glimpse.test_official import write_official
 from vtprune.cli import main
 from vtprune.errors import ConfigError
 from vtprune.methods.glimpse import GlimpsePruner
