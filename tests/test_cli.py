@@ -116,7 +116,7 @@ def test_methods_json(capsys):
         (["--method", "random", "--keep", "1.5"], "keep"),
         (["--method", "random", "--keep", "0.5", "--layer", "99"], "out of range"),
         (["--fps", "8"], "--fps is the frame rate of --video"),
-        (["--vit-attention", "flash"], "vit_attention"),
+        (["--vit-attention", "flash"], "--vit-attention"),
     ],
 )
 def test_bad_input_one_line_exit_2(capsys, tmp_path, image, args, needle):

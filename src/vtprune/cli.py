@@ -10,12 +10,15 @@ import contextlib
 import json
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 from vtprune.errors import VtpruneError
+from vtprune.eval.settings import EvalSettings, ModelSettings
+from vtprune.options import setting, settings_options
 
 app = typer.Typer(
     add_completion=False,
@@ -25,38 +28,45 @@ app = typer.Typer(
 )
 
 
-# options shared by ask, eval and compare (one definition each, so their help cannot drift apart)
-LORA_OPTION = typer.Option(None, "--lora", help="LoRA adapter to merge into the model first (a peft directory, or a "
-                           "`train stts --tune lora` output).")
+# the settings shared by ask, eval and compare are the fields of ModelSettings / EvalSettings (options and help come
+# from them, through settings_options); these few are the command line's own
 STRICT_OPTION = typer.Option(False, "--strict", help="Exit 3 when any sample could not be evaluated (such samples "
                              "are skipped with a warning and counted under errors either way).")
-WEIGHTS_HELP = "A learned method's weights: zoo:<name> or a directory (--pruner: the deprecated name)."
-VIT_ATTENTION_OPTION = typer.Option("stock", "--vit-attention", help="Qwen vision attention: stock (HF's, a call per "
-                                    "window) or packed (one call per block; what makes STTS's ViT cut pay on a GPU "
-                                    "without flash-attn).")
+FLAGS: dict[str, str | tuple[str, ...]] = {"video_frames": "--frames", "num_frames": "--frames",
+                                           "weights": ("--weights", "--pruner"), "greedy": "--greedy/--sample"}
+"""Library argument names whose flag is not ``--`` + the name with dashes (the first flag is the one errors name;
+``--pruner`` is the deprecated name of ``--weights``)."""
+MODEL_TYPES = {"device_map": Optional[str]}  # JSON on the command line; ModelSettings parses it
+MODEL_FROM_CLI = ("device",)  # a device map, not a device, on the command line
 
 
-# decoding options shared by ask and eval: unset ones keep the command's default (ask: the checkpoint's
-# generation_config.json; eval: greedy with the checkpoint's other settings)
-GREEDY_OPTION = typer.Option(None, "--greedy/--sample", help="Greedy decoding, or sampling (default: ask follows the "
-                             "checkpoint's generation config, eval is greedy).")
-TEMPERATURE_OPTION = typer.Option(None, "--temperature", help="Sampling temperature (0 = greedy).")
-TOP_P_OPTION = typer.Option(None, "--top-p", help="Nucleus sampling mass.")
-TOP_K_OPTION = typer.Option(None, "--top-k", help="Sample among the k most likely tokens.")
-MIN_P_OPTION = typer.Option(None, "--min-p", help="Drop tokens below this share of the top token's probability.")
-REPETITION_PENALTY_OPTION = typer.Option(None, "--repetition-penalty", help="HF's repetition penalty (1 = none).")
-NO_REPEAT_NGRAM_OPTION = typer.Option(None, "--no-repeat-ngram-size", help="Never repeat an n-gram of this size.")
-SEED_OPTION = typer.Option(None, "--seed", help="Seed for sampling (default 0).")
+@dataclass
+class Decoding:
+    """Decoding options of ask and eval: unset ones keep the command's default (ask: the checkpoint's
+    generation_config.json; eval: greedy with the checkpoint's other settings)."""
 
+    greedy: Optional[bool] = None
+    """Greedy decoding, or sampling (default: ask follows the checkpoint's generation config, eval is greedy)."""
+    temperature: Optional[float] = None
+    """Sampling temperature (0 = greedy)."""
+    top_p: Optional[float] = None
+    """Nucleus sampling mass."""
+    top_k: Optional[int] = None
+    """Sample among the k most likely tokens."""
+    min_p: Optional[float] = None
+    """Drop tokens below this share of the top token's probability."""
+    repetition_penalty: Optional[float] = None
+    """HF's repetition penalty (1 = none)."""
+    no_repeat_ngram_size: Optional[int] = None
+    """Never repeat an n-gram of this size."""
+    seed: Optional[int] = None
+    """Seed for sampling (default 0)."""
 
-def decoding_overrides(greedy: Optional[bool], temperature: Optional[float], top_p: Optional[float],
-                       top_k: Optional[int], min_p: Optional[float], repetition_penalty: Optional[float],
-                       no_repeat_ngram_size: Optional[int], seed: Optional[int]) -> dict[str, object]:
-    """The decoding options given on the command line, as :meth:`vtprune.VLM.generate` keywords."""
-    given = dict(do_sample=None if greedy is None else not greedy, temperature=temperature, top_p=top_p, top_k=top_k,
-                 min_p=min_p, repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-                 seed=seed)
-    return {k: v for k, v in given.items() if v is not None}
+    def overrides(self) -> dict[str, object]:
+        """The options given, as :meth:`vtprune.VLM.generate` keywords."""
+        given = {**{f.name: getattr(self, f.name) for f in fields(self)},
+                 "do_sample": None if self.greedy is None else not self.greedy}
+        return {k: v for k, v in given.items() if v is not None and k != "greedy"}
 
 
 def _emit_json(obj: object) -> None:
@@ -82,60 +92,43 @@ def methods(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
 
 
 @app.command()
+@settings_options(Decoding, "decoding", flags=FLAGS, build=True)
+@settings_options(ModelSettings, "settings", exclude=MODEL_FROM_CLI, flags=FLAGS, types=MODEL_TYPES)
 def ask(
-    model: str = typer.Option(..., "--model", help="random:<family>, zoo:<name> or a local path."),
+    settings: dict[str, Any],
     question: str = typer.Option(..., "--question", "-q"),
     image: list[Path] = typer.Option([], "--image", help="Image file (repeat for several)."),
     video: Optional[Path] = typer.Option(None, "--video", help="Video file (Qwen families)."),
     fps: Optional[float] = typer.Option(None, "--fps", help="The video file's frame rate: places the sampled frames "
                                         "on Qwen2.5-VL's time axis (default: HF's, 2 fps after sampling)."),
-    method: str = typer.Option("none", "--method"),
-    keep: Optional[float] = typer.Option(None, "--keep", help="Fraction of visual tokens to keep, in (0, 1]."),
-    layer: Optional[int] = typer.Option(None, "--layer", help="Prune after this LLM layer (0-based)."),
-    weights: Optional[str] = typer.Option(None, "--weights", "--pruner", help=WEIGHTS_HELP),
-    lora: Optional[str] = LORA_OPTION,
-    vit_attention: str = VIT_ATTENTION_OPTION,
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Default: the checkpoint's, "
                                                   "else 32."),
-    greedy: Optional[bool] = GREEDY_OPTION,
-    temperature: Optional[float] = TEMPERATURE_OPTION,
-    top_p: Optional[float] = TOP_P_OPTION,
-    top_k: Optional[int] = TOP_K_OPTION,
-    min_p: Optional[float] = MIN_P_OPTION,
-    repetition_penalty: Optional[float] = REPETITION_PENALTY_OPTION,
-    no_repeat_ngram_size: Optional[int] = NO_REPEAT_NGRAM_OPTION,
-    seed: Optional[int] = SEED_OPTION,
+    decoding: Decoding = Decoding(),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Answer one question about an image (or video), pruning with --method."""
-    from vtprune.api import load
     from vtprune.data.dataset import load_clip, load_image
     from vtprune.errors import ConfigError
-    from vtprune.methods.factory import build_method, warn_unpaired_tuning
 
     if fps is not None and video is None:
         raise ConfigError("--fps is the frame rate of --video; give a video")
-    from vtprune.methods.glimpse.plus import plus_adapter
-
-    vlm = load(model, lora=lora or plus_adapter(weights), vit_attention=vit_attention)
+    cfg = ModelSettings(**settings)
+    vlm = cfg.load()
     images = [load_image(p) for p in image]
     frames, sampled_fps = load_clip(video, vlm.video_frames, fps) if video is not None else (None, None)
     unpruned = not images and frames is None
-    m = build_method(method, keep=keep, layer=layer, weights=weights, num_layers=vlm.num_layers)
-    warn_unpaired_tuning(weights, lora, model)
+    m = cfg.build_method(vlm.num_layers)
     if unpruned:
         typer.echo("note: no image or video given; running the text-only prompt unpruned", err=True)
     from vtprune.adapters import Sample
 
     ans = vlm.generate([Sample(question, images, frames, sampled_fps)], None if unpruned else m,
-                       max_new_tokens=max_new_tokens, **decoding_overrides(
-                           greedy, temperature, top_p, top_k, min_p, repetition_penalty, no_repeat_ngram_size,
-                           seed))[0]
+                       max_new_tokens=max_new_tokens, **decoding.overrides())[0]
     if as_json:
         _emit_json(
             {
                 "answer": ans.text,
-                "method": "none" if unpruned else method,
+                "method": "none" if unpruned else cfg.method,
                 "visual_tokens": ans.visual_tokens,
                 "kept_tokens": ans.kept_tokens,
                 "retention": ans.retention,
@@ -147,42 +140,21 @@ def ask(
 
 
 @app.command("eval")
+@settings_options(Decoding, "decoding", flags=FLAGS, build=True)
+@settings_options(EvalSettings, "settings", exclude=(*MODEL_FROM_CLI, "decoding", "progress"), flags=FLAGS,
+                  types=MODEL_TYPES)
 def eval_cmd(
-    model: str = typer.Option(..., "--model"),
-    data: str = typer.Option(..., "--data", help="JSONL file or testbed:<name>."),
-    method: str = typer.Option("none", "--method"),
-    keep: Optional[float] = typer.Option(None, "--keep"),
-    layer: Optional[int] = typer.Option(None, "--layer"),
-    weights: Optional[str] = typer.Option(None, "--weights", "--pruner", help=WEIGHTS_HELP),
-    lora: Optional[str] = LORA_OPTION,
-    vit_attention: str = VIT_ATTENTION_OPTION,
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1),
-    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Write (and resume from) this JSONL."),
-    max_new_tokens: int = typer.Option(16, "--max-new-tokens", min=1),
-    greedy: Optional[bool] = GREEDY_OPTION,
-    temperature: Optional[float] = TEMPERATURE_OPTION,
-    top_p: Optional[float] = TOP_P_OPTION,
-    top_k: Optional[int] = TOP_K_OPTION,
-    min_p: Optional[float] = MIN_P_OPTION,
-    repetition_penalty: Optional[float] = REPETITION_PENALTY_OPTION,
-    no_repeat_ngram_size: Optional[int] = NO_REPEAT_NGRAM_OPTION,
-    seed: Optional[int] = SEED_OPTION,
-    num_frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Resample videos to this many frames."),
+    settings: dict[str, Any],
+    decoding: Decoding = Decoding(),
     strict: bool = STRICT_OPTION,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Batched, resumable evaluation over a JSONL dataset; prints accuracy, VQA accuracy, ANLS and retention."""
     from vtprune.eval.runner import run_eval
 
+    cfg = EvalSettings(**settings, decoding=decoding.overrides(), progress=not as_json and sys.stderr.isatty())
     with _interruptible():
-        report = run_eval(
-            model=model, data=data, method=method, keep=keep, layer=layer, weights=weights, batch_size=batch_size,
-            limit=limit, predictions=predictions, max_new_tokens=max_new_tokens,
-            progress=not as_json and sys.stderr.isatty(), num_frames=num_frames, lora=lora, vit_attention=vit_attention,
-            decoding=decoding_overrides(greedy, temperature, top_p, top_k, min_p, repetition_penalty,
-                                        no_repeat_ngram_size, seed),
-        )
+        report = run_eval(cfg)
     if as_json:
         _emit_json(report)
     else:
@@ -211,19 +183,18 @@ def _strict_exit(strict: bool, errors: int) -> None:
 
 
 @app.command()
+@settings_options(ModelSettings, "settings", exclude=(*MODEL_FROM_CLI, "method", "keep", "weights"), flags=FLAGS,
+                  types=MODEL_TYPES)
 def compare(
-    model: str = typer.Option(..., "--model"),
-    data: str = typer.Option(..., "--data"),
+    settings: dict[str, Any],
+    data: str = setting(EvalSettings, "data"),
     methods_: str = typer.Option(..., "--methods", help="Comma-separated method names."),
     keeps: str = typer.Option("0.5,0.25,0.11,0.05", "--keeps", help="Comma-separated keep ratios."),
     out: Path = typer.Option(..., "--out", help="Folder for predictions, results.json and table.md."),
-    layer: Optional[int] = typer.Option(None, "--layer"),
     weights: list[str] = typer.Option([], "--weights", "--pruner", help="METHOD=PATH: a learned method's weights "
                                       "(repeatable; --pruner: the deprecated name)."),
-    lora: Optional[str] = LORA_OPTION,
-    vit_attention: str = VIT_ATTENTION_OPTION,
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1),
+    batch_size: int = setting(EvalSettings, "batch_size"),
+    limit: Optional[int] = setting(EvalSettings, "limit"),
     max_new_tokens: int = typer.Option(8, "--max-new-tokens", min=1),
     strict: bool = STRICT_OPTION,
 ) -> None:
@@ -239,9 +210,9 @@ def compare(
         raise ConfigError("--weights takes METHOD=PATH")
     with _interruptible():
         summary = run_compare(
-            model=model, data=data, methods=[m.strip() for m in methods_.split(",") if m.strip()], keeps=keep_list,
-            out=out, layer=layer, batch_size=batch_size, limit=limit, max_new_tokens=max_new_tokens,
-            weights=dict(p.split("=", 1) for p in weights), lora=lora, vit_attention=vit_attention,
+            **settings, data=data, methods=[m.strip() for m in methods_.split(",") if m.strip()], keeps=keep_list,
+            out=out, batch_size=batch_size, limit=limit, max_new_tokens=max_new_tokens,
+            weights=dict(p.split("=", 1) for p in weights),
         )
     from vtprune.eval.compare import markdown_table
 
@@ -295,16 +266,13 @@ def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...
     return tuple(exits), tuple(aborts), tuple(usage)
 
 
-FLAGS = {"video_frames": "--frames", "weights": "--weights"}
-"""Library argument names whose flag is not ``--`` + the name with dashes."""
-
-
 def user_message(e: VtpruneError) -> str:
     """The error's message, its library argument (``epochs``) named as the flag the user typed (``--epochs``)."""
     msg = str(e)
     arg = e.argument
     if arg and msg.startswith(arg):
-        return FLAGS.get(arg, "--" + arg.replace("_", "-")) + msg[len(arg):]
+        flag = FLAGS.get(arg, "--" + arg.replace("_", "-"))
+        return (flag if isinstance(flag, str) else flag[0]) + msg[len(arg):]
     return msg
 
 

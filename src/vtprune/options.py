@@ -10,7 +10,8 @@ from typing import Any
 
 from vtprune.errors import ConfigError, check_int, check_real
 
-__all__ = ["check_choice", "check_int", "check_out_dir", "check_positive", "check_range", "field_docs", "setting"]
+__all__ = ["check_choice", "check_int", "check_out_dir", "check_positive", "check_range", "field_docs", "setting",
+           "settings_options"]
 
 
 check_range = check_real
@@ -56,9 +57,10 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def setting(cls: type, name: str, flag: str | None = None, **typer_kw: Any) -> Any:
+def setting(cls: type, name: str, flag: str | tuple[str, ...] | None = None, **typer_kw: Any) -> Any:
     """A ``typer.Option`` for the dataclass field ``cls.<name>``: its default, the flag ``--<name-with-dashes>``
-    (or ``flag``), and its attribute docstring as the help, so a command's options come from its config."""
+    (or ``flag``: one or several), and its attribute docstring as the help, so a command's options come from its
+    config."""
     import dataclasses
 
     import typer
@@ -66,7 +68,40 @@ def setting(cls: type, name: str, flag: str | None = None, **typer_kw: Any) -> A
     f = next(x for x in dataclasses.fields(cls) if x.name == name)
     default = f.default if f.default is not dataclasses.MISSING else ...
     help_text = typer_kw.pop("help", None) or _plain(field_docs(cls).get(name, ""))
-    return typer.Option(default, flag or "--" + name.replace("_", "-"), help=help_text or None, **typer_kw)
+    flags = (flag,) if isinstance(flag, str) else flag or ("--" + name.replace("_", "-"),)
+    return typer.Option(default, *flags, help=help_text or None, **typer_kw)
+
+
+def settings_options(cls: type, param: str, *, exclude: Iterable[str] = (), flags: dict[str, Any] | None = None,
+                     types: dict[str, Any] | None = None, build: bool = False) -> Any:
+    """Decorator of a typer command: its parameter ``param`` stands for the fields of the dataclass ``cls`` (but
+    ``exclude``), one option each (:func:`setting`; ``flags`` / ``types`` override a field's flags or its type on
+    the command line). When the command runs, ``param`` receives those values as a dict (or, with ``build``, as a
+    ``cls``). So commands that share settings declare them once, in the dataclass, not in each signature."""
+    import dataclasses
+    import functools
+    import inspect
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in set(exclude)]
+    flags, types = flags or {}, types or {}
+
+    def decorate(fn: Any) -> Any:
+        sig = inspect.signature(fn, eval_str=True)
+        group = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=setting(cls, n, flags.get(n)),
+                                   annotation=types.get(n, hints[n])) for n in names]
+        params = [q for p in sig.parameters.values() for q in (group if p.name == param else [p])]
+
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> Any:
+            values = {n: kwargs.pop(n) for n in names}
+            return fn(**kwargs, **{param: cls(**values) if build else values})
+
+        command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        return command
+
+    return decorate
 
 
 def _plain(doc: str) -> str:

@@ -193,6 +193,9 @@ metadata:
     ("pretrained=random:nosuchfamily", "nosuchfamily"),
     ("method=fastv", "pretrained="),
     ("pretrained=random:qwen2_5_vl,dtype=float8", "dtype"),
+    ("pretrained=random:qwen2_5_vl,device_map=gpu0", "device_map must be one of auto, cpu"),
+    ("pretrained=random:qwen2_5_vl,adapter_mode=unmerged", "adapter_mode must be one of"),
+    ("pretrained=random:qwen2_5_vl,adapter_mode=base_mask", "adapter_mode applies to GlimpsePrune+ weights"),
 ])
 def test_argument_errors_are_one_line_exit_2(capsys, args, needle):
     with pytest.raises(SystemExit) as e:
@@ -200,6 +203,11 @@ def test_argument_errors_are_one_line_exit_2(capsys, args, needle):
     err = capsys.readouterr().err
     assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and needle in err
     assert err.startswith("error: vtprune:")
+
+
+def test_model_args_dtype_and_device_map_reach_the_model():
+    m = Vtprune.create_from_arg_string("pretrained=random:qwen2_5_vl,dtype=bfloat16,device_map=cpu", {})
+    assert m.vlm.model.dtype == torch.bfloat16 and m.device.type == "cpu"
 
 
 def test_lmms_eval_command_line(task, tmp_path, monkeypatch, capsys):

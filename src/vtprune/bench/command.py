@@ -14,16 +14,16 @@ import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
-from vtprune.bench.inputs import VisualSpec, parse_size
-from vtprune.bench.shapes import Shape, get_shape, shapes, text_dims, vision_dims
+from vtprune.bench.inputs import VisualSpec
+from vtprune.bench.settings import DTYPES, BenchSettings
+from vtprune.bench.shapes import Shape, text_dims, vision_dims
 from vtprune.errors import ConfigError
+from vtprune.options import settings_options
 
-_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-_SWEEP_KEYS = {"keep": float, "frames": int, "visual-tokens": int, "batch": int}
 # CPU runs default to process CPU time: the project's CPU machines are shared, and other processes inflate wall time
 # (by 1.5-5x, in bursts) but not the CPU time this process spends. Wall-clock ratios are always reported beside it.
 AUTO_CLOCK = {"cuda": "wall", "cpu": "cpu"}
@@ -66,22 +66,6 @@ class _Plan:
     weights: str | None
     sweep_key: str | None
     sweep_values: list[Any]
-
-
-def _parse_sweep(text: str) -> tuple[str, list[Any]]:
-    key, sep, vals = text.partition("=")
-    key = key.strip()
-    if not sep or key not in _SWEEP_KEYS:
-        raise ConfigError(f"--sweep must look like keep=0.5,0.25 or batch=1,2,4; keys: {', '.join(_SWEEP_KEYS)}")
-    try:
-        values = [_SWEEP_KEYS[key](v) for v in vals.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"--sweep {key}: values must be {_SWEEP_KEYS[key].__name__}s, got {vals!r}") from None
-    if not values:
-        raise ConfigError(f"--sweep {key}: no values")
-    if key == "batch" and min(values) < 1:
-        raise ConfigError("--sweep batch: batch sizes must be >= 1")
-    return key, values
 
 
 UNTRAINED_NOTE = ("untrained {name} weights (no --weights): the selection is arbitrary but the compute is that of a "
@@ -236,63 +220,18 @@ def vit_blocks_all(method: Any, stage: Any, depth: int) -> int:
     return min(depth, cut + method.vit_bias_blocks())
 
 
-def bench(
-    shape: str = typer.Option(..., "--shape", help=f"Real model shape: {', '.join(shapes())}."),
-    layers: Optional[int] = typer.Option(None, "--layers", help="LLM layers to build (real width; default: all)."),
-    vit_layers: Optional[int] = typer.Option(None, "--vit-layers", help="Vision blocks to build (default: all)."),
-    visual_tokens: Optional[int] = typer.Option(None, "--visual-tokens", help="Visual tokens (Qwen: image sized)."),
-    image_size: Optional[str] = typer.Option(None, "--image-size", help="Image size WxH (real preprocessor limits)."),
-    frames: Optional[int] = typer.Option(None, "--frames", help="Video with T frames (Qwen families)."),
-    frame_size: str = typer.Option("448x448", "--frame-size", help="Frame size WxH for --frames."),
-    method: str = typer.Option(..., "--method", help="Method to compare with none."),
-    keep: Optional[float] = typer.Option(None, "--keep", help="Fraction of visual tokens to keep, in (0, 1]."),
-    layer: Optional[int] = typer.Option(None, "--layer", help="Prune after this LLM layer (0-based)."),
-    weights: Optional[str] = typer.Option(None, "--weights", "--pruner", help="A learned method's weights (zoo:<name> "
-                                          "or directory; --pruner: deprecated alias); learned methods without them "
-                                          "are timed with untrained weights."),
-    batch_size: int = typer.Option(1, "--batch-size", min=1),
-    new_tokens: int = typer.Option(8, "--new-tokens", min=2, help="Tokens to decode (>= 2: one step is timed)."),
-    repeat: int = typer.Option(3, "--repeat", min=1, help="Timed A/B rounds."),
-    warmup: int = typer.Option(1, "--warmup", min=0, help="Untimed A/B rounds first."),
-    dtype: str = typer.Option("auto", "--dtype",
-                               help="bf16 | fp16 | fp32 | auto (bf16 on CUDA and bf16-capable CPUs, else fp32)."),
-    clock: str = typer.Option("auto", "--clock",
-                              help="Clock of the headline ratios: wall | cpu (process CPU time) | auto (cpu on CPU)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1,
-                                          help="torch CPU threads (default: 1 on CPU, see CPU_THREADS)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-    sweep: Optional[str] = typer.Option(None, "--sweep",
-                                        help="keep=0.5,0.25,0.11 | frames=16,32 | visual-tokens=... | batch=1,2,4,8"),
-    memory_budget: Optional[float] = typer.Option(None, "--memory-budget", min=0.0,
-                                                  help="GiB: report the largest batch whose weights + peak memory "
-                                                       "fit, per arm (linear in the batch, fitted to the run)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write report.json (or sweep.csv + sweep.png) here."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
-    vit_attention: str = typer.Option("stock", "--vit-attention",
-                                      help="Qwen vision attention in both arms: stock (HF sdpa, one call per window "
-                                           "or frame) | packed (one call per block: vtprune.runtime."
-                                           "packed_attention)."),
-) -> None:
-    """Time a method against the unpruned model (A/B, same process) at a real model shape."""
+def run_bench(cfg: BenchSettings, progress: Any = None) -> tuple[Any, list[dict[str, Any]]]:
+    """Run the bench ``cfg`` describes: ``(result, reports)``, the result being the one report (or, with a sweep,
+    the sweep's summary and its reports) as ``report.json`` holds it. ``progress(msg)`` hears about each stage."""
     import torch
 
-    s = get_shape(shape)
-    n_layers = s.layers if layers is None else layers
-    n_vit = s.vit_layers if vit_layers is None else vit_layers
-    if not 1 <= n_layers <= s.layers:
-        raise ConfigError(f"--layers must be in 1..{s.layers} for {s.name}, got {n_layers}")
-    if not 1 <= n_vit <= s.vit_layers:
-        raise ConfigError(f"--vit-layers must be in 1..{s.vit_layers} for {s.name}, got {n_vit}")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
+    s = cfg.real_shape
+    n_layers = s.layers if cfg.layers is None else cfg.layers
+    n_vit = s.vit_layers if cfg.vit_layers is None else cfg.vit_layers
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available")
-    if dtype != "auto" and dtype not in _DTYPES:
-        raise ConfigError(f"--dtype must be one of auto, {', '.join(_DTYPES)}, got {dtype!r}")
-    dtype_note = None
+    dtype, dtype_note = cfg.dtype, None
     if dtype == "auto":
         dtype = auto_dtype(device)
         if device == "cpu" and dtype == "fp32":
@@ -301,58 +240,35 @@ def bench(
     elif dtype == "bf16" and device == "cpu" and not cpu_has_bf16():
         dtype_note = ("bf16 on a CPU without bf16 matmul hardware (no avx512_bf16/amx_bf16): expect ~300x slower "
                       "matmuls than fp32; --dtype auto picks fp32 here")
-    if vit_attention not in ("stock", "packed"):
-        raise ConfigError(f"--vit-attention must be stock or packed, got {vit_attention!r}")
-    if vit_attention == "packed" and s.vit_kind == "clip":
-        raise ConfigError(f"--vit-attention packed serves the Qwen vision towers; {s.name} takes stock")
-    if clock not in ("auto", "wall", "cpu"):
-        raise ConfigError(f"--clock must be auto, wall or cpu, got {clock!r}")
-    if clock == "cpu" and device == "cuda":
+    if cfg.clock == "cpu" and device == "cuda":
         raise ConfigError("--clock cpu measures CPU work; on CUDA use wall (the default)")
-    clock = AUTO_CLOCK[device] if clock == "auto" else clock
-    if threads is None and device == "cpu":
-        threads = CPU_THREADS
+    clock = AUTO_CLOCK[device] if cfg.clock == "auto" else cfg.clock
+    threads = CPU_THREADS if cfg.threads is None and device == "cpu" else cfg.threads
     if threads is not None:
         torch.set_num_threads(threads)
-    sweep_key, sweep_values = _parse_sweep(sweep) if sweep else (None, [None])
-    if sweep_key == "keep" and keep is not None:
-        raise ConfigError("--sweep keep=... replaces --keep; give one of them")
-    if sweep_key == "batch" and batch_size != 1:
-        raise ConfigError("--sweep batch=... replaces --batch-size; give one of them")
-    fsize = parse_size(frame_size, "--frame-size")
-    spec_args = dict(visual_tokens=visual_tokens, image_size=parse_size(image_size) if image_size else None,
-                     frames=frames, frame_size=fsize)
-    plan = _Plan(s, n_layers, n_vit, dtype, device, method, keep, layer, weights, sweep_key, sweep_values)
+    sweep_key, sweep_values = cfg.sweep_points()
+    keep = cfg.keep
+    plan = _Plan(s, n_layers, n_vit, dtype, device, cfg.method, keep, cfg.layer, cfg.weights, sweep_key, sweep_values)
 
     # validate every point of the run before building anything
-    points: list[tuple[Any, Any, VisualSpec]] = []
-    for v in sweep_values:
-        sa = dict(spec_args)
-        if sweep_key in ("frames", "visual-tokens"):
-            k = sweep_key.replace("-", "_")
-            if sa[k] is not None:
-                raise ConfigError(f"--sweep {sweep_key}=... replaces --{sweep_key}; give one of them")
-            sa[k] = v
-        spec = VisualSpec(**sa)
-        if spec.frames is not None and not s.supports_video:
-            raise ConfigError(f"shape {s.name} takes no video (--frames); use --visual-tokens or --image-size")
-        points.append((v, _make_method(plan, v if sweep_key == "keep" else keep), spec))
+    points: list[tuple[Any, Any, VisualSpec]] = [
+        (v, _make_method(plan, v if sweep_key == "keep" else keep), spec)
+        for v, spec in zip(sweep_values, cfg.visual_specs())]
 
-    progress = None if as_json else (lambda msg: typer.echo(f"bench: {msg}", err=True))
     if progress and dtype_note:
         progress(dtype_note)
     if progress:
         progress(f"building {s.name} ({n_layers} LLM layers, {n_vit} ViT blocks) in {dtype} on {device}")
     from vtprune.bench.shapes import build_model
 
-    model, tok = build_model(s, layers=n_layers, vit_layers=n_vit, dtype=getattr(torch, _DTYPES[dtype]),
-                             device=torch.device(device), seed=seed)
-    if vit_attention == "packed":
+    model, tok = build_model(s, layers=n_layers, vit_layers=n_vit, dtype=getattr(torch, DTYPES[dtype]),
+                             device=torch.device(device), seed=cfg.seed)
+    if cfg.vit_attention == "packed":
         from vtprune.runtime.packed_attention import use_packed_vision_attention
 
         use_packed_vision_attention(model)
-    args = dict(batch_size=batch_size, new_tokens=new_tokens, repeat=repeat, warmup=warmup, clock=clock,
-                dtype_note=dtype_note, vit_attention=vit_attention)
+    args = dict(batch_size=cfg.batch_size, new_tokens=cfg.new_tokens, repeat=cfg.repeat, warmup=cfg.warmup,
+                clock=clock, dtype_note=dtype_note, vit_attention=cfg.vit_attention)
     reports = []
     for v, m, spec in points:
         if m is None:
@@ -362,36 +278,46 @@ def bench(
         point_args = dict(args, batch_size=v) if sweep_key == "batch" else args
         reports.append(_run_one(plan, model, tok, m, spec, point_args, progress))
 
-    from vtprune.bench.report import print_report, sanitize, write_sweep
+    from vtprune.bench.report import sanitize, write_sweep
 
     if sweep_key:
-        out = out or Path("bench-sweep")
+        out = cfg.out or Path("bench-sweep")
         csv_path, png_path = write_sweep(sweep_key, sweep_values, reports, out)
         result: Any = {"sweep": {"key": sweep_key, "values": sweep_values, "csv": str(csv_path), "png": str(png_path)},
                        "results": reports}
     else:
         result = reports[0]
-    if memory_budget is not None:
+    if cfg.memory_budget is not None:
         from vtprune.bench.report import fit_memory_budget
 
-        elem = torch.finfo(getattr(torch, _DTYPES[dtype])).bits // 8
-        budget = fit_memory_budget(reports, memory_budget * 2**30, sum(p.numel() for p in model.parameters()) * elem)
+        elem = torch.finfo(getattr(torch, DTYPES[dtype])).bits // 8
+        budget = fit_memory_budget(reports, cfg.memory_budget * 2**30,
+                                   sum(p.numel() for p in model.parameters()) * elem)
         if sweep_key:
             result["memory_budget"] = budget
         else:
             result = dict(result, memory_budget=budget)
     result = sanitize(result)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "report.json").write_text(json.dumps(result, indent=1))
+    if cfg.out is not None:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        (cfg.out / "report.json").write_text(json.dumps(result, indent=1))
+    return result, reports
+
+
+@settings_options(BenchSettings, "settings", flags={"weights": ("--weights", "--pruner")}, build=True)
+def bench(settings: BenchSettings, as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")
+          ) -> None:
+    """Time a method against the unpruned model (A/B, same process) at a real model shape."""
+    progress = None if as_json else (lambda msg: typer.echo(f"bench: {msg}", err=True))
+    result, reports = run_bench(settings, progress)
     if as_json:
         typer.echo(json.dumps(result))
         return
+    from vtprune.bench.report import budget_line, print_report
+
     for rep in reports:
         print_report(rep)
-    if sweep_key:
+    if "sweep" in result:
         typer.echo(f"wrote {result['sweep']['csv']} and {result['sweep']['png']}")
-    if memory_budget is not None:
-        from vtprune.bench.report import budget_line
-
+    if settings.memory_budget is not None:
         typer.echo(budget_line(result["memory_budget"]))

@@ -13,18 +13,22 @@ from typing import Any
 
 from vtprune.errors import ConfigError, UnreachableKeepError
 from vtprune.eval.runner import run_eval
+from vtprune.eval.settings import ModelSettings
 
 
 def run_compare(
     *, model: str, data: str, methods: list[str], keeps: list[float], out: Path, layer: int | None = None,
     batch_size: int = 8, limit: int | None = None, max_new_tokens: int = 8, weights: dict[str, str] | None = None,
-    lora: str | None = None, vit_attention: str = "stock",
+    lora: str | None = None, vit_attention: str = "stock", dtype: str = "auto",
+    device_map: str | dict[str, Any] | None = None, adapter_mode: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``none`` once and every method at every keep ratio (all on ``model`` with the LoRA adapter ``lora``
-    merged in, if given, and its vision attention as ``vit_attention``: see :func:`vtprune.load`); returns and
-    writes the summary."""
+    merged in, if given, loaded as ``vit_attention``, ``dtype`` and ``device_map`` say: see :func:`vtprune.load`);
+    ``adapter_mode`` applies to the GlimpsePrune+ weights among ``weights``. Returns and writes the summary."""
     if not methods or not keeps:
         raise ConfigError("compare needs at least one method and one keep ratio")
+    ModelSettings(model=model, layer=layer, lora=lora, vit_attention=vit_attention, dtype=dtype,
+                  device_map=device_map, adapter_mode=adapter_mode)  # bad settings fail before any cell runs
     weights = weights or {}
     from vtprune.methods.base import check_keep
     from vtprune.methods.registry import get_method
@@ -33,6 +37,12 @@ def run_compare(
         get_method(m)  # an unknown name fails before any cell runs
     for k in keeps:
         check_keep(k)
+    from vtprune.methods.glimpse.plus import plus_adapter
+
+    plus = {m for m, w in weights.items() if plus_adapter(w)}
+    if adapter_mode is not None and not plus:
+        raise ConfigError("adapter_mode applies to GlimpsePrune+ weights (a LoRA adapter beside the pruner); no "
+                          "weights given hold one", argument="adapter_mode")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out {out} is a file; compare writes a folder (predictions, results.json, table.md)")
@@ -49,7 +59,8 @@ def run_compare(
             r = run_eval(model=model, data=data, method=method, keep=keep,
                          layer=layer if method not in ("none",) else None, weights=weights.get(method),
                          batch_size=batch_size, limit=limit, predictions=out / "preds" / f"{tag}.jsonl",
-                         max_new_tokens=max_new_tokens, lora=lora, vit_attention=vit_attention)
+                         max_new_tokens=max_new_tokens, lora=lora, vit_attention=vit_attention, dtype=dtype,
+                         device_map=device_map, adapter_mode=adapter_mode if method in plus else None)
         except UnreachableKeepError as e:
             # a keep the method cannot reach (e.g. below pdrop's floor): an empty cell with the reason; any other
             # configuration error (a layer out of range, a learned method without its pruner) stops the run

@@ -28,9 +28,9 @@ from loguru import logger as eval_logger
 
 from vtprune.adapters import Sample
 from vtprune.errors import ConfigError, InputError, VtpruneError
+from vtprune.eval.settings import DTYPES, ModelSettings
 
 MODEL_ID = "vtprune"
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 """A visual given as a path with one of these suffixes is an image; any other path is a video."""
 
@@ -54,7 +54,12 @@ class ModelArgs:
     dtype: str = "auto"
     """auto (as loaded), float32, bfloat16 or float16."""
     device: str | None = None
-    """cpu, cuda, cuda:N; default cuda when available."""
+    """cpu, cuda, cuda:N; default cuda when available (unless ``device_map`` is given)."""
+    device_map: str | None = None
+    """accelerate's placement instead of ``device``: auto, cpu, or a JSON object of module name -> device."""
+    adapter_mode: str | None = None
+    """GlimpsePrune+ weights (``pruner`` holding a LoRA adapter): merged (default), base_mask or off (as ``vtprune
+    eval --adapter-mode``)."""
     lora: str | None = None
     """A LoRA adapter merged into the model first (as ``vtprune eval --lora``)."""
     num_frames: int | None = None
@@ -71,7 +76,7 @@ class ModelArgs:
             raise ConfigError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        for name in ("pretrained", "method", "pruner", "lora", "device", "output_path"):
+        for name in ("pretrained", "method", "pruner", "lora", "device", "device_map", "adapter_mode", "output_path"):
             v = getattr(self, name)
             if v is not None and not isinstance(v, str):
                 setattr(self, name, str(v))
@@ -135,20 +140,15 @@ class VtpruneSimple(lmms):
         return cls(exit_on_error=True, **{**extra, **args})
 
     def _setup(self, a: ModelArgs) -> None:
-        from vtprune.api import load
-        from vtprune.methods.factory import build_method, warn_unpaired_tuning
-
         self.args = a
-        device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = None if a.dtype == "auto" else getattr(torch, a.dtype)
-        from vtprune.methods.glimpse.plus import plus_adapter
-
-        self.vlm = load(a.pretrained, device=device, dtype=dtype, lora=a.lora or plus_adapter(a.pruner))
-        self.method = build_method(a.method, keep=a.keep, layer=a.layer, weights=a.pruner,
-                                   num_layers=self.vlm.num_layers)
+        device = a.device or (None if a.device_map else "cuda" if torch.cuda.is_available() else "cpu")
+        cfg = ModelSettings(model=a.pretrained, method=a.method, keep=a.keep, layer=a.layer, weights=a.pruner,
+                            lora=a.lora, dtype=a.dtype, device=device, device_map=a.device_map,
+                            adapter_mode=a.adapter_mode)
+        self.vlm = cfg.load()
+        self.method = cfg.build_method(self.vlm.num_layers)
         if self.method.name == "none":
             self.method = None
-        warn_unpaired_tuning(a.pruner, a.lora, a.pretrained)
         self.batch_size = a.batch_size
         self.num_frames = a.num_frames or self.vlm.video_frames
         self.records: list[dict[str, Any]] = []

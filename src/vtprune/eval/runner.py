@@ -20,7 +20,7 @@ from vtprune.errors import ConfigError, InputError, Interrupted
 from vtprune.eval.metrics import anls, exact_match, vqa_accuracy
 from vtprune.data.dataset import sample_for_record
 from vtprune.methods.base import Pruner, input_kinds, unpruned_kinds
-from vtprune.methods.factory import build_method, warn_unpaired_tuning
+from vtprune.eval.settings import EvalSettings
 
 log = logging.getLogger(__name__)
 
@@ -191,14 +191,10 @@ def score_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def run_eval(
-    *, model: str, data: str, method: str = "none", keep: float | None = None, layer: int | None = None,
-    weights: str | None = None, batch_size: int = 8, limit: int | None = None, predictions: Path | None = None,
-    max_new_tokens: int = 16, progress: bool = False, num_frames: int | None = None, lora: str | None = None,
-    vit_attention: str = "stock", decoding: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Evaluate ``method`` on ``data`` with ``model`` (with the LoRA adapter ``lora`` merged in, if given); returns
-    the metrics report (see :func:`score_rows`).
+def run_eval(settings: EvalSettings | None = None, /, **kwargs: Any) -> dict[str, Any]:
+    """Evaluate a method on a dataset with a model (:class:`~vtprune.eval.settings.EvalSettings`, or its fields as
+    keywords: ``run_eval(model=..., data=..., method="fastv", keep=0.25)``); returns the metrics report (see
+    :func:`score_rows`). A LoRA adapter (``lora``, or the one a GlimpsePrune+ folder brings) is merged in first.
 
     A sample that cannot be read or processed (an :class:`InputError`: a corrupt video, a missing image, ...) does
     not stop the run: its row records the error, a warning names it, and the report counts it under ``errors``
@@ -207,32 +203,34 @@ def run_eval(
 
     Decoding is greedy with the checkpoint's other generation settings (its repetition penalty, end tokens, ...),
     as lmms-eval runs HF models; ``decoding`` overrides any of them (``do_sample``, ``temperature``, ``seed``...)."""
-    from vtprune.api import load
     from vtprune.data.dataset import read_jsonl, resolve_data
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    path = resolve_data(data)
+    if settings is None:
+        settings = EvalSettings(**kwargs)
+    elif kwargs:
+        raise TypeError("run_eval takes an EvalSettings or keywords, not both")
+    s = settings
+    path = resolve_data(s.data)
     records = read_jsonl(path)
-    if limit is not None:
-        records = records[:limit]
-    from vtprune.methods.glimpse.plus import plus_adapter
-
-    lora = lora or plus_adapter(weights)  # a GlimpsePrune+ folder brings its adapter
-    vlm = load(model, lora=lora, vit_attention=vit_attention)
-    num_frames = num_frames or vlm.video_frames
-    m = build_method(method, keep=keep, layer=layer, weights=weights, num_layers=vlm.num_layers)
-    warn_unpaired_tuning(weights, lora, model)
-    settings = {"model": model, "data": data, "data_sha256": file_sha256(path), "method": m.to_dict(),
-                "max_new_tokens": max_new_tokens, "num_frames": num_frames}
+    if s.limit is not None:
+        records = records[: s.limit]
+    vlm = s.load()
+    num_frames = s.num_frames or vlm.video_frames
+    m = s.build_method(vlm.num_layers)
+    lora = s.lora_to_load()
+    model, data, method, max_new_tokens, predictions = s.model, s.data, s.method, s.max_new_tokens, s.predictions
+    run = {"model": model, "data": data, "data_sha256": file_sha256(path), "method": m.to_dict(),
+           "max_new_tokens": max_new_tokens, "num_frames": num_frames}
     if lora is not None:
-        settings["lora"] = str(lora)
-    if vit_attention != "stock":  # recorded only when set, so earlier runs' predictions still resume
-        settings["vit_attention"] = vit_attention
-    decoding = {"do_sample": False, **{k: v for k, v in (decoding or {}).items() if v is not None}}
+        run["lora"] = str(lora)
+    if s.vit_attention != "stock":  # recorded only when set, so earlier runs' predictions still resume
+        run["vit_attention"] = s.vit_attention
+    if s.dtype != "auto":  # likewise
+        run["dtype"] = s.dtype
+    decoding = {"do_sample": False, **{k: v for k, v in (s.decoding or {}).items() if v is not None}}
     vlm.generation_config(**{k: v for k, v in decoding.items() if k != "seed"})  # bad settings fail before any work
     if decoding != {"do_sample": False}:  # likewise recorded only when set
-        settings["decoding"] = decoding
+        run["decoding"] = decoding
 
     done: dict[str, dict[str, Any]] = {}
     out = None
@@ -241,8 +239,8 @@ def run_eval(
         out = PredictionsFile(predictions)
         try:
             meta = predictions.with_suffix(predictions.suffix + ".meta.json")
-            check_resumable(predictions, meta, settings, has_rows=out.rows > 0)
-            meta.write_text(json.dumps(settings, sort_keys=True))
+            check_resumable(predictions, meta, run, has_rows=out.rows > 0)
+            meta.write_text(json.dumps(run, sort_keys=True))
             out.prepare()
         except BaseException:
             out.close()
@@ -252,15 +250,15 @@ def run_eval(
     todo = [r for r in records if r.id not in done or "error" in done[r.id]]
     t0 = time.perf_counter()
     bar = None
-    if progress:
+    if s.progress:
         from rich.progress import Progress
 
         bar = Progress(transient=True)
         bar.start()
         task = bar.add_task(f"eval {method}", total=len(records), completed=len(records) - len(todo))
     try:
-        for i in range(0, len(todo), batch_size):
-            chunk = todo[i : i + batch_size]
+        for i in range(0, len(todo), s.batch_size):
+            chunk = todo[i : i + s.batch_size]
             for row in _eval_chunk(vlm, m, chunk, num_frames, max_new_tokens, decoding):
                 done[row["id"]] = row
                 if out is not None:
@@ -286,10 +284,10 @@ def run_eval(
     unpruned = unpruned_kinds(m, input_kinds(records))
     if unpruned:  # the method's keep did not apply to these samples: their retention is 1.0
         report["unpruned_inputs"] = unpruned
-    if lora is not None:
-        report["lora"] = str(lora)
-    if vit_attention != "stock":
-        report["vit_attention"] = vit_attention
+    if "lora" in run:
+        report["lora"] = run["lora"]
+    if s.vit_attention != "stock":
+        report["vit_attention"] = s.vit_attention
     report["seconds"] = time.perf_counter() - t0
     report["computed"] = len(todo)
     return report

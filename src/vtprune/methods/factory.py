@@ -50,21 +50,23 @@ def pruner(name: str, **settings: Any) -> Pruner:
     return cls(**{k: v for k, v in settings.items() if k in known and v is not None})
 
 
-def build_method(name: str, *, keep: float | None, layer: int | None, weights: str | None, num_layers: int) -> Pruner:
+def build_method(name: str, *, keep: float | None, layer: int | None, weights: str | None, num_layers: int,
+                 **settings: Any) -> Pruner:
     """Build and validate a method for an LLM of ``num_layers`` layers; a learned method loads ``weights`` (a
-    directory or ``zoo:<name>``). Errors are :class:`ConfigError`."""
+    directory or ``zoo:<name>``) with ``settings`` (e.g. GlimpsePrune's ``adapter_mode``). Errors are
+    :class:`ConfigError`."""
     cls = get_method(name)
     check_keep(keep)
     learned = issubclass(cls, LearnedPruner)
     if weights is not None:
         if not learned:
             raise ConfigError(f"method {name!r} is training-free and takes no weights (--weights)", argument="weights")
-        m: Pruner = cls.from_pretrained(weights, keep=keep, layer=layer)
+        m: Pruner = cls.from_pretrained(weights, keep=keep, layer=layer, **settings)
     elif learned:
         raise ConfigError(f"method {name!r} is learned: give its weights (a directory or zoo:<name>; --weights on "
                           "the command line)", argument="weights")
     else:
-        m = pruner(name, keep=keep, layer=layer)
+        m = pruner(name, keep=keep, layer=layer, **settings)
     check_stages(m.stages(num_layers), num_layers)
     return m
 

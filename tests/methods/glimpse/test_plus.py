@@ -105,3 +105,24 @@ def test_cli_loads_the_folders_adapter(plus_dir, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert json.loads(out)["visual_tokens"] == 12
+
+
+@pytest.mark.parametrize("mode", ["merged", "base_mask", "off"])
+def test_cli_adapter_mode_runs_as_the_api(vlms, plus_dir, tmp_path, capsys, mode):
+    """--adapter-mode M on ask equals the API with the model loaded as M needs (merged; kept apart; the base model)
+    and the pruner's adapter_mode M: the same kept tokens and the same greedy tokens."""
+    d, _ = plus_dir
+    img = tmp_path / "im.png"
+    SAMPLES[0].images[0].save(img)
+    rc = main(["ask", "--model", "random:qwen2_5_vl", "-q", SAMPLES[0].question, "--image", str(img), "--method",
+               "glimpse", "--weights", str(d), "--adapter-mode", mode, "--json", "--max-new-tokens", "3",
+               "--greedy"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    vlm = {"merged": lambda: vtprune.load("random:qwen2_5_vl", lora=d),
+           "base_mask": lambda: vtprune.load("random:qwen2_5_vl", lora=d, lora_merge=False),
+           "off": lambda: vlms["qwen2_5_vl"]}[mode]()
+    want = vlm.generate([vtprune.Sample(SAMPLES[0].question, [vtprune.data.dataset.load_image(img)])],
+                        GlimpsePruner.from_pretrained(d, adapter_mode=mode), max_new_tokens=3, do_sample=False)[0]
+    got = json.loads(out)
+    assert (got["answer"], got["kept_tokens"]) == (want.text, want.kept_tokens)
