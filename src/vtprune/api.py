@@ -53,14 +53,17 @@ class VLM:
     """A loaded model with its tokenizer, image processor and adapter."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, image_processor: Any, name: str = "",
-                 video_frames: int | None = None, chat_template: str | None = None) -> None:
+                 video_frames: int | None = None, chat_template: str | None = None,
+                 video_config: dict[str, Any] | None = None) -> None:
         self.model = model.eval()
         self.video_frames = video_frames
         """Frames a video is resampled to unless the caller asks otherwise (the model's processing default)."""
         self.tokenizer = tokenizer
         self.image_processor = image_processor
-        self.adapter: Adapter = get_adapter(model, tokenizer, image_processor, chat_template=chat_template)
-        """``chat_template``: the checkpoint's processor-level template, when it has one apart from the tokenizer's."""
+        self.adapter: Adapter = get_adapter(model, tokenizer, image_processor, chat_template=chat_template,
+                                            video_config=video_config)
+        """``chat_template``: the checkpoint's processor-level template, when it has one apart from the tokenizer's;
+        ``video_config``: its video processor settings (:func:`vtprune.hub.video_processor_config`)."""
         self.name = name
         self.lora: str | None = None
         """The LoRA adapter directory loaded into the model (merged, or kept apart in ``peft``)."""
@@ -298,7 +301,10 @@ def load(name: str, *, dtype: str | torch.dtype | None = "auto", device_map: str
             raise ConfigError(f"vit_attention='packed': {e}") from None
     if device is not None:
         model = model.to(device)
-    vlm = VLM(model, tok, proc, name=name, video_frames=frames, chat_template=template)
+    from vtprune.hub import video_processor_config
+
+    vlm = VLM(model, tok, proc, name=name, video_frames=frames, chat_template=template,
+              video_config=video_processor_config(folder) if folder is not None else None)
     if lora is not None:
         vlm.lora, vlm.peft = str(lora_dir(lora)), peft_model
     return vlm

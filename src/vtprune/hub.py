@@ -93,6 +93,22 @@ def image_processor(p: Path) -> Any:
         return cls.from_pretrained(p)
 
 
+def video_processor_config(p: Path) -> dict[str, Any] | None:
+    """The video processor settings a checkpoint folder gives, read in HF's order (``AutoVideoProcessor``): the
+    ``video_processor`` entry of ``processor_config.json``, else ``video_preprocessor_config.json``, else the
+    image processor's ``preprocessor_config.json`` (checkpoints such as Qwen2.5-VL-7B-Instruct ship no video file,
+    so HF sizes their video with the image settings); None where the folder holds none of them."""
+    nested = p / "processor_config.json"
+    if nested.is_file():
+        found = json.loads(nested.read_text()).get("video_processor")
+        if isinstance(found, dict):
+            return found
+    for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
+        if (p / name).is_file():
+            return dict(json.loads((p / name).read_text()))
+    return None
+
+
 LORA_DIR = "lora"
 """Where a learned pruner trained with a LoRA adapter keeps it (``vtprune train stts --tune lora``)."""
 SHIP_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",

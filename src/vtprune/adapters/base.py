@@ -120,12 +120,13 @@ def supported_families() -> list[str]:
     return sorted(_ADAPTERS)
 
 
-def get_adapter(model: torch.nn.Module, tokenizer: Any, image_processor: Any, *, chat_template: str | None = None
-                ) -> Adapter:
+def get_adapter(model: torch.nn.Module, tokenizer: Any, image_processor: Any, *, chat_template: str | None = None,
+                video_config: dict[str, Any] | None = None) -> Adapter:
     """Pick the adapter for ``model`` from its config's model_type; a clear error for anything else.
 
     ``chat_template``: the checkpoint's template when it is not the tokenizer's (a processor-level file, see
-    :func:`vtprune.data.chat.checkpoint_template`)."""
+    :func:`vtprune.data.chat.checkpoint_template`). ``video_config``: the checkpoint's video processor settings
+    (:func:`vtprune.hub.video_processor_config`; None: a model built in memory)."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     cls = _ADAPTERS.get(str(model_type))
     if cls is None or not any(type(model).__name__ == n for n in cls.model_classes):
@@ -133,7 +134,7 @@ def get_adapter(model: torch.nn.Module, tokenizer: Any, image_processor: Any, *,
             f"unsupported model {type(model).__name__} (model_type={model_type!r}); "
             f"supported families: {', '.join(supported_families())}"
         )
-    return cls(model, tokenizer, image_processor, chat_template=chat_template)
+    return cls(model, tokenizer, image_processor, chat_template=chat_template, video_config=video_config)
 
 
 class Adapter:
@@ -146,12 +147,15 @@ class Adapter:
     """Name of the shipped template (``data/chat_templates/<name>.jinja``) used when a checkpoint has none."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, image_processor: Any, *,
-                 chat_template: str | None = None) -> None:
+                 chat_template: str | None = None, video_config: dict[str, Any] | None = None) -> None:
         from vtprune.data.chat import tokenizer_template
 
         self.model = model
         self.tokenizer = tokenizer
         self.image_processor = image_processor
+        self.video_config = video_config
+        """The checkpoint's video processor settings, as HF reads them (None: a model built in memory); families
+        with video size their frames from them."""
         self.chat_template = chat_template or tokenizer_template(tokenizer)
         """The checkpoint's own template, or ``None`` (then :attr:`template` is the family fallback)."""
         attn = getattr(self.text_config, "_attn_implementation", "sdpa")

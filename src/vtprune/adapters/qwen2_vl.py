@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -61,21 +61,74 @@ class Qwen2VLAdapter(Adapter):
     def _special(self, name: str) -> int:
         return int(self.tokenizer.convert_tokens_to_ids(name))
 
+    video_size_default: ClassVar[dict[str, int]] = {"shortest_edge": 128 * 28 * 28, "longest_edge": 28 * 28 * 768}
+    """``Qwen2VLVideoProcessor.size``: the video pixel budget where a checkpoint's settings give none."""
+    max_video_tokens_default: ClassVar[int] = 128000
+    """``Qwen2VLVideoProcessor.max_video_tokens`` (used with ``cap_pixels_per_frame`` only)."""
+    video_pixel_keys: ClassVar[bool] = True
+    """The family's video processor maps ``min_pixels`` / ``max_pixels`` onto ``size`` (Qwen2VLVideoProcessor)."""
+
+    def video_settings(self) -> dict[str, Any]:
+        """The video processor's settings as HF builds them: the checkpoint's (:attr:`video_config`, read in
+        ``AutoVideoProcessor``'s order by :func:`vtprune.hub.video_processor_config`; a model built in memory: its
+        image processor's, as its saved folder would hold them) with ``size`` completed from the family's video
+        processor; ``min_pixels`` / ``max_pixels`` set its edges where :attr:`video_pixel_keys`
+        (``Qwen2VLVideoProcessor.__init__``)."""
+        cfg = dict(self.video_config if self.video_config is not None else self.image_processor.to_dict())
+        size = dict(cfg.get("size") or self.video_size_default)
+        for key, edge in (("min_pixels", "shortest_edge"), ("max_pixels", "longest_edge")):
+            if self.video_pixel_keys and cfg.get(key) is not None:
+                size[edge] = int(cfg[key])
+        return {**cfg, "size": size}
+
+    def video_frame_size(self, num_frames: int, height: int, width: int) -> tuple[int, int]:
+        """``(H', W')`` HF's video processor resizes every frame of a ``num_frames``-frame ``height x width`` clip to:
+        ``smart_resize`` within the video ``size``'s shortest/longest edge (pixels per frame), optionally capped by
+        the clip's share of ``max_video_tokens`` (``cap_pixels_per_frame``; ``Qwen2VLVideoProcessor.resize``)."""
+        try:
+            from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+        except ImportError:  # a transformers without the PIL backend module (then torchvision is there)
+            from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+        cfg = self.video_settings()
+        lo, hi = int(cfg["size"]["shortest_edge"]), int(cfg["size"]["longest_edge"])
+        factor = self._patch * self.merge
+        if cfg.get("cap_pixels_per_frame"):
+            total = int(int(cfg.get("max_video_tokens") or self.max_video_tokens_default) * factor * factor * 0.9)
+            hi = max(min(hi, total * self._temporal_patch // num_frames), int(lo * 1.05))
+        return smart_resize(height, width, factor=factor, min_pixels=lo, max_pixels=hi)
+
+    @property
+    def _patch(self) -> int:
+        return int(self.model.config.vision_config.patch_size)
+
     def _video_pixels(self, frames: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Qwen's temporal patchify of a frame list: ``pixel_values_videos`` ``[N, C*T*P*P]`` and ``grid_thw`` ``[1, 3]``."""
+        """Qwen's temporal patchify of a frame list: ``pixel_values_videos`` ``[N, C*T*P*P]`` and ``grid_thw``
+        ``[1, 3]``. Frames are sized as HF's video processor sizes them (:meth:`video_frame_size`: the video budget,
+        not the image one), resized with PIL's bicubic (HF's video processor uses torchvision's), then rescaled,
+        normalised and patchified by the image processor: a video of ``tp`` copies of each frame is the same
+        patchify, so the rest is exact."""
+        from PIL import Image
+
         tp = self._temporal_patch
-        frames = list(frames)
+        frames = [f if isinstance(f, Image.Image) else Image.fromarray(f) for f in frames]
+        if len({f.size for f in frames}) > 1:
+            raise InputError("video frames must all have the same size")
+        width, height = frames[0].size
+        rh, rw = self.video_frame_size(len(frames), height, width)
+        if (rh, rw) != (height, width):
+            frames = [f.convert("RGB").resize((rw, rh), resample=Image.Resampling.BICUBIC) for f in frames]
         if len(frames) % tp:
             frames += [frames[-1]] * (tp - len(frames) % tp)
-        out = self.image_processor(images=frames, return_tensors="pt")
+        # the frames are already on the grid: a budget of exactly their size leaves them as they are
+        out = self.image_processor(images=frames, size={"shortest_edge": rh * rw, "longest_edge": rh * rw},
+                                   return_tensors="pt")
         grid = out["image_grid_thw"]  # [T, 3], each (1, h, w) after repeating a frame tp times
         h, w = int(grid[0, 1]), int(grid[0, 2])
-        if not bool((grid[:, 1:] == grid[0, 1:]).all()):
-            raise InputError("video frames must all have the same size")
         per = h * w
         pv = out["pixel_values"].reshape(len(frames), per, -1)  # [F, h*w, C*tp*P*P] (frame repeated tp times)
         C = 3
-        P = int(self.model.config.vision_config.patch_size)
+        P = self._patch
         pv = pv.reshape(len(frames), per, C, tp, P, P)[:, :, :, 0]  # each frame's own patch: [F, hw, C, P, P]
         pv = pv.reshape(len(frames) // tp, tp, per, C, P, P).permute(0, 2, 3, 1, 4, 5)  # [T', hw, C, tp, P, P]
         pv = pv.reshape((len(frames) // tp) * per, C * tp * P * P)

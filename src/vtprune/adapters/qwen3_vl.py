@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -36,9 +37,27 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     model_classes = ("Qwen3VLForConditionalGeneration",)
     supports_vit_site = True
 
+    video_size_default = {"shortest_edge": 128 * 32 * 32, "longest_edge": 32 * 32 * 768}
+    """``Qwen3VLVideoProcessor.size``: pixels of the whole clip (all its frames), not of one frame."""
+    max_video_tokens_default = 768
+    video_pixel_keys = False  # Qwen3VLVideoProcessor takes ``size`` alone
+
     @property
     def _absolute_time(self) -> bool:
         return False  # time is in the text timestamps, not in second_per_grid_ts
+
+    def video_frame_size(self, num_frames: int, height: int, width: int) -> tuple[int, int]:
+        """``Qwen3VLVideoProcessor.resize``: the budget covers the clip, ``t * h * w`` pixels with ``t`` the frame
+        count rounded to the temporal patch (:func:`clip_smart_resize`); ``cap_pixels_per_frame`` caps each frame
+        at ``max_video_tokens`` patches' worth or its even share. A one-frame clip is sized as two (HF refuses it)."""
+        cfg = self.video_settings()
+        lo, hi = int(cfg["size"]["shortest_edge"]), int(cfg["size"]["longest_edge"])
+        factor, tp = self._patch * self.merge, self._temporal_patch
+        if cfg.get("cap_pixels_per_frame"):
+            cap = int(cfg.get("max_video_tokens") or self.max_video_tokens_default) * factor * factor
+            hi = max(min(cap, hi // num_frames), int(lo * 1.05)) * num_frames
+        return clip_smart_resize(max(num_frames, tp), height, width, temporal_factor=tp, factor=factor,
+                                 min_pixels=lo, max_pixels=hi)
 
     def _expand_videos(self, text: str, grids: list[torch.Tensor], fps: float | None) -> str:
         """Each ``<|vision_start|><|video_pad|><|vision_end|>`` the template placed becomes, per temporal patch, its
@@ -99,6 +118,28 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
             assert flat is not None
             out[lvl] = torch.nn.utils.rnn.pad_sequence(list(flat.split(counts)), batch_first=True)
         return out
+
+
+def clip_smart_resize(num_frames: int, height: int, width: int, *, temporal_factor: int, factor: int,
+                      min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Qwen3-VL's video ``smart_resize``: ``(H', W')``, multiples of ``factor`` near ``height x width`` in aspect,
+    with ``t' * H' * W'`` within ``[min_pixels, max_pixels]`` (``t'``: ``num_frames`` rounded to
+    ``temporal_factor``). HF's own lives in a module that needs torchvision; tests hold this one equal to it."""
+    if height < factor or width < factor:
+        scale = max(factor / height, factor / width)
+        height, width = int(height * scale), int(width * scale)
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"absolute aspect ratio must be smaller than 200, got {max(height, width) / min(height, width)}")
+    h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
+    t_bar = round(num_frames / temporal_factor) * temporal_factor
+    if t_bar * h_bar * w_bar > max_pixels:
+        beta = math.sqrt(num_frames * height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif t_bar * h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (num_frames * height * width))
+        h_bar, w_bar = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
 
 
 # --- the family spec: random config, processor, bench shapes -----------------------------------------------------
