@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+import vtprune
+from tests.conftest import make_image
 from tests.methods.glimpse.helpers import small_pruner
 from vtprune.bench.profile import OpCounter, profile_step
 
@@ -31,8 +33,12 @@ def test_counter_counts_kernels_and_host_reads_not_views() -> None:
 def test_glimpse_step_is_profiled(vlms, three_samples) -> None:
     vlm = vlms["qwen2_5_vl"]
     m = small_pruner(vlm, fixed_remain_ratio=0.5)
-    for samples in (three_samples[:1], three_samples):  # one sample; three of different sizes (padding)
+    two = vtprune.Sample("two images", [make_image(56, 84, 4), make_image(84, 56, 5)])
+    # one sample; three of different sizes (padding); a sample with two images beside them
+    for samples in (three_samples[:1], three_samples, three_samples + [two]):
         prof = profile_step(vlm.adapter, vlm.adapter.encode(samples), m)
-        assert prof["prune_step_syncs"] >= 1 and sum(prof["prune_step_sync_sites"].values()) == prof["prune_step_syncs"]
+        # the step's one wait on the device: the kept counts that size the compacted sequence and cache
+        assert prof["prune_step_syncs"] == 1, prof["prune_step_sync_sites"]
+        assert sum(prof["prune_step_sync_sites"].values()) == 1
         assert prof["layer_ops"] > 10 and prof["prune_step_ops"] > 0
         assert prof["cut_layers"] == [m.stages(vlm.adapter.num_layers)[0].after]

@@ -190,7 +190,12 @@ def test_runtime_records_only_the_hidden_states_a_method_reads(vlms):
 
     vlm = vlms["qwen2_5_vl"]
     glimpse = get_method("glimpse").untrained(vlm.model, keep=0.5)
-    assert vision_hidden_states(vlm.adapter, glimpse) == sorted(b + 1 for b in set(glimpse.config.vision_blocks))
+    # Qwen's adapter records glimpse's levels itself, as per-token means while the tower runs: the tower records none
+    assert vlm.adapter.records_token_features and vision_hidden_states(vlm.adapter, glimpse) is False
+    llava = vlms["llava"]
+    glimpse_l = get_method("glimpse").untrained(llava.model, keep=0.5)
+    assert not llava.adapter.records_token_features
+    assert vision_hidden_states(llava.adapter, glimpse_l) == sorted(b + 1 for b in set(glimpse_l.config.vision_blocks))
     vz = vtprune.pruner("visionzip", keep=0.5)
     assert vision_hidden_states(vlm.adapter, vz) == list(vlm.adapter.vision_stats_hidden_states())
 

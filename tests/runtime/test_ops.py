@@ -12,6 +12,9 @@ def test_compact_gather_and_scatter():
     index, valid = ops.compact_index(keep)
     assert index.tolist()[0] == [0, 2, 3] and valid.tolist() == [[True, True, True], [False, False, True]]
     assert index[1, -1] == 1
+    # sized on the host, packed to the left (a sample's visual rows): the same positions, kept first
+    left, lvalid = ops.compact_index(keep, 3, right=False)
+    assert left.tolist()[0] == [0, 2, 3] and left[1, 0] == 1 and lvalid.tolist() == [[True] * 3, [True, False, False]]
     x = torch.arange(8.0).view(2, 4)
     assert ops.gather_seq(x.unsqueeze(-1), index, 1).squeeze(-1)[0].tolist() == [0.0, 2.0, 3.0]
     cache = torch.arange(2 * 1 * 4 * 1.0).view(2, 1, 4, 1)
@@ -60,12 +63,17 @@ def test_prune_cache_cuts_only_the_layers_computed():
     assert cache.layers[0].keys.flatten().tolist() == [0.0, 3.0]
     assert cache.layers[1].values.flatten().tolist() == [110.0, 113.0]
     assert cache.layers[2].keys.shape[2] == 4  # a layer not yet run keeps its (future) full length
+    # layers of different widths are cut one by one, with the same answer
+    cache = DynamicCache()
+    for li, heads in enumerate((1, 2)):
+        k = torch.arange(4.0).view(1, 1, 4, 1).expand(1, heads, 4, 1) + 10 * li
+        cache.update(k, k + 100, li)
+    ops.prune_cache(cache, torch.tensor([[1, 2]]), upto_layer=1)
+    assert cache.layers[1].keys[0, :, :, 0].tolist() == [[11.0, 12.0], [11.0, 12.0]]
+    assert cache.layers[0].values.flatten().tolist() == [101.0, 102.0]
 
 
-def test_padded_rows_and_add_visual():
-    rows, valid = ops.padded_rows([torch.tensor([4, 5, 6]), torch.tensor([7])], pad=-1)
-    assert rows.tolist() == [[4, 5, 6], [7, -1, -1]] and valid.tolist() == [[True] * 3, [True, False, False]]
-    assert ops.padded_rows([])[0].shape == (0, 0)
+def test_add_visual():
     hidden = torch.zeros(2, 3, 1)
     visual_id = torch.tensor([[-1, 1, 0], [2, -1, -1]])
     feats = torch.tensor([[[1.0], [2.0], [3.0]], [[4.0], [5.0], [6.0]]])

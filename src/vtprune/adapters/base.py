@@ -9,6 +9,7 @@ cut them without knowing which family it holds. A new family is a new file with 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -309,6 +310,9 @@ class Adapter:
     # --- capabilities a site or method may need; a family declares what it has ---------------------------------
     supports_vision_features: ClassVar[bool] = False
     """:meth:`vision_geometry` and :meth:`vision_token_features` (methods that read ViT levels: GlimpsePrune)."""
+    records_token_features: ClassVar[bool] = False
+    """:meth:`record_token_features`: the features of :meth:`vision_token_features` recorded by hooks while the tower
+    runs, each level reduced to its per-token features as its block finishes (the per-patch states are never held)."""
     supports_vision_attention: ClassVar[bool] = False
     """:meth:`vision_token_stats` (methods that require ``"vision_attention"``: VisionZip, VisPruner)."""
     supports_vit_site: ClassVar[bool] = False
@@ -336,6 +340,12 @@ class Adapter:
         zeros past a sample's count); an index the tower does not have is left out. ``vision`` holds the tower outputs of ``embed(..., vision_outputs=...)`` with
         those hidden states recorded."""
         raise self.unsupported("per-token vision features")
+
+    def record_token_features(self, batch: EncodedBatch, hidden_states: Sequence[int]
+                              ) -> contextlib.AbstractContextManager[dict[int, torch.Tensor]]:
+        """Around :meth:`embed`: yields a dict that holds, once the block exits, what :meth:`vision_token_features`
+        returns for ``hidden_states`` (nothing for a batch without images)."""
+        raise self.unsupported("per-token vision features recorded while the tower runs")
 
     def check_images(self, samples: list[Sample]) -> None:
         for s in samples:

@@ -7,7 +7,8 @@ exactly where the unpruned prompt would have.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
@@ -314,27 +315,70 @@ class Qwen2VLAdapter(Adapter):
                               ) -> dict[int, torch.Tensor]:
         """Each image token's merge group averaged, un-permuted from the window order where the tower has one
         (the window index its forward uses); images only."""
-        from vtprune.adapters.vit_attention import per_sample
-
         if "video" in vision:
             raise self.unsupported("per-token vision features of video")
+        hs = vision["image"].hidden_states
+        means = {i: self._unit_means(hs[i]) for i in hidden_states if 0 <= i < len(hs) and hs[i] is not None}
+        return self._per_token(batch, means)  # indices not recorded: absent
+
+    records_token_features = True
+
+    @contextlib.contextmanager
+    def record_token_features(self, batch: EncodedBatch, hidden_states: Sequence[int]
+                              ) -> Iterator[dict[int, torch.Tensor]]:
+        """Hooks on the tower's blocks keep only each level's merge-group means (``hidden_states[i]``: the input of
+        block ``i``, the output of block ``i - 1``): a unit's ``merge**2`` rows are contiguous in the blocks' order,
+        so the mean is taken as the block finishes and the per-patch state is never held (at 2048 tokens a
+        Qwen2.5-VL level is 8192 x 1280 per patch, 4x its means). Images only."""
+        if "pixel_values_videos" in batch.model_inputs:
+            raise self.unsupported("per-token vision features of video")
+        blocks = self.vision_tower.blocks
+        means: dict[int, torch.Tensor] = {}
+
+        def keep(i: int) -> Any:
+            def hook(module: Any, args: Any, kwargs: Any, *output: Any) -> None:
+                h = output[0] if output else (args[0] if args else kwargs["hidden_states"])
+                means[i] = self._unit_means(h[0] if isinstance(h, tuple) else h)
+
+            return hook
+
+        handles = [blocks[i - 1].register_forward_hook(keep(i), with_kwargs=True) if i > 0
+                   else blocks[0].register_forward_pre_hook(keep(0), with_kwargs=True)
+                   for i in sorted(set(hidden_states)) if 0 <= i <= len(blocks)]
+        out: dict[int, torch.Tensor] = {}
+        try:
+            yield out
+        finally:
+            for handle in handles:
+                handle.remove()
+        out.update(self._per_token(batch, means))
+
+    def _unit_means(self, h: torch.Tensor) -> torch.Tensor:
+        """``[U * merge**2, Dv]`` patch rows in the tower's order -> ``[U, Dv]`` per-unit means, same order."""
+        return h.reshape(-1, self.merge * self.merge, h.shape[-1]).mean(dim=1)
+
+    def _per_token(self, batch: EncodedBatch, means: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Per-unit means in the tower's order -> ``[B, Nv0, Dv]`` float32 in each sample's visual-token order."""
+        from vtprune.adapters.vit_attention import per_sample
+
+        if not means:
+            return {}
         geo = self.vision_geometry()
         grid = batch.model_inputs["image_grid_thw"]
         sizes = (grid.prod(-1) // (self.merge * self.merge)).tolist()
-        out = {}
-        hs = vision["image"].hidden_states
-        for i in (i for i in hidden_states if 0 <= i < len(hs) and hs[i] is not None):  # others: absent
-            h = hs[i]
-            h = h.reshape(-1, self.merge * self.merge, h.shape[-1])
-            if geo.window is not None:
-                from transformers.vision_utils import get_vision_window_index
+        back = None
+        if geo.window is not None:  # the window index the tower's forward uses, computed on the host
+            from transformers.vision_utils import get_vision_window_index
 
-                index, _ = get_vision_window_index(grid.cpu(), spatial_merge_size=self.merge,
-                                                   window_size=geo.window["window_size"],
-                                                   patch_size=geo.window["patch_size"])
-                h = h[torch.argsort(index).to(h.device)]
-            items = list(h.mean(dim=1).float().split(sizes))
-            out[i] = per_sample(batch, {"image": items}, [["image"] * len(g) for g in batch.grids])
+            index, _ = get_vision_window_index(grid.cpu(), spatial_merge_size=self.merge,
+                                               window_size=geo.window["window_size"],
+                                               patch_size=geo.window["patch_size"])
+            back = torch.argsort(index)
+        kinds = [["image"] * len(g) for g in batch.grids]
+        out = {}
+        for i, h in means.items():
+            h = h if back is None else h[back.to(h.device)]
+            out[i] = per_sample(batch, {"image": list(h.float().split(sizes))}, kinds)
         return out
 
     def rope(self, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,8 +8,9 @@ A method declares
   attention logits over all keys at the stage's layer; ``"vision_outputs"``: the vision tower's outputs;
   ``"vision_attention"``: vision-encoder attention and keys per visual token; ``"vision_features"``: the
   adapter's per-token ViT features of the hidden states :meth:`Pruner.vision_hidden_states` names, in
-  ``Context.vision["token_features"]``; ``"keys"``: the stage layer's
-  cached keys);
+  ``Context.vision["token_features"]`` (recorded while the tower runs where the adapter can, else read from the
+  recorded hidden states; either way the tower's own outputs are not kept unless ``"vision_outputs"`` is
+  required); ``"keys"``: the stage layer's cached keys);
 - ``merges``: whether it also rewrites the hidden states of the tokens it keeps (token merging, :meth:`Pruner.merge`);
 - ``trainable`` and ``modalities``, for listings.
 """
@@ -74,6 +75,8 @@ class Context:
             required at an ``llm`` stage.
         num_layers: depth of the LLM.
         extra_mask: ``[B, L]`` bool, the method's own extra prompt tokens (:meth:`Pruner.prompt_tokens`), if any.
+        visual_counts_host: ``visual_counts`` as a host-side list, so a method can size tensors or choose a kernel
+            without reading the device (empty where a caller did not fill it).
     """
 
     stage: Stage
@@ -91,6 +94,7 @@ class Context:
     vision: dict[str, Any] = field(default_factory=dict)
     keys: torch.Tensor | None = None
     extra_mask: torch.Tensor | None = None
+    visual_counts_host: list[int] = field(default_factory=list)
 
     @property
     def visual_hidden(self) -> torch.Tensor:
@@ -329,10 +333,11 @@ class Pruner:
                 raise ConfigError(f"layer must be >= 0, got {self.layer}")
 
     def vision_hidden_states(self) -> tuple[int, ...] | None:
-        """With ``"vision_outputs"`` required: the vision tower's hidden states ``select`` reads (0: the input of
-        block 0; ``i``: the output of block ``i - 1``), or ``None`` for all of them. The runtime records only these
-        (HF's ``output_hidden_states`` index selection); every block's output of a large image or video is a
-        tensor the size of the ViT's activations, 33 of them on Qwen2.5-VL."""
+        """With ``"vision_outputs"`` or ``"vision_features"`` required: the vision tower's hidden states ``select``
+        reads (0: the input of block 0; ``i``: the output of block ``i - 1``), or ``None`` for all of them. The
+        runtime records only these (HF's ``output_hidden_states`` index selection, or the adapter's per-token
+        features); every block's output of a large image or video is a tensor the size of the ViT's activations,
+        33 of them on Qwen2.5-VL."""
         return None
 
     def vit_bias_blocks(self) -> int:

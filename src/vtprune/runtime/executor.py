@@ -10,6 +10,7 @@ inputs stock ``generate`` would build, so keep-all is token-identical to it.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,25 +70,40 @@ class PrefillState:
 
 class LiveSequence:
     """The prefill sequence as it shrinks: hidden states, mask, positions and, per position, the original visual id
-    (-1 for text, padding and extra tokens). ``B`` batch, ``L`` current length, ``P`` position rows."""
+    (-1 for text, padding and extra tokens). ``B`` batch, ``L`` current length, ``P`` position rows.
 
-    def __init__(self, hidden: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, visual_id: torch.Tensor):
+    What sizes the tensors is also kept on the host (``visual_counts``, ``n_extra``, ``padded``), so that asking a
+    method and cutting wait on the device once per cut: for the kept counts (:meth:`cut`)."""
+
+    def __init__(self, hidden: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, visual_id: torch.Tensor,
+                 visual_counts: list[int] | None = None, padded: bool | None = None):
         self.hidden, self.mask, self.positions, self.visual_id = hidden, mask, positions, visual_id
         self.extra = torch.zeros_like(mask, dtype=torch.bool)  # a method's extra prompt tokens (always last)
-
-    @property
-    def n_extra(self) -> int:
+        self.n_extra = 0
         """Extra prompt tokens currently in the sequence (the same number in every row)."""
-        return int(self.extra[0].sum()) if self.extra.shape[0] else 0
+        self.visual_counts = ([int(v) for v in (visual_id >= 0).sum(1).tolist()] if visual_counts is None
+                              else list(visual_counts))
+        """Per sample, the visual tokens in the sequence (host-side, exact: every cut updates it)."""
+        self.padded = bool((mask == 0).any()) if padded is None else padded
+        """Whether any row has left padding (host-side)."""
 
     def cut(self, keep: torch.Tensor) -> torch.Tensor:
-        """Keep the positions where ``keep`` ``[B, L]`` is True (and the mask is 1); returns the ``[B, L']`` index."""
-        index, valid = ops.compact_index(keep & self.mask.bool())
+        """Keep the positions where ``keep`` ``[B, L]`` is True (and the mask is 1); returns the ``[B, L']`` index.
+        The one device-to-host read: per row the kept positions, visual tokens and extra tokens, which size the
+        compacted tensors and say whether the batch needs padding afterwards."""
+        keep = keep & self.mask.bool()
+        counts, kept_vis, kept_extra = (
+            torch.stack([keep.sum(1), (keep & (self.visual_id >= 0)).sum(1), (keep & self.extra).sum(1)]).tolist()
+            if keep.numel() else ([], [], []))
+        index, valid = ops.compact_index(keep, max(counts, default=0))
         self.hidden = ops.gather_seq(self.hidden, index, 1)
         self.positions = ops.gather_seq(self.positions, index, 2)
         self.visual_id = self.visual_id.gather(1, index).masked_fill(~valid, -1)
         self.extra = self.extra.gather(1, index) & valid
         self.mask = valid.long()
+        self.visual_counts = [int(v) for v in kept_vis]
+        self.n_extra = int(kept_extra[0]) if kept_extra else 0
+        self.padded = min(counts, default=0) < max(counts, default=0)
         return index
 
     def append_extra(self, x: torch.Tensor) -> None:
@@ -99,6 +115,7 @@ class LiveSequence:
         self.mask = torch.cat([self.mask, self.mask.new_ones(B, n)], dim=1)
         self.visual_id = torch.cat([self.visual_id, self.visual_id.new_full((B, n), -1)], dim=1)
         self.extra = torch.cat([self.extra, self.extra.new_ones(B, n)], dim=1)
+        self.n_extra += n
 
     def to(self, device: torch.device) -> None:
         """Move the sequence to ``device`` (the next decoder layer's, under an accelerate ``device_map``)."""
@@ -106,21 +123,19 @@ class LiveSequence:
         self.visual_id, self.extra = self.visual_id.to(device), self.extra.to(device)
 
     def visual_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``visual_index``, ``visual_valid``, ``visual_ids``, each ``[B, Nv]``."""
-        is_vis = self.visual_id >= 0
-        rows = [torch.nonzero(r, as_tuple=False).flatten().cpu() for r in is_vis]
-        index, valid = ops.padded_rows(rows)
-        dev = self.hidden.device
-        index, valid = index.to(dev), valid.to(dev)
+        """``visual_index``, ``visual_valid``, ``visual_ids``, each ``[B, Nv]`` (each sample's visual positions in
+        order, then padding), sized from the host-side counts."""
+        index, valid = ops.compact_index(self.visual_id >= 0, max(self.visual_counts, default=0), right=False)
         ids = self.visual_id.gather(1, index).masked_fill(~valid, 0)
         return index, valid, ids
 
 
 def last_query_attention(
     adapter: Adapter, layer_idx: int, hidden_in: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor],
-    cache: DynamicCache, mask: torch.Tensor,
+    cache: DynamicCache, mask: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Attention logits ``[B, H, L]`` of the last token's query over all keys of layer ``layer_idx``.
+    """Attention logits ``[B, H, L]`` of the last token's query over all keys of layer ``layer_idx``; ``mask``
+    ``[B, L]`` hides padding keys (None: no padding).
 
     Computed explicitly from the layer input and the cached (post-RoPE) keys, so the model keeps its sdpa kernel.
     """
@@ -130,7 +145,7 @@ def last_query_attention(
     k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
     scale = getattr(adapter.layers[layer_idx].self_attn, "scaling", q.shape[-1] ** -0.5)
     logits = (q.float() @ k.float().transpose(-1, -2)).squeeze(2) * scale  # [B, H, L]
-    return logits.masked_fill(mask[:, None, :] == 0, float("-inf"))
+    return logits if mask is None else logits.masked_fill(mask[:, None, :] == 0, float("-inf"))
 
 
 class CutPolicy:
@@ -200,8 +215,8 @@ class PrefillSession:
     """``[B]`` visual tokens of each sample before any pruning."""
     coords: torch.Tensor
     """``[B, Nv0, 4]`` (item, t, h, w) of every original visual token, padded."""
-    token_layers: torch.Tensor
-    """``[B]`` visual tokens summed over the decoder layers run so far."""
+    token_layers: list[int]
+    """Per sample, visual tokens summed over the decoder layers run so far (host-side)."""
 
     def __init__(self, adapter: Adapter, batch: EncodedBatch, method: Pruner, cut: CutPolicy) -> None:
         self.adapter, self.batch, self.method, self.policy = adapter, batch, method, cut
@@ -219,6 +234,8 @@ class PrefillSession:
         self.vision: dict[str, Any] = {}
         self.injections: dict[int, torch.Tensor] = {}
         """Per decoder layer, what the family adds to the visual rows after it (the adapter's ``Embedded``)."""
+        self.last_index: torch.Tensor | None = None
+        """The gather index of the latest cut (the rotary tables of the survivors are gathered with it)."""
 
     def embed(self) -> None:
         """The vision tower and the prompt embeddings; at the ``vit`` site video units are cut inside the encoder
@@ -229,34 +246,42 @@ class PrefillSession:
             raise adapter.unsupported(f"vision-encoder attention per token (which {method.name} reads)")
         if "vision_features" in requires and not adapter.supports_vision_features:
             raise adapter.unsupported(f"per-token ViT features (which {method.name} reads)")
-        want_vision: bool | list[int] = False
-        if requires & {"vision_outputs", "vision_attention"}:
-            want_vision = vision_hidden_states(adapter, method)
+        want_vision = vision_hidden_states(adapter, method)
+        levels: list[int] | None = None  # the ViT hidden states a "vision_features" method reads
+        if "vision_features" in requires:
+            wanted = method.vision_hidden_states()  # None: a method that cannot say (a composition): all of them
+            levels = sorted(wanted) if wanted is not None else list(range(adapter.vision_geometry().depth + 1))
+        hooked = levels is not None and adapter.records_token_features
         vit = vision.vit_stage(self.stages)
         vit_keep = None
-        if vit is not None:
-            emb, vit_keep, _ = vision.embed_with_vit(adapter, batch, method, vit, vision_outputs=want_vision)
-        else:
-            emb = adapter.embed(batch, vision_outputs=want_vision)
+        with (adapter.record_token_features(batch, levels) if hooked else contextlib.nullcontext({})) as recorded:
+            if vit is not None:
+                emb, vit_keep, _ = vision.embed_with_vit(adapter, batch, method, vit, vision_outputs=want_vision)
+            else:
+                emb = adapter.embed(batch, vision_outputs=want_vision)
         if "vision_attention" in requires and emb.vision:
             emb.vision.update(adapter.vision_token_stats(batch, emb.vision))
-        if "vision_features" in requires and emb.vision:
-            levels = method.vision_hidden_states()
-            if levels is None:  # a method that cannot say (a composition): every recorded hidden state
-                hs = next(iter(emb.vision.values())).hidden_states
-                levels = tuple(i for i, h in enumerate(hs) if h is not None)
-            emb.vision["token_features"] = adapter.vision_token_features(batch, emb.vision, levels)
+        if levels is not None and (recorded or emb.vision):
+            features = recorded if hooked else adapter.vision_token_features(batch, emb.vision, levels)
+            if not requires & {"vision_outputs", "vision_attention"}:  # recorded for the features only
+                emb.vision.clear()
+            emb.vision["token_features"] = features
         self.vision = emb.vision
         self.injections = emb.injections
         vis = batch.visual_mask.to(dev)
         self.visual_total = vis.sum(1)
         visual_id = torch.where(vis, vis.long().cumsum(1) - 1, torch.full_like(vis, -1, dtype=torch.long))
-        self.seq = LiveSequence(emb.embeds, batch.attention_mask.to(dev), emb.positions, visual_id)
+        # the batch is on the host: the counts that size the visual rows and whether rows are padded cost no sync
+        host_mask = batch.attention_mask
+        self.seq = LiveSequence(emb.embeds, host_mask.to(dev), emb.positions, visual_id,
+                                visual_counts=[int(v) for v in batch.visual_mask.sum(1).tolist()],
+                                padded=bool((host_mask == 0).any()))
+        del emb  # the sequence holds the embeddings now
         if vit_keep is not None:
             self.seq.cut(vit_keep)
         coords = torch.nn.utils.rnn.pad_sequence(list(batch.coords), batch_first=True).to(dev)
         self.coords = coords if coords.dim() == 3 else torch.zeros(batch.batch_size, 0, 4, dtype=torch.long, device=dev)
-        self.token_layers = torch.zeros(batch.batch_size, dtype=torch.long, device=dev)
+        self.token_layers = [0] * batch.batch_size
         if self.last_stage is not None:
             extra = method.prompt_tokens(self.seq.hidden)
             if extra is not None and extra.shape[1]:
@@ -267,6 +292,7 @@ class PrefillSession:
         index = self.seq.cut(keep)
         if self.computed_upto >= 0:
             ops.prune_cache(self.cache, index, self.computed_upto)
+        self.last_index = index
 
     def context(self, stage: Stage, attention: torch.Tensor | None, keys: torch.Tensor | None) -> Context:
         seq = self.seq
@@ -279,26 +305,40 @@ class PrefillSession:
             visual_ids=ids, coords=coords, grids=self.batch.grids, visual_total=self.visual_total,
             text_mask=(seq.visual_id < 0) & seq.mask.bool() & ~seq.extra, num_layers=self.num_layers,
             attention=attention, vision=self.vision, keys=keys, extra_mask=seq.extra if seq.n_extra else None,
+            visual_counts_host=list(seq.visual_counts),
         )
 
     def apply_stage(self, stage: Stage, attention: torch.Tensor | None = None, keys: torch.Tensor | None = None
                     ) -> None:
         """Ask the method at ``stage`` and apply its answer as the policy says. Without visual tokens left there is
-        nothing to ask; a cutting policy still lets the extra tokens leave at the last stage."""
-        ctx = self.context(stage, attention, keys)
+        nothing to ask; a cutting policy still lets the extra tokens leave at the last stage. After the last stage
+        the vision features leave too (no later stage reads them)."""
         last = stage == self.last_stage and self.policy.cuts
-        if bool(ctx.visual_valid.any()):
-            self.policy.at_stage(self, ctx, last)
+        if max(self.seq.visual_counts, default=0) > 0:
+            self.policy.at_stage(self, self.context(stage, attention, keys), last)
         elif last and self.seq.n_extra:
             self.cut(~self.seq.extra)
+        if stage == self.last_stage:
+            self.vision = {}
 
-    def layer_inputs(self) -> tuple[tuple[torch.Tensor, torch.Tensor], Any]:
-        """Rotary tables and attention mask for the current sequence (rebuilt after every cut)."""
-        cos_sin = self.adapter.rope(self.seq.hidden, self.seq.positions)
-        mask = create_causal_mask(
-            config=self.adapter.text_config, inputs_embeds=self.seq.hidden, attention_mask=self.seq.mask,
-            past_key_values=None, position_ids=self.adapter.layer_position_ids(self.seq.positions),
-        )
+    def layer_inputs(self, cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None
+                     ) -> tuple[tuple[torch.Tensor, torch.Tensor], Any]:
+        """Rotary tables and attention mask for the current sequence. After a stage pass the tables from before it:
+        the survivors' are gathered from them after a cut (the same values), not recomputed."""
+        seq, adapter = self.seq, self.adapter
+        if cos_sin is None:
+            cos_sin = adapter.rope(seq.hidden, seq.positions)
+        elif self.last_index is not None:
+            idx = self.last_index.to(cos_sin[0].device)
+            cos_sin = (ops.gather_seq(cos_sin[0], idx, 1), ops.gather_seq(cos_sin[1], idx, 1))
+        self.last_index = None
+        if not seq.padded:  # known on the host: plain causal attention, found without reading the mask
+            mask = create_causal_mask(config=adapter.text_config, inputs_embeds=seq.hidden, attention_mask=None,
+                                      past_key_values=None, position_ids=None)
+        else:  # padding: the causal shortcut cannot apply, so transformers need not read the mask to check it
+            mask = create_causal_mask(config=adapter.text_config, inputs_embeds=seq.hidden, attention_mask=seq.mask,
+                                      past_key_values=None, position_ids=adapter.layer_position_ids(seq.positions),
+                                      allow_is_causal_skip=False)
         return cos_sin, self.policy.layer_mask(self, mask)
 
     def run_layers(self) -> None:
@@ -321,13 +361,15 @@ class PrefillSession:
             if i in self.injections:  # the family's own per-layer step (DeepStack): only the kept visual rows get it
                 seq.hidden = ops.add_visual(seq.hidden, seq.visual_id, self.injections[i])
             self.computed_upto = i
-            self.token_layers += (seq.visual_id >= 0).sum(1).to(self.token_layers.device)
+            self.token_layers = [t + v for t, v in zip(self.token_layers, seq.visual_counts)]
             if i in at_layer:
                 attn = None
                 if "last_query_attention" in method.requires:
-                    attn = last_query_attention(adapter, i, h_in, cos_sin, self.cache, seq.mask)
+                    attn = last_query_attention(adapter, i, h_in, cos_sin, self.cache,
+                                                seq.mask if seq.padded else None)
+                del h_in
                 self.apply_stage(at_layer[i], attn, self.cache.layers[i].keys if "keys" in method.requires else None)
-                cos_sin, mask = self.layer_inputs()
+                cos_sin, mask = self.layer_inputs(cos_sin)
 
     def finish(self, all_logits: bool, t0: float, t1: float) -> PrefillState:
         """Logits of the prompt (and of extra tokens still present), the state decoding continues from; ``t0``/``t1``
@@ -345,7 +387,7 @@ class PrefillSession:
         return PrefillState(
             logits=logits if all_logits else logits[:, -1], cache=self.cache, attention_mask=seq.mask,
             positions=seq.positions, visual_tokens=[int(v) for v in self.visual_total.tolist()],
-            kept_tokens=[len(k) for k in kept_ids], token_layers=[int(v) for v in self.token_layers.tolist()],
+            kept_tokens=[len(k) for k in kept_ids], token_layers=list(self.token_layers),
             kept_visual=kept_ids, kept_coords=[self.batch.coords[b][kept_ids[b]] for b in range(B)],
             timings=timings, scores=self.scores, score_ids=self.score_ids, extra_logits=extra_logits,
         )
@@ -372,19 +414,23 @@ def prefill(adapter: Adapter, batch: EncodedBatch, method: Pruner | None = None,
 
 
 def vision_hidden_states(adapter: Adapter, method: Pruner) -> bool | list[int]:
-    """The vision tower's hidden states ``method`` needs recorded: the union of what its ``select`` reads and what
-    the adapter's vision-attention statistics read, or True (all) where either cannot say."""
+    """The vision tower's hidden states ``method`` needs recorded by the tower (HF's ``output_hidden_states``): the
+    union of what its ``select`` reads, what the adapter's vision-attention statistics read and, where the adapter
+    does not record them itself (:attr:`Adapter.records_token_features`), the levels of its per-token features;
+    True (all) where one of them cannot say, False where nothing is needed."""
     wanted: set[int] = set()
     parts = []
     if "vision_outputs" in method.requires:
         parts.append(method.vision_hidden_states())
     if "vision_attention" in method.requires:
         parts.append(adapter.vision_stats_hidden_states())
+    if "vision_features" in method.requires and not adapter.records_token_features:
+        parts.append(method.vision_hidden_states())
     for part in parts:
         if part is None:
             return True
         wanted.update(part)
-    return sorted(wanted) if parts else True
+    return sorted(wanted) if parts else False
 
 
 @torch.no_grad()

@@ -11,18 +11,23 @@ import torch
 from transformers import DynamicCache
 
 
-def compact_index(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gather index that packs each row's kept positions to the right, in order.
+def compact_index(keep: torch.Tensor, n_new: int | None = None, right: bool = True
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather index that packs each row's kept positions to the right (``right=False``: to the left), in order.
 
     Args:
         keep: ``[B, L]`` bool.
+        n_new: L', at least the largest kept count of a row, when the caller knows it on the host (then nothing here
+            waits on the device); None reads it from ``keep`` (one device-to-host sync).
     Returns:
-        ``index`` ``[B, L']`` long (L' = max kept count) and ``valid`` ``[B, L']`` bool (False on new left padding).
-        Rows with fewer kept positions get dropped positions in their left padding slots (masked by ``valid``).
+        ``index`` ``[B, L']`` long and ``valid`` ``[B, L']`` bool (False on the padding side). Rows with fewer kept
+        positions get dropped positions in their padding slots (masked by ``valid``).
     """
-    n_new = int(keep.sum(dim=1).max().item()) if keep.numel() else 0
-    order = torch.sort(keep.to(torch.int8), dim=1, stable=True).indices  # dropped first, then kept, each in order
-    index = order[:, order.shape[1] - n_new :]
+    if n_new is None:
+        n_new = int(keep.sum(dim=1).max().item()) if keep.numel() else 0
+    # right: dropped first, then kept; left: kept first, then dropped; each in order (a stable sort)
+    order = torch.sort(keep.to(torch.int8), dim=1, stable=True, descending=not right).indices
+    index = order[:, order.shape[1] - n_new :] if right else order[:, :n_new]
     return index, keep.gather(1, index)
 
 
@@ -42,12 +47,26 @@ def gather_seq(x: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
 
 def prune_cache(cache: DynamicCache, index: torch.Tensor, upto_layer: int) -> None:
     """Cut layers ``0..upto_layer`` of ``cache`` to ``index`` ``[B, L']``. Mutates ``cache`` in place (the cache is the
-    runtime's own object, created for this prefill)."""
-    for li in range(upto_layer + 1):
-        layer = cache.layers[li]
-        idx = index.to(layer.keys.device)  # under a device_map each layer's cache lives on that layer's device
-        layer.keys = gather_seq(layer.keys, idx, 2)
-        layer.values = gather_seq(layer.values, idx, 2)
+    runtime's own object, created for this prefill).
+
+    One gather for every layer's keys and values (stacked ``[2n, B, Hkv, L, dh]``) instead of two per layer: on a GPU
+    each is a kernel launch, 38 of them for a cut after layer 18. Layers of different shapes, dtypes or devices (an
+    accelerate ``device_map``) are cut one by one. Each layer then holds a view of the gathered block."""
+    layers = [cache.layers[li] for li in range(upto_layer + 1)]
+    kv = [t for layer in layers for t in (layer.keys, layer.values)]
+    if len({(t.shape, t.dtype, t.device) for t in kv}) != 1:
+        for layer in layers:
+            idx = index.to(layer.keys.device)
+            layer.keys = gather_seq(layer.keys, idx, 2)
+            layer.values = gather_seq(layer.values, idx, 2)
+        return
+    stacked = torch.stack(kv)  # [2n, B, Hkv, L, dh]
+    del kv
+    n2, B, H, _, dh = stacked.shape
+    out = stacked.gather(3, index.to(stacked.device)[None, :, None, :, None].expand(n2, B, H, -1, dh))
+    del stacked
+    for i, layer in enumerate(layers):
+        layer.keys, layer.values = out[2 * i], out[2 * i + 1]
 
 
 def scatter_visual(keep_visual: torch.Tensor, visual_index: torch.Tensor, visual_valid: torch.Tensor, length: int) -> torch.Tensor:
@@ -101,17 +120,6 @@ def add_visual(hidden: torch.Tensor, visual_id: torch.Tensor, feats: torch.Tenso
     out = hidden.clone()
     out[vis] = out[vis] + feats.to(hidden.device, hidden.dtype)[b, visual_id[vis]]
     return out
-
-
-def padded_rows(index_rows: list[torch.Tensor], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack ragged 1-D rows into ``[B, N]`` plus a validity mask ``[B, N]``."""
-    n = max((len(r) for r in index_rows), default=0)
-    out = torch.full((len(index_rows), n), pad, dtype=torch.long)
-    valid = torch.zeros(len(index_rows), n, dtype=torch.bool)
-    for b, r in enumerate(index_rows):
-        out[b, : len(r)] = r
-        valid[b, : len(r)] = True
-    return out, valid
 
 
 # --- the vision encoder (the ``vit`` site): packed varlen rows, no batch axis ---------------------------------------

@@ -124,7 +124,7 @@ def test_glimpse_token_is_a_deep_prompt(vlms):
 def test_cond_attention_unmasked_fast_path_equals_the_attention_it_replaces():
     """With every key valid the VIP's attention runs unmasked through a fused kernel (v zero-padded to the q/k head
     size); it equals plain softmax attention, as does the masked path on the same all-valid mask."""
-    from vtprune.methods.glimpse.modules import CondAttention
+    from vtprune.methods.glimpse.modules import CondAttention, signed_sin
 
     torch.manual_seed(0)
     att = CondAttention(size=32, cond_size=16, heads=4)
@@ -138,10 +138,12 @@ def test_cond_attention_unmasked_fast_path_equals_the_attention_it_replaces():
     v = att.v_proj(x).view(G, M, 4, 8).transpose(1, 2)
     ref = torch.softmax(q @ k.transpose(-1, -2) / 12 ** 0.5, -1) @ v
     ref = att.o_proj(ref.transpose(1, 2).reshape(G, M, 32))
+    signed = (rope[0], signed_sin(rope[1]))  # the tables as the VIP hands them to its blocks
     with torch.no_grad():
-        torch.testing.assert_close(att(x, c, rope, valid), ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(att(x, c, signed, valid), ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(att(x, c, signed, valid, dense=True), ref, rtol=1e-5, atol=1e-5)
         part = valid.clone()
         part[1, -2:] = False  # padding: the masked path
-        out = att(x, c, rope, part)
+        out = att(x, c, signed, part)
         torch.testing.assert_close(out[0], ref[0], rtol=1e-5, atol=1e-5)
         assert not torch.allclose(out[1], ref[1])

@@ -193,3 +193,19 @@ def test_a_family_without_per_token_vit_features_refuses_glimpse(vlms):
 
     with pytest.raises(UnsupportedModelError, match="not supported by this family"):
         GlimpsePruner.untrained(vlms["llava_onevision"], keep=0.25)
+
+
+@pytest.mark.parametrize("fam", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl"])
+def test_vit_levels_recorded_as_means_equal_the_per_patch_states_merged(vlms, three_samples, fam):
+    """The adapter's hooks keep each ViT level as its 2x2 merge-unit means while the tower runs; they equal the
+    per-patch hidden states the tower records (HF's output_hidden_states), merged afterwards, exactly."""
+    adapter = vlms[fam].adapter
+    batch = adapter.encode(three_samples + [vtprune.Sample("two", [make_image(56, 84, 4), make_image(84, 56, 5)])])
+    levels = [0, 1, 3, adapter.vision_geometry().depth]
+    with torch.no_grad():
+        with adapter.record_token_features(batch, levels) as means:
+            adapter.embed(batch)
+        ref = adapter.vision_token_features(batch, adapter.embed(batch, vision_outputs=levels).vision, levels)
+    assert sorted(means) == sorted(ref) == levels
+    for i in levels:
+        assert means[i].shape == ref[i].shape and torch.equal(means[i], ref[i])

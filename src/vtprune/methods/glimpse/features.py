@@ -58,20 +58,35 @@ def vision_levels(ctx: Context, cfg: GlimpseConfig) -> list[torch.Tensor]:
 
 @dataclass
 class Groups:
-    """Packing of each sample's visual tokens into one row per (sample, image): ``[B, Nv]`` <-> ``[G, M]``."""
+    """Packing of each sample's visual tokens into one row per (sample, image): ``[B, Nv]`` <-> ``[G, M]``.
 
-    b: torch.Tensor  # [N] sample of each valid token
-    j: torch.Tensor  # [N] its index in the context's [B, Nv]
-    g: torch.Tensor  # [N] its group
-    slot: torch.Tensor  # [N] its position in the group
+    Sized on the host where it can be: with one image per sample the packing is the identity (``G = B``,
+    ``M = Nv``: the runtime lays each sample's visual tokens out first, in order); with several, while every token is
+    still present (``Context.visual_counts_host`` equals the grids' sizes), the index is built from the grids. Only
+    other cases read the device."""
+
+    b: torch.Tensor | None  # [N] sample of each valid token (None: the identity)
+    j: torch.Tensor | None  # [N] its index in the context's [B, Nv]
+    g: torch.Tensor | None  # [N] its group
+    slot: torch.Tensor | None  # [N] its position in the group
     G: int
     M: int
     shape: tuple[int, int]
+    mask: torch.Tensor | None = None  # the identity: the context's visual_valid
+    dense: bool | None = None
+    """Every ``[G, M]`` entry is a token (known on the host), or None where that was not worked out."""
 
     @classmethod
     def of(cls, ctx: Context) -> Groups:
         valid = ctx.visual_valid
         B, Nv = valid.shape
+        counts = ctx.visual_counts_host
+        if len(ctx.grids) == B and all(len(g) == 1 for g in ctx.grids):
+            return cls(None, None, None, None, B, Nv, (B, Nv), mask=valid,
+                       dense=all(c == Nv for c in counts) if counts else None)
+        sizes = [[t * h * w for t, h, w in g] for g in ctx.grids]
+        if counts and len(sizes) == B and [sum(s) for s in sizes] == list(counts):
+            return cls._from_grids(sizes, valid.device, (B, Nv))
         items = ctx.coords[..., 0].to(valid.device).masked_fill(~valid, -1)
         n_items = (items.max(dim=1).values + 1).clamp(min=0)  # [B]
         first = torch.cumsum(n_items, 0) - n_items
@@ -84,20 +99,46 @@ class Groups:
         M = int(slot.max()) + 1 if slot.numel() else 0
         return cls(b, j, g, slot, G, M, (B, Nv))
 
+    @classmethod
+    def _from_grids(cls, sizes: list[list[int]], device: torch.device, shape: tuple[int, int]) -> Groups:
+        """Every token present: sample ``b``'s items hold its visual tokens in order, ``sizes[b]`` of them each."""
+        b: list[int] = []
+        j: list[int] = []
+        for bi, per_item in enumerate(sizes):
+            b += [bi] * sum(per_item)
+            j += range(sum(per_item))
+        flat = [n for per_item in sizes for n in per_item]
+        g = [gi for gi, n in enumerate(flat) for _ in range(n)]
+        slot = [k for n in flat for k in range(n)]
+        M = max(flat, default=0)
+
+        def on_device(v: list[int]) -> torch.Tensor:  # built on the host, copied over (no device read)
+            return torch.tensor(v, dtype=torch.long).to(device)
+
+        return cls(on_device(b), on_device(j), on_device(g), on_device(slot), len(flat), M, shape,
+                   dense=all(n == M for n in flat))
+
     @property
     def valid(self) -> torch.Tensor:
+        if self.mask is not None:
+            return self.mask
+        assert self.g is not None and self.slot is not None
         v = torch.zeros(self.G, self.M, dtype=torch.bool, device=self.g.device)
         v[self.g, self.slot] = True
         return v
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, Nv, ...]`` -> ``[G, M, ...]`` (zeros on padding)."""
+        if self.mask is not None:
+            return x.masked_fill(~self.mask.view(*self.mask.shape, *([1] * (x.dim() - 2))), 0)
         out = x.new_zeros(self.G, self.M, *x.shape[2:])
         out[self.g, self.slot] = x[self.b, self.j]
         return out
 
     def unpack(self, y: torch.Tensor, fill: Any = 0) -> torch.Tensor:
         """``[G, M, ...]`` -> ``[B, Nv, ...]`` (``fill`` on padding)."""
+        if self.mask is not None:
+            return y.masked_fill(~self.mask.view(*self.mask.shape, *([1] * (y.dim() - 2))), fill)
         out = torch.full((*self.shape, *y.shape[2:]), fill, dtype=y.dtype, device=y.device)
         out[self.b, self.j] = y[self.g, self.slot]
         return out

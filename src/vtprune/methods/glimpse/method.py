@@ -40,7 +40,7 @@ class GlimpsePruner(LearnedPruner):
 
     name = "glimpse"
     sites = ("llm",)
-    requires = frozenset({"last_query_attention", "vision_outputs", "vision_features"})
+    requires = frozenset({"last_query_attention", "vision_features"})
     modalities = ("image",)
 
     weights: str | None = None
@@ -219,7 +219,7 @@ class GlimpsePruner(LearnedPruner):
         if ctx.attention is not None and ctx.attention.shape[1] != cfg.num_heads:
             raise ConfigError(f"this glimpse pruner was trained for {cfg.num_heads} attention heads; "
                               f"the model has {ctx.attention.shape[1]}")
-        if ctx.extra_mask is None or not bool(ctx.extra_mask.any()):
+        if ctx.extra_mask is None:  # the runtime passes it only while the extra tokens are in the sequence
             raise ConfigError("glimpse needs its glimpse token, which this run did not append "
                               "(a wrapper that does not forward prompt_tokens/before_layer?)")
         groups = Groups.of(ctx)
@@ -234,5 +234,5 @@ class GlimpsePruner(LearnedPruner):
         dt = ctx.hidden.dtype
         half = dt in (torch.float16, torch.bfloat16) and not torch.is_grad_enabled()
         with torch.autocast(ctx.hidden.device.type, dtype=dt, enabled=half):
-            logits = mods.vip(attn, conds, pos, groups.valid)
+            logits = mods.vip(attn, conds, pos, groups.valid, dense=groups.dense)
         return logits.float(), groups

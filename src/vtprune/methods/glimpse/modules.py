@@ -59,9 +59,22 @@ class Rope2D(nn.Module):
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """``x`` ``[G, heads, M, d]``; ``cos``/``sin`` ``[G, M, d]``."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return (x.float() * cos + rotate_half(x.float()) * sin).to(x.dtype)
+    """``x`` ``[..., G, heads, M, d]``; ``cos``/``sin`` ``[G, M, d]`` (:class:`Rope2D`'s tables)."""
+    return apply_signed_rope(x, cos, signed_sin(sin))
+
+
+def signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """``sin`` with its first half negated: ``rotate_half(x) * sin == roll(x, d/2) * signed_sin(sin)`` exactly (a
+    sign moved from one factor to the other), one op fewer per rotation."""
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+
+def apply_signed_rope(x: torch.Tensor, cos: torch.Tensor, signed: torch.Tensor) -> torch.Tensor:
+    """:func:`apply_rope` with the table from :func:`signed_sin` (computed once for every block of the VIP)."""
+    cos, signed = cos.unsqueeze(-3), signed.unsqueeze(-3)
+    xf = x.float()
+    return (xf * cos + xf.roll(x.shape[-1] // 2, dims=-1) * signed).to(x.dtype)
 
 
 class CondAttention(nn.Module):
@@ -79,15 +92,18 @@ class CondAttention(nn.Module):
         self.heads = heads
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None, rope: tuple[torch.Tensor, torch.Tensor],
-                key_mask: torch.Tensor) -> torch.Tensor:
-        """``x`` ``[G, M, S]``, ``cond`` ``[G, M, C]``, ``key_mask`` ``[G, M]`` or ``[G, M, M]`` bool -> ``[G, M, S]``."""
+                key_mask: torch.Tensor, dense: bool | None = None) -> torch.Tensor:
+        """``x`` ``[G, M, S]``, ``cond`` ``[G, M, C]``, ``key_mask`` ``[G, M]`` or ``[G, M, M]`` bool -> ``[G, M, S]``.
+        ``rope``: ``cos`` and :func:`signed_sin` tables ``[G, M, d]``. ``dense``: the caller knows that every key is
+        visible to every query (True) or not (False); None reads it from ``key_mask`` (a device read)."""
         G, M, _ = x.shape
         qk_in = torch.cat([x, cond], dim=-1) if cond is not None else x
         q = self.q_proj(qk_in).view(G, M, self.heads, -1).transpose(1, 2)
         k = self.k_proj(qk_in).view(G, M, self.heads, -1).transpose(1, 2)
         v = self.v_proj(x).view(G, M, self.heads, -1).transpose(1, 2)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if bool(key_mask.all()):  # one image, or images of one size: no mask, so sdpa can take a fused kernel
+        q, k = apply_signed_rope(torch.stack((q, k)), *rope).unbind(0)  # one rotation for both
+        if bool(key_mask.all()) if dense is None else dense:
+            # one image, or images of one size: no mask, so sdpa can take a fused kernel
             # the fused kernels want one head size; v's (S/heads) is below q's and k's ((S+C)/heads): zero columns
             # added to v give zero outputs, dropped after (exact). The unfused path materialises [G, heads, M, M]
             # scores and their softmax: 2 x 64 MB fp32 at 2048 tokens and 4 heads.
@@ -122,8 +138,8 @@ class VIPBlock(nn.Module):
         self.mlp = GatedMLP(size, 2 * size)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None, rope: tuple[torch.Tensor, torch.Tensor],
-                key_mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), cond, rope, key_mask)
+                key_mask: torch.Tensor, dense: bool | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), cond, rope, key_mask, dense)
         return x + self.mlp(self.norm2(x))
 
 
@@ -145,7 +161,8 @@ class VIP(nn.Module):
         self.rope = Rope2D(cfg.head_dim, cfg.rope_theta)
         self.window = cfg.vip_window
 
-    def forward(self, attn: torch.Tensor, conds: list[torch.Tensor], pos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def forward(self, attn: torch.Tensor, conds: list[torch.Tensor], pos: torch.Tensor, valid: torch.Tensor,
+                dense: bool | None = None) -> torch.Tensor:
         """Keep logits per token.
 
         Args:
@@ -153,15 +170,21 @@ class VIP(nn.Module):
             conds: one ``[G, M, Dv]`` per VIP block (ViT levels, deepest first).
             pos: ``[G, M, 2]`` long (row, col) on the group's token grid.
             valid: ``[G, M]`` bool, False on padding.
+            dense: whether every entry is valid, where the caller knows it without reading the device.
         Returns:
             ``[G, M]`` float logits (padding entries are meaningless).
         """
         x = self.attn_in_proj(attn)
-        rope = self.rope(pos)
-        mask = valid if self.window is None else window_mask(pos, valid, self.window)
+        cos, sin = self.rope(pos)
+        rope = (cos, signed_sin(sin))
+        if self.window is not None:
+            mask, dense = window_mask(pos, valid, self.window), False  # the window hides keys
+        else:
+            mask = valid
+            dense = bool(valid.all()) if dense is None else dense  # once, not in every block
         for i, layer in enumerate(self.layers):
             c = self.cond_in_projs[i](conds[i]) if len(self.cond_in_projs) else None
-            x = layer(x, c, rope, mask)
+            x = layer(x, c, rope, mask, dense)
         return self.out_proj(x).squeeze(-1)
 
 
