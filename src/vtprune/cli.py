@@ -100,7 +100,8 @@ def ask(
     image: list[Path] = typer.Option([], "--image", help="Image file (repeat for several)."),
     video: Optional[Path] = typer.Option(None, "--video", help="Video file (Qwen families)."),
     fps: Optional[float] = typer.Option(None, "--fps", help="The video file's frame rate: places the sampled frames "
-                                        "on Qwen2.5-VL's time axis (default: HF's, 2 fps after sampling)."),
+                                        "on Qwen2.5-VL's time axis (default: HF's, 2 fps after sampling) and sets "
+                                        "the rate the family's frame sampling reads (default: the file header's)."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Default: the checkpoint's, "
                                                   "else 32."),
     decoding: Decoding = Decoding(),
@@ -115,7 +116,8 @@ def ask(
     cfg = ModelSettings(**settings)
     vlm = cfg.load()
     images = [load_image(p) for p in image]
-    frames, sampled_fps = load_clip(video, vlm.video_frames, fps) if video is not None else (None, None)
+    frames, sampled_fps = (load_clip(video, vlm.video_frames, fps, vlm.adapter.video_frame_indices)
+                           if video is not None else (None, None))
     unpruned = not images and frames is None
     m = cfg.build_method(vlm.num_layers)
     if unpruned:

@@ -145,3 +145,76 @@ def test_qwen3_real_checkpoint_video_budget_covers_the_clip(vlms):
 def test_frames_of_different_sizes_are_refused(vlms):
     with pytest.raises(vtprune.InputError, match="same size"):
         vlms["qwen2_5_vl"].adapter.encode([vtprune.Sample("q", video=[make_image(56, 56, 0), make_image(84, 56, 1)])])
+
+
+def hf_sample_frames(family: str):
+    """transformers' ``sample_frames`` of the family's video processor, read from its module's source (the module
+    needs torchvision), as a function of (processor settings, metadata, ...)."""
+    import numpy as np
+    import torch
+    import transformers.models as models
+    from transformers.utils import logging
+    from transformers.video_utils import VideoMetadata
+
+    mod, cls = {"qwen2_vl": ("qwen2_vl/video_processing_qwen2_vl.py", "Qwen2VLVideoProcessor"),
+                "qwen3_vl": ("qwen3_vl/video_processing_qwen3_vl.py", "Qwen3VLVideoProcessor")}[family]
+    tree = ast.parse((Path(models.__file__).parent / mod).read_text())
+    klass = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls)
+    fn = next(n for n in klass.body if isinstance(n, ast.FunctionDef) and n.name == "sample_frames")
+    scope = {"math": math, "np": np, "torch": torch, "VideoMetadata": VideoMetadata,
+             "logger": logging.get_logger("test")}
+    exec(compile(ast.Module(body=[fn], type_ignores=[]), mod, "exec"), scope)
+    return scope["sample_frames"]
+
+
+@pytest.mark.parametrize("total, fps", [(40, 10.0), (300, 30.0), (7, 25.0), (3, 2.0), (2000, 24.0), (90, None)])
+def test_qwen3_samples_frames_as_hf(vlms, total, fps):
+    """Qwen3-VL's video processor samples 2 frames a second by default (the real checkpoint's file says so too);
+    a file of unknown rate counts as 24 fps."""
+    from types import SimpleNamespace
+
+    from transformers.video_utils import VideoMetadata
+
+    hf = hf_sample_frames("qwen3_vl")
+    proc = SimpleNamespace(fps=2, min_frames=4, max_frames=768)
+    want = hf(proc, VideoMetadata(total_num_frames=total, fps=fps)).tolist()
+    for config in (QWEN3_VIDEO, QWEN3_IMAGE):
+        assert adapter_with(vlms["qwen3_vl"], config).video_frame_indices(total, fps) == want
+
+
+@pytest.mark.parametrize("total, fps", [(40, 10.0), (300, 30.0), (9, 3.0), (2000, 24.0)])
+def test_qwen2_samples_frames_only_when_its_settings_ask(vlms, total, fps):
+    """Qwen2/2.5-VL's video processor keeps every frame by default (Qwen2.5-VL-7B's files set nothing); with
+    ``do_sample_frames`` and an ``fps`` it samples as HF's ``sample_frames``."""
+    from types import SimpleNamespace
+
+    from transformers.video_utils import VideoMetadata
+
+    a = adapter_with(vlms["qwen2_5_vl"], QWEN25)
+    assert a.video_frame_indices(total, fps) is None
+    hf = hf_sample_frames("qwen2_vl")
+    proc = SimpleNamespace(num_frames=None, fps=2, temporal_patch_size=2, min_frames=4, max_frames=768)
+    want = hf(proc, VideoMetadata(total_num_frames=total, fps=fps)).tolist()
+    sampled = adapter_with(vlms["qwen2_5_vl"], {**QWEN25, "do_sample_frames": True, "fps": 2})
+    assert sampled.video_frame_indices(total, fps) == want
+    with pytest.raises(vtprune.InputError, match="frame rate is unknown"):
+        sampled.video_frame_indices(total, None)
+
+
+def test_a_video_file_is_read_at_the_sampled_frames(tmp_path, vlms):
+    """A file without a frame count from the user or the model's processing default: the family's sampling picks
+    the frames (here Qwen3-VL's 2 fps of a 12-frame 4 fps clip: 6 frames, 0, 2, 4, 7, 9, 11)."""
+    import numpy as np
+
+    from vtprune.data.dataset import load_clip
+    from vtprune.data.video import read_video, write_video
+
+    clip = np.stack([np.full((32, 32, 3), 20 * i, np.uint8) for i in range(12)])
+    write_video(tmp_path / "v.mp4", clip, fps=4)
+    a = adapter_with(vlms["qwen3_vl"], QWEN3_VIDEO)
+    assert a.video_frame_indices(12, 4.0) == [0, 2, 4, 7, 9, 11]
+    frames, _ = load_clip(tmp_path / "v.mp4", None, None, a.video_frame_indices)
+    every = read_video(tmp_path / "v.mp4")
+    assert [np.asarray(f).tolist() for f in frames] == [every[i].tolist() for i in [0, 2, 4, 7, 9, 11]]
+    assert len(load_clip(tmp_path / "v.mp4", 3, None, a.video_frame_indices)[0]) == 3  # a frame count wins
+    assert len(load_clip(tmp_path / "v.mp4")[0]) == 12  # no picker: every frame

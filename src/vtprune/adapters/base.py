@@ -165,6 +165,11 @@ class Adapter:
         if any(t != "full_attention" for t in getattr(self.text_config, "layer_types", None) or []):
             raise UnsupportedModelError("sliding-window attention layers are not supported")
 
+    def video_frame_indices(self, total: int, fps: float | None) -> list[int] | None:
+        """The frames of a ``total``-frame video file at ``fps`` (None: unknown) that the family's HF video
+        processor keeps when nobody sets a frame count (its ``do_sample_frames`` sampling); None keeps them all."""
+        return None
+
     # --- structure ------------------------------------------------------------------------------
     @property
     def text_model(self) -> torch.nn.Module:

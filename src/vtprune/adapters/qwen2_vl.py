@@ -8,6 +8,7 @@ exactly where the unpruned prompt would have.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -98,6 +99,30 @@ class Qwen2VLAdapter(Adapter):
             total = int(int(cfg.get("max_video_tokens") or self.max_video_tokens_default) * factor * factor * 0.9)
             hi = max(min(hi, total * self._temporal_patch // num_frames), int(lo * 1.05))
         return smart_resize(height, width, factor=factor, min_pixels=lo, max_pixels=hi)
+
+    def video_frame_indices(self, total: int, fps: float | None) -> list[int] | None:
+        """``Qwen2VLVideoProcessor.sample_frames``, where the settings ask for it (``do_sample_frames``, off by
+        default): ``num_frames`` (rounded to the temporal patch), or ``fps`` frames a second of the file's duration
+        within ``min_frames`` .. ``max_frames``, spread as ``arange(0, total, total / n)``."""
+        cfg = self.video_settings()
+        if not cfg.get("do_sample_frames"):
+            return None
+        tp = self._temporal_patch
+        n, rate = cfg.get("num_frames"), cfg.get("fps")
+        if n is not None:
+            n = round(n / tp) * tp
+        elif rate is not None:
+            if fps is None:
+                raise InputError("the video processor samples frames by fps, but the video's frame rate is unknown; "
+                                 "give it (--fps) or a frame count")
+            top = math.floor(min(int(cfg.get("max_frames") or 768), total) / tp) * tp
+            n = min(max(total / fps * rate, int(cfg.get("min_frames") or 4)), top, total)
+            n = math.floor(n / tp) * tp
+        else:
+            return None
+        if not 0 < n <= total:
+            raise InputError(f"cannot sample {n} frames of a {total}-frame video (the video processor's settings)")
+        return torch.arange(0, total, total / n).int().tolist()
 
     @property
     def _patch(self) -> int:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from vtprune.adapters.base import VisionPlan, register_adapter
@@ -45,6 +46,21 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     @property
     def _absolute_time(self) -> bool:
         return False  # time is in the text timestamps, not in second_per_grid_ts
+
+    def video_frame_indices(self, total: int, fps: float | None) -> list[int] | None:
+        """``Qwen3VLVideoProcessor.sample_frames`` (on by default, 2 frames a second): ``num_frames``, or ``fps``
+        frames a second of the file's duration (a file of unknown rate counts as 24 fps, as HF does) within
+        ``min_frames`` .. ``max_frames``, spread as ``linspace(0, total - 1, n).round()``."""
+        cfg = self.video_settings()
+        if not cfg.get("do_sample_frames", True):
+            return None
+        lo, hi = int(cfg.get("min_frames") or 4), int(cfg.get("max_frames") or 768)
+        n, rate = cfg.get("num_frames"), cfg.get("fps", DEFAULT_FPS)
+        if n is None and rate is not None:
+            n = min(max(int(total / (fps or 24) * rate), lo), hi, total)
+        if n is None:
+            n = min(max(total, lo), hi)
+        return [int(i) for i in np.linspace(0, total - 1, int(n)).round().astype(int)]
 
     def video_frame_size(self, num_frames: int, height: int, width: int) -> tuple[int, int]:
         """``Qwen3VLVideoProcessor.resize``: the budget covers the clip, ``t * h * w`` pixels with ``t`` the frame

@@ -22,6 +22,7 @@ from typing import Any
 from PIL import Image
 
 from vtprune.errors import InputError, check_real
+from vtprune.data.video import FramePicker
 
 _KNOWN = {"id", "image", "video", "question", "answers", "type", "boxes", "frames", "fps"}
 
@@ -299,18 +300,20 @@ def load_video(path: str | Path, num_frames: int | None = None) -> list[Image.Im
     return _load_frames(path, num_frames)[0]
 
 
-def load_clip(path: str | Path, num_frames: int | None = None, fps: float | None = None
-              ) -> tuple[list[Image.Image], float | None]:
-    """A video's frames, ``num_frames`` uniformly spaced if given, and their rate: ``fps`` (the file's) times the
-    share of frames kept, so the frames span the clip's duration on Qwen2.5-VL's time axis; ``None`` without
-    ``fps``. Only the sampled frames are kept in memory while decoding."""
+def load_clip(path: str | Path, num_frames: int | None = None, fps: float | None = None,
+              pick: FramePicker | None = None) -> tuple[list[Image.Image], float | None]:
+    """A video's frames, ``num_frames`` uniformly spaced if given (else those ``pick`` chooses from the file's frame
+    count and rate, e.g. a family's video processor sampling, :meth:`Adapter.video_frame_indices`; else all), and
+    their rate: ``fps`` (the file's) times the share of frames kept, so the frames span the clip's duration on
+    Qwen2.5-VL's time axis; ``None`` without ``fps``. Only the sampled frames are kept in memory while decoding."""
     if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps < math.inf):
         raise InputError(f"fps must be a finite number > 0, got {fps!r}")
-    frames, total = _load_frames(path, num_frames)
+    frames, total = _load_frames(path, num_frames, pick, fps)
     return frames, (fps * len(frames) / total if fps is not None else None)
 
 
-def _load_frames(path: str | Path, num_frames: int | None) -> tuple[list[Image.Image], int]:
+def _load_frames(path: str | Path, num_frames: int | None, pick: FramePicker | None = None,
+                 fps: float | None = None) -> tuple[list[Image.Image], int]:
     """The sampled frames as RGB images and the file's frame count (errors are :class:`InputError`)."""
     import zipfile
 
@@ -321,7 +324,7 @@ def _load_frames(path: str | Path, num_frames: int | None) -> tuple[list[Image.I
     if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1):
         raise InputError(f"num_frames must be an integer >= 1, got {num_frames!r}")
     try:
-        frames, total = read_frames(path, num_frames)
+        frames, total = read_frames(path, num_frames, pick, fps)
     except (OSError, ValueError, KeyError, EOFError, IndexError, zipfile.BadZipFile, av.FFmpegError) as e:
         reason = e.strerror if isinstance(e, FileNotFoundError) and e.strerror else str(e)
         raise InputError(f"cannot read video {path}: {reason}") from None
@@ -345,15 +348,16 @@ def resolve_data(spec: str | Path) -> Path:
     return p
 
 
-def sample_for_record(rec: Any, num_frames: int | None = None) -> Sample:
+def sample_for_record(rec: Any, num_frames: int | None = None, pick: FramePicker | None = None) -> Sample:
     """Load a dataset record's image(s)/video into a :class:`Sample` (errors are :class:`InputError`).
 
-    ``num_frames`` resamples videos uniformly to that many frames (test-time scaling uses more than training). A
+    ``num_frames`` resamples videos uniformly to that many frames (test-time scaling uses more than training);
+    without it ``pick`` chooses them (:func:`load_clip`). A
     record's ``fps`` (the file's frame rate) gives the resampled frames' rate, ``fps * kept / total``: Qwen2.5-VL's
     time axis then spans the clip's real duration whatever the frame count."""
     paths = getattr(rec, "images", None) or getattr(rec, "image", None) or []
     images = [load_image(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     video, fps = None, None
     if getattr(rec, "video", None):
-        video, fps = load_clip(rec.video, num_frames, getattr(rec, "fps", None))
+        video, fps = load_clip(rec.video, num_frames, getattr(rec, "fps", None), pick)
     return Sample(rec.question, images, video, fps)

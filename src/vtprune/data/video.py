@@ -7,6 +7,7 @@ H.264; every FFmpeg-based reader (PyAV, ffmpeg, decord) can. ``.npz`` files (key
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +51,24 @@ def read_video(path: str | Path, num_frames: int | None = None) -> np.ndarray:
     return read_frames(path, num_frames)[0]
 
 
-def read_frames(path: str | Path, num_frames: int | None = None) -> tuple[np.ndarray, int]:
+FramePicker = Callable[[int, "float | None"], "list[int] | None"]
+"""``pick(total, fps) -> indices | None``: which of a file's ``total`` frames (at ``fps`` frames per second, None
+when unknown) to keep, in order; None keeps them all (a family's video processor's frame sampling)."""
+
+
+def read_frames(path: str | Path, num_frames: int | None = None, pick: FramePicker | None = None,
+                fps: float | None = None) -> tuple[np.ndarray, int]:
     """:func:`read_video` and the file's frame count. With ``num_frames``, only the sampled frames are converted
     and kept (the rest are decoded and dropped), so memory does not grow with the clip's length; a file whose
-    header gives no frame count is decoded twice, once to count. A file without a video stream, or frames that are
+    header gives no frame count is decoded twice, once to count. Without ``num_frames``, ``pick`` chooses the frames
+    from the count and the rate (``fps``, else the file's own). A file without a video stream, or frames that are
     not uint8 ``[T, H, W, 3]``, raise ``ValueError``."""
+
+    def wanted(total: int, rate: float | None) -> list[int] | None:
+        if num_frames is not None:
+            return sample_indices(total, num_frames) if total else []
+        return pick(total, fps or rate) if pick is not None and total else None
+
     path = Path(path)
     if path.suffix == ".npz":
         with np.load(path) as z:
@@ -62,46 +76,45 @@ def read_frames(path: str | Path, num_frames: int | None = None) -> tuple[np.nda
                 raise ValueError(f"no 'frames' array in the .npz (has {', '.join(z.files) or 'nothing'})")
             frames = z["frames"]
         _check_frames(frames)
-        total = len(frames)
-        if num_frames is not None and total:
-            frames = frames[sample_indices(total, num_frames)]
-        return frames, total
+        want = wanted(len(frames), None)
+        return (frames if want is None else frames[want]), len(frames)
     import av
 
     with av.open(str(path)) as src:
         if not src.streams.video:
             raise ValueError("no video stream")
-        total = src.streams.video[0].frames
-        if num_frames is None:
+        stream = src.streams.video[0]
+        total, rate = stream.frames, float(stream.average_rate) if stream.average_rate else None
+        if num_frames is None and pick is None:
             frames = [f.to_ndarray(format="rgb24") for f in src.decode(video=0)]
             return _stack(frames), len(frames)
         if total <= 0:  # not in the header: count by decoding (frames are dropped as they come)
             total = sum(1 for _ in src.decode(video=0))
         else:
-            picked, seen = _pick(src, total, num_frames)
+            picked, seen = _pick(src, wanted(total, rate))
             if picked is not None:
                 return _stack(picked), total
             total = seen  # the header overstated the stream: sample the frames it really holds
     with av.open(str(path)) as src:
-        picked, _ = _pick(src, total, num_frames)
+        picked, _ = _pick(src, wanted(total, rate))
         return _stack(picked or []), total
 
 
-def _pick(src: Any, total: int, num_frames: int) -> tuple[list[np.ndarray] | None, int]:
-    """Decode ``src``'s video stream up to the last of ``num_frames`` uniform indices over ``total`` frames,
-    converting only those. Returns the frames (``None`` if the stream ends first) and the frames decoded."""
-    if total < 1:
+def _pick(src: Any, want: list[int] | None) -> tuple[list[np.ndarray] | None, int]:
+    """Decode ``src``'s video stream up to the last of the ``want`` indices (all frames: None), converting only
+    those. Returns the frames (``None`` if the stream ends first) and the frames decoded."""
+    if want is not None and not want:
         return [], 0
-    want = sample_indices(total, num_frames)
+    keep = None if want is None else set(want)
     picked: dict[int, np.ndarray] = {}
     seen = 0
     for f in src.decode(video=0):
-        if seen in want:
+        if keep is None or seen in keep:
             picked[seen] = f.to_ndarray(format="rgb24")
         seen += 1
-        if seen > want[-1]:
+        if want is not None and seen > want[-1]:
             return [picked[i] for i in want], seen
-    return None, seen
+    return (list(picked.values()), seen) if want is None else (None, seen)
 
 
 def _stack(frames: list[np.ndarray]) -> np.ndarray:

@@ -202,7 +202,8 @@ class VtpruneSimple(lmms):
             elif isinstance(v, (str, Path)):
                 if video is not None:
                     raise InputError("a request with more than one video is not supported")
-                video, fps = load_clip(v, self.num_frames)
+                pick = None if self.num_frames else self.vlm.adapter.video_frame_indices  # a count wins anyway
+                video, fps = load_clip(v, self.num_frames, pick=pick)
             else:
                 raise InputError(f"unsupported visual input of type {type(v).__name__} (expected an image or a video "
                                  "path)")

@@ -302,7 +302,7 @@ def _eval_chunk(vlm: Any, m: Pruner, chunk: list[Any], num_frames: int | None, m
     loaded: list[tuple[Any, Any]] = []
     for rec in chunk:
         try:
-            loaded.append((rec, sample_for_record(rec, num_frames)))
+            loaded.append((rec, sample_for_record(rec, num_frames, vlm.adapter.video_frame_indices)))
         except InputError as e:
             rows[rec.id] = _error_row(rec, e)
     groups = [loaded] if loaded else []
