@@ -34,6 +34,8 @@ from vtprune.eval.settings import EvalSettings, ModelSettings, parse_device_map
         (EvalSettings, dict(device_map="cpu", device="cpu"), "device_map"),
         (EvalSettings, dict(adapter_mode="unmerged"), "adapter_mode"),
         (EvalSettings, dict(layer=-1), "layer"),
+        (EvalSettings, dict(keep=0), "keep"),
+        (BenchSettings, dict(keep=1.5), "keep"),
         (BenchSettings, dict(layers=99), "layers"),
         (BenchSettings, dict(vit_layers=0), "vit_layers"),
         (BenchSettings, dict(new_tokens=1), "new_tokens"),

@@ -190,7 +190,7 @@ def topk_mask(scores: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor) -
 def check_keep(keep: float | None) -> None:
     """A retention setting: ``None`` (the method's default) or a number in (0, 1]."""
     if keep is not None and (isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep <= 1):
-        raise ConfigError(f"keep must be in (0, 1], got {keep!r}")
+        raise ConfigError(f"keep must be in (0, 1], got {keep!r}", argument="keep")
 
 
 def check_layer(layer: int, num_layers: int) -> int:
