@@ -104,3 +104,27 @@ def test_reference_with_the_adapter_disabled_is_the_base_model(vlms):
     grads = [p.grad for n, p in pm.named_parameters() if p.requires_grad]
     assert grads and all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)
     assert all(p.grad is None for n, p in pm.named_parameters() if not p.requires_grad)  # the base stays frozen
+
+
+def test_a_subset_of_groups_replays_the_same_logprobs(setup):
+    vlm, m, samples = setup
+    ro = rollout(vlm, m, samples, 2, 1.0, 5, [row_seed(2, 0, j) for j in range(4)])
+    assert ro.batch.batch_size == 2 and ro.group == 2  # one prefill per prompt, shared by its group
+    full = completion_logprobs(vlm, ro, 1.0, grad=False)
+    sub = ro.select([1], vlm.adapter)  # the second prompt's group alone, encoded again
+    assert sub.texts == ro.texts[2:] and sub.kept[0].equal(ro.kept[2])
+    torch.testing.assert_close(completion_logprobs(vlm, sub, 1.0, grad=False), full[2:], atol=2e-5, rtol=1e-5)
+
+
+def test_flat_groups_and_progress_bar_off_without_a_terminal():
+    from vtprune.training.grpo import flat_groups, group_advantages
+    from vtprune.training.runlog import ProgressBar, show_progress
+
+    r = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0])
+    assert flat_groups(r, 2).tolist() == [True, False, True]
+    assert group_advantages(r, 2)[[0, 1, 4, 5]].abs().max() == 0  # a flat group carries no policy gradient
+    assert not show_progress(True)  # pytest's stderr is not a terminal
+    assert not show_progress(False)
+    bar = ProgressBar(3, 1, enabled=False)
+    bar.advance()
+    bar.close()

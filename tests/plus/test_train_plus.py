@@ -117,6 +117,32 @@ def test_two_processes_equal_one(files, judge, tmp_path):
     assert any(float(w.abs().sum()) > 0 for k, w in a.items() if "lora_B" in k)
 
 
+def test_skipping_flat_groups_trains_and_logs_their_share(files, judge, tmp_path):
+    out = tmp_path / "skip"
+    train_plus(_cfg(files, judge, out, steps=2, group=4, skip_flat=True))
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(0.0 <= r["flat_groups"] <= 1.0 for r in rows)
+    plain = tmp_path / "plain"
+    train_plus(_cfg(files, judge, plain, steps=2, group=4))
+    # the same rollouts (seeded by step and row); where no group is flat the two runs take the same steps
+    first = [json.loads(line) for line in (plain / "log.jsonl").read_text().splitlines()][0]
+    assert first["reward"] == rows[0]["reward"] and first["flat_groups"] == rows[0]["flat_groups"]
+    if rows[0]["flat_groups"] == 0:
+        assert first["loss"] == rows[0]["loss"]
+
+
+def test_sharded_launches_are_refused():
+    from accelerate.utils import DistributedType
+
+    from vtprune.errors import ConfigError
+    from vtprune.training.plus import check_launch
+
+    check_launch(DistributedType.MULTI_CPU)
+    for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        with pytest.raises(ConfigError, match="ddp.yaml"):
+            check_launch(kind)
+
+
 @pytest.mark.parametrize("args,match", [(["--group", "1"], "--group must be >= 2"),
                                         (["--reward", "bleu"], "--reward must be one of"),
                                         (["--temperature", "0"], "--temperature must be > 0"),

@@ -147,6 +147,10 @@ def stts(
     similarity_input: bool = typer.Option(False, "--similarity-input",
                                           help="Also feed the scorer each unit's change from the previous step "
                                                "(1 - cos; not in STTS)."),
+    save_steps: int = setting(STTSTrainSettings, "save_steps"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in OUT (exact)."),
+    stop_after: Optional[int] = setting(STTSTrainSettings, "stop_after"),
+    gradient_checkpointing: bool = setting(STTSTrainSettings, "gradient_checkpointing"),
 ) -> None:
     """Train an STTS scorer end to end: LM loss through the pruned ViT and LLM + temporal MSE."""
     from vtprune.training.stts import train_stts
@@ -160,7 +164,8 @@ def stts(
     meta = train_stts(model=model, out=out, data=data, keep=keep, block=block, tune=tune, steps=steps,
                       batch_size=batch_size, lr=lr, temporal_weight=temporal_weight, num_frames=num_frames,
                       lora_rank=lora_rank, seed=seed, workers=workers, keep_range=kr,
-                      similarity_input=similarity_input, temporal_loss=temporal_loss)
+                      similarity_input=similarity_input, temporal_loss=temporal_loss, save_steps=save_steps,
+                      resume=resume, stop_after=stop_after, gradient_checkpointing=gradient_checkpointing)
     typer.echo(json.dumps(meta))
 
 
@@ -201,6 +206,8 @@ def plus(
     stage2_lr: float = typer.Option(1e-4, "--stage2-lr"),
     stage2_batch_size: int = typer.Option(4, "--stage2-batch-size"),
     stage2_mode: str = typer.Option("auto", "--stage2-mode", help="box | boxfree | auto (see train glimpse)."),
+    skip_flat: bool = typer.Option(False, "--skip-flat-groups", help="Leave groups whose completions all got the "
+                                   "same reward out of the loss pass (DAPO's filter; off: the official recipe)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads per process."),
 ) -> None:
     """GlimpsePrune+: GRPO on a LoRA adapter with the pruner active (stage 1), then retrain the pruner (stage 2)."""
@@ -214,6 +221,6 @@ def plus(
                      judge_timeout=judge_timeout, seed=seed, save_steps=save_steps, log_steps=log_steps,
                      resume=resume, stop_after=stop_after, adapter=adapter, stage2_steps=stage2_steps,
                      stage2_lr=stage2_lr, stage2_batch_size=stage2_batch_size, stage2_mode=stage2_mode,
-                     threads=threads)
+                     threads=threads, skip_flat=skip_flat)
     meta = train_plus(cfg)
     typer.echo(json.dumps(meta))

@@ -48,15 +48,22 @@ class CollatorRandom(random.Random):
 
 def training_arguments(out: Any, **settings: Any) -> Any:
     """``transformers.TrainingArguments`` for vtprune's Trainer-based loops: checkpoints under ``out/checkpoints``, a
-    cosine schedule, gradient clipping at 1.0, the CPU where no GPU is, our own logging (no reporters, no tqdm) and
-    every collated column kept; ``settings`` are what each loop chooses (steps, batch, rate, warm-up, saving...)."""
+    cosine schedule, gradient clipping at 1.0, the CPU where no GPU is, every collated column kept, the Trainer's
+    progress bar only on a terminal (it draws it on the main process only) and TensorBoard when installed (the JSONL
+    log is :func:`vtprune.training.runlog.trainer_log`); ``settings`` are what each loop chooses (steps, batch, rate,
+    warm-up, saving...)."""
     from pathlib import Path
 
     from transformers import TrainingArguments
+    from transformers.integrations import is_tensorboard_available
+
+    from vtprune.training.runlog import show_progress
 
     return TrainingArguments(
-        output_dir=str(Path(out) / "checkpoints"), lr_scheduler_type="cosine", max_grad_norm=1.0, report_to=[],
-        remove_unused_columns=False, use_cpu=not torch.cuda.is_available(), disable_tqdm=True, **settings,
+        output_dir=str(Path(out) / "checkpoints"), lr_scheduler_type="cosine", max_grad_norm=1.0,
+        report_to=["tensorboard"] if is_tensorboard_available() else [],
+        remove_unused_columns=False, use_cpu=not torch.cuda.is_available(), disable_tqdm=not show_progress(),
+        **settings,
     )
 
 
@@ -118,3 +125,48 @@ class WallClockCosine:
             return f / self.warmup
         progress = (f - self.warmup) / (1.0 - self.warmup)
         return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def stop_after_callback(steps: int | None) -> list[Any]:
+    """A Trainer callback list that ends training after ``steps`` optimizer steps of this invocation with a
+    checkpoint (as if the run were killed right after saving), for time-sliced machines; ``--resume`` continues it.
+    ``[]`` for ``None``."""
+    from transformers import TrainerCallback
+
+    if steps is None:
+        return []
+
+    class StopAfter(TrainerCallback):
+        def __init__(self) -> None:
+            self.start: int | None = None
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if self.start is None:  # the step this invocation started from (a resumed run's checkpoint)
+                self.start = state.global_step
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if self.start is not None and state.global_step - self.start >= steps:
+                control.should_training_stop = True
+                control.should_save = True
+
+    return [StopAfter()]
+
+
+def checkpoint_llm_layers(adapter: Any) -> int:
+    """Gradient checkpointing of the LLM's decoder layers (HF's own mechanism, non-reentrant, so frozen inputs need
+    no grad): their activations are recomputed in the backward pass instead of stored. Only where the layers run
+    a plain training forward (no KV cache): not the vision tower, where pruners cut and record per call, and not
+    the pruned prefill, which writes the cache layer by layer. Acts while the model is in training mode; returns
+    the number of layers set."""
+    import functools
+
+    from torch.utils.checkpoint import checkpoint
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    n = 0
+    for layer in adapter.layers:
+        if isinstance(layer, GradientCheckpointingLayer):
+            layer.gradient_checkpointing = True
+            layer._gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
+            n += 1
+    return n

@@ -316,7 +316,7 @@ def train_glimpse(
     lr: float = 1e-4, batch_size: int = 4, grad_accum: int = 1, max_steps: int | None = None, seed: int = 0,
     warmup: float = 0.1, resume: bool = False, save_steps: int = 500, logging_steps: int = 10,
     weights: LossWeights | None = None, config: dict[str, Any] | None = None, method: GlimpsePruner | None = None,
-    relax: str = DEFAULT_RELAX, workers: int = 0,
+    relax: str = DEFAULT_RELAX, workers: int = 0, log_fields: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train a GlimpsePrune pruner for ``model`` (a :class:`vtprune.VLM` or a model name) on ``data`` (records from
     :func:`vtprune.data.dataset.read_jsonl`, :class:`TrainItem`s, or JSONL / ``testbed:`` specs) and save it to
@@ -325,9 +325,11 @@ def train_glimpse(
     ``config`` overrides :class:`GlimpseConfig` fields of a fresh pruner (e.g. ``vip_size`` for tiny models);
     ``method`` continues training an existing one instead; ``relax`` is the box-free relaxation of the cut
     (``sampled``, ``hard`` or ``sigmoid``, see :func:`vtprune.training.relax.relaxed_log_keep`); ``workers`` > 0
-    collates (loads images, encodes) in that many DataLoader processes. Returns the run's metadata (also
-    ``out/train_meta.json``).
+    collates (loads images, encodes) in that many DataLoader processes. The Trainer's logs go to ``out/log.jsonl``;
+    with ``log_fields`` (GlimpsePrune+ stage 2: ``{"stage": 2}``) they are appended to it with those fields. Returns
+    the run's metadata (also ``out/train_meta.json``).
     """
+    from vtprune.training.runlog import trainer_log
 
     GlimpseTrainSettings(out=Path(out), mode=mode, epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
                          max_steps=max_steps, warmup=warmup, save_steps=save_steps, logging_steps=logging_steps,
@@ -382,9 +384,11 @@ def train_glimpse(
     )
     hf.to(trainer.args.device)
     ckpt = Path(out) / "checkpoints"
+    resuming = resume and any(ckpt.glob("checkpoint-*"))
+    trainer.add_callback(trainer_log(Path(out), resume=bool(resuming) or log_fields is not None, fields=log_fields))
     t0 = time.perf_counter()
     try:
-        result = trainer.train(resume_from_checkpoint=True if resume and any(ckpt.glob("checkpoint-*")) else None)
+        result = trainer.train(resume_from_checkpoint=True if resuming else None)
     finally:
         for n, p in hf.named_parameters():
             p.requires_grad_(saved_grad[n])

@@ -27,6 +27,13 @@ def group_advantages(rewards: torch.Tensor, group: int, eps: float = ADV_EPS) ->
     return ((r - r.mean(dim=1, keepdim=True)) / (std + eps)).view(-1)
 
 
+def flat_groups(rewards: torch.Tensor, group: int) -> torch.Tensor:
+    """``[B]`` rewards -> ``[N]`` bool: groups whose completions all got the same reward (advantage 0 throughout:
+    no policy gradient, only the KL term)."""
+    r = rewards.float().view(-1, group)
+    return (r == r[:, :1]).all(dim=1)
+
+
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimate of KL(policy || reference): ``exp(d) - d - 1``, ``d = ref_logp - logp``."""
     d = ref_logp - logp

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ import torch
 from vtprune.errors import ConfigError
 from vtprune.methods.base import Pruner
 from vtprune.methods.glimpse.plus import KeepGiven
-from vtprune.runtime.executor import HardCut, prefill
+from vtprune.runtime.executor import HardCut, PrefillState, prefill
 from vtprune.runtime.generation import decode
 from vtprune.training import grpo
 from vtprune.training.rewards import NAMES as REWARD_NAMES
@@ -89,6 +89,11 @@ class PlusConfig:
     judge_model: str = "judge"
     judge_timeout: float = 30.0
     max_grad_norm: float = 1.0
+    skip_flat: bool = False
+    """Leave groups whose completions all got the same reward (advantage 0) out of the loss pass, as DAPO's filter
+    does (Yu et al., arXiv 2503.14476; without refilling the batch): the loss averages over the groups that carry a
+    policy gradient, and the log-probability passes run on their rows only. Off: the official recipe (TRL's GRPO
+    averages over every completion)."""
     seed: int = 0
     save_steps: int = 0
     """Checkpoint every this many steps (0: only at the end)."""
@@ -135,7 +140,7 @@ class Rollout:
     """Sampled completions of a batch of prompts, ``group`` adjacent rows per prompt.
 
     Attributes:
-        batch: the encoded prompts (one row per completion).
+        batch: the encoded prompts (one row per prompt: a group's rows share its prefill).
         tokens: ``[B, T]`` sampled ids (padding after a row's end).
         mask: ``[B, T]`` bool, the completion's tokens up to and including its end-of-sequence token.
         kept: per row the original visual indices the pruner kept.
@@ -151,6 +156,19 @@ class Rollout:
     layer: int
     texts: list[str]
     retention: list[float]
+    samples: list[Any]
+    """The prompts' samples, one per prompt."""
+    group: int = 1
+
+    def select(self, prompts: list[int], adapter: Any) -> "Rollout":
+        """The rollout of ``prompts`` (indices into :attr:`samples`) and their groups only; the prompts are encoded
+        again (kept indices are per prompt, so the replayed cut is the same)."""
+        rows = [p * self.group + j for p in prompts for j in range(self.group)]
+        idx = torch.tensor(rows, dtype=torch.long)
+        samples = [self.samples[i] for i in prompts]
+        return Rollout(batch=adapter.encode(samples), tokens=self.tokens[idx], mask=self.mask[idx],
+                       kept=[self.kept[i] for i in rows], layer=self.layer, texts=[self.texts[i] for i in rows],
+                       retention=[self.retention[i] for i in rows], samples=samples, group=self.group)
 
 
 def completion_mask(tokens: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
@@ -165,22 +183,41 @@ def row_seed(seed: int, step: int, row: int) -> int:
     return (seed * 1_000_003 + step * 10_007 + row) % (2**63 - 1)
 
 
+def repeat_rows(state: PrefillState, group: int) -> PrefillState:
+    """``state`` of ``N`` prompts -> the state of ``N * group`` rows, each prompt's row repeated ``group`` times
+    (adjacent); the cache is repeated in place. Differentiable: under grad a group's completions are scored on one
+    prefill of its prompt (which a deterministic pruner cuts the same way for every completion)."""
+    if group == 1:
+        return state
+
+    def rep(xs: list[Any]) -> list[Any]:
+        return [x for x in xs for _ in range(group)]
+
+    state.cache.batch_repeat_interleave(group)
+    return replace(state, logits=state.logits.repeat_interleave(group, 0),
+                   attention_mask=state.attention_mask.repeat_interleave(group, 0),
+                   positions=state.positions.repeat_interleave(group, 1), visual_tokens=rep(state.visual_tokens),
+                   kept_tokens=rep(state.kept_tokens), token_layers=rep(state.token_layers),
+                   kept_visual=rep(state.kept_visual), kept_coords=rep(state.kept_coords), scores=[], score_ids=[],
+                   extra_logits=None)
+
+
 @torch.no_grad()
 def rollout(vlm: Any, method: Pruner, samples: list[Any], group: int, temperature: float, max_new_tokens: int,
             seeds: list[int]) -> Rollout:
-    """Sample ``group`` completions per sample with ``method`` pruning (prefill + decode, one batch); ``seeds`` has
-    one seed per completion row."""
+    """Sample ``group`` completions per sample with ``method`` pruning (one prefill per prompt, then decoding of
+    all rows in one batch); ``seeds`` has one seed per completion row. ``method`` must cut deterministically (a
+    GlimpsePrune pruner does): a group's completions continue one prefill."""
     adapter = vlm.adapter
-    rows = [s for s in samples for _ in range(group)]
-    batch = adapter.encode(rows)
-    state = prefill(adapter, batch, method)
+    batch = adapter.encode(list(samples))
+    state = repeat_rows(prefill(adapter, batch, method), group)
     cfg = vlm.generation_config(max_new_tokens=max_new_tokens, temperature=temperature, do_sample=temperature > 0)
     eos = [int(e) for e in (cfg.eos_token_id if isinstance(cfg.eos_token_id, list) else [cfg.eos_token_id])]
     tokens = decode(adapter, state, cfg, row_seeds=seeds)
     layer = next(s.after for s in method.stages(adapter.num_layers) if s.site == "llm")
     return Rollout(batch=batch, tokens=tokens, mask=completion_mask(tokens, eos), kept=state.kept_visual, layer=layer,
                    texts=[t.strip() for t in vlm.tokenizer.batch_decode(tokens.cpu(), skip_special_tokens=True)],
-                   retention=state.retention())
+                   retention=state.retention(), samples=list(samples), group=group)
 
 
 def completion_logprobs(vlm: Any, ro: Rollout, temperature: float = 1.0, grad: bool = True) -> torch.Tensor:
@@ -189,7 +226,8 @@ def completion_logprobs(vlm: Any, ro: Rollout, temperature: float = 1.0, grad: b
     ``temperature``, as in sampling."""
     adapter = vlm.adapter
     with torch.set_grad_enabled(grad):
-        state = prefill(adapter, ro.batch, KeepGiven(kept=ro.kept, at=ro.layer), cut=HardCut(grad=grad))
+        keep = KeepGiven(kept=ro.kept[:: ro.group], at=ro.layer)
+        state = repeat_rows(prefill(adapter, ro.batch, keep, cut=HardCut(grad=grad)), ro.group)
         tok = ro.tokens.to(adapter.device)
         mask = ro.mask.to(adapter.device)
         first = torch.log_softmax(state.logits.float() / temperature, -1).gather(1, tok[:, :1])  # [B, 1]
@@ -253,7 +291,7 @@ def train_stage1(cfg: PlusConfig, vlm: Any, method: Any, records: Any, accelerat
     from transformers import get_scheduler
 
     from vtprune.training.checkpoint import find_last, load_checkpoint, save_checkpoint
-    from vtprune.training.runlog import RunLog
+    from vtprune.training.runlog import ProgressBar, RunLog, show_progress
 
     rank, world = accelerator.process_index, accelerator.num_processes
     torch.manual_seed(cfg.seed)  # identical adapter initialisation in every process
@@ -275,6 +313,7 @@ def train_stage1(cfg: PlusConfig, vlm: Any, method: Any, records: Any, accelerat
     end = cfg.steps if cfg.stop_after is None else min(cfg.steps, start + cfg.stop_after)
     t_run = time.perf_counter()
     rollouts_done = 0
+    bar = ProgressBar(end, start, enabled=show_progress(accelerator.is_main_process), description="stage 1 (GRPO)")
     from vtprune.adapters import Sample
 
     for step in range(start, end):
@@ -291,15 +330,25 @@ def train_stage1(cfg: PlusConfig, vlm: Any, method: Any, records: Any, accelerat
         rewards = torch.tensor([reward_for(recs[j // cfg.group], cfg.reward, judge)(ro.texts[j], recs[j // cfg.group])
                                 for j in range(len(ro.texts))])
         adv = grpo.group_advantages(rewards, cfg.group)
-        ref = None
-        with accelerator.autocast():
-            if cfg.kl_weight:
-                with peft_model.disable_adapter():
-                    ref = completion_logprobs(vlm, ro, cfg.temperature, grad=False)
-            set_dropout_training(peft_model, True)
-            logp = completion_logprobs(vlm, ro, cfg.temperature, grad=True)
-        loss, parts = grpo.grpo_loss(logp, ref, adv.to(logp.device), ro.mask.to(logp.device), cfg.kl_weight)
-        loss.backward()
+        flat = grpo.flat_groups(rewards, cfg.group)  # [N] bool
+        prompts = [i for i in range(len(samples)) if not (cfg.skip_flat and flat[i])]
+        rows = [i * cfg.group + j for i in prompts for j in range(cfg.group)]
+        parts = {"loss": 0.0, "kl": 0.0}
+        if rows:
+            sub = ro if len(prompts) == len(samples) else ro.select(prompts, vlm.adapter)
+            ref = None
+            with accelerator.autocast():
+                if cfg.kl_weight:
+                    with peft_model.disable_adapter():
+                        ref = completion_logprobs(vlm, sub, cfg.temperature, grad=False)
+                set_dropout_training(peft_model, True)
+                logp = completion_logprobs(vlm, sub, cfg.temperature, grad=True)
+            loss, parts = grpo.grpo_loss(logp, ref, adv[rows].to(logp.device), sub.mask.to(logp.device),
+                                         cfg.kl_weight)
+            loss.backward()
+        for p in params:  # a process whose groups were all flat still takes part in the step (and the all-reduce)
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
         _average_gradients(params, accelerator)
         gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         lr_now = sched.get_last_lr()[0]
@@ -308,18 +357,22 @@ def train_stage1(cfg: PlusConfig, vlm: Any, method: Any, records: Any, accelerat
         opt.zero_grad(set_to_none=True)
         rollouts_done += len(ro.texts) * world
         stats = torch.tensor([float(rewards.mean()), parts["loss"], parts.get("kl", 0.0),
-                              sum(ro.retention) / len(ro.retention), float(ro.mask.sum(1).float().mean())])
+                              sum(ro.retention) / len(ro.retention), float(ro.mask.sum(1).float().mean()),
+                              float(flat.float().mean())])
         stats = accelerator.reduce(stats.to(accelerator.device), reduction="mean").cpu()
         dt = time.perf_counter() - t0
         if (step + 1) % cfg.log_steps == 0 or step + 1 == end:
             runlog.write({"stage": 1, "step": step + 1, "reward": round(float(stats[0]), 5),
                           "loss": round(float(stats[1]), 6), "kl": round(float(stats[2]), 6),
                           "retention": round(float(stats[3]), 5), "completion_tokens": round(float(stats[4]), 2),
+                          "flat_groups": round(float(stats[5]), 4),
                           "grad_norm": round(float(gnorm), 5), "lr": lr_now,
                           "step_s": round(dt, 3), "rollout_s": round(t_roll, 3),
                           "rollouts_per_s": round(len(ro.texts) * world / max(t_roll, 1e-9), 3)})
         if cfg.save_steps and (step + 1) % cfg.save_steps == 0 or step + 1 == end and end < cfg.steps:
             save_checkpoint(ckpt_root / f"step-{step + 1}", step + 1, peft_model, opt, sched, accelerator)
+        bar.advance()
+    bar.close()
     runlog.close()
     seconds = time.perf_counter() - t_run
     meta = {"steps_done": end, "steps": cfg.steps, "seconds": round(seconds, 1),
@@ -358,6 +411,7 @@ def train_plus(cfg: PlusConfig) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    check_launch(accelerator.distributed_type)
     vlm = load(cfg.model, device=accelerator.device)
     method = GlimpsePruner.from_pretrained(cfg.pruner)
     method.stages(vlm.num_layers)  # the pruner fits this model
@@ -392,6 +446,17 @@ def train_plus(cfg: PlusConfig) -> dict[str, Any]:
     return meta
 
 
+def check_launch(distributed_type: Any) -> None:
+    """Refuse sharded launches: stage 1 keeps the base model whole in every process and averages the adapter's
+    gradients itself (DDP-style; the adapter is a few MB), so an FSDP or DeepSpeed config would shard nothing and
+    silently cost what it promises to save."""
+    name = str(getattr(distributed_type, "value", distributed_type))
+    if name in ("FSDP", "DEEPSPEED"):
+        raise ConfigError(f"train plus runs data-parallel only (the base model whole in every process); launched "
+                          f"with {name}. Use configs/accelerate/ddp.yaml (or cpu_ddp.yaml); the FSDP/ZeRO configs "
+                          "serve train glimpse, stts and base (HF Trainer), see docs/distributed.md")
+
+
 def _stage2(cfg: PlusConfig, vlm: Any, method: Any) -> dict[str, Any]:
     from vtprune.training.glimpse import train_glimpse
 
@@ -399,7 +464,8 @@ def _stage2(cfg: PlusConfig, vlm: Any, method: Any) -> dict[str, Any]:
     m.modules.requires_grad_(True)
     return train_glimpse(model=vlm, data=list(cfg.data), out=cfg.out, mode=cfg.stage2_mode, lr=cfg.stage2_lr,
                          batch_size=cfg.stage2_batch_size, max_steps=cfg.stage2_steps, seed=cfg.seed, method=m,
-                         save_steps=max(cfg.save_steps, 1) if cfg.save_steps else 10**9, resume=cfg.resume)
+                         save_steps=max(cfg.save_steps, 1) if cfg.save_steps else 10**9, resume=cfg.resume,
+                         log_fields={"stage": 2})
 
 
 def _fix_adapter_base(out: Path, model: str) -> None:

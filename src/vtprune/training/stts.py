@@ -5,7 +5,10 @@ shortened LLM sequence) + ``temporal_weight`` x the temporal loss (MSE, or BCE).
 bias of ViT block ``j + 1``. What trains besides the scorer (``tune``): nothing (``none``, the default), LoRA
 adapters on the LLM's attention projections (``lora``, via peft), or the whole base model (``full``; STTS trains
 jointly with ViT, connector and LLM). The output directory holds the scorer (``model.safetensors`` +
-``vtprune_config.json``, scorer weights only), plus ``lora/`` (a peft adapter) or ``base_model/`` when those train.
+``vtprune_config.json``, scorer weights only), plus ``lora/`` (a peft adapter) or ``base_model/`` when those train,
+``log.jsonl`` and, with ``save_steps``, Trainer checkpoints under ``checkpoints/`` that hold the trainable weights only
+(a frozen base model is not written at every save) with optimizer, scheduler and RNG state: ``resume`` continues
+from the last one exactly (same weights, optimizer state and next batch as the uninterrupted run).
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,13 +89,14 @@ class _Trainee(nn.Module):
         self.model = adapter.model
         self.scorer = method.scorer
         self._adapter, self._method = adapter, method
-        self._keep_range, self._rng = keep_range, random.Random(seed)
+        self._keep_range = keep_range
         self.history: list[dict[str, float]] = []
 
     def forward(self, **batch: Any) -> dict[str, torch.Tensor]:
         batch.pop("num_items_in_batch", None)
         if self._keep_range is not None:  # a keep ratio drawn per step: one scorer for every keep at inference
-            self._method.keep = self._rng.uniform(*self._keep_range)
+            lo, hi = self._keep_range  # from torch's generator, which a resumed Trainer restores
+            self._method.keep = lo + (hi - lo) * float(torch.rand(()))
         sup = SupervisedBatch(batch["input_ids"], batch["attention_mask"], batch["labels"],
                               {k: v for k, v in batch.items() if k not in _CORE}, batch["visual_mask"].bool(), [])
         loss, parts = stts_loss(self._adapter, self._method, sup)
@@ -102,6 +105,29 @@ class _Trainee(nn.Module):
         self.history.append(parts)
         return {"loss": loss}
 
+
+
+def _trainer_class() -> type:
+    from transformers import Trainer
+
+    class STTSTrainer(Trainer):
+        """Checkpoints hold the trainable weights only (the scorer, LoRA, or all under ``--tune full``); the
+        Trainer loads a plain module's checkpoint by name and non-strictly, so resume restores exactly those."""
+
+        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+            if state_dict is None:
+                state_dict = {n: p.detach().contiguous() for n, p in self.model.named_parameters() if p.requires_grad}
+            super()._save(output_dir, state_dict=state_dict)
+
+        def _issue_warnings_after_load(self, load_result: Any) -> None:
+            trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+            lost = trainable & set(load_result.missing_keys)
+            if lost or load_result.unexpected_keys:  # the frozen weights are absent by design
+                raise ConfigError(f"the checkpoint does not match this run's trainable weights (missing "
+                                  f"{sorted(lost)[:3]}, unexpected {sorted(load_result.unexpected_keys)[:3]}): "
+                                  "resume with the settings it was started with")
+
+    return STTSTrainer
 
 
 def _load_rows(data: list[str], num_frames: int | None) -> list[tuple[Sample, list[str]]]:
@@ -175,6 +201,13 @@ class STTSTrainSettings:
     keep_range: tuple[float, float] | None = None
     """(lo, hi): draw each step's keep ratio from [lo, hi] instead of keep (which stays the saved default);
     0 < lo <= hi < 1."""
+    save_steps: int = 0
+    """Checkpoint every this many steps under out/checkpoints (0: none); --resume continues from the last."""
+    stop_after: int | None = None
+    """End after this many steps of this invocation with a checkpoint (time-sliced machines); --resume continues."""
+    gradient_checkpointing: bool = False
+    """Recompute the LLM layers' activations in the backward pass instead of storing them (less memory, about a
+    third more LLM compute)."""
 
     def __post_init__(self) -> None:
         from vtprune.methods.stts.method import TEMPORAL_LOSSES
@@ -188,6 +221,9 @@ class STTSTrainSettings:
         check_range("temporal_weight", self.temporal_weight, 0)
         check_choice("temporal_loss", self.temporal_loss, TEMPORAL_LOSSES)
         check_int("workers", self.workers, 0)
+        check_int("save_steps", self.save_steps, 0)
+        if self.stop_after is not None:
+            check_int("stop_after", self.stop_after, 1)
         if self.keep_range is not None:
             lo, hi = self.keep_range
             for v in (lo, hi):
@@ -201,7 +237,8 @@ def train_stts(
     keep: float = 0.5, block: int | None = None, tune: str = "none", steps: int = 1000, batch_size: int = 4,
     lr: float = 1e-4, temporal_weight: float = 0.5, num_frames: int | None = None, lora_rank: int = 8, seed: int = 0,
     threads: int | None = None, workers: int = 0, keep_range: tuple[float, float] | None = None,
-    similarity_input: bool = False, temporal_loss: str = "mse",
+    similarity_input: bool = False, temporal_loss: str = "mse", save_steps: int = 0, resume: bool = False,
+    stop_after: int | None = None, gradient_checkpointing: bool = False,
 ) -> dict[str, Any]:
     """Train an STTS scorer on ``model`` (any :func:`vtprune.load` name) and save it to ``out``.
 
@@ -212,14 +249,16 @@ def train_stts(
     ``similarity_input`` gives the scorer each unit's change from the previous step as an input
     (:attr:`STTSConfig.similarity_input`; not in STTS). ``temporal_loss`` ``"mse"`` (STTS) or ``"bce"``
     (:attr:`STTS.temporal_loss`). The saved ``train_meta.json`` reports ``saturated_last``, the share of scores
-    stuck at the sigmoid's ends over the last tenth of training; a warning is logged when it is above half."""
-    from transformers import Trainer
-
+    stuck at the sigmoid's ends over the last tenth of training; a warning is logged when it is above half.
+    ``save_steps``, ``resume``, ``stop_after``, ``gradient_checkpointing``: see :class:`STTSTrainSettings`."""
     from vtprune.api import load
+    from vtprune.training.common import checkpoint_llm_layers, stop_after_callback
+    from vtprune.training.runlog import trainer_log
 
     STTSTrainSettings(out=Path(out), keep=keep, tune=tune, steps=steps, batch_size=batch_size, lr=lr,
                       temporal_weight=temporal_weight, temporal_loss=temporal_loss, lora_rank=lora_rank,
-                      workers=workers, keep_range=keep_range)
+                      workers=workers, keep_range=keep_range, save_steps=save_steps, stop_after=stop_after,
+                      gradient_checkpointing=gradient_checkpointing)
     if threads:
         torch.set_num_threads(threads)
     rows = list(rows or []) + (_load_rows(data, num_frames) if data else [])
@@ -230,18 +269,24 @@ def train_stts(
     scfg = STTSConfig.for_vision_config(vlm.model.config.vision_config)
     scfg.similarity_input = similarity_input
     method.init_scorer(scfg)
+    if gradient_checkpointing:
+        checkpoint_llm_layers(vlm.adapter)
     peft_model = _tune(vlm, tune, lora_rank)
     trainee = _Trainee(vlm.adapter, method, keep_range, seed)
     args = training_arguments(
         out, max_steps=steps, per_device_train_batch_size=batch_size,
         learning_rate=lr, warmup_steps=max(1, steps // 20), weight_decay=0.0,
-        logging_steps=max(1, min(50, steps // 20)), save_strategy="no", seed=seed,
-        dataloader_num_workers=workers,
+        logging_steps=max(1, min(50, steps // 20)), seed=seed, dataloader_num_workers=workers,
+        **({"save_strategy": "steps", "save_steps": save_steps} if save_steps else {"save_strategy": "no"}),
     )
-    trainer = Trainer(model=trainee, args=args, train_dataset=ListDataset(rows),
-                      data_collator=_collator(vlm.adapter, CollatorRandom(seed)))
+    ckpt = Path(out) / "checkpoints"
+    resuming = resume and any(ckpt.glob("checkpoint-*"))
+    stop = stop_after_callback(stop_after)
+    trainer = _trainer_class()(model=trainee, args=args, train_dataset=ListDataset(rows),
+                               data_collator=_collator(vlm.adapter, CollatorRandom(seed)),
+                               callbacks=[trainer_log(Path(out), resume=bool(resuming)), *stop])
     t0 = time.perf_counter()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=True if resuming else None)
     seconds = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
     method.scorer.eval()  # type: ignore[union-attr]
@@ -270,6 +315,7 @@ def train_stts(
 
     n = max(1, len(trainee.history) // 10)
     meta = {
+        "steps_done": trainer.state.global_step, "finished": trainer.state.global_step >= steps,
         "model": model, "data": data or [], "records": len(rows), "keep": keep, "keep_range": keep_range, "similarity_input": similarity_input, "block": block,
         "tune": tune, "temporal_loss": temporal_loss,
         "steps": steps, "batch_size": batch_size, "lr": lr, "temporal_weight": temporal_weight,
