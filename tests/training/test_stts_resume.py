@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import vtprune
-from tests.stts.helpers import load_small, video
+from tests.methods.stts.helpers import load_small, video
 from vtprune.methods.stts import STTS, STTSConfig
 from vtprune.training.common import checkpoint_llm_layers
 from vtprune.training.stts import stts_loss, train_stts
