@@ -101,7 +101,7 @@ def test_cli_trains_saves_resumes_and_the_pruner_loads(fam, tmp_path):
     args = ["train", "glimpse", "--model", f"random:{fam}", "--data", str(tmp_path / "d.jsonl"), "--out", str(out),
             "--batch-size", "2", "--vip-size", "16", "--cond-size", "16", "--lr", "1e-3"]
     assert main(args + ["--max-steps", "2"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "model.safetensors", "train_meta.json",
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "log.jsonl", "model.safetensors", "train_meta.json",
                                                      "vtprune_config.json"]
     assert main(args + ["--max-steps", "3", "--resume"]) == 0
     assert json.loads((out / "train_meta.json").read_text())["steps"] == 3
