@@ -9,7 +9,7 @@ from PIL import Image
 
 import vtprune
 
-FAMILIES = ["qwen2_5_vl", "qwen2_vl", "llava", "qwen3_vl", "llava_onevision", "internvl"]
+FAMILIES = ["qwen2_5_vl", "qwen2_vl", "llava", "qwen3_vl", "llava_onevision", "internvl", "molmo2"]
 
 
 def make_image(w: int, h: int, seed: int = 0) -> Image.Image:
@@ -62,12 +62,22 @@ def stock_layer_input(vlm: vtprune.VLM, batch, hidden_states, layer: int) -> tor
     return h
 
 
+def stock_blocks(vlm: vtprune.VLM, batch, rows: torch.Tensor | None = None) -> dict:
+    """What the stock forward needs, beside embeddings, to let a family's image tokens attend both ways (Molmo2's
+    ``mm_token_type_ids``, of the sequence ``rows`` if given); nothing for causal families."""
+    if vlm.adapter.attention_blocks(batch) is None:
+        return {}
+    types = batch.model_inputs["mm_token_type_ids"]
+    return {"mm_token_type_ids": types if rows is None else types[:, rows]}
+
+
 def stock_logits_from_embeds(vlm: vtprune.VLM, batch, embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
     """Stock logits for a prompt fed as embeddings, with the family's per-layer visual features (DeepStack) when it
     has them (the top-level forward only computes those from pixels)."""
     inj = vlm.adapter.embed(batch).injections
     if not inj:
-        return vlm.model(inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=position_ids).logits
+        return vlm.model(inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=position_ids,
+                         **stock_blocks(vlm, batch)).logits
     levels = [_flat_injection(inj[i], batch.visual_mask) for i in sorted(inj)]
     out = vlm.adapter.text_model(inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=position_ids,
                                  visual_pos_masks=batch.visual_mask, deepstack_visual_embeds=levels)

@@ -21,8 +21,44 @@ def qwen_processor(vlm: Any, monkeypatch: Any, video_processor: Any = None) -> A
                                             video_processor=video_processor, chat_template=vlm.adapter.template)
 
 
+def molmo2_processor(vlm: Any, monkeypatch: Any) -> Any:
+    """HF's ``Molmo2Processor`` built from parts: its image and video processors need torchvision, so vtprune's
+    ``Molmo2Processing`` (HF's own preprocessing code, torch resize) stands in, given the loading hooks HF's processor
+    calls (identity here: the inputs are PIL images already) and the metadata its video path reads (no fps: HF's
+    ``max_fps`` default)."""
+    import transformers
+    from transformers.image_processing_utils import BatchFeature
+    from transformers.processing_utils import ProcessorMixin
+    from transformers.video_utils import VideoMetadata
+
+    class Images(type(vlm.image_processor)):
+        def fetch_images(self, images: Any) -> Any:
+            return images
+
+        def __call__(self, images: Any = None, **_: Any) -> Any:
+            return super().__call__(images=images)
+
+    class Videos(type(vlm.image_processor)):
+        def fetch_videos(self, videos: Any, **_: Any) -> Any:
+            return videos
+
+        def __call__(self, videos: Any = None, **_: Any) -> Any:
+            out = super().__call__(videos=videos)
+            return BatchFeature(dict(out, video_metadata=[VideoMetadata(total_num_frames=len(v)) for v in videos]))
+
+    p = vlm.image_processor
+    kw = dict(size=p.size, patch_size=p.patch_size, pooling_size=p.pooling_size,
+              video_pooling_size=p.video_pooling_size, max_crops=p.max_crops, overlap_margins=p.overlap_margins)
+    monkeypatch.setattr(ProcessorMixin, "check_argument_for_proper_class", lambda self, name, arg: None)
+    return transformers.Molmo2Processor(image_processor=Images(**kw), video_processor=Videos(**kw),
+                                        tokenizer=vlm.tokenizer, chat_template=vlm.adapter.template)
+
+
 def hf_processor(vlm: Any, monkeypatch: Any) -> Any:
     import transformers
+
+    if vlm.model.config.model_type == "molmo2":
+        return molmo2_processor(vlm, monkeypatch)
 
     if vlm.model.config.model_type == "llava":
         return transformers.LlavaProcessor(image_processor=vlm.image_processor, tokenizer=vlm.tokenizer,

@@ -7,7 +7,7 @@ import torch
 from transformers import DynamicCache
 
 import vtprune
-from tests.conftest import make_image
+from tests.conftest import make_image, stock_blocks
 from vtprune.runtime.executor import prefill
 from vtprune.runtime.generation import decode
 
@@ -32,12 +32,24 @@ def _deepstack(vlm, emb, batch, li: int, h: torch.Tensor, P: torch.Tensor) -> to
     return vlm.adapter.text_model._deepstack_process(h, kept_vis[None], emb.injections[li][0, vid[kept_vis]])
 
 
+def _layer_mask(vlm, batch, h: torch.Tensor, P: torch.Tensor):
+    """The mask the stock text model gives its layers for the rows ``P`` alone (None: causal, sdpa's own)."""
+    blocks = vlm.adapter.attention_blocks(batch)
+    if blocks is None:
+        return None
+    from transformers.masking_utils import create_causal_mask
+
+    return create_causal_mask(config=vlm.adapter.text_config, inputs_embeds=h,
+                              attention_mask=torch.ones(1, len(P), dtype=torch.long), past_key_values=None,
+                              block_sequence_ids=blocks[:, P])
+
+
 def _stock_logits_fed(vlm, emb, batch, P: torch.Tensor) -> torch.Tensor:
     """Stock logits for the rows ``P`` of sample 0 fed as embeddings (with their DeepStack features, if any)."""
     E, pos = emb.embeds[:, P], vlm.adapter.forward_position_ids(emb.positions[:, :, P])
     ones = torch.ones(1, len(P), dtype=torch.long)
     if not emb.injections:
-        return vlm.model(inputs_embeds=E, attention_mask=ones, position_ids=pos).logits
+        return vlm.model(inputs_embeds=E, attention_mask=ones, position_ids=pos, **stock_blocks(vlm, batch, P)).logits
     vis = batch.visual_mask[0]
     vid = (vis.long().cumsum(0) - 1)[P]
     levels = [emb.injections[i][0, vid[vis[P]]] for i in sorted(emb.injections)]
@@ -62,7 +74,8 @@ def test_pre_llm_equals_stock_fed_kept_tokens(vlm, method):
     torch.testing.assert_close(st.logits, ref, rtol=1e-4, atol=1e-5)
     if emb.injections:  # generate cannot take DeepStack features with inputs_embeds; the logits above cover them
         return
-    ref_tokens = vlm.model.generate(inputs_embeds=E, attention_mask=ones, position_ids=pos, max_new_tokens=6, do_sample=False)
+    ref_tokens = vlm.model.generate(inputs_embeds=E, attention_mask=ones, position_ids=pos, max_new_tokens=6,
+                                    do_sample=False, **stock_blocks(vlm, batch, P))
     ours = decode(vlm.adapter, prefill(vlm.adapter, batch, m), vlm.generation_config(max_new_tokens=6))
     assert torch.equal(ours, ref_tokens)
 
@@ -94,8 +107,9 @@ def test_llm_site_cache_and_first_decode_logits(vlm, K):
         h = _deepstack(vlm, emb, batch, K, full.hidden_states[K + 1], torch.arange(batch.input_ids.shape[1]))[:, P]
         pos = emb.positions[:, :, P]
         cos_sin = vlm.adapter.rope(h, pos)
+        mask = _layer_mask(vlm, batch, h, P)
         for li in range(K + 1, vlm.num_layers):
-            h = vlm.adapter.layers[li](h, attention_mask=None, position_ids=vlm.adapter.layer_position_ids(pos),
+            h = vlm.adapter.layers[li](h, attention_mask=mask, position_ids=vlm.adapter.layer_position_ids(pos),
                                        past_key_values=cache, use_cache=True, position_embeddings=cos_sin)
             h = _deepstack(vlm, emb, batch, li, h, P)  # later injections reach the kept visual tokens only
         first = vlm.adapter.lm_head(vlm.adapter.text_model.norm(h[:, -1])).argmax(-1)

@@ -300,6 +300,11 @@ class Adapter:
             y = getattr(attn, f"{which}_norm")(y)
         return _rotate(y.transpose(1, 2), cos, sin)  # [B, heads, N, dh]
 
+    def attention_blocks(self, batch: EncodedBatch) -> torch.Tensor | None:
+        """``[B, L]`` long: tokens sharing a block id ``>= 0`` attend to each other both ways in the prefill (HF's
+        ``block_sequence_ids``; Molmo2's image tokens), -1 causal; ``None`` (most families): causal throughout."""
+        return None
+
     def vision_stats_hidden_states(self) -> tuple[int, ...] | None:
         """The tower's hidden states :meth:`vision_token_stats` reads (indices as in HF's ``hidden_states``), or
         ``None`` for all."""

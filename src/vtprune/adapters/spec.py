@@ -95,6 +95,8 @@ class FamilySpec:
             checkpoint's (``vtprune/data/chat_templates``), so tests run through it.
         tokenizer: keyword arguments of :func:`vtprune.testbed.tokenizer.build_tokenizer` (LLaVA: ``llava=True``,
             the BOS its Llama tokenizer adds and its ``<image>`` token).
+        named_tokens: tokenizer attributes HF's processor reads (``image_token``, ``video_token``) where the family's
+            differ from the offline tokenizer's (Molmo2: ``<|image|>``, ``<|video|>``).
         shapes: real model shapes (:class:`vtprune.bench.shapes.Shape`) for ``vtprune bench --shape``.
         bench_config: ``(shape, tokenizer, layers, vit_layers) -> config`` of a shape at reduced depth.
     """
@@ -106,6 +108,7 @@ class FamilySpec:
     tokens: tuple[str, ...] = ()
     chat_template: str | None = None
     tokenizer: dict[str, Any] = field(default_factory=dict)
+    named_tokens: dict[str, str] = field(default_factory=dict)
     shapes: tuple[Any, ...] = ()
     bench_config: Callable[[Any, Any, int, int], Any] | None = None
 
@@ -156,6 +159,8 @@ def family_tokenizer(family: str) -> Any:
     tok = build_tokenizer(**spec.tokenizer)
     if spec.tokens:
         tok.add_special_tokens({"additional_special_tokens": list(spec.tokens)})
+    for attr, token in spec.named_tokens.items():
+        setattr(tok, attr, token)
     if spec.chat_template:
         tok.chat_template = spec.chat_template
     return tok

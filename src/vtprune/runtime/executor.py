@@ -76,9 +76,12 @@ class LiveSequence:
     method and cutting wait on the device once per cut: for the kept counts (:meth:`cut`)."""
 
     def __init__(self, hidden: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, visual_id: torch.Tensor,
-                 visual_counts: list[int] | None = None, padded: bool | None = None):
+                 visual_counts: list[int] | None = None, padded: bool | None = None,
+                 blocks: torch.Tensor | None = None):
         self.hidden, self.mask, self.positions, self.visual_id = hidden, mask, positions, visual_id
         self.extra = torch.zeros_like(mask, dtype=torch.bool)  # a method's extra prompt tokens (always last)
+        self.blocks = blocks
+        """``[B, L]`` long or None: the family's bidirectional attention blocks (:meth:`Adapter.attention_blocks`)."""
         self.n_extra = 0
         """Extra prompt tokens currently in the sequence (the same number in every row)."""
         self.visual_counts = ([int(v) for v in (visual_id >= 0).sum(1).tolist()] if visual_counts is None
@@ -100,6 +103,8 @@ class LiveSequence:
         self.positions = ops.gather_seq(self.positions, index, 2)
         self.visual_id = self.visual_id.gather(1, index).masked_fill(~valid, -1)
         self.extra = self.extra.gather(1, index) & valid
+        if self.blocks is not None:
+            self.blocks = self.blocks.gather(1, index).masked_fill(~valid, -1)
         self.mask = valid.long()
         self.visual_counts = [int(v) for v in kept_vis]
         self.n_extra = int(kept_extra[0]) if kept_extra else 0
@@ -115,12 +120,16 @@ class LiveSequence:
         self.mask = torch.cat([self.mask, self.mask.new_ones(B, n)], dim=1)
         self.visual_id = torch.cat([self.visual_id, self.visual_id.new_full((B, n), -1)], dim=1)
         self.extra = torch.cat([self.extra, self.extra.new_ones(B, n)], dim=1)
+        if self.blocks is not None:
+            self.blocks = torch.cat([self.blocks, self.blocks.new_full((B, n), -1)], dim=1)
         self.n_extra += n
 
     def to(self, device: torch.device) -> None:
         """Move the sequence to ``device`` (the next decoder layer's, under an accelerate ``device_map``)."""
         self.hidden, self.mask, self.positions = self.hidden.to(device), self.mask.to(device), self.positions.to(device)
         self.visual_id, self.extra = self.visual_id.to(device), self.extra.to(device)
+        if self.blocks is not None:
+            self.blocks = self.blocks.to(device)
 
     def visual_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``visual_index``, ``visual_valid``, ``visual_ids``, each ``[B, Nv]`` (each sample's visual positions in
@@ -273,9 +282,10 @@ class PrefillSession:
         visual_id = torch.where(vis, vis.long().cumsum(1) - 1, torch.full_like(vis, -1, dtype=torch.long))
         # the batch is on the host: the counts that size the visual rows and whether rows are padded cost no sync
         host_mask = batch.attention_mask
+        blocks = adapter.attention_blocks(batch)
         self.seq = LiveSequence(emb.embeds, host_mask.to(dev), emb.positions, visual_id,
                                 visual_counts=[int(v) for v in batch.visual_mask.sum(1).tolist()],
-                                padded=bool((host_mask == 0).any()))
+                                padded=bool((host_mask == 0).any()), blocks=None if blocks is None else blocks.to(dev))
         del emb  # the sequence holds the embeddings now
         if vit_keep is not None:
             self.seq.cut(vit_keep)
@@ -332,7 +342,11 @@ class PrefillSession:
             idx = self.last_index.to(cos_sin[0].device)
             cos_sin = (ops.gather_seq(cos_sin[0], idx, 1), ops.gather_seq(cos_sin[1], idx, 1))
         self.last_index = None
-        if not seq.padded:  # known on the host: plain causal attention, found without reading the mask
+        if seq.blocks is not None:  # the family's bidirectional blocks among the tokens still in the sequence
+            mask = create_causal_mask(config=adapter.text_config, inputs_embeds=seq.hidden, attention_mask=seq.mask,
+                                      past_key_values=None, position_ids=adapter.layer_position_ids(seq.positions),
+                                      block_sequence_ids=seq.blocks, allow_is_causal_skip=False)
+        elif not seq.padded:  # known on the host: plain causal attention, found without reading the mask
             mask = create_causal_mask(config=adapter.text_config, inputs_embeds=seq.hidden, attention_mask=None,
                                       past_key_values=None, position_ids=None)
         else:  # padding: the causal shortcut cannot apply, so transformers need not read the mask to check it
