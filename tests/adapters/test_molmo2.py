@@ -185,3 +185,103 @@ def test_cli_eval_batch_sizes_agree(capsys, tmp_path: Path):
     assert [(r["id"], r["prediction"], r["kept_tokens"]) for r in p1] == \
         [(r["id"], r["prediction"], r["kept_tokens"]) for r in p4]
     assert one["retention_mean"] == four["retention_mean"] and one["n"] == 5
+
+
+# --- the vit site: STTS on the paper's own model ------------------------------------------------------------------
+
+
+VIDEOS = lambda: [vtprune.Sample("what moved?", video=[make_image(64, 64, i) for i in range(6)]),  # noqa: E731
+                  vtprune.Sample("and here?", video=[make_image(96, 64, i) for i in range(4)])]
+
+
+@pytest.mark.parametrize("method", ["stts-1.0", "vit-0", "vit-2"])
+def test_vit_site_keep_all_equals_stock_video(molmo, method):
+    from tests.conftest import stock_generate
+    from tests.stts.helpers import FixedVit
+    from vtprune.runtime.generation import decode
+
+    m = vtprune.pruner("stts", keep=1.0) if method == "stts-1.0" else FixedVit(block=int(method[-1]))
+    samples = VIDEOS()
+    ours = decode(molmo.adapter, prefill(molmo.adapter, molmo.adapter.encode(samples), m),
+                  molmo.generation_config(max_new_tokens=6))
+    assert torch.equal(ours, stock_generate(molmo, samples, max_new_tokens=6))
+
+
+def test_a_frame_dropped_in_the_tower_leaves_the_others_as_stock(molmo):
+    """Frames attend within themselves: dropping frame 1 after block 0 gives the other frames exactly the stock
+    connector's features of a video without that frame (the survivors packed, attention kept per frame)."""
+    from tests.stts.helpers import FixedVit, drop_steps
+    from vtprune.runtime.vision import run_tower
+
+    frames = [make_image(64, 64, i) for i in range(3)]
+    mi = molmo.adapter.encode([vtprune.Sample("q", video=frames)]).model_inputs
+    sub = molmo.adapter.encode([vtprune.Sample("q", video=[frames[0], frames[2]])]).model_inputs
+    with torch.no_grad():
+        out = run_tower(molmo.adapter.vision_plan(mi["pixel_values_videos"], mi["video_grids"]), 0,
+                        FixedVit(block=0, pattern=drop_steps({1})).select, num_layers=molmo.num_layers)
+        ref = molmo.model.model.get_video_features(sub["pixel_values_videos"], sub["video_token_pooling"],
+                                                   sub["video_grids"])
+    ref = torch.cat(list(ref.pooler_output))
+    assert int(out.keep.sum()) == 2 * 4 and out.features.shape == ref.shape
+    torch.testing.assert_close(out.features, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_first_fit_decreasing_known_answer():
+    from vtprune.runtime.packed_attention import first_fit_decreasing
+
+    # longest first: 5 opens bin 0 (3 left), 4 opens bin 1, 3 fills bin 0, 2 joins bin 1; an empty frame goes nowhere
+    assert first_fit_decreasing([5, 3, 4, 2, 0], 8) == [[0, 1], [2, 3]]
+    assert first_fit_decreasing([8, 8], 8) == [[0], [1]]
+    with pytest.raises(ValueError):
+        first_fit_decreasing([9], 8)
+
+
+def test_packed_frames_attend_only_within_their_own_frame(molmo):
+    """Partial frames sharing a packed row give each row what the stock block gives the frame's survivors alone
+    (with a key bias, too); fewer block rows than frames."""
+    from vtprune.runtime.packed_attention import packed_segments
+
+    torch.manual_seed(0)
+    layer = molmo.adapter.vision_tower.layers[1]
+    P, D = 36, layer.embed_dim
+    lengths = [20, 9, 14, 16]  # four frames' survivors of 36 slots: two packed rows
+    cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)))
+    h = torch.randn(int(cu[-1]), D)
+    slot = torch.cat([torch.randperm(P)[:n] for n in lengths]).float()
+    bias = -torch.rand(int(cu[-1]))
+    calls = []
+
+    def call(x, mask):
+        calls.append(x.shape[0])
+        return layer(x, mask)
+
+    with torch.no_grad():
+        for kb in (None, bias):
+            got = packed_segments(call, h, cu, slot, P, kb)
+            for s in range(4):
+                a, e = int(cu[s]), int(cu[s + 1])
+                order = torch.argsort(slot[a:e])
+                x = h[a:e][order][None]
+                mask = None if kb is None else kb[a:e][order][None, None, None, :]
+                ref = torch.empty_like(h[a:e])
+                ref[order] = layer(x, mask)[0]
+                torch.testing.assert_close(got[a:e], ref, rtol=1e-5, atol=1e-5)
+    assert calls == [2, 2]
+
+
+def test_stts_prunes_molmo2_video_and_the_tower_runs_fewer_rows(molmo):
+    from vtprune.methods.stts import STTS
+    from vtprune.methods.stts.method import keep_count
+
+    frames = [make_image(64, 64, i) for i in range(8)]
+    stts = STTS.untrained(molmo, keep=0.5)  # STTS selects only with a scorer: untrained weights, asked for
+    rows: list[int] = []
+    layer = molmo.adapter.vision_tower.layers[-1]
+    handle = layer.register_forward_pre_hook(lambda mod, args: rows.append(args[0].shape[0]))
+    try:
+        [a] = molmo.generate([vtprune.Sample("what moved?", video=frames)], stts, max_new_tokens=3)
+    finally:
+        handle.remove()
+    assert a.visual_tokens == 8 * 4 and a.kept_tokens == keep_count(8, 2, 2, 0.5) == 16
+    assert stts.scorer.config.unit == 9  # a 3 x 3 pooling window of the tiny model's 6 x 6 patches
+    assert rows == [4]  # the last block ran 16 kept windows of 9 patches packed into 4 frame-sized rows, not 8

@@ -64,6 +64,11 @@ class VisionPlan:
         merger: the stock merger, ``[n * unit, Dv] -> [n, D]``.
         taps: block index -> a stock module that turns that block's output ``[n * unit, Dv]`` into an extra
             feature level ``[n, D]`` (Qwen3-VL's DeepStack mergers); none on most towers.
+        levels: the blocks whose outputs the merger reads, concatenated along the width in this order (Molmo2's
+            connector reads two); empty: the last block's output only.
+        run_block: ``(i, hidden [n, Dv], cu [S + 1], position_embeddings, key_bias [n] | None) -> [n, Dv]``: how
+            block ``i`` runs on rows packed in segments; None: the Qwen call
+            ``blocks[i](hidden, cu_seqlens=cu, position_embeddings=...)`` (with a key bias: packed attention).
     """
 
     hidden: torch.Tensor
@@ -75,6 +80,8 @@ class VisionPlan:
     unit_grids: list[tuple[int, int, int]]
     merger: Callable[[torch.Tensor], torch.Tensor]
     taps: dict[int, Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=dict)
+    levels: tuple[int, ...] = ()
+    run_block: Callable[..., torch.Tensor] | None = None
 
 
 @dataclass

@@ -20,7 +20,7 @@ two ViT levels, a Qwen3 (or OLMo) LLM.
   other one, bidirectionally (:meth:`attention_blocks`); the runtime keeps that block for the tokens still in the
   sequence after a cut. Decoding is causal, as in stock ``generate``.
 - **Positions** are 1-D (``[1, B, L]``). A batch holds images or video, not both (as the stock forward).
-- **Sites**: ``pre_llm`` and ``llm``; ``vit`` on video (STTS): see :meth:`vision_plan`.
+- **Sites**: ``pre_llm`` and ``llm``; ``vit`` on video (STTS, the paper's own model): see :meth:`vision_plan`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from vtprune.adapters.base import EncodedBatch, Embedded, Sample, grid_coords, left_pad, register_adapter
+from vtprune.adapters.base import (
+    EncodedBatch, Embedded, Sample, VisionPlan, grid_coords, left_pad, register_adapter,
+)
 from vtprune.adapters.llava import LlavaAdapter
 from vtprune.adapters.spec import FamilySpec, Shape, register_family, token_ids
 from vtprune.data.chat import shipped_template
@@ -263,6 +265,64 @@ class Molmo2Adapter(LlavaAdapter):
             embeds = embeds.clone()
             embeds[mask] = embeds[mask] + feats.to(embeds.dtype)
         return Embedded(embeds, self.positions(input_ids, attention_mask, {}), vision)
+
+    # --- the ``vit`` pruning site (STTS on the paper's own model; see vtprune.runtime.vision) --------------------
+    supports_vit_site = True
+
+    def video_mask(self, batch: EncodedBatch) -> torch.Tensor:
+        """``[B, L]`` bool: the video's ``<im_patch>`` tokens (a batch with video holds no images), in unit order."""
+        return batch.input_ids == self._id("<im_patch>")
+
+    def vision_plan(self, pixel_values: torch.Tensor, grid: torch.Tensor) -> VisionPlan:
+        """The stock tower's preamble for the frames of the batch's videos (``pixel_values_videos`` ``[F, P, C*p*p]``,
+        ``video_grids`` ``[V, 3]``: frames, pooled rows, cols).
+
+        A unit is one pooling window (one LLM token): each frame's patches are reordered window by window (the
+        order the connector pools them in), so a unit's rows are contiguous. Every block attends within a frame;
+        :func:`~vtprune.runtime.packed_attention.packed_segments` runs a block on whatever rows are left, packing
+        the frames' survivors first-fit-decreasing into frame-sized rows of the block's batch with attention kept
+        inside each original frame (STTS's packing), each frame's rows back in their original order (the rotary
+        slot of the plan carries each row's patch index in its frame). The merger is the stock connector over the
+        concatenated levels it reads (``adapter_config.vision_feature_layer``) of each kept window."""
+        from transformers.models.molmo2.image_processing_molmo2 import arange_for_pooling
+
+        from vtprune.runtime.packed_attention import packed_segments
+
+        vis = self.vision_tower
+        dev = self.device
+        pv = pixel_values.to(dev)
+        F, P = int(pv.shape[0]), int(pv.shape[1])
+        side = int(round(P ** 0.5))
+        rows_, cols_ = int(grid[0, 1]), int(grid[0, 2])
+        if side * side != P or side % rows_ or side % cols_ or not bool((grid[:, 1:] == grid[0, 1:]).all()):
+            raise self.unsupported("the 'vit' site on frames whose pooling windows do not tile the frame")
+        ph, pw = side // rows_, side // cols_
+        window, _, _ = arange_for_pooling(torch.arange(P, device=dev).view(side, side), ph, pw)  # [U_f, ph*pw]
+        within = window.flatten()  # raster patch index of each processing-order row of a frame
+        order = (torch.arange(F, device=dev)[:, None] * P + within[None]).flatten()
+        h = vis.patch_embedding(pv.to(vis.dtype)) + vis.positional_embedding[None].to(vis.dtype)  # [F, P, Dv]
+        h = h.reshape(F * P, -1)[order]
+        slot = within.repeat(F).to(h.dtype)[:, None]  # [N, 1]
+        cu = torch.arange(F + 1, device=dev, dtype=torch.int32) * P
+        m = ph * pw
+        depth = len(vis.layers)
+        levels = tuple(int(x) if x >= 0 else depth + int(x)
+                       for x in self.model.config.adapter_config.vision_feature_layer)
+        projector = self.model.model.multi_modal_projector
+
+        def run_block(i: int, x: torch.Tensor, cu_i: torch.Tensor, pe: tuple[torch.Tensor, torch.Tensor],
+                      bias: torch.Tensor | None) -> torch.Tensor:
+            layer = vis.layers[i]
+            return packed_segments(lambda xb, mask: layer(xb, mask), x, cu_i, pe[0][:, 0], P, bias)
+
+        def merger(x: torch.Tensor) -> torch.Tensor:  # [n * m, Dv * levels], window-major
+            idx = torch.arange(x.shape[0], device=x.device).view(-1, m)
+            return projector(x[None], idx).last_hidden_state
+
+        grids = [(int(t), int(r), int(c)) for t, r, c in grid.tolist()]
+        return VisionPlan(hidden=h, position_embeddings=(slot, slot), blocks=list(vis.layers),
+                          block_cu=[cu] * depth, unit=m, unit_order=torch.arange(F * P // m, device=dev),
+                          unit_grids=grids, merger=merger, levels=levels, run_block=run_block)
 
 
 # --- the family spec: random config, processor, bench shape ------------------------------------------------------

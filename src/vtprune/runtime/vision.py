@@ -71,6 +71,16 @@ def _biased_block(blk: torch.nn.Module, h: torch.Tensor, cu: torch.Tensor, pe: t
         return blk(h, cu_seqlens=cu, position_embeddings=pe, key_bias=bias.to(h.dtype))
 
 
+def _block(plan: VisionPlan, i: int, h: torch.Tensor, cu: torch.Tensor, pe: tuple[torch.Tensor, torch.Tensor],
+           bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Block ``i`` on the packed rows ``h``: the plan's own runner, else the Qwen block call."""
+    if plan.run_block is not None:
+        return plan.run_block(i, h, cu, pe, bias)
+    if bias is not None:
+        return _biased_block(plan.blocks[i], h, cu, pe, bias)
+    return plan.blocks[i](h, cu_seqlens=cu, position_embeddings=pe)
+
+
 def run_tower(plan: VisionPlan, block: int, select: Callable[[VisionContext], torch.Tensor | VitDecision], *,
               name: str = "method", num_layers: int | None = None) -> TowerOutput:
     """Run the vision blocks with one cut after ``block`` (after ``block + 1`` when the method returns a key bias).
@@ -82,10 +92,13 @@ def run_tower(plan: VisionPlan, block: int, select: Callable[[VisionContext], to
     h, (cos, sin) = plan.hidden, plan.position_embeddings
     cus = list(plan.block_cu)
     taps: dict[int, torch.Tensor] = {}  # processing order; every unit before the cut, kept units after
+    levels: dict[int, torch.Tensor] = {}  # the same, for the outputs the merger reads
     for i in range(block + 1):
-        h = plan.blocks[i](h, cu_seqlens=cus[i], position_embeddings=(cos, sin))
+        h = _block(plan, i, h, cus[i], (cos, sin))
         if i in plan.taps:
             taps[i] = plan.taps[i](h)
+        if i in plan.levels:
+            levels[i] = h
 
     m = plan.unit
     U = h.shape[0] // m
@@ -102,22 +115,27 @@ def run_tower(plan: VisionPlan, block: int, select: Callable[[VisionContext], to
         if block + 1 >= depth:
             raise ConfigError(f"a key bias needs a block after ViT block {block}; the encoder has {depth}")
         bias_rows = ops.unit_rows(dec.key_bias.to(h.device)[order], m)
-        h = _biased_block(plan.blocks[nxt], h, cus[nxt], (cos, sin), bias_rows)
+        h = _block(plan, nxt, h, cus[nxt], (cos, sin), bias_rows)
         if nxt in plan.taps:
             taps[nxt] = plan.taps[nxt](h)
+        if nxt in plan.levels:
+            levels[nxt] = h
         nxt += 1
 
     rows = ops.unit_rows(keep_p, m)
     h, cos, sin = h[rows], cos[rows], sin[rows]
+    levels = {i: x[rows] for i, x in levels.items()}
     cut: dict[int, torch.Tensor] = {}
     for i in range(nxt, depth):  # blocks sharing boundaries (all windowed blocks) share the recount
         key = id(cus[i])
         if key not in cut:
             cut[key] = ops.cut_cu_seqlens(cus[i], rows)
-        h = plan.blocks[i](h, cu_seqlens=cut[key], position_embeddings=(cos, sin))
+        h = _block(plan, i, h, cut[key], (cos, sin))
         if i in plan.taps:
             taps[i] = plan.taps[i](h)
-    merged = plan.merger(h)  # [U_kept, D] processing order
+        if i in plan.levels:
+            levels[i] = h
+    merged = plan.merger(torch.cat([levels[i] for i in plan.levels], dim=-1) if plan.levels else h)  # [U_kept, D]
     back = torch.argsort(order[keep_p])  # kept units back to raster order
     taps = {i: (t if t.shape[0] == merged.shape[0] else t[keep_p])[back] for i, t in taps.items()}
     return TowerOutput(features=merged[back], keep=dec.keep.to(h.device), decision=dec, taps=taps)

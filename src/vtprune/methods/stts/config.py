@@ -25,7 +25,8 @@ class STTSConfig:
     vision_dim: int
     """Width ``Dv`` of the vision encoder's hidden states (the scorer's input)."""
     unit: int = 4
-    """ViT patches per LLM-token unit (Qwen's 2x2 merge group)."""
+    """ViT patches per LLM-token unit (Qwen's 2x2 merge group, Molmo2's 3x3 video pooling window); 0: not known
+    from the vision config, fixed by the first video the scorer sees."""
     heads: int = 0
     """Heads of the attention pool; 0 picks one from ``vision_dim``."""
     mlp_hidden: int = 0
@@ -39,8 +40,8 @@ class STTSConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
-        if self.vision_dim < 1 or self.unit < 1:
-            raise ConfigError(f"vision_dim and unit must be >= 1, got {self.vision_dim}, {self.unit}")
+        if self.vision_dim < 1 or self.unit < 0:
+            raise ConfigError(f"vision_dim must be >= 1 and unit >= 0, got {self.vision_dim}, {self.unit}")
         if self.heads == 0:
             self.heads = _auto_heads(self.vision_dim)
         if self.mlp_hidden == 0:
@@ -52,15 +53,16 @@ class STTSConfig:
 
     @classmethod
     def for_vision_config(cls, vision_config: Any) -> STTSConfig:
-        """Sized like the model's encoder: its width, heads and MLP width (Qwen2-VL or Qwen2.5-VL vision config)."""
+        """Sized like the model's encoder: its width, heads and MLP width; the unit is its merge group where the
+        config has one (Qwen), else fixed by the first video (a tower whose units come from its processor's pooling)."""
         dim = int(getattr(vision_config, "embed_dim", None) or vision_config.hidden_size)
-        heads = int(getattr(vision_config, "num_heads", 0) or 0)
+        heads = int(getattr(vision_config, "num_heads", 0) or getattr(vision_config, "num_attention_heads", 0) or 0)
         inter = getattr(vision_config, "intermediate_size", None)
         if inter is None and getattr(vision_config, "mlp_ratio", None):
             inter = int(dim * vision_config.mlp_ratio)
-        merge = int(getattr(vision_config, "spatial_merge_size", 2))
-        return cls(vision_dim=dim, unit=merge * merge, heads=heads if heads and dim % heads == 0 else 0,
-                   mlp_hidden=int(inter or 0))
+        merge = getattr(vision_config, "spatial_merge_size", None)
+        return cls(vision_dim=dim, unit=int(merge) ** 2 if merge else 0,
+                   heads=heads if heads and dim % heads == 0 else 0, mlp_hidden=int(inter or 0))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

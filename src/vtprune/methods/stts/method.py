@@ -1,4 +1,5 @@
-"""``stts``: Unified Spatio-Temporal Token Scoring (Zhang et al., arXiv 2603.18004), on Qwen2-VL / Qwen2.5-VL video.
+"""``stts``: Unified Spatio-Temporal Token Scoring (Zhang et al., arXiv 2603.18004), on the video of every family with
+a ``vit`` site (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Molmo2).
 
 A small text-free scorer (:mod:`.modules`) reads the vision encoder after block ``j`` and scores every LLM-token
 unit (Qwen's 2x2 merge group, one LLM token) from its own and its previous-step features:
@@ -13,7 +14,9 @@ reach the LLM. The first temporal step is always kept, so a video keeps ``max(ro
 deterministic from ``(T, H, W, keep)``. Images are never pruned (STTS prunes video only); ``keep = 1`` runs the
 stock model. ``T`` counts Qwen's temporal patches (2 frames each).
 
-Deviation from the paper's SigLIP setting: Qwen's encoder attends within a frame (windows or the full frame), so the
+On Molmo2 (the paper's model) a unit is one 3x3 pooling window and the survivors are bin-packed into frames as in
+the paper (that adapter's ``vision_plan``). Deviation from the paper's SigLIP setting on
+Qwen: Qwen's encoder attends within a frame (windows or the full frame), so the
 "packing" is the varlen repacking of each window's / frame's survivors (:mod:`vtprune.runtime.vision`); the min-max
 rescaling of the bias is per temporal step (the dossier's "per patch-row" is ambiguous). Cost: one scorer pass per
 video, plus block ``j + 1`` run one attention segment at a time.
@@ -149,6 +152,8 @@ class STTS(LearnedPruner):
             raise ConfigError("stts has no scorer weights: load them (weights=<directory or zoo:name>, "
                               "STTS.from_pretrained) or build untrained ones on purpose (STTS.untrained(model), "
                               "init_scorer)")
+        if self.scorer.config.unit == 0:  # not known from the vision config: the model's units fix it
+            self.scorer.config.unit = int(hidden.shape[-2])
         if self.scorer.config.vision_dim != hidden.shape[-1] or self.scorer.config.unit != hidden.shape[-2]:
             raise ConfigError(f"stts scorer expects units of {self.scorer.config.unit} x {self.scorer.config.vision_dim}, "
                               f"the model gives {hidden.shape[-2]} x {hidden.shape[-1]}")
