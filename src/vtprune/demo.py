@@ -1,6 +1,6 @@
 """``vtprune demo``: the main job on the embedded default, offline.
 
-Loads ``zoo:synth-qwen2_5_vl``, takes the bundled example (or ``--image/--question``), answers with the best pruning
+Loads the default zoo model (:data:`vtprune.hub.DEFAULT_MODEL`), takes the bundled example (or ``--image/--question``), answers with the best pruning
 method available (GlimpsePrune with its shipped pruner when present, a training-free method otherwise), prints
 question, answer, expected answer, visual/kept tokens, retention and time, and saves a kept-token heatmap PNG.
 """
@@ -14,9 +14,10 @@ from typing import Any, Optional
 
 import typer
 
+from vtprune.hub import DEFAULT_GLIMPSE as GLIMPSE_PRUNER
+from vtprune.hub import DEFAULT_MODEL as DEMO_MODEL
+
 ASSETS = Path(__file__).resolve().parent / "assets"
-DEMO_MODEL = "zoo:synth-qwen2_5_vl"
-GLIMPSE_PRUNER = "zoo:glimpse-synth-qwen2_5_vl"
 FALLBACK = ("divprune", 0.25)
 
 

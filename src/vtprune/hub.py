@@ -12,6 +12,14 @@ from vtprune.errors import ModelLoadError
 
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
 
+# the shipped defaults (the one place outside ``adapters/`` that names zoo models by family)
+DEFAULT_MODEL = "zoo:synth-qwen2_5_vl"
+"""The demo's model: the image zoo model."""
+DEFAULT_GLIMPSE = "zoo:glimpse-synth-qwen2_5_vl"
+"""The GlimpsePrune pruner shipped for :data:`DEFAULT_MODEL`."""
+DEFAULT_VIDEO_MODEL = "zoo:synth-video-qwen2_5_vl"
+"""The video zoo model (``vtprune train stts``'s default base)."""
+
 
 def zoo_names() -> list[str]:
     return sorted(p.name for p in ZOO_DIR.iterdir() if p.is_dir()) if ZOO_DIR.is_dir() else []

@@ -54,3 +54,19 @@ def test_new_family_shapes_have_the_model_cards_parameter_count(name, params):
     with torch.device("meta"):
         model = family_spec(s.family).model_cls()(hf_config(s, family_tokenizer(s.family), s.layers, s.vit_layers))
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(params, rel=0.01)
+
+
+def test_family_names_stay_inside_adapters():
+    """Family knowledge lives in ``adapters/``: outside it, at most three files name a family (the package's doc
+    example, the shipped zoo defaults in ``hub.py``, the official GlimpsePrune format's own ``model_type`` strings).
+    The same search as ``grep -rln "qwen\\|llava\\|internvl\\|molmo" src/vtprune --include=*.py | grep -v adapters``."""
+    import re
+    from pathlib import Path
+
+    src = Path(vtprune.__file__).resolve().parent
+    names = {"qwen", "llava", "internvl", "molmo"} | {s.name for s in family_specs()}
+    pattern = re.compile("|".join(sorted(map(re.escape, names))))
+    found = sorted(str(p.relative_to(src)) for p in src.rglob("*.py")
+                   if "adapters" not in p.relative_to(src).parts and pattern.search(p.read_text()))
+    assert len(found) <= 3, found
+    assert set(found) <= {"__init__.py", "hub.py", "methods/glimpse/official.py"}, found

@@ -227,7 +227,7 @@ def test_a_frame_dropped_in_the_tower_leaves_the_others_as_stock(molmo):
 
 
 def test_first_fit_decreasing_known_answer():
-    from vtprune.runtime.packed_attention import first_fit_decreasing
+    from vtprune.adapters.frame_packing import first_fit_decreasing
 
     # longest first: 5 opens bin 0 (3 left), 4 opens bin 1, 3 fills bin 0, 2 joins bin 1; an empty frame goes nowhere
     assert first_fit_decreasing([5, 3, 4, 2, 0], 8) == [[0, 1], [2, 3]]
@@ -239,7 +239,7 @@ def test_first_fit_decreasing_known_answer():
 def test_packed_frames_attend_only_within_their_own_frame(molmo):
     """Partial frames sharing a packed row give each row what the stock block gives the frame's survivors alone
     (with a key bias, too); fewer block rows than frames."""
-    from vtprune.runtime.packed_attention import packed_segments
+    from vtprune.adapters.frame_packing import packed_segments
 
     torch.manual_seed(0)
     layer = molmo.adapter.vision_tower.layers[1]

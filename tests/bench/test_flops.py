@@ -50,7 +50,7 @@ def test_kv_bytes_formula() -> None:
 
 
 def test_qwen2_vl_tower_by_hand() -> None:
-    v = VisionDims("qwen2_vl", d=4, inter=8, depth=1, out=6, merge=2, patch_in=3)
+    v = VisionDims("merged", d=4, inter=8, depth=1, out=6, merge=2, patch_in=3)
     patch = 2 * 4 * 3 * 4  # 4 patches
     block = 2 * 4 * (4 * 16 + 2 * 4 * 8)  # qkv+proj, plain 2-matrix MLP
     attn = 4 * 16 * 4  # 4x4 pairs, full
@@ -59,7 +59,7 @@ def test_qwen2_vl_tower_by_hand() -> None:
 
 
 def test_qwen2_5_vl_window_and_full_blocks_by_hand() -> None:
-    v = VisionDims("qwen2_5_vl", d=4, inter=8, depth=2, out=6, merge=2, patch_in=3, window=1, full_blocks=(1,))
+    v = VisionDims("windowed", d=4, inter=8, depth=2, out=6, merge=2, patch_in=3, window=1, full_blocks=(1,))
     # 4x4 patches = 2x2 merged tokens; window of 1 merged token = 4 patches -> 4 windows of 16 pairs
     patch = 2 * 16 * 3 * 4
     blocks = 2 * 2 * 16 * (4 * 16 + 3 * 4 * 8)  # gated MLP
@@ -72,7 +72,7 @@ def test_qwen2_5_vl_window_and_full_blocks_by_hand() -> None:
 
 def test_a_cut_inside_the_tower_by_hand() -> None:
     """Block 0 on every patch, block 1 and the merger on half of them; attention pairs at a quarter."""
-    v = VisionDims("qwen2_5_vl", d=4, inter=8, depth=2, out=6, merge=2, patch_in=3, window=1, full_blocks=(1,))
+    v = VisionDims("windowed", d=4, inter=8, depth=2, out=6, merge=2, patch_in=3, window=1, full_blocks=(1,))
     patch = 2 * 16 * 3 * 4
     block = 2 * 16 * (4 * 16 + 3 * 4 * 8)
     attn0, attn1 = 4 * 64 * 4, 4 * 256 * 4
@@ -116,5 +116,5 @@ def test_linear_flops_match_the_hf_modules(name: str) -> None:
     tower = model.model.visual if s.family != "llava" else model.model.vision_tower
     block = tower.blocks[0] if s.family != "llava" else tower.encoder.layers[0]
     v = vision_dims(s, 1)
-    mlp = (3 if v.kind == "qwen2_5_vl" else 2) * v.d * v.inter
+    mlp = (3 if v.kind == "windowed" else 2) * v.d * v.inter
     assert sum(p.numel() for p in block.parameters() if p.dim() == 2) == 4 * v.d * v.d + mlp

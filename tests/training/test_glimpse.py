@@ -13,26 +13,25 @@ from tests.conftest import make_image
 from tests.methods.glimpse.helpers import SMALL
 from vtprune.errors import ConfigError
 from vtprune.training.glimpse import (
-    TrainItem, bce_loss, box_token_mask, dice_loss, image_frame, mask_loss, train_glimpse,
+    TrainItem, bce_loss, box_token_mask, dice_loss, mask_loss, train_glimpse,
 )
-from vtprune.adapters.spec import image_processor_for
 
 
-def test_box_rasterisation_on_the_qwen_grid():
-    frame = image_frame(None, (112, 84), "qwen2_5_vl")  # 4 x 3 cells of 28 px
+def test_box_rasterisation_on_the_qwen_grid(vlms):
+    frame = vlms["qwen2_5_vl"].adapter.image_frame((112, 84))  # 4 x 3 cells of 28 px
     m = box_token_mask([[30, 10, 60, 30]], frame, (3, 4))
     assert torch.nonzero(m).tolist() == [[0, 1], [0, 2], [1, 1], [1, 2]]  # every cell the box touches
     assert torch.nonzero(box_token_mask([[0, 0, 56, 28]], frame, (3, 4))).tolist() == [[0, 0], [0, 1]]  # end exclusive
     assert torch.nonzero(box_token_mask([[40, 40, 40, 40]], frame, (3, 4))).tolist() == [[1, 1]]  # a point
     assert not box_token_mask([[200, 0, 300, 50]], frame, (3, 4)).any()  # outside
     # the grid tiles the whole resized image: a 2x downscale changes nothing in normalised terms
-    big = image_frame(None, (224, 168), "qwen2_5_vl")
+    big = vlms["qwen2_5_vl"].adapter.image_frame((224, 168))
     assert torch.equal(box_token_mask([[60, 20, 120, 60]], big, (3, 4)), m)
 
 
-def test_box_rasterisation_through_a_center_crop():
-    proc = image_processor_for("llava")  # shortest edge 56, center crop 56 x 56 -> a 4 x 4 grid of 14 px
-    frame = image_frame(proc, (112, 56), "llava")  # resized 112 x 56, crop drops 28 px on each side
+def test_box_rasterisation_through_a_center_crop(vlms):
+    # random:llava's processor: shortest edge 56, center crop 56 x 56 -> a 4 x 4 grid of 14 px
+    frame = vlms["llava"].adapter.image_frame((112, 56))  # resized 112 x 56, crop drops 28 px on each side
     m = box_token_mask([[28, 0, 56, 28]], frame, (4, 4))
     assert torch.nonzero(m).tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]
     assert not box_token_mask([[0, 0, 20, 20]], frame, (4, 4)).any()  # cropped away
@@ -111,3 +110,4 @@ def test_cli_trains_saves_resumes_and_the_pruner_loads(fam, tmp_path):
     assert 1 <= ans.kept_tokens <= ans.visual_tokens
     assert main(["train", "glimpse", "--model", f"random:{fam}", "--data", str(tmp_path / "d.jsonl"), "--out",
                  str(out), "--mode", "nope"]) == 2
+

@@ -307,6 +307,13 @@ class Adapter:
             y = getattr(attn, f"{which}_norm")(y)
         return _rotate(y.transpose(1, 2), cos, sin)  # [B, heads, N, dh]
 
+    def image_frame(self, size: tuple[int, int]) -> tuple[float, float, float, float, float, float]:
+        """Where an image of ``size`` (w, h) lands on its token grid, as ``(sx, sy, ox, oy, fw, fh)``: a pixel
+        ``(x, y)`` sits at ``((x * sx - ox) / fw, (y * sy - oy) / fh)`` of the frame the grid tiles. Default: the
+        whole image resized onto the grid (a uniform scaling: Qwen's processors)."""
+        w, h = size
+        return (1.0, 1.0, 0.0, 0.0, float(w), float(h))
+
     def attention_blocks(self, batch: EncodedBatch) -> torch.Tensor | None:
         """``[B, L]`` long: tokens sharing a block id ``>= 0`` attend to each other both ways in the prefill (HF's
         ``block_sequence_ids``; Molmo2's image tokens), -1 causal; ``None`` (most families): causal throughout."""
@@ -332,6 +339,9 @@ class Adapter:
     runs, each level reduced to its per-token features as its block finishes (the per-patch states are never held)."""
     supports_vision_attention: ClassVar[bool] = False
     """:meth:`vision_token_stats` (methods that require ``"vision_attention"``: VisionZip, VisPruner)."""
+    glimpse_attention_logits: ClassVar[bool] = True
+    """GlimpsePrune's default for this family: the official release scores glimpse attention as raw logits (True) or
+    as log-softmax probabilities (False: its LLaVA release)."""
     supports_vit_site: ClassVar[bool] = False
     """The ``vit`` site: :meth:`video_mask` and :meth:`vision_plan` (:mod:`vtprune.runtime.vision`)."""
 

@@ -14,7 +14,7 @@ import torch
 from vtprune.adapters.base import (
     Adapter, EncodedBatch, Embedded, Sample, VisionGeometry, grid_coords, left_pad, register_adapter,
 )
-from vtprune.adapters.spec import FamilySpec, Shape, register_family, token_ids
+from vtprune.adapters.spec import FamilySpec, Shape, ZooSpec, register_family, token_ids
 from vtprune.data.chat import shipped_template
 
 
@@ -26,6 +26,7 @@ class LlavaAdapter(Adapter):
     supports_vision_features = True
     fallback_template = "llava"
     """Without a checkpoint template: llava-hf/llava-1.5-7b-hf's own (``data/chat_templates/SOURCES.md``)."""
+    glimpse_attention_logits = False  # the official LLaVA GlimpsePrune release scores log-softmax probabilities
 
     @property
     def grid_side(self) -> int:
@@ -172,6 +173,29 @@ class LlavaAdapter(Adapter):
             out[i] = per_sample(batch, {"image": list((h[:, 1:] if drop_cls else h).float())}, kinds)
         return out
 
+    def image_frame(self, size: tuple[int, int]) -> tuple[float, float, float, float, float, float]:
+        """CLIP's processor resizes the short side then center-crops, or resizes to a fixed height x width."""
+        w, h = size
+        p = self.image_processor
+        s = p.size
+        short = getattr(s, "shortest_edge", None) if not isinstance(s, dict) else s.get("shortest_edge")
+        if short:
+            if w <= h:
+                rw, rh = int(short), int(short * h / w)
+            else:
+                rw, rh = int(short * w / h), int(short)
+        else:
+            rw = int(s["width"] if isinstance(s, dict) else s.width)
+            rh = int(s["height"] if isinstance(s, dict) else s.height)
+        ox = oy = 0.0
+        fw, fh = float(rw), float(rh)
+        crop = getattr(p, "crop_size", None)
+        if getattr(p, "do_center_crop", False) and crop is not None:
+            cw = int(crop["width"] if isinstance(crop, dict) else crop.width)
+            ch = int(crop["height"] if isinstance(crop, dict) else crop.height)
+            ox, oy, fw, fh = float((rw - cw) // 2), float((rh - ch) // 2), float(cw), float(ch)
+        return (rw / w, rh / h, ox, oy, fw, fh)
+
     def rope(self, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.text_model.rotary_emb(hidden, positions[0])
 
@@ -235,8 +259,15 @@ def _bench_config(shape: Any, tok: Any, layers: int, vit_layers: int) -> Any:
 
 register_family(FamilySpec(
     name="llava", model_class="LlavaForConditionalGeneration", random_config=_random_config,
-    image_processor=image_processor, chat_template=shipped_template("llava"), tokenizer={"llava": True},
-    bench_config=_bench_config, shapes=(
+    image_processor=image_processor, chat_template=shipped_template("llava"), tokenizer={"bos_first": True, "image_token": "<image>"},
+    bench_config=_bench_config,
+    # the zoo model: LLaVA-1.5's 14 px patches on a 224 px squashed input (no centre crop: it could cut the evidence
+    # out): 16x16 = 256 visual tokens, which a from-scratch tower learns to read and 2 cores can train (the sizes that
+    # were tried: BENCHMARKS.md, "Zoo models"); its learned position table starts from 2-D sine-cosine positions
+    zoo=ZooSpec(sizes=dict(hidden=128, layers=8, heads=4, kv_heads=2, vit_depth=6, vit_hidden=96, vit_heads=4,
+                           image_size=224, patch_size=14), processor=dict(image_size=224, crop=False),
+                warmup_sides=(224, 336), position_table=lambda model: model.model.vision_tower.embeddings),
+    shapes=(
         # https://huggingface.co/llava-hf/llava-1.5-7b-hf/blob/main/config.json (Llama-2-7B/Vicuna LLM,
         # CLIP ViT-L/14-336 tower, 2-layer GELU projector, feature layer -2, 576 image tokens)
         Shape("llava-1.5-7b", "llava", "llava-hf/llava-1.5-7b-hf config.json", hidden=4096, inter=11008,

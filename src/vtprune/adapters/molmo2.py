@@ -279,14 +279,14 @@ class Molmo2Adapter(LlavaAdapter):
 
         A unit is one pooling window (one LLM token): each frame's patches are reordered window by window (the
         order the connector pools them in), so a unit's rows are contiguous. Every block attends within a frame;
-        :func:`~vtprune.runtime.packed_attention.packed_segments` runs a block on whatever rows are left, packing
+        :func:`~vtprune.adapters.frame_packing.packed_segments` runs a block on whatever rows are left, packing
         the frames' survivors first-fit-decreasing into frame-sized rows of the block's batch with attention kept
         inside each original frame (STTS's packing), each frame's rows back in their original order (the rotary
         slot of the plan carries each row's patch index in its frame). The merger is the stock connector over the
         concatenated levels it reads (``adapter_config.vision_feature_layer``) of each kept window."""
         from transformers.models.molmo2.image_processing_molmo2 import arange_for_pooling
 
-        from vtprune.runtime.packed_attention import packed_segments
+        from vtprune.adapters.frame_packing import packed_segments
 
         vis = self.vision_tower
         dev = self.device

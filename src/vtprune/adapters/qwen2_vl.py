@@ -18,7 +18,7 @@ import torch
 from vtprune.adapters.base import (
     Adapter, EncodedBatch, Embedded, Sample, VisionGeometry, VisionPlan, grid_coords, left_pad, register_adapter,
 )
-from vtprune.adapters.spec import FamilySpec, Shape, register_family, token_ids
+from vtprune.adapters.spec import FamilySpec, Shape, ZooSpec, register_family, token_ids
 from vtprune.data.chat import shipped_template
 from vtprune.errors import InputError
 
@@ -523,13 +523,18 @@ def _bench_config(shape: Any, tok: Any, layers: int, vit_layers: int) -> Any:
 
 
 _QWEN25_VIT = dict(vit_hidden=1280, vit_inter=3420, vit_layers=32, vit_heads=16, full_blocks=(7, 15, 23, 31),
-                   vit_kind="qwen2_5_vl")
-_QWEN2_VIT = dict(vit_hidden=1280, vit_inter=5120, vit_layers=32, vit_heads=16, vit_kind="qwen2_vl")  # mlp_ratio 4
+                   vit_kind="windowed")
+_QWEN2_VIT = dict(vit_hidden=1280, vit_inter=5120, vit_layers=32, vit_heads=16, vit_kind="merged")  # mlp_ratio 4
 
 register_family(FamilySpec(
     name="qwen2_5_vl", model_class="Qwen2_5_VLForConditionalGeneration",
     random_config=lambda tok, **sizes: _random_config("qwen2_5_vl", tok, **sizes), image_processor=image_processor,
-    chat_template=shipped_template("qwen2_vl"), bench_config=_bench_config, shapes=(
+    chat_template=shipped_template("qwen2_vl"), bench_config=_bench_config,
+    # the zoo model: ViT windows of 112 px (8x8 patches) as in the real Qwen2.5-VL, full attention in blocks 1, 3,
+    # 5; testbed images are rendered at multiples of 28 px, up to 1024 visual tokens for efficiency demos
+    zoo=ZooSpec(sizes=dict(hidden=128, layers=8, heads=4, kv_heads=2, vit_depth=6, vit_hidden=96, vit_heads=4,
+                           window_size=112), processor=dict(max_tokens=1024)),
+    shapes=(
         # https://huggingface.co/Qwen/Qwen2.5-VL-3B-Instruct/blob/main/config.json
         Shape("qwen2_5_vl-3b", "qwen2_5_vl", "Qwen/Qwen2.5-VL-3B-Instruct config.json", hidden=2048, inter=11008,
               layers=36, heads=16, kv_heads=2, vocab=151936, max_positions=128000, rope_theta=1e6,

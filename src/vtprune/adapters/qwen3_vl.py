@@ -235,11 +235,11 @@ register_family(FamilySpec(
         Shape("qwen3_vl-8b", "qwen3_vl", "Qwen/Qwen3-VL-8B-Instruct config.json", hidden=4096, inter=12288,
               layers=36, heads=32, kv_heads=8, vocab=151936, max_positions=262144, rope_theta=5e6,
               tie_embeddings=False, vit_hidden=1152, vit_inter=4304, vit_layers=27, vit_heads=16, patch=16,
-              vit_kind="qwen2_vl", extra={"head_dim": 128, "deepstack": (8, 16, 24)}),
+              vit_kind="merged", extra={"head_dim": 128, "deepstack": (8, 16, 24)}),
         # https://huggingface.co/Qwen/Qwen3-VL-4B-Instruct/blob/main/config.json
         Shape("qwen3_vl-4b", "qwen3_vl", "Qwen/Qwen3-VL-4B-Instruct config.json", hidden=2560, inter=9728,
               layers=36, heads=32, kv_heads=8, vocab=151936, max_positions=262144, rope_theta=5e6,
               tie_embeddings=True, vit_hidden=1024, vit_inter=4096, vit_layers=24, vit_heads=16, patch=16,
-              vit_kind="qwen2_vl", extra={"head_dim": 128, "deepstack": (5, 11, 17)}),
+              vit_kind="merged", extra={"head_dim": 128, "deepstack": (5, 11, 17)}),
     ),
 ))

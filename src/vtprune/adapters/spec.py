@@ -81,6 +81,21 @@ class Shape:
 
 
 @dataclass(frozen=True)
+class ZooSpec:
+    """How ``vtprune train base`` builds a zoo-sized model of a family (:mod:`vtprune.training.zoo`)."""
+
+    sizes: dict[str, Any]
+    """Keyword arguments of the family's ``random_config``."""
+    processor: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the family's ``image_processor`` for testbed images."""
+    warmup_sides: tuple[int, int] = (224, 224)
+    """Image sides the vision warm-up renders."""
+    position_table: Callable[[Any], Any] | None = None
+    """``model -> module`` holding a learned position table to start from 2-D sine-cosine positions (a CLIP
+    tower's embeddings); None where the tower has its own positions (RoPE)."""
+
+
+@dataclass(frozen=True)
 class FamilySpec:
     """One model family as the testbed and the bench build it.
 
@@ -93,12 +108,13 @@ class FamilySpec:
             (so other families' ids do not move).
         chat_template: the family's chat template (Jinja), set on the random model's tokenizer: the real
             checkpoint's (``vtprune/data/chat_templates``), so tests run through it.
-        tokenizer: keyword arguments of :func:`vtprune.testbed.tokenizer.build_tokenizer` (LLaVA: ``llava=True``,
-            the BOS its Llama tokenizer adds and its ``<image>`` token).
+        tokenizer: keyword arguments of :func:`vtprune.testbed.tokenizer.build_tokenizer` (LLaVA: the BOS its
+            Llama tokenizer adds, ``bos_first=True``, and its ``image_token="<image>"``).
         named_tokens: tokenizer attributes HF's processor reads (``image_token``, ``video_token``) where the family's
             differ from the offline tokenizer's (Molmo2: ``<|image|>``, ``<|video|>``).
         shapes: real model shapes (:class:`vtprune.bench.shapes.Shape`) for ``vtprune bench --shape``.
         bench_config: ``(shape, tokenizer, layers, vit_layers) -> config`` of a shape at reduced depth.
+        zoo: the family's zoo recipe (``vtprune train base``), if it has one.
     """
 
     name: str
@@ -111,6 +127,7 @@ class FamilySpec:
     named_tokens: dict[str, str] = field(default_factory=dict)
     shapes: tuple[Any, ...] = ()
     bench_config: Callable[[Any, Any, int, int], Any] | None = None
+    zoo: ZooSpec | None = None
 
     def model_cls(self) -> type:
         import transformers

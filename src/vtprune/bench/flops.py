@@ -72,8 +72,9 @@ class VisionDims:
     """Vision tower dimensions.
 
     Attributes:
-        kind: ``qwen2_5_vl`` (gated MLP, window attention + a few full blocks), ``qwen2_vl`` (plain MLP, full
-            attention) or ``clip`` (LLaVA-1.5: plain MLP, full attention over patches + CLS).
+        kind: ``windowed`` (merged patches, gated MLP, window attention + a few full blocks: Qwen2.5-VL),
+            ``merged`` (merged patches, plain MLP, full attention: Qwen2-VL, Qwen3-VL) or ``clip`` (fixed-size
+            input, plain MLP, full attention over patches + CLS: LLaVA-1.5's CLIP).
         d: tower width; ``inter``: its MLP width; ``depth``: blocks run.
         out: LLM width the projector/merger maps to; ``merge``: spatial merge (2 for Qwen, 1 for CLIP).
         patch_in: input values per patch (C * temporal * P * P).
@@ -116,13 +117,13 @@ def vit_flops(v: VisionDims, grids: list[tuple[int, int, int]], cut: tuple[int, 
     total = 0.0
     for t, h, w in grids:
         n = t * h * w + (1 if v.kind == "clip" else 0)
-        mlp = (3 if v.kind == "qwen2_5_vl" else 2) * v.d * v.inter
+        mlp = (3 if v.kind == "windowed" else 2) * v.d * v.inter
         total += 2 * t * h * w * v.patch_in * v.d  # patch embedding (not the CLS token)
         full_pairs = t * (h * w) ** 2 if v.kind != "clip" else n * n
         for blk in range(v.depth):
             share = 1.0 if blk < blocks_all else kept
             total += share * 2 * n * (4 * v.d * v.d + mlp)
-            if v.kind == "qwen2_5_vl" and blk not in v.full_blocks:
+            if v.kind == "windowed" and blk not in v.full_blocks:
                 pairs = t * _window_pairs(h, w, v.merge, v.window)
             else:
                 pairs = full_pairs

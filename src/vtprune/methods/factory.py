@@ -27,7 +27,7 @@ def pruner(name: str, **settings: Any) -> Pruner:
     ``weights=<directory or zoo:name>`` loads a learned method's weights
     (:meth:`~vtprune.methods.learned.LearnedPruner.from_pretrained`). ``then=<Pruner>`` chains a second method after
     this one (see :class:`vtprune.methods.compose.Compose`), e.g.
-    ``pruner("stts", weights="zoo:stts-synth-qwen2_5_vl", then=pruner("random", keep=0.25, layer=2))``.
+    ``pruner("stts", weights=DIR, then=pruner("random", keep=0.25, layer=2))``.
     """
     then = settings.pop("then", None)
     if then is not None:

@@ -31,11 +31,12 @@ _WORDS = (
 )
 
 
-def build_tokenizer(vocab_size: int = 600, *, llava: bool = False) -> PreTrainedTokenizerFast:
+def build_tokenizer(vocab_size: int = 600, *, bos_first: bool = False, image_token: str = "<|image_pad|>"
+                    ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer on the built-in corpus and wrap it for transformers.
 
-    ``llava``: as LLaVA-1.5's Llama tokenizer, encoding with special tokens puts the BOS token (here
-    ``<|endoftext|>``) first, and the image token HF's processor reads is ``<image>``."""
+    ``bos_first``: encoding with special tokens puts the BOS token (here ``<|endoftext|>``) first, as Llama's
+    tokenizer does (LLaVA-1.5); ``image_token``: the image token HF's processor reads (``tokenizer.image_token``)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
@@ -49,7 +50,7 @@ def build_tokenizer(vocab_size: int = 600, *, llava: bool = False) -> PreTrained
     )
     corpus = [_WORDS, _WORDS.lower(), _WORDS.upper()] * 4
     tok.train_from_iterator(corpus, trainer=trainer)
-    if llava:
+    if bos_first:
         bos = ("<|endoftext|>", tok.token_to_id("<|endoftext|>"))
         tok.post_processor = processors.TemplateProcessing(single="<|endoftext|> $A", pair="<|endoftext|> $A $B",
                                                            special_tokens=[bos])
@@ -58,5 +59,5 @@ def build_tokenizer(vocab_size: int = 600, *, llava: bool = False) -> PreTrained
         eos_token="<|im_end|>",
         pad_token="<pad>",
         bos_token="<|endoftext|>",
-        extra_special_tokens={"image_token": "<image>" if llava else "<|image_pad|>", "video_token": "<|video_pad|>"},
+        extra_special_tokens={"image_token": image_token, "video_token": "<|video_pad|>"},
     )

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from vtprune.errors import ConfigError
+from vtprune.hub import DEFAULT_VIDEO_MODEL
 from vtprune.options import setting
 from vtprune.training.glimpse import GlimpseTrainSettings, LossWeights
 from vtprune.training.stts import STTSTrainSettings
@@ -53,7 +54,7 @@ def _float_list(text: str, option: str) -> tuple[float, ...]:
 
 @train_app.command("base")
 def base(
-    model_type: str = typer.Option(..., "--model-type", help="qwen2_5_vl or llava"),
+    model_type: str = typer.Option(..., "--model-type", help="A family with a zoo recipe (its adapter file's FamilySpec.zoo)."),
     data: list[str] = typer.Option(..., "--data", help="JSONL or testbed:<name> (repeatable)."),
     out: Path = setting(BaseTrainSettings, "out"),
     steps: int = setting(BaseTrainSettings, "steps"),
@@ -129,7 +130,7 @@ def glimpse(
 @train_app.command("stts")
 def stts(
     out: Path = setting(STTSTrainSettings, "out"),
-    model: str = typer.Option("zoo:synth-video-qwen2_5_vl", "--model", help="Base VLM (Qwen2-VL / Qwen2.5-VL)."),
+    model: str = typer.Option(DEFAULT_VIDEO_MODEL, "--model", help="Base VLM (a family with the 'vit' site)."),
     data: list[str] = typer.Option(["testbed:video-train"], "--data", help="JSONL or testbed:<name> (repeatable)."),
     keep: float = setting(STTSTrainSettings, "keep"),
     block: int | None = typer.Option(None, "--block", help="ViT block the scorer reads (default round(3/27*depth))."),

@@ -52,7 +52,7 @@ def box_token_mask(boxes: list[list[float]], frame: tuple[float, float, float, f
         boxes: ``[x0, y0, x1, y1]`` in original-image pixels.
         frame: ``(sx, sy, ox, oy, fw, fh)``: a pixel ``(x, y)`` lands at ``((x * sx - ox) / fw, (y * sy - oy) / fh)``
             in the frame the grid tiles (resize, then crop offsets, normalised by the frame size; see
-            :func:`image_frame`).
+            :meth:`vtprune.adapters.base.Adapter.image_frame`).
         grid_hw: token grid ``(h, w)``.
     """
     h, w = grid_hw
@@ -67,33 +67,6 @@ def box_token_mask(boxes: list[list[float]], frame: tuple[float, float, float, f
         c1, r1 = min(w - 1, max(c0, math.ceil(u1 * w) - 1)), min(h - 1, max(r0, math.ceil(v1 * h) - 1))
         mask[r0 : r1 + 1, c0 : c1 + 1] = True
     return mask
-
-
-def image_frame(image_processor: Any, size: tuple[int, int], family: str) -> tuple[float, float, float, float, float, float]:
-    """Where an image of ``size`` (w, h) ends up on the token grid: Qwen resizes the whole image onto its grid
-    (28-px cells after the processor's resize, i.e. a uniform scaling); CLIP (LLaVA) resizes the short side and
-    center-crops, or resizes to a fixed height x width."""
-    w, h = size
-    if family != "llava":
-        return (1.0, 1.0, 0.0, 0.0, float(w), float(h))
-    s = image_processor.size
-    short = getattr(s, "shortest_edge", None) if not isinstance(s, dict) else s.get("shortest_edge")
-    if short:
-        if w <= h:
-            rw, rh = int(short), int(short * h / w)
-        else:
-            rw, rh = int(short * w / h), int(short)
-    else:
-        rw = int(s["width"] if isinstance(s, dict) else s.width)
-        rh = int(s["height"] if isinstance(s, dict) else s.height)
-    ox = oy = 0.0
-    fw, fh = float(rw), float(rh)
-    crop = getattr(image_processor, "crop_size", None)
-    if getattr(image_processor, "do_center_crop", False) and crop is not None:
-        cw = int(crop["width"] if isinstance(crop, dict) else crop.width)
-        ch = int(crop["height"] if isinstance(crop, dict) else crop.height)
-        ox, oy, fw, fh = float((rw - cw) // 2), float((rh - ch) // 2), float(cw), float(ch)
-    return (rw / w, rh / h, ox, oy, fw, fh)
 
 
 # --- losses -----------------------------------------------------------------------------------------------------
@@ -144,8 +117,8 @@ def _item(rec: Any) -> TrainItem | None:
 class Collator:
     """Records -> encoded prompts, first answer tokens and per-image box targets."""
 
-    def __init__(self, adapter: Any, family: str, seed: int = 0) -> None:
-        self.adapter, self.family, self.rng = adapter, family, CollatorRandom(seed)
+    def __init__(self, adapter: Any, seed: int = 0) -> None:
+        self.adapter, self.rng = adapter, CollatorRandom(seed)
 
     def __call__(self, items: list[Any]) -> dict[str, Any]:
         from vtprune.adapters import Sample
@@ -165,7 +138,7 @@ class Collator:
             n0 = int((batch.coords[b][:, 0] == 0).sum())
             img = it.images[0]
             size = img.size if isinstance(img, Image.Image) else (img.shape[1], img.shape[0])
-            m = box_token_mask(it.boxes, image_frame(self.adapter.image_processor, size, self.family), (gh, gw)).flatten()
+            m = box_token_mask(it.boxes, self.adapter.image_frame(size), (gh, gw)).flatten()
             idx = torch.arange(n0 - gh * gw, n0)  # a CLS token (LLaVA 'full') comes first and is no target
             targets.append((b, idx, m.float()))
         return {"batch": batch, "first_token": first, "targets": targets}
@@ -379,7 +352,7 @@ def train_glimpse(
     )
     trainer = _trainer_class()(
         model=modules, args=args, train_dataset=ListDataset(with_images),
-        data_collator=Collator(adapter, method.config.family, seed),  # type: ignore[union-attr]
+        data_collator=Collator(adapter, seed),
         adapter=adapter, method=method, mode=mode, weights=weights or LossWeights(), relax=relax,
     )
     hf.to(trainer.args.device)

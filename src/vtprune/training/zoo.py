@@ -1,6 +1,7 @@
 """``vtprune train base``: train a small VLM of a real HF class from scratch on testbed data (HF Trainer).
 
-The zoo models (``zoo:synth-qwen2_5_vl``, ``zoo:synth-llava``) are made with this recipe. Their size is chosen so a
+The zoo's image models (``zoo:synth-<family>``) are made with this recipe (the sizes: each family's
+``FamilySpec.zoo``). Their size is chosen so a
 run fits in about 30 minutes on 2 CPU cores: deep enough for layer-K pruning to mean something (8 LLM layers,
 6 ViT blocks), narrow enough to train fast.
 """
@@ -37,33 +38,26 @@ def write_processing(out: Path, video_frames: int | None) -> None:
     (out / PROCESSING_FILE).write_text(json.dumps({"video_frames": video_frames}))
 
 
-ZOO_SIZES: dict[str, dict[str, Any]] = {
-    # ViT windows of 112 px (8x8 patches) as in the real Qwen2.5-VL; full attention in blocks 1, 3, 5
-    "qwen2_5_vl": dict(hidden=128, layers=8, heads=4, kv_heads=2, vit_depth=6, vit_hidden=96, vit_heads=4,
-                       window_size=112),
-    # LLaVA-1.5's 14 px patches on a 224 px squashed input (no centre crop: it could cut the evidence out):
-    # 16x16 = 256 visual tokens, which a from-scratch tower learns to read and 2 cores can train (the sizes that
-    # were tried: BENCHMARKS.md, "Zoo models")
-    "llava": dict(hidden=128, layers=8, heads=4, kv_heads=2, vit_depth=6, vit_hidden=96, vit_heads=4, image_size=224,
-                  patch_size=14),
-}
+def zoo_spec(model_type: str) -> Any:
+    """The family's zoo recipe (:class:`vtprune.adapters.spec.ZooSpec`); a clear error naming the families that
+    have one."""
+    from vtprune.adapters.spec import family_specs
+
+    recipes = {s.name: s.zoo for s in family_specs() if s.zoo is not None}
+    if model_type not in recipes:
+        raise ConfigError(f"--model-type must be one of {', '.join(sorted(recipes))}, got {model_type!r}")
+    return recipes[model_type]
 
 
 def build_untrained(model_type: str, seed: int = 0) -> tuple[torch.nn.Module, Any, Any]:
     """A fresh zoo-sized model of ``model_type`` with the offline tokenizer and a processor for testbed images."""
     from vtprune.adapters.spec import build_random, image_processor_for
 
-    if model_type not in ZOO_SIZES:
-        raise ConfigError(f"--model-type must be one of {', '.join(ZOO_SIZES)}, got {model_type!r}")
-    sizes = dict(ZOO_SIZES[model_type])
-    model, tok, _ = build_random(model_type, seed=seed, **sizes)
-    if model_type == "llava":
-        sincos_positions(model.model.vision_tower.embeddings)
-        # no centre crop: it could cut the evidence out
-        proc = image_processor_for(model_type, image_size=sizes["image_size"], crop=False)
-    else:
-        # testbed images are rendered at multiples of 28 px; allow up to 1024 visual tokens for efficiency demos
-        proc = image_processor_for(model_type, max_tokens=1024)
+    recipe = zoo_spec(model_type)
+    model, tok, _ = build_random(model_type, seed=seed, **recipe.sizes)
+    if recipe.position_table is not None:
+        sincos_positions(recipe.position_table(model))
+    proc = image_processor_for(model_type, **recipe.processor)
     # the model's text vocabulary is the tokenizer's; the LM head is untied (trained from scratch)
     return model.train(), tok, proc
 
@@ -442,7 +436,7 @@ def train_base(
         from vtprune.training.probe import vision_warmup
 
         vision_log = vision_warmup(adapter, recipe.probe, steps=vision_steps, batch_size=vision_batch_size, lr=lr,
-                                   seed=seed, sides=(224, 336) if model_type == "llava" else (224, 224))
+                                   seed=seed, sides=zoo_spec(model_type).warmup_sides)
     vision_seconds = time.perf_counter() - t0
     trainer = _trainer_class()(
         model=recipe, args=args, train_dataset=ListDataset(records),

@@ -16,11 +16,6 @@ from vtprune.errors import ConfigError
 from vtprune.methods.base import check_layer
 
 
-LOG_SOFTMAX_FAMILIES = ("llava",)
-"""Families whose official GlimpsePrune release scores glimpse attention as log-softmax probabilities; raw logits
-elsewhere (the official Qwen releases, and the families added since)."""
-
-
 @dataclass
 class GlimpseConfig:
     """Shapes and defaults of a GlimpsePrune pruner (paper: arXiv 2508.01548; see reference/glimpseprune.md)."""
@@ -138,7 +133,7 @@ class GlimpseConfig:
         text = cfg.text_config
         L = int(text.num_hidden_layers)
         depth, last, vis_hidden, merge, window = geo.depth, geo.last_block, geo.width, geo.merge, geo.window
-        logits = family not in LOG_SOFTMAX_FAMILIES
+        logits = adapter.glimpse_attention_logits
         step = max(1, depth // 4)
         blocks = [b for b in (last - i * step for i in range(4)) if b >= 0]
         D = int(text.hidden_size)

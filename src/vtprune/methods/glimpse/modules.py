@@ -234,7 +234,7 @@ class GlimpseModules(nn.Module):
         the VIP's ``out_proj``, zero: every token starts at keep probability 0.5 whatever the score scale.
 
         With the official init a LLaVA VIP (log-softmax inputs, about -5.5 at 256 tokens, carried by the residual
-        stream to ``out_proj``) starts at logit 3.3, sigmoid 0.965 (measured on ``zoo:synth-llava``), where the
+        stream to ``out_proj``) starts at logit 3.3, sigmoid 0.965 (measured on the LLaVA zoo model), where the
         box-free retention penalty has almost no gradient: keep probability went to 1.00 within 20 steps and stayed.
         Qwen's VIP (raw logits) started at 0.49 either way. ``zero_head=False``: the official init throughout (an
         untrained pruner whose scores differ per token, for tests and cost measurement)."""

@@ -2,7 +2,7 @@
 the same folder (``adapter_config.json`` + ``adapter_model.safetensors``), as released for Qwen2.5-VL-7B
 (``ashun989/GlimpsePrune-Plus_Qwen2.5-VL-7B-Instruct``) and written by ``vtprune train plus``.
 
-The official evaluation (``my_lmms_eval/models/qwen2_5_vl_gp.py``) runs such a folder two ways; both are offered
+The official evaluation (its GlimpsePrune+ lmms-eval model file) runs such a folder two ways; both are offered
 (:data:`ADAPTER_MODES`, the pruner's ``adapter_mode``):
 
 - ``"merged"`` (the default, as the official scripts' ``ADAPTER_MERGE=1`` and the paper's numbers): the adapter is
