@@ -111,3 +111,33 @@ def test_cli_trains_saves_resumes_and_the_pruner_loads(fam, tmp_path):
     assert main(["train", "glimpse", "--model", f"random:{fam}", "--data", str(tmp_path / "d.jsonl"), "--out",
                  str(out), "--mode", "nope"]) == 2
 
+
+@pytest.mark.parametrize("fam", ["qwen3_vl", "llava_onevision"])
+def test_newer_families_train_a_few_steps_and_prune_at_a_budget(fam, vlms, tmp_path):
+    """GlimpsePrune on Qwen3-VL (DeepStack) and LLaVA-OneVision (anyres: each token's ViT level laid out as the model
+    lays out its features): two training steps through the CLI give finite losses and a pruner that loads; trained
+    and untrained, ``keep=0.25`` runs (a cap on the trained pruner's adaptive count, the exact share untrained)."""
+    from vtprune.cli import main
+
+    rows = []
+    for i in range(3):
+        make_image(84 + 28 * i, 56, i).save(tmp_path / f"{i}.png")
+        rows.append({"id": str(i), "image": f"{i}.png", "question": "where?", "answers": ["left"],
+                     "boxes": [[0, 0, 30, 30]]})
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "pruner"
+    assert main(["train", "glimpse", "--model", f"random:{fam}", "--data", str(tmp_path / "d.jsonl"), "--out",
+                 str(out), "--batch-size", "2", "--vip-size", "16", "--cond-size", "16", "--max-steps", "2"]) == 0
+    meta = json.loads((out / "train_meta.json").read_text())
+    assert meta["steps"] == 2 and math.isfinite(meta["final_loss"])
+    vlm = vlms[fam]
+    samples = [vtprune.Sample("where?", [make_image(84, 56, 0)]), vtprune.Sample("what?", [make_image(140, 84, 1)])]
+    from vtprune.methods.glimpse import GlimpsePruner
+
+    # keep caps the trained pruner's adaptive count at the official clamp(floor(keep * n), 1, n); the untrained
+    # one keeps exactly that many
+    cap = lambda n: min(n, max(1, math.floor(0.25 * n)))  # noqa: E731
+    for a in vlm.generate(samples, vtprune.pruner("glimpse", weights=str(out), keep=0.25), max_new_tokens=2):
+        assert 1 <= a.kept_tokens <= cap(a.visual_tokens)
+    for a in vlm.generate(samples, GlimpsePruner.untrained(vlm, keep=0.25), max_new_tokens=2):
+        assert a.kept_tokens == cap(a.visual_tokens)

@@ -23,7 +23,9 @@ from typing import Any
 
 import torch
 
-from vtprune.adapters.base import EncodedBatch, Embedded, Sample, grid_coords, left_pad, register_adapter
+from vtprune.adapters.base import (
+    EncodedBatch, Embedded, Sample, VisionGeometry, grid_coords, left_pad, register_adapter,
+)
 from vtprune.adapters.llava import LlavaAdapter
 from vtprune.adapters.spec import FamilySpec, Shape, register_family, token_ids
 
@@ -53,9 +55,10 @@ def hires_grid(image_hw: tuple[int, int], resolutions: list[list[int]], tile: in
 class LlavaOnevisionAdapter(LlavaAdapter):
     families = ("llava_onevision",)
     model_classes = ("LlavaOnevisionForConditionalGeneration",)
-    # a high-resolution token mixes tiles (and may be interpolated): it has no one ViT row to read
+    # a high-resolution token may be interpolated from several patches: it has no one ViT attention row
     supports_vision_attention = False
-    supports_vision_features = False
+    supports_vision_features = True
+    glimpse_attention_logits = True
 
     @property
     def grid_side(self) -> int:
@@ -131,6 +134,44 @@ class LlavaOnevisionAdapter(LlavaAdapter):
                 output_hidden_states=hidden, return_dict=True)
 
         return self._embed_images(batch, vision_outputs, features)
+
+    def vision_geometry(self) -> VisionGeometry:
+        vc = self.model.config.vision_config
+        depth = int(vc.num_hidden_layers)
+        fl = self.model.config.vision_feature_layer
+        fl = int(fl if isinstance(fl, int) else fl[-1])
+        last = (fl if fl >= 0 else depth + 1 + fl) - 1  # hidden_states[i] is the output of block i - 1
+        return VisionGeometry(depth=depth, width=int(vc.hidden_size), last_block=last, merge=1)
+
+    def vision_token_features(self, batch: EncodedBatch, vision: dict[str, Any], hidden_states: Sequence[int]
+                              ) -> dict[int, torch.Tensor]:
+        """Each visual token's ViT level laid out as the model lays out its features: the stock
+        ``pack_image_features`` (crops side by side, unpadded, shrunk bilinearly above ``anyres_max``) applied to the
+        hidden state instead of the projected features, newlines left out; a base-view token is its patch's row."""
+        from vtprune.adapters.vit_attention import per_sample
+
+        from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
+
+        inner, cfg = self.model.model, self.model.config
+        mi = batch.model_inputs
+        sizes = mi["image_sizes"]
+        single = [int(n) == 1 for n in mi["batch_num_images"] for _ in range(int(n))]  # only a lone image has crops
+        counts = [image_size_to_num_patches(image_size=s, grid_pinpoints=cfg.image_grid_pinpoints,
+                                            patch_size=cfg.vision_config.image_size) if one else 1
+                  for s, one in zip(sizes.tolist(), single)]
+        drop_cls = cfg.vision_feature_select_strategy == "default"
+        kinds = [["image"] * len(g) for g in batch.grids]
+        views = [n for g in batch.grids for n in [r * c for _, r, c in g]]
+        out = {}
+        hs = vision["image"].hidden_states
+        for i in (i for i in hidden_states if 0 <= i < len(hs) and hs[i] is not None):  # others: absent
+            h = hs[i][:, 1:] if drop_cls else hs[i]
+            per_crop = torch.split(h.float(), counts, dim=0)  # per image [crops, P, Dv]
+            packed, _ = inner.pack_image_features(list(per_crop), sizes, image_newline=None,
+                                                  vision_aspect_ratio=cfg.vision_aspect_ratio)
+            items = list(torch.cat(packed if isinstance(packed, (list, tuple)) else [packed]).split(views))
+            out[i] = per_sample(batch, {"image": items}, kinds)
+        return out
 
 
 # --- the family spec: random config, processor, bench shape ------------------------------------------------------
