@@ -197,7 +197,7 @@ VIDEOS = lambda: [vtprune.Sample("what moved?", video=[make_image(64, 64, i) for
 @pytest.mark.parametrize("method", ["stts-1.0", "vit-0", "vit-2"])
 def test_vit_site_keep_all_equals_stock_video(molmo, method):
     from tests.conftest import stock_generate
-    from tests.stts.helpers import FixedVit
+    from tests.methods.stts.helpers import FixedVit
     from vtprune.runtime.generation import decode
 
     m = vtprune.pruner("stts", keep=1.0) if method == "stts-1.0" else FixedVit(block=int(method[-1]))
@@ -210,7 +210,7 @@ def test_vit_site_keep_all_equals_stock_video(molmo, method):
 def test_a_frame_dropped_in_the_tower_leaves_the_others_as_stock(molmo):
     """Frames attend within themselves: dropping frame 1 after block 0 gives the other frames exactly the stock
     connector's features of a video without that frame (the survivors packed, attention kept per frame)."""
-    from tests.stts.helpers import FixedVit, drop_steps
+    from tests.methods.stts.helpers import FixedVit, drop_steps
     from vtprune.runtime.vision import run_tower
 
     frames = [make_image(64, 64, i) for i in range(3)]

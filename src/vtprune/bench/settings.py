@@ -24,7 +24,7 @@ class BenchSettings:
     """One bench run: a method against the unpruned model (A/B, same process) at a real model shape."""
 
     shape: str
-    """Real model shape (vtprune.bench.shapes; a wrong name lists them), e.g. qwen2_5_vl-3b, llava-1.5-7b."""
+    """Real model shape (vtprune.bench.shapes; a wrong name lists them; each family's adapter file lists its own)."""
     method: str
     """Method to compare with none."""
     layers: int | None = None
