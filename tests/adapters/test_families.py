@@ -70,3 +70,19 @@ def test_family_names_stay_inside_adapters():
                    if "adapters" not in p.relative_to(src).parts and pattern.search(p.read_text()))
     assert len(found) <= 3, found
     assert set(found) <= {"__init__.py", "hub.py", "methods/glimpse/official.py"}, found
+
+
+def test_a_family_newer_than_the_installed_transformers_is_refused_in_one_line(monkeypatch, vlms):
+    import transformers
+
+    from vtprune.adapters import get_adapter
+
+    assert family_spec("molmo2").min_transformers == "5.23"
+    vlm = vlms.get("molmo2")
+    monkeypatch.setattr(transformers, "__version__", "5.17.0")
+    with pytest.raises(UnsupportedModelError, match=r"the molmo2 family needs transformers >= 5.23 \(installed: 5.17.0\)"):
+        vtprune.load("random:molmo2")
+    if vlm is not None:  # a checkpoint of the family met on an old transformers: refused at the adapter
+        with pytest.raises(UnsupportedModelError, match="needs transformers >= 5.23"):
+            get_adapter(vlm.model, vlm.tokenizer, vlm.image_processor)
+    assert family_spec("qwen3_vl").available()  # no minimum beyond the package's floor

@@ -285,3 +285,22 @@ def test_stts_prunes_molmo2_video_and_the_tower_runs_fewer_rows(molmo):
     assert a.visual_tokens == 8 * 4 and a.kept_tokens == keep_count(8, 2, 2, 0.5) == 16
     assert stts.scorer.config.unit == 9  # a 3 x 3 pooling window of the tiny model's 6 x 6 patches
     assert rows == [4]  # the last block ran 16 kept windows of 9 patches packed into 4 frame-sized rows, not 8
+
+
+def test_cli_video_keep_all_and_stts_with_saved_weights(capsys, tmp_path: Path):
+    """The outside check on a video file: ``--method none`` equals ``random --keep 1.0`` (pre_llm); STTS with weights
+    saved to a folder (untrained, seeded) cuts inside the tower to its deterministic count."""
+    import numpy as np
+
+    from vtprune.data.video import write_video
+    from vtprune.methods.stts import STTS
+
+    rng = np.random.default_rng(0)
+    write_video(tmp_path / "v.mp4", (rng.random((8, 56, 56, 3)) * 255).astype(np.uint8))
+    ask = ["ask", "--model", "random:molmo2", "--video", tmp_path / "v.mp4", "--question", "what moved?",
+           "--max-new-tokens", "4", "--json"]
+    none = _run(capsys, *ask, "--method", "none")
+    assert _run(capsys, *ask, "--method", "random", "--keep", "1.0")["answer"] == none["answer"]
+    STTS.untrained(vtprune.load("random:molmo2"), keep=0.5).save_pretrained(tmp_path / "stts")
+    r = _run(capsys, *ask, "--method", "stts", "--keep", "0.5", "--weights", tmp_path / "stts")
+    assert r["visual_tokens"] == none["visual_tokens"] and r["kept_tokens"] == r["visual_tokens"] // 2

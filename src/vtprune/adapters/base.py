@@ -135,6 +135,8 @@ def get_adapter(model: torch.nn.Module, tokenizer: Any, image_processor: Any, *,
     ``chat_template``: the checkpoint's template when it is not the tokenizer's (a processor-level file, see
     :func:`vtprune.data.chat.checkpoint_template`). ``video_config``: the checkpoint's video processor settings
     (:func:`vtprune.hub.video_processor_config`; None: a model built in memory)."""
+    from vtprune.adapters.spec import family_spec
+
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     cls = _ADAPTERS.get(str(model_type))
     if cls is None or not any(type(model).__name__ == n for n in cls.model_classes):
@@ -142,6 +144,7 @@ def get_adapter(model: torch.nn.Module, tokenizer: Any, image_processor: Any, *,
             f"unsupported model {type(model).__name__} (model_type={model_type!r}); "
             f"supported families: {', '.join(supported_families())}"
         )
+    family_spec(str(model_type)).check_transformers()
     return cls(model, tokenizer, image_processor, chat_template=chat_template, video_config=video_config)
 
 

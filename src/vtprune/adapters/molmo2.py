@@ -395,7 +395,9 @@ register_family(FamilySpec(
     name="molmo2", model_class="Molmo2ForConditionalGeneration", random_config=_random_config,
     image_processor=image_processor, tokens=("<|image|>", "<|video|>") + IMAGE_TOKENS,
     named_tokens={"image_token": "<|image|>", "video_token": "<|video|>"},
-    chat_template=shipped_template("molmo2"), bench_config=_bench_config, shapes=(
+    chat_template=shipped_template("molmo2"), bench_config=_bench_config,
+    min_transformers="5.23",  # Molmo2ForConditionalGeneration is not in 5.17 (the package floor); 5.23 is tested
+    shapes=(
         # allenai/Molmo2-8B: Qwen3-8B LLM (model card), its sizes as HF's Molmo2TextConfig defaults documented
         # against allenai/Molmo2-8B; SigLIP 2 so400m/14 tower at 378 px (27 x 27 patches), 25 blocks kept (the
         # connector reads blocks 24 and 18), as allenai/Molmo2-4B's config.json

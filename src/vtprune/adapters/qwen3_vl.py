@@ -127,7 +127,8 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
             flat: torch.Tensor | None = None
             for kind, code in (("image", 1), ("video", 2)):
                 if kind in outs:
-                    feats = torch.cat(list(outs[kind].deepstack_features[lvl]), dim=0)
+                    level = outs[kind].deepstack_features[lvl]  # per item (5.23) or already one tensor (5.17)
+                    feats = level if isinstance(level, torch.Tensor) else torch.cat(list(level), dim=0)
                     if flat is None:
                         flat = feats.new_zeros(int(vis.sum()), feats.shape[-1])
                     flat[kind_of == code] = feats.to(flat.dtype)

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from vtprune.errors import ModelLoadError
+from vtprune.errors import ModelLoadError, UnsupportedModelError
 from vtprune.testbed.tokenizer import build_tokenizer
 
 _FAMILIES: dict[str, FamilySpec] = {}
@@ -115,6 +115,9 @@ class FamilySpec:
         shapes: real model shapes (:class:`vtprune.bench.shapes.Shape`) for ``vtprune bench --shape``.
         bench_config: ``(shape, tokenizer, layers, vit_layers) -> config`` of a shape at reduced depth.
         zoo: the family's zoo recipe (``vtprune train base``), if it has one.
+        min_transformers: the oldest transformers release the family works on (its HF class exists and behaves as the
+            adapter expects); older ones are refused with that line (:meth:`check_transformers`). None: the
+            package's own floor.
     """
 
     name: str
@@ -128,11 +131,28 @@ class FamilySpec:
     shapes: tuple[Any, ...] = ()
     bench_config: Callable[[Any, Any, int, int], Any] | None = None
     zoo: ZooSpec | None = None
+    min_transformers: str | None = None
 
     def model_cls(self) -> type:
         import transformers
 
+        self.check_transformers()
         return getattr(transformers, self.model_class)
+
+    def available(self) -> bool:
+        """Whether the installed transformers is new enough for this family."""
+        import transformers
+        from packaging.version import Version
+
+        return self.min_transformers is None or Version(transformers.__version__) >= Version(self.min_transformers)
+
+    def check_transformers(self) -> None:
+        """Refuse an installed transformers older than :attr:`min_transformers`, in one line."""
+        if not self.available():
+            import transformers
+
+            raise UnsupportedModelError(f"the {self.name} family needs transformers >= {self.min_transformers} "
+                                        f"(installed: {transformers.__version__}); pip install -U transformers")
 
 
 def register_family(spec: FamilySpec) -> FamilySpec:
@@ -191,6 +211,7 @@ def build_random(family: str, *, seed: int = 0, **sizes: Any) -> tuple[torch.nn.
     """``random:<family>``: ``(model, tokenizer, image_processor)`` of a tiny random-init model of the real HF
     class, seeded, in eval mode, fp32, sdpa, built offline in milliseconds (for tests and the efficiency harness)."""
     spec = family_spec(family)
+    spec.check_transformers()
     tok = family_tokenizer(family)
     cfg = spec.random_config(tok, **sizes)
     cfg._attn_implementation = "sdpa"
