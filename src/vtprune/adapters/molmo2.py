@@ -150,8 +150,8 @@ class Molmo2Adapter(LlavaAdapter):
     """Without a checkpoint template: allenai/Molmo2-4B's (``data/chat_templates/SOURCES.md``)."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, image_processor: Any, *,
-                 chat_template: str | None = None) -> None:
-        super().__init__(model, tokenizer, image_processor, chat_template=chat_template)
+                 chat_template: str | None = None, video_config: dict[str, Any] | None = None) -> None:
+        super().__init__(model, tokenizer, image_processor, chat_template=chat_template, video_config=video_config)
         tc = self.text_config
         rope = getattr(tc, "rope_parameters", None) or {}
         scaled = set(getattr(tc, "rope_scaling_layers", None) or range(tc.num_hidden_layers))
