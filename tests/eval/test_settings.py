@@ -61,6 +61,7 @@ def test_good_settings_hold_their_values():
     s = EvalSettings(model="random:llava", data="d.jsonl", predictions="p.jsonl", device_map='{"": "cpu"}')
     assert s.device_map == {"": "cpu"} and s.predictions.name == "p.jsonl" and s.dtype == "auto"
     assert parse_device_map("auto") == "auto" and parse_device_map(None) is None
+    assert BenchSettings(shape="qwen2_5_vl-3b", method="random", visual_tokens=64, dtype="bfloat16").dtype == "bf16"
     b = BenchSettings(shape="qwen2_5_vl-3b", method="random", sweep="frames=4,8")
     assert b.sweep_points() == ("frames", [4, 8]) and [v.frames for v in b.visual_specs()] == [4, 8]
     with pytest.raises(ConfigError, match="replaces --frames"):

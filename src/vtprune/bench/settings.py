@@ -14,6 +14,8 @@ from vtprune.options import check_choice, check_int, check_range
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 """``--dtype`` names and their torch dtypes (``auto`` picks one, see :func:`vtprune.bench.command.auto_dtype`)."""
+DTYPE_NAMES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+"""The names ``ask`` / ``eval`` take for the same dtypes, accepted too."""
 SWEEP_KEYS = {"keep": float, "frames": int, "visual-tokens": int, "batch": int}
 VIT_ATTENTION = ("stock", "packed")
 CLOCKS = ("auto", "wall", "cpu")
@@ -55,7 +57,8 @@ class BenchSettings:
     warmup: int = 1
     """Untimed A/B rounds first."""
     dtype: str = "auto"
-    """bf16 | fp16 | fp32 | auto (bf16 on CUDA and bf16-capable CPUs, else fp32)."""
+    """bf16 | fp16 | fp32 (or bfloat16 | float16 | float32, as ask and eval name them) | auto (bf16 on CUDA and
+    bf16-capable CPUs, else fp32)."""
     clock: str = "auto"
     """Clock of the headline ratios: wall | cpu (process CPU time) | auto (cpu on CPU)."""
     device: str | None = None
@@ -97,7 +100,8 @@ class BenchSettings:
             check_range("memory_budget", self.memory_budget, 0)
         if self.device is not None:
             check_choice("device", self.device, ("cpu", "cuda"))
-        check_choice("dtype", self.dtype, ("auto", *DTYPES))
+        check_choice("dtype", self.dtype, ("auto", *DTYPES, *DTYPE_NAMES))
+        self.dtype = DTYPE_NAMES.get(self.dtype, self.dtype)
         check_choice("vit_attention", self.vit_attention, VIT_ATTENTION)
         if self.vit_attention == "packed" and s.vit_kind == "clip":
             raise ConfigError(f"vit_attention packed serves the Qwen vision towers; {s.name} takes stock",
