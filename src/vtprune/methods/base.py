@@ -103,6 +103,12 @@ class Context:
         return self.hidden.gather(1, idx)
 
     @property
+    def visual_full(self) -> bool:
+        """Every ``[B, Nv]`` entry is a token: no padding entries (known on the host; False without host counts)."""
+        n = self.visual_valid.shape[1]
+        return bool(self.visual_counts_host) and all(c == n for c in self.visual_counts_host)
+
+    @property
     def visual_counts(self) -> torch.Tensor:
         """``[B]`` visual tokens currently present per sample."""
         return self.visual_valid.sum(dim=1)

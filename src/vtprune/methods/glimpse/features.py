@@ -30,7 +30,7 @@ def glimpse_attention(ctx: Context, use_logits: bool) -> torch.Tensor:
         att = att.log_softmax(-1)
     H = att.shape[1]
     out = att.gather(2, ctx.visual_index.unsqueeze(1).expand(-1, H, -1)).transpose(1, 2)
-    return out.masked_fill(~ctx.visual_valid.unsqueeze(-1), 0.0)
+    return out if ctx.visual_full else out.masked_fill(~ctx.visual_valid.unsqueeze(-1), 0.0)
 
 
 def vision_levels(ctx: Context, cfg: GlimpseConfig) -> list[torch.Tensor]:
@@ -41,7 +41,8 @@ def vision_levels(ctx: Context, cfg: GlimpseConfig) -> list[torch.Tensor]:
     feats = ctx.vision.get("token_features")
     if feats is None:
         raise RuntimeError("glimpse needs the per-token ViT features ('vision_features')")
-    levels = []
+    levels: list[torch.Tensor] = []
+    ids: torch.Tensor | None = None
     for blk in cfg.vision_blocks:
         f = feats.get(blk + 1)  # hidden_states[j + 1] is the output of block j
         if f is None:
@@ -50,9 +51,10 @@ def vision_levels(ctx: Context, cfg: GlimpseConfig) -> list[torch.Tensor]:
         if f.shape[-1] != cfg.vision_hidden_size:
             raise ConfigError(f"this glimpse pruner was trained for a {cfg.family} model with a "
                               f"{cfg.vision_hidden_size}-wide ViT; it does not fit this model")
-        ids = ctx.visual_ids.clamp(0, max(f.shape[1] - 1, 0)).to(f.device)
-        rows = f.gather(1, ids.unsqueeze(-1).expand(-1, -1, f.shape[-1]))
-        levels.append(rows * ctx.visual_valid.unsqueeze(-1).to(rows.dtype))
+        if ids is None:  # every level has the same tokens
+            ids = ctx.visual_ids.clamp(0, max(f.shape[1] - 1, 0)).to(f.device).unsqueeze(-1)
+        rows = f.gather(1, ids.expand(-1, -1, f.shape[-1]))
+        levels.append(rows if ctx.visual_full else rows * ctx.visual_valid.unsqueeze(-1).to(rows.dtype))
     return levels
 
 
@@ -82,8 +84,7 @@ class Groups:
         B, Nv = valid.shape
         counts = ctx.visual_counts_host
         if len(ctx.grids) == B and all(len(g) == 1 for g in ctx.grids):
-            return cls(None, None, None, None, B, Nv, (B, Nv), mask=valid,
-                       dense=all(c == Nv for c in counts) if counts else None)
+            return cls(None, None, None, None, B, Nv, (B, Nv), mask=valid, dense=ctx.visual_full if counts else None)
         sizes = [[t * h * w for t, h, w in g] for g in ctx.grids]
         if counts and len(sizes) == B and [sum(s) for s in sizes] == list(counts):
             return cls._from_grids(sizes, valid.device, (B, Nv))
@@ -129,8 +130,8 @@ class Groups:
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, Nv, ...]`` -> ``[G, M, ...]`` (zeros on padding)."""
-        if self.mask is not None:
-            return x.masked_fill(~self.mask.view(*self.mask.shape, *([1] * (x.dim() - 2))), 0)
+        if self.mask is not None:  # the identity: only padding entries change
+            return x if self.dense else x.masked_fill(~self.mask.view(*self.mask.shape, *([1] * (x.dim() - 2))), 0)
         out = x.new_zeros(self.G, self.M, *x.shape[2:])
         out[self.g, self.slot] = x[self.b, self.j]
         return out
@@ -138,7 +139,7 @@ class Groups:
     def unpack(self, y: torch.Tensor, fill: Any = 0) -> torch.Tensor:
         """``[G, M, ...]`` -> ``[B, Nv, ...]`` (``fill`` on padding)."""
         if self.mask is not None:
-            return y.masked_fill(~self.mask.view(*self.mask.shape, *([1] * (y.dim() - 2))), fill)
+            return y if self.dense else y.masked_fill(~self.mask.view(*self.mask.shape, *([1] * (y.dim() - 2))), fill)
         out = torch.full((*self.shape, *y.shape[2:]), fill, dtype=y.dtype, device=y.device)
         out[self.b, self.j] = y[self.g, self.slot]
         return out
