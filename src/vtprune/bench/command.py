@@ -211,6 +211,25 @@ def _run_one(plan: _Plan, model: Any, tok: Any, method: Any, spec: VisualSpec, a
                         step_profile=step_profile)
 
 
+def _run_train_step(plan: _Plan, model: Any, tok: Any, method: Any, spec: VisualSpec, args: dict[str, Any],
+                    progress: Any) -> dict[str, Any]:
+    """One point of ``--train-step``: the training-step A/B (:mod:`vtprune.bench.train_step`) with its config."""
+    from vtprune.adapters import get_adapter
+    from vtprune.bench.inputs import build_input
+    from vtprune.bench.train_step import run_train_step
+
+    load_at_start = _load_avg()
+    inp = build_input(plan.shape, spec, args["batch_size"])
+    adapter = get_adapter(model, tok, inp.image_processor)
+    res = run_train_step(adapter, inp.samples, method, repeat=args["repeat"], warmup=args["warmup"],
+                         clock_name=args["clock"], progress=progress)
+    cfg = _config(plan, method, model, inp, dict(args, load_at_start=load_at_start), adapter.device)
+    cfg["timing_note"] = ("one training step per arm per round (forward: train stts's loss; backward: its "
+                          "gradients), interleaved, medians; ratios = pruned / unpruned on the headline clock")
+    batch = adapter.encode(inp.samples)
+    return {"config": cfg, "train_step": res, "visual_tokens": int(batch.visual_mask.sum())}
+
+
 def vit_blocks_all(method: Any, stage: Any, depth: int) -> int:
     """Vision blocks a ``vit``-site method runs on every patch: up to its cut, plus the blocks its key bias
     applies in (:meth:`Pruner.vit_bias_blocks`)."""
@@ -276,14 +295,17 @@ def run_bench(cfg: BenchSettings, progress: Any = None) -> tuple[Any, list[dict[
         if progress and sweep_key:
             progress(f"sweep {sweep_key}={v}")
         point_args = dict(args, batch_size=v) if sweep_key == "batch" else args
-        reports.append(_run_one(plan, model, tok, m, spec, point_args, progress))
+        run = _run_train_step if cfg.train_step else _run_one
+        reports.append(run(plan, model, tok, m, spec, point_args, progress))
 
     from vtprune.bench.report import sanitize, write_sweep
 
-    if sweep_key:
+    if sweep_key and cfg.train_step:
+        result: Any = {"sweep": {"key": sweep_key, "values": sweep_values}, "results": reports}
+    elif sweep_key:
         out = cfg.out or Path("bench-sweep")
         csv_path, png_path = write_sweep(sweep_key, sweep_values, reports, out)
-        result: Any = {"sweep": {"key": sweep_key, "values": sweep_values, "csv": str(csv_path), "png": str(png_path)},
+        result = {"sweep": {"key": sweep_key, "values": sweep_values, "csv": str(csv_path), "png": str(png_path)},
                        "results": reports}
     else:
         result = reports[0]
@@ -312,6 +334,13 @@ def bench(settings: BenchSettings, as_json: bool = typer.Option(False, "--json",
     result, reports = run_bench(settings, progress)
     if as_json:
         typer.echo(json.dumps(result))
+        return
+    if settings.train_step:
+        for rep in reports:
+            ts = rep["train_step"]
+            typer.echo(f"{rep['config']['input']}: {rep['visual_tokens']} visual tokens; training step pruned / "
+                       f"unpruned {ts['ratios']['step']:.3f} (forward {ts['ratios']['forward']:.3f}, backward "
+                       f"{ts['ratios']['backward']:.3f}), peak memory {ts['ratios']['peak_memory']:.3f}")
         return
     from vtprune.bench.report import budget_line, print_report
 

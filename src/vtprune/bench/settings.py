@@ -74,6 +74,9 @@ class BenchSettings:
     """Write report.json (or sweep.csv + sweep.png) here."""
     seed: int = 0
     """Seed of the random weights."""
+    train_step: bool = False
+    """Time one training step of ``vtprune train stts`` (forward + backward, LoRA on the LLM's attention in both
+    arms, the scorer in the pruned one) against the unpruned step, instead of prefill + decode (stts, video)."""
     vit_attention: str = "stock"
     """Qwen vision attention in both arms: stock (HF sdpa, one call per window or frame) | packed (one call per
     block: vtprune.runtime.packed_attention)."""
@@ -110,6 +113,13 @@ class BenchSettings:
         if self.clock == "cpu" and self.device == "cuda":
             raise ConfigError("clock cpu measures CPU work; on CUDA use wall (the default)", argument="clock")
         key, _ = self.sweep_points()
+        if self.train_step:
+            if self.method != "stts":
+                raise ConfigError("train_step times vtprune train stts: use --method stts", argument="train_step")
+            if self.frames is None and key != "frames":
+                raise ConfigError("train_step needs video: give --frames or --sweep frames=...", argument="train_step")
+            if key == "batch" or self.memory_budget is not None:
+                raise ConfigError("train_step takes no batch sweep or memory budget", argument="train_step")
         if key == "keep" and self.keep is not None:
             raise ConfigError("--sweep keep=... replaces --keep; give one of them")
         if key == "batch" and self.batch_size != 1:
