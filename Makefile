@@ -15,7 +15,7 @@ FLOOR_VENV ?= .venv-floor
 # tests' family list leaves it out there); Qwen3-VL, LLaVA-OneVision and InternVL pass on 5.17 as on 5.23.
 FLOOR_TESTS := tests/test_equivalence.py tests/test_generation.py tests/test_loading.py tests/runtime/test_executor.py \
 	tests/methods/glimpse/test_official.py tests/methods/glimpse/test_plus.py tests/methods/glimpse/test_runtime.py \
-	tests/adapters/test_qwen3_vl.py tests/adapters/test_families.py
+	tests/adapters/test_qwen3_vl.py tests/adapters/test_qwen3_5.py tests/adapters/test_families.py
 
 .PHONY: install lmms demo test test-floor clean
 

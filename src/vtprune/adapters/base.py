@@ -154,6 +154,10 @@ class Adapter:
     families: ClassVar[tuple[str, ...]] = ()
     model_classes: ClassVar[tuple[str, ...]] = ()
     supports_video: ClassVar[bool] = False
+    layer_kinds: ClassVar[tuple[str, ...]] = ("full_attention",)
+    """The decoder layer types (``text_config.layer_types``) the family's adapter runs; others are refused."""
+    llm_site_refusal: ClassVar[str] = ""
+    """Why this family refuses cuts inside the LLM (the ``llm`` site); empty: it supports them."""
     fallback_template: ClassVar[str] = ""
     """Name of the shipped template (``data/chat_templates/<name>.jinja``) used when a checkpoint has none."""
 
@@ -172,8 +176,10 @@ class Adapter:
         attn = getattr(self.text_config, "_attn_implementation", "sdpa")
         if attn not in ("sdpa", "eager"):
             raise UnsupportedModelError(f"attention implementation {attn!r} is not supported; use 'sdpa' or 'eager'")
-        if any(t != "full_attention" for t in getattr(self.text_config, "layer_types", None) or []):
-            raise UnsupportedModelError("sliding-window attention layers are not supported")
+        kinds = set(getattr(self.text_config, "layer_types", None) or []) - set(self.layer_kinds)
+        if kinds:
+            raise UnsupportedModelError(f"{', '.join(sorted(kinds))} layers are not supported by this family "
+                                        f"({type(model).__name__})")
 
     def video_frame_indices(self, total: int, fps: float | None) -> list[int] | None:
         """The frames of a ``total``-frame video file at ``fps`` (None: unknown) that the family's HF video
@@ -316,6 +322,11 @@ class Adapter:
         whole image resized onto the grid (a uniform scaling: Qwen's processors)."""
         w, h = size
         return (1.0, 1.0, 0.0, 0.0, float(w), float(h))
+
+    def layer_mask(self, i: int, mask: Any, attention_mask: torch.Tensor, hidden: torch.Tensor) -> Any:
+        """The attention mask decoder layer ``i`` takes, given the causal ``mask`` the runtime built and the 2-D
+        ``attention_mask`` ``[B, L]`` of the current sequence (default: ``mask``, every layer alike)."""
+        return mask
 
     def attention_blocks(self, batch: EncodedBatch) -> torch.Tensor | None:
         """``[B, L]`` long: tokens sharing a block id ``>= 0`` attend to each other both ways in the prefill (HF's

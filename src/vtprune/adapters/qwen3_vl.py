@@ -107,11 +107,15 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
         h = h + (vis.pos_embed(idx) * w[:, :, None]).sum(1).to(h.dtype)
         cos, sin = vis.rotary_pos_emb(h, get_vision_position_ids(grid_thw, m))
         grids = [(int(t), int(hh) // m, int(ww) // m) for t, hh, ww in grid_thw.tolist()]
-        taps = {int(j): vis.deepstack_merger_list[k] for k, j in enumerate(vis.deepstack_visual_indexes)}
+        taps = self._taps(vis)
         return VisionPlan(hidden=h, position_embeddings=(cos, sin), blocks=list(vis.blocks),
                           block_cu=[cu] * len(vis.blocks), unit=m * m,
                           unit_order=torch.arange(h.shape[0] // (m * m), device=h.device), unit_grids=grids,
                           merger=vis.merger, taps=taps)
+
+    def _taps(self, vis: torch.nn.Module) -> dict[int, Any]:
+        """The tower's DeepStack mergers by the block they read."""
+        return {int(j): vis.deepstack_merger_list[k] for k, j in enumerate(vis.deepstack_visual_indexes)}
 
     def _injections(self, model_inputs: dict[str, Any], outs: dict[str, Any]) -> dict[int, torch.Tensor]:
         """DeepStack level ``i`` as ``[B, Nv, D]`` in each sample's visual-token order (see the module docstring)."""

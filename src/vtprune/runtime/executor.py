@@ -232,6 +232,9 @@ class PrefillSession:
         self.num_layers = adapter.num_layers
         self.stages = method.stages(self.num_layers)
         check_stages(self.stages, self.num_layers)
+        if adapter.llm_site_refusal and any(s.site == "llm" for s in self.stages):
+            raise adapter.unsupported(f"pruning inside the LLM ({method.name} at the 'llm' site: "
+                                      f"{adapter.llm_site_refusal})")
         cut_stages = [s for s in self.stages if s.site in ("pre_llm", "llm")]
         self.last_stage = max(cut_stages, key=lambda s: (s.site == "llm", s.after)) if cut_stages else None
         self.cache = DynamicCache(config=adapter.text_config)
@@ -370,7 +373,8 @@ class PrefillSession:
             if n:  # the method's per-layer input hook for its extra tokens (always the last n positions)
                 seq.hidden = torch.cat([seq.hidden[:, :-n], method.before_layer(i, seq.hidden[:, -n:])], 1)
             h_in = seq.hidden
-            seq.hidden = layer(h_in, attention_mask=mask, position_ids=adapter.layer_position_ids(seq.positions),
+            seq.hidden = layer(h_in, attention_mask=adapter.layer_mask(i, mask, seq.mask, h_in),
+                               position_ids=adapter.layer_position_ids(seq.positions),
                                past_key_values=self.cache, use_cache=True, position_embeddings=cos_sin)
             if i in self.injections:  # the family's own per-layer step (DeepStack): only the kept visual rows get it
                 seq.hidden = ops.add_visual(seq.hidden, seq.visual_id, self.injections[i])
