@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from vtprune.adapters.base import (
-    EncodedBatch, Embedded, Sample, VisionGeometry, grid_coords, left_pad, register_adapter,
+    EncodedBatch, Embedded, Sample, grid_coords, left_pad, register_adapter,
 )
 from vtprune.adapters.llava import LlavaAdapter
 from vtprune.adapters.spec import FamilySpec, Shape, register_family, token_ids
@@ -135,19 +135,12 @@ class LlavaOnevisionAdapter(LlavaAdapter):
 
         return self._embed_images(batch, vision_outputs, features)
 
-    def vision_geometry(self) -> VisionGeometry:
-        vc = self.model.config.vision_config
-        depth = int(vc.num_hidden_layers)
-        fl = self.model.config.vision_feature_layer
-        fl = int(fl if isinstance(fl, int) else fl[-1])
-        last = (fl if fl >= 0 else depth + 1 + fl) - 1  # hidden_states[i] is the output of block i - 1
-        return VisionGeometry(depth=depth, width=int(vc.hidden_size), last_block=last, merge=1)
-
     def vision_token_features(self, batch: EncodedBatch, vision: dict[str, Any], hidden_states: Sequence[int]
                               ) -> dict[int, torch.Tensor]:
         """Each visual token's ViT level laid out as the model lays out its features: the stock
         ``pack_image_features`` (crops side by side, unpadded, shrunk bilinearly above ``anyres_max``) applied to the
-        hidden state instead of the projected features, newlines left out; a base-view token is its patch's row."""
+        hidden state instead of the projected features, newlines left out; a base-view token is its patch's row.
+        (``vision_geometry`` is LLaVA's: the tower up to its feature layer.)"""
         from vtprune.adapters.vit_attention import per_sample
 
         from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
