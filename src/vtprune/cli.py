@@ -98,7 +98,7 @@ def ask(
     settings: dict[str, Any],
     question: str = typer.Option(..., "--question", "-q"),
     image: list[Path] = typer.Option([], "--image", help="Image file (repeat for several)."),
-    video: Optional[Path] = typer.Option(None, "--video", help="Video file (Qwen families)."),
+    video: Optional[Path] = typer.Option(None, "--video", help="Video file (a family that takes video: the README's family table)."),
     fps: Optional[float] = typer.Option(None, "--fps", help="The video file's frame rate: places the sampled frames "
                                         "on Qwen2.5-VL's time axis (default: HF's, 2 fps after sampling) and sets "
                                         "the rate the family's frame sampling reads (default: the file header's)."),

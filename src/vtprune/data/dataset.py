@@ -42,7 +42,7 @@ class Sample:
     """Every image of the conversation, in the order their placeholders appear (``history`` first, then the
     question's turn), as HF's processor takes them."""
     video: list[Image.Image] | None = None
-    """Frames of one video, in order; Qwen families only."""
+    """Frames of one video, in order (families that take video: Qwen2/2.5/3-VL, Qwen3.5, Molmo2)."""
     fps: float | None = None
     """Frames per second of ``video`` as given (after any resampling). Qwen2.5-VL places video tokens on an absolute
     time axis: ``second_per_grid_ts = temporal_patch_size / fps``, as HF's processor computes it. ``None`` is HF's
