@@ -228,3 +228,28 @@ def test_train_stts_full_saves_a_loadable_base_model(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         warn_unpaired_tuning(str(tmp_path), None)
     assert f"--model {tmp_path / 'base_model'}" in caplog.text
+
+
+def test_train_stts_on_molmo2_the_papers_own_model(tmp_path, vlms):
+    """STTS trains on Molmo2 video: the scorer reads 3x3 pooling windows (its unit fixed from the model), the LM loss
+    reaches it through the biased block run on packed frames, and the saved scorer prunes half the windows."""
+    if "molmo2" not in vlms:
+        pytest.skip("molmo2 needs a newer transformers")
+    rows = [(vtprune.Sample("what moves?", video=video(4, 84, 56, s)), ["bar"]) for s in range(2)]
+    meta = train_stts(model="random:molmo2", out=tmp_path, rows=rows, steps=2, batch_size=2, lr=1e-2)
+    assert meta["steps"] == 2 and meta["visual_kept"] == pytest.approx(0.5) and meta["temporal_loss_first"] > 0
+    trained = STTS.from_pretrained(tmp_path)
+    fresh = STTS(keep=0.5)
+    fresh.init_scorer(trained.scorer.config)
+    assert trained.scorer.config.unit == 9
+    assert any(not torch.equal(a, b) for a, b in zip(trained.scorer.state_dict().values(),
+                                                       fresh.scorer.state_dict().values()))
+    assert vlms["molmo2"].generate([rows[0][0]], trained, max_new_tokens=2)[0].kept_tokens == 8
+    # the LM loss alone (no temporal term) reaches the scorer through the bias block's packed attention
+    lm_only = STTS(keep=0.5, temporal_weight=0.0)
+    lm_only.init_scorer(trained.scorer.config)
+    batch = encode_with_answers(vlms["molmo2"].adapter, [r[0] for r in rows], ["the bar", "left"])
+    loss, _ = stts_loss(vlms["molmo2"].adapter, lm_only, batch)
+    loss.backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in lm_only.scorer.parameters())
+    vlms["molmo2"].model.zero_grad(set_to_none=True)  # the session's shared model keeps no gradients

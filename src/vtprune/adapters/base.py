@@ -316,6 +316,12 @@ class Adapter:
             y = getattr(attn, f"{which}_norm")(y)
         return _rotate(y.transpose(1, 2), cos, sin)  # [B, heads, N, dh]
 
+    def block_inputs(self, model_inputs: dict[str, Any], index: torch.Tensor) -> dict[str, Any]:
+        """What the stock forward needs, beside embeddings and positions, to attend as :meth:`attention_blocks` says
+        when fed the rows ``index`` ``[B, L']`` of the prompt (Molmo2: their ``mm_token_type_ids``); nothing for causal
+        families."""
+        return {}
+
     def image_frame(self, size: tuple[int, int]) -> tuple[float, float, float, float, float, float]:
         """Where an image of ``size`` (w, h) lands on its token grid, as ``(sx, sy, ox, oy, fw, fh)``: a pixel
         ``(x, y)`` sits at ``((x * sx - ox) / fw, (y * sy - oy) / fh)`` of the frame the grid tiles. Default: the

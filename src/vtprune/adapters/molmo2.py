@@ -230,6 +230,10 @@ class Molmo2Adapter(LlavaAdapter):
         stock forward's ``block_sequence_ids``), -1 elsewhere (causal)."""
         return torch.where(batch.model_inputs["mm_token_type_ids"] == 1, 0, -1)
 
+    def block_inputs(self, model_inputs: dict[str, Any], index: torch.Tensor) -> dict[str, Any]:
+        types = model_inputs["mm_token_type_ids"].to(index.device)
+        return {"mm_token_type_ids": types.gather(1, index)}
+
     def embed(self, batch: EncodedBatch, *, vision_outputs: bool | Sequence[int] = False, video_tower: Any = None
               ) -> Embedded:
         """Token embeddings plus the pooled features at the ``<im_patch>`` tokens (added, as the stock forward does).

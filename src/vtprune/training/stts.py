@@ -71,6 +71,7 @@ def stts_loss(adapter: Adapter, method: STTS, batch: SupervisedBatch) -> tuple[t
         attention_mask=valid.long(),
         position_ids=adapter.forward_position_ids(ops.gather_seq(emb.positions, index, 2)),
         labels=labels,
+        **adapter.block_inputs(batch.model_inputs, index),
     )
     loss = out.loss if aux is None else out.loss + aux
     parts = {"lm_loss": float(out.loss.detach()), "temporal_loss": float(aux.detach()) if aux is not None else 0.0,
