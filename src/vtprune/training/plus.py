@@ -3,7 +3,8 @@
 Stage 1 (RL): a LoRA adapter (r 32, alpha 64, dropout 0.05) on every linear layer of the LLM's decoder layers
 (not the embeddings, not the vision tower) trains with GRPO while a frozen GlimpsePrune pruner prunes: per prompt a
 group of completions is sampled (temperature 1.0) through vtprune's own pruned prefill and decode
-(:func:`rollout`, batched over prompts and group), rewarded (:mod:`vtprune.training.rewards`), the advantages are
+(:func:`rollout`: one prefill per prompt, which the pruner cuts deterministically, continued by all of its group's
+completions in one decoding batch), rewarded (:mod:`vtprune.training.rewards`), the advantages are
 normalised within the group, and the log-probabilities of the sampled tokens are recomputed with gradients on the
 *same* pruned sequence (:func:`completion_logprobs`: the kept visual tokens of the rollout are kept again, so the
 policy is scored exactly where it sampled). The KL penalty (k3, weight 0.04) is to the base model, which is the
