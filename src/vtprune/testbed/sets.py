@@ -53,6 +53,8 @@ SETS: dict[str, SetSpec] = {
         SetSpec("image-test", "image", 500, 103, note="final numbers only"),
         SetSpec("image-mini", "image", 40, 104, note="tests and demos"),
         SetSpec("image-large", "image", 100, 105, image_size=(896, 896), note="896x896 (1024 tokens), efficiency"),
+        SetSpec("image-fresh", "image", 3000, 106,
+                note="a fresh training draw no zoo model was trained on (e.g. RL data for GlimpsePrune+)"),
         SetSpec("video-train", "video", 6000, 201, note="training"),
         SetSpec("video-val", "video", 300, 202, note="model selection"),
         SetSpec("video-test", "video", 300, 203, note="final numbers only"),
