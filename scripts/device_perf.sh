@@ -4,6 +4,7 @@
 #      against the bound, peak memory; and the CPU check command on the GPU for comparison.
 #   2. STTS at 16-128 frames with packed vision attention in both arms (goal: prefill end to end <= 0.62 at 64).
 #   3. The batch sweep (batch=1..16) with a memory budget, GlimpsePrune at 7B, one image each.
+#   4. One training step of train stts (LoRA on the LLM's attention) against the unpruned step, 16/32/64 frames.
 # Usage (device tool): command 'bash scripts/device_perf.sh 540', carry ['.whl'], timeout_s 590.
 # Dry run on a CPU (tiny shapes, about 3 minutes):
 #   VTPRUNE_PY=/work/main/.venv/bin/python OUT=/tmp/o DRY=1 bash scripts/device_perf.sh 400
@@ -23,10 +24,12 @@ if [ -n "${DRY:-}" ]; then  # the 3B width stands in for the 7B one (its weights
   s7=qwen2_5_vl-3b
   run=(--repeat 1 --warmup 0 --new-tokens 2); deep=(--layers 2 --vit-layers 4); tokens=64
   frames="frames=2,4"; fsize=112x112; batches="batch=1,2"; check=(--layers 2 --vit-layers 4 --visual-tokens 64)
+  tframes="frames=2,4"
 else
   run=(--repeat 3 --warmup 1); deep=(); tokens=2048
   frames="frames=16,32,64,128"; fsize=448x448; batches="batch=1,2,4,8,16"
   check=(--layers 4 --vit-layers 4 --visual-tokens 2048)
+  tframes="frames=16,32,64"
 fi
 {
   echo "== glimpse 7B, full depth: prune step, LLM prefill vs bound, peak memory ($(date +%T))"
@@ -42,6 +45,9 @@ fi
   timeout "$(left)" "${VT[@]}" bench --shape $s7 "${deep[@]}" "${run[@]}" --vit-attention packed \
     --visual-tokens $tokens --method glimpse --keep 0.11 --sweep "$batches" --memory-budget 80 \
     --out "$OUT/bench/glimpse-7b-batch"
+  echo "== STTS 3B, one training step of train stts against the unpruned step ($(date +%T))"
+  timeout "$(left)" "${VT[@]}" bench --shape qwen2_5_vl-3b "${deep[@]}" "${run[@]}" --sweep "$tframes" \
+    --frame-size $fsize --method stts --keep 0.5 --train-step --out "$OUT/bench/stts-3b-train-step"
   echo "== done ($(date +%T))"
 } > "$OUT/bench-log.txt" 2>&1
 echo "benches rc $? at $(date +%T)"; grep -E "^==|Error|error" "$OUT/bench-log.txt" | tail -n 12
