@@ -62,6 +62,8 @@ def prune_cache(cache: DynamicCache, index: torch.Tensor, upto_layer: int) -> No
         return
     stacked = torch.stack(kv)  # [2n, B, Hkv, L, dh]
     del kv
+    for layer in layers:  # the stack is the only full-length copy left while the cut one is gathered
+        layer.keys = layer.values = None
     n2, B, H, _, dh = stacked.shape
     out = stacked.gather(3, index.to(stacked.device)[None, :, None, :, None].expand(n2, B, H, -1, dh))
     del stacked
