@@ -54,11 +54,67 @@ def molmo2_processor(vlm: Any, monkeypatch: Any) -> Any:
                                         tokenizer=vlm.tokenizer, chat_template=vlm.adapter.template)
 
 
+def llava_onevision_processor(vlm: Any, monkeypatch: Any) -> Any:
+    """HF's ``LlavaOnevisionProcessor`` built from parts: the PIL image processor the model uses, no video processor
+    (it needs torchvision); token counts from the model's config as the real checkpoint's processor_config sets them."""
+    import copy
+
+    import transformers
+    from transformers.processing_utils import ProcessorMixin
+
+    check = ProcessorMixin.check_argument_for_proper_class
+    monkeypatch.setattr(ProcessorMixin, "check_argument_for_proper_class", lambda self, name, arg: (
+        None if arg is None or name == "video_processor" else check(self, name, arg)))
+    cfg = vlm.model.config
+    side = int(cfg.vision_config.image_size) // int(cfg.vision_config.patch_size)
+    tok = copy.deepcopy(vlm.tokenizer)  # the processor takes the tokenizer's image/video tokens when it names them
+    tok.image_token, tok.video_token = "<image>", "<video>"
+    return transformers.LlavaOnevisionProcessor(
+        image_processor=vlm.image_processor, tokenizer=tok, video_processor=None,
+        num_image_tokens=side * side, vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+        chat_template=vlm.adapter.template, image_token="<image>", video_token="<video>",
+        vision_aspect_ratio=cfg.vision_aspect_ratio)
+
+
+def internvl_processor(vlm: Any, monkeypatch: Any) -> Any:
+    """HF's ``InternVLProcessor`` built from parts: the PIL GOT-OCR2 image processor with ``crop_to_patches`` on (as
+    InternVL3-hf's preprocessor_config.json sets it), no video processor (it needs torchvision), and the tokenizer's
+    image tokens named as InternVL3-hf's tokenizer names them (``start_image_token`` ...)."""
+    import copy
+
+    import transformers
+    from transformers.processing_utils import ProcessorMixin
+
+    monkeypatch.setattr(ProcessorMixin, "check_argument_for_proper_class", lambda self, name, arg: None)
+    tok = copy.deepcopy(vlm.tokenizer)
+    for name, token in (("start_image_token", "<img>"), ("end_image_token", "</img>"),
+                        ("context_image_token", "<IMG_CONTEXT>")):
+        setattr(tok, name, token)
+        setattr(tok, name + "_id", tok.convert_tokens_to_ids(token))
+    images = copy.deepcopy(vlm.image_processor)
+    images.crop_to_patches = True
+    return transformers.InternVLProcessor(image_processor=images, tokenizer=tok, video_processor=None,
+                                          image_seq_length=vlm.adapter.tile_side ** 2,
+                                          chat_template=vlm.adapter.template)
+
+
+def processor_images(vlm: Any, images: list[Any]) -> Any:
+    """A sample's images as HF's processor takes one sample's: LLaVA-OneVision's groups them per sample (several
+    images in one sample get base views only), the others take the flat list."""
+    if not images:
+        return None
+    return [list(images)] if vlm.model.config.model_type == "llava_onevision" else list(images)
+
+
 def hf_processor(vlm: Any, monkeypatch: Any) -> Any:
     import transformers
 
     if vlm.model.config.model_type == "molmo2":
         return molmo2_processor(vlm, monkeypatch)
+    if vlm.model.config.model_type == "llava_onevision":
+        return llava_onevision_processor(vlm, monkeypatch)
+    if vlm.model.config.model_type == "internvl":
+        return internvl_processor(vlm, monkeypatch)
 
     if vlm.model.config.model_type == "llava":
         return transformers.LlavaProcessor(image_processor=vlm.image_processor, tokenizer=vlm.tokenizer,

@@ -27,11 +27,13 @@ import torch
 from vtprune.adapters.base import EncodedBatch, Embedded, Sample, grid_coords, left_pad, register_adapter
 from vtprune.adapters.llava import LlavaAdapter
 from vtprune.adapters.spec import FamilySpec, Shape, register_family, token_ids
+from vtprune.data.chat import shipped_template
 
 
 @register_adapter
 class InternVLAdapter(LlavaAdapter):
     families = ("internvl",)
+    fallback_template = "internvl"
     model_classes = ("InternVLForConditionalGeneration",)
     supports_vision_attention = False
     supports_vision_features = False
@@ -44,12 +46,6 @@ class InternVLAdapter(LlavaAdapter):
         patch = vc.patch_size[0] if isinstance(vc.patch_size, (list, tuple)) else vc.patch_size
         return int(int(size) // int(patch) * float(self.model.config.downsample_ratio))
 
-    def _tok(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
-
-    def followup_ids(self, question: str) -> list[int]:
-        return self._tok(f"\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
-
     def _tile_grid(self, image: Any) -> tuple[int, int]:
         """``(rows, cols)`` of the processor's tiling of ``image`` (its own ``get_optimal_tiled_canvas``)."""
         from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
@@ -60,13 +56,16 @@ class InternVLAdapter(LlavaAdapter):
         return rows, cols
 
     def encode(self, samples: list[Sample]) -> EncodedBatch:
+        """Each sample's prompt from the chat template, tokenized in one call as HF's processor does."""
+        from vtprune.data.chat import replace_each
+
         self.check_images(samples)
         image_id = int(self.model.config.image_token_id)
         s = self.tile_side
         rows_out, coords, grids, pixels = [], [], [], []
+        context = self.tokenizer.convert_ids_to_tokens(image_id)
         for smp in samples:
-            ids = self._tok("<|im_start|>user\n")
-            cs, gs = [], []
+            spans, cs, gs = [], [], []
             for im in smp.images:
                 out = self.image_processor(images=[im], crop_to_patches=True, return_tensors="pt")
                 pixels.append(out["pixel_values"])
@@ -81,9 +80,9 @@ class InternVLAdapter(LlavaAdapter):
                 if n_tiles > 1:  # the thumbnail
                     cs.append(grid_coords(len(gs), 1, s, s))
                     gs.append((1, s, s))
-                ids += self._tok("<img>") + [image_id] * (n_tiles * s * s) + self._tok("</img>\n")
-            ids += self._tok(f"{smp.question}<|im_end|>\n<|im_start|>assistant\n")
-            rows_out.append(ids)
+                spans.append("<img>" + context * (n_tiles * s * s) + "</img>")
+            # HF's InternVLProcessor: each image's ``<IMG_CONTEXT>`` becomes <img> + its tiles' tokens + </img>
+            rows_out.append(self.prompt_ids(replace_each(self.prompt_text(smp), context, spans, "image")))
             coords.append(torch.cat(cs) if cs else torch.zeros(0, 4, dtype=torch.long))
             grids.append(gs)
         input_ids, attention_mask = left_pad(rows_out, self.pad_token_id)
@@ -106,20 +105,10 @@ class InternVLAdapter(LlavaAdapter):
 
 # --- the family spec: random config, processor, bench shape ------------------------------------------------------
 
-CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{{ '<|im_start|>' + message.role + '\\n' }}"
-    "{%- if message.content is string -%}{{ message.content }}"
-    "{%- else -%}"
-    "{%- for c in message.content if c.type == 'image' -%}{{ '<image>\\n' }}{%- endfor -%}"
-    "{%- for c in message.content if c.type == 'text' -%}{{ c.text }}{%- endfor -%}"
-    "{%- endif -%}"
-    "{{ '<|im_end|>\\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
-)
-"""InternVL3-hf's layout without a system turn: a user turn's images first, each on its own line, then the text; the
-processor expands each ``<image>`` to ``<img>`` + the tiles' tokens + ``</img>``."""
+CHAT_TEMPLATE = shipped_template("internvl")
+"""OpenGVLab/InternVL3-hf's own template (``data/chat_templates/SOURCES.md``): no system turn; each image an
+``<IMG_CONTEXT>`` line where the content list places it; the processor expands each to ``<img>`` + the tiles'
+tokens + ``</img>``."""
 
 
 def _ids(tok: Any) -> dict[str, int]:

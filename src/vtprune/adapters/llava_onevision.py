@@ -1,6 +1,6 @@
 """Adapter for LLaVA-OneVision (``LlavaOnevisionForConditionalGeneration``): SigLIP tower, anyres crops, Qwen2 LLM.
 
-- **Prompt**: ``<|im_start|>user\\n<image>\\n{question}<|im_end|>\\n<|im_start|>assistant\\n``, each ``<image>``
+- **Prompt**: the checkpoint's chat template (llava-hf's: ``<|im_start|>user <image>\\n{question}<|im_end|><|im_start|>assistant\\n``), each ``<image>``
   expanded to the image's features as HF's processor counts them. Positions are 1-D (``[1, B, L]``).
 - **Anyres**: a sample with one image gets the base view (the whole image resized to the tower's square input,
   ``s x s`` tokens) and then the high-resolution view: the image cut into tiles of the best grid
@@ -28,6 +28,7 @@ from vtprune.adapters.base import (
 )
 from vtprune.adapters.llava import LlavaAdapter
 from vtprune.adapters.spec import FamilySpec, Shape, register_family, token_ids
+from vtprune.data.chat import shipped_template
 
 
 def hires_grid(image_hw: tuple[int, int], resolutions: list[list[int]], tile: int, side: int, max_tiles: int
@@ -54,6 +55,7 @@ def hires_grid(image_hw: tuple[int, int], resolutions: list[list[int]], tile: in
 @register_adapter
 class LlavaOnevisionAdapter(LlavaAdapter):
     families = ("llava_onevision",)
+    fallback_template = "llava_onevision"
     model_classes = ("LlavaOnevisionForConditionalGeneration",)
     # a high-resolution token may be interpolated from several patches: it has no one ViT attention row
     supports_vision_attention = False
@@ -64,12 +66,6 @@ class LlavaOnevisionAdapter(LlavaAdapter):
     def grid_side(self) -> int:
         vc = self.model.config.vision_config
         return int(vc.image_size) // int(vc.patch_size)
-
-    def followup_ids(self, question: str) -> list[int]:
-        return self._tok(f"<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
-
-    def _tok(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
     def _views(self, images: list[Any], sizes: torch.Tensor) -> list[tuple[int, int, bool]]:
         """Per view of the sample's images, its ``(rows, cols)`` grid and where its newline tokens go: after each row
@@ -84,13 +80,17 @@ class LlavaOnevisionAdapter(LlavaAdapter):
         return [(s, s, False), (r, c, True)]
 
     def encode(self, samples: list[Sample]) -> EncodedBatch:
+        """Each sample's prompt from the chat template, every ``<image>`` expanded to the image's placeholders (its
+        views' tokens and newline tokens, as HF's processor counts them) and the whole string tokenized in one call."""
+        from vtprune.data.chat import expand
+
         self.check_images(samples)
         image_id = int(self.model.config.image_token_id)
+        image_token = self.tokenizer.convert_ids_to_tokens(image_id)
         rows, vis_rows, coords, grids = [], [], [], []
         pixels, sizes, counts = [], [], []
         for s in samples:
-            ids = self._tok("<|im_start|>user\n")
-            vis = [False] * len(ids)
+            per_image: list[list[bool]] = []  # per image, per placeholder: a visual token (True) or a newline
             cs, gs = [], []
             if s.images:
                 out = self.image_processor(images=[list(s.images)], return_tensors="pt")
@@ -98,17 +98,21 @@ class LlavaOnevisionAdapter(LlavaAdapter):
                 sizes.append(out["image_sizes"])
                 counts.append(len(s.images))
                 single = len(s.images) == 1
+                pattern: list[bool] = []
                 for item, (r, c, per_row) in enumerate(self._views(s.images, out["image_sizes"])):
-                    vis += ([True] * c + [False]) * r if per_row else [True] * (r * c) + ([] if single else [False])
+                    view = ([True] * c + [False]) * r if per_row else [True] * (r * c) + ([] if single else [False])
+                    if single:
+                        pattern += view
+                    else:
+                        per_image.append(view)
                     cs.append(grid_coords(item, 1, r, c))
                     gs.append((1, r, c))
-                ids += [image_id] * (len(vis) - len(ids))
-                ids += self._tok("\n")
-                vis += [False] * (len(ids) - len(vis))
-            ids += self._tok(f"{s.question}<|im_end|>\n<|im_start|>assistant\n")
-            vis += [False] * (len(ids) - len(vis))
+                if single:
+                    per_image.append(pattern)
+            ids = self.prompt_ids(expand(self.prompt_text(s), image_token, [len(v) for v in per_image], "image"))
+            flat = iter([v for view in per_image for v in view])
             rows.append(ids)
-            vis_rows.append([int(v) for v in vis])
+            vis_rows.append([int(next(flat)) if t == image_id else 0 for t in ids])
             coords.append(torch.cat(cs) if cs else torch.zeros(0, 4, dtype=torch.long))
             grids.append(gs)
         input_ids, attention_mask = left_pad(rows, self.pad_token_id)
@@ -169,21 +173,10 @@ class LlavaOnevisionAdapter(LlavaAdapter):
 
 # --- the family spec: random config, processor, bench shape ------------------------------------------------------
 
-CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{{ '<|im_start|>' + message.role + '\\n' }}"
-    "{%- if message.content is string -%}{{ message.content }}"
-    "{%- else -%}"
-    "{%- for c in message.content if c.type == 'image' -%}{{ '<image>\\n' }}{%- endfor -%}"
-    "{%- for c in message.content if c.type == 'video' -%}{{ '<video>\\n' }}{%- endfor -%}"
-    "{%- for c in message.content if c.type == 'text' -%}{{ c.text }}{%- endfor -%}"
-    "{%- endif -%}"
-    "{{ '<|im_end|>\\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
-)
-"""llava-hf's LLaVA-OneVision layout: a user turn's images (then video) first, each followed by a newline, then the
-text; the processor expands each ``<image>`` to the image's features."""
+CHAT_TEMPLATE = shipped_template("llava_onevision")
+"""llava-hf/llava-onevision-qwen2-7b-ov-hf's own template (``data/chat_templates/SOURCES.md``):
+``<|im_start|>user <image>\\n{question}<|im_end|><|im_start|>assistant\\n`` (a user turn's images, then videos, right
+after the role; each text part after a newline); the processor expands each ``<image>`` to the image's features."""
 
 def pinpoints(tile: int) -> list[list[int]]:
     """The anyres resolutions: 1..6 tiles of ``tile`` px on each side, as the real model's 384 px tiles."""

@@ -27,6 +27,7 @@ import torch
 from vtprune.adapters.base import VisionPlan, register_adapter
 from vtprune.adapters.qwen2_vl import Qwen2VLAdapter, image_processor, qwen_ids, qwen_special
 from vtprune.adapters.spec import FamilySpec, Shape, register_family
+from vtprune.data.chat import shipped_template
 
 DEFAULT_FPS = 2.0
 """Frame rate assumed for a video without one (the Qwen3-VL video processor samples at 2 fps)."""
@@ -35,6 +36,7 @@ DEFAULT_FPS = 2.0
 @register_adapter
 class Qwen3VLAdapter(Qwen2VLAdapter):
     families = ("qwen3_vl",)
+    fallback_template = "qwen3_vl"
     model_classes = ("Qwen3VLForConditionalGeneration",)
     supports_vit_site = True
 
@@ -165,22 +167,10 @@ def clip_smart_resize(num_frames: int, height: int, width: int, *, temporal_fact
 
 # --- the family spec: random config, processor, bench shapes -----------------------------------------------------
 
-CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "<|im_start|>{{ message.role + '\\n' }}"
-    "{%- if message.content is string -%}{{ message.content }}"
-    "{%- else -%}{%- for c in message.content -%}"
-    "{%- if c.type == 'image' -%}<|vision_start|><|image_pad|><|vision_end|>"
-    "{%- elif c.type == 'video' -%}<|vision_start|><|video_pad|><|vision_end|>"
-    "{%- elif c.type == 'text' -%}{{ c.text }}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{{ '<|im_end|>\\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
-)
-"""Qwen3-VL-Instruct's prompt layout (no default system turn, unlike Qwen2.5-VL's): a user turn holds its images
-and video first, then the text; the processor expands each pad token to the item's tokens (and, for video, the
-per-patch timestamps)."""
+CHAT_TEMPLATE = shipped_template("qwen3_vl")
+"""Qwen/Qwen3-VL-8B-Instruct's own template (``data/chat_templates/SOURCES.md``): no default system turn (unlike
+Qwen2.5-VL's); a user turn's images and video where the content list places them; the processor expands each pad
+token to the item's tokens (and, for video, the per-patch timestamps)."""
 
 
 def _interleaved_section(head_dim: int) -> list[int]:
