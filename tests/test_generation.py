@@ -1,7 +1,7 @@
 """Decoding follows the checkpoint's generation config through transformers' own logits processors, and keep-all is
 the documented HF usage token for token: ``processor.apply_chat_template(messages, add_generation_prompt=True)`` ->
 ``processor(...)`` -> ``model.generate`` with the real Qwen2-VL / Qwen2.5-VL / llava-1.5 chat templates and
-generation configs (``tests/data/hf``)."""
+generation configs (``tests/data/hf``), and with the real Qwen3-VL / LLaVA-OneVision / InternVL templates."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from vtprune.cli import main
 from vtprune.errors import ConfigError
 from vtprune.runtime.executor import prefill
 from vtprune.runtime.generation import decode
-from tests.adapters.hf import hf_processor, qwen_processor
+from tests.adapters.hf import hf_processor, processor_images, qwen_processor
 from tests.conftest import make_image
 
 HF = Path(__file__).parent / "data" / "hf"
@@ -90,7 +90,7 @@ def hf_usage(vlm, family, sample, monkeypatch, **generate_kwargs) -> list[int]:
         proc = hf_processor(vlm, monkeypatch)
     text = proc.apply_chat_template(sample.messages(), add_generation_prompt=True)
     kw = {"videos": [sample.video]} if sample.video is not None else {}
-    inputs = proc(text=[text], images=sample.images or None, return_tensors="pt", **kw)
+    inputs = proc(text=[text], images=processor_images(vlm, sample.images), return_tensors="pt", **kw)
     out = vlm.model.generate(**inputs, **generate_kwargs)
     return out[0, inputs["input_ids"].shape[1]:].tolist()
 
@@ -110,6 +110,18 @@ def test_keep_all_is_the_documented_hf_usage(real, case, monkeypatch):
     torch.manual_seed(3)
     sampled = hf_usage(vlm, family, sample, monkeypatch, max_new_tokens=6)
     assert vlm.generate([sample], seed=3, max_new_tokens=6)[0].tokens == sampled
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "llava_onevision", "internvl"])
+@pytest.mark.parametrize("case", ["one image", "several images", "system prompt", "second turn"])
+def test_keep_all_is_the_documented_hf_usage_newer_families(vlms, family, case, monkeypatch):
+    """The same recipe for the families added later, with their real chat templates (``random:*`` carry them) and
+    HF's own processors built from parts (``tests/adapters/hf.py``): keep-all greedy equals ``model.generate``."""
+    vlm = vlms[family]
+    sample = CASES[case]()
+    ref = hf_usage(vlm, family, sample, monkeypatch, do_sample=False, max_new_tokens=6)
+    assert vlm.generate([sample], do_sample=False, max_new_tokens=6)[0].tokens == ref
+    assert vlm.generate([sample], "none", do_sample=False, max_new_tokens=6)[0].tokens == ref
 
 
 def test_checkpoint_settings_are_the_defaults_and_overrides_win(real):
