@@ -57,8 +57,6 @@ def molmo2_processor(vlm: Any, monkeypatch: Any) -> Any:
 def llava_onevision_processor(vlm: Any, monkeypatch: Any) -> Any:
     """HF's ``LlavaOnevisionProcessor`` built from parts: the PIL image processor the model uses, no video processor
     (it needs torchvision); token counts from the model's config as the real checkpoint's processor_config sets them."""
-    import copy
-
     import transformers
     from transformers.processing_utils import ProcessorMixin
 
@@ -67,10 +65,8 @@ def llava_onevision_processor(vlm: Any, monkeypatch: Any) -> Any:
         None if arg is None or name == "video_processor" else check(self, name, arg)))
     cfg = vlm.model.config
     side = int(cfg.vision_config.image_size) // int(cfg.vision_config.patch_size)
-    tok = copy.deepcopy(vlm.tokenizer)  # the processor takes the tokenizer's image/video tokens when it names them
-    tok.image_token, tok.video_token = "<image>", "<video>"
     return transformers.LlavaOnevisionProcessor(
-        image_processor=vlm.image_processor, tokenizer=tok, video_processor=None,
+        image_processor=vlm.image_processor, tokenizer=vlm.tokenizer, video_processor=None,
         num_image_tokens=side * side, vision_feature_select_strategy=cfg.vision_feature_select_strategy,
         chat_template=vlm.adapter.template, image_token="<image>", video_token="<video>",
         vision_aspect_ratio=cfg.vision_aspect_ratio)
@@ -78,8 +74,9 @@ def llava_onevision_processor(vlm: Any, monkeypatch: Any) -> Any:
 
 def internvl_processor(vlm: Any, monkeypatch: Any) -> Any:
     """HF's ``InternVLProcessor`` built from parts: the PIL GOT-OCR2 image processor with ``crop_to_patches`` on (as
-    InternVL3-hf's preprocessor_config.json sets it), no video processor (it needs torchvision), and the tokenizer's
-    image tokens named as InternVL3-hf's tokenizer names them (``start_image_token`` ...)."""
+    InternVL3-hf's preprocessor_config.json sets it), no video processor (it needs torchvision); the random tokenizer
+    names its image tokens as InternVL3-hf's does (``start_image_token`` ...), their ids are looked up here (a real
+    tokenizer derives them from its ``extra_special_tokens``)."""
     import copy
 
     import transformers
@@ -87,10 +84,8 @@ def internvl_processor(vlm: Any, monkeypatch: Any) -> Any:
 
     monkeypatch.setattr(ProcessorMixin, "check_argument_for_proper_class", lambda self, name, arg: None)
     tok = copy.deepcopy(vlm.tokenizer)
-    for name, token in (("start_image_token", "<img>"), ("end_image_token", "</img>"),
-                        ("context_image_token", "<IMG_CONTEXT>")):
-        setattr(tok, name, token)
-        setattr(tok, name + "_id", tok.convert_tokens_to_ids(token))
+    for name in ("start_image_token", "end_image_token", "context_image_token"):  # named by the family spec
+        setattr(tok, name + "_id", tok.convert_tokens_to_ids(getattr(tok, name)))
     images = copy.deepcopy(vlm.image_processor)
     images.crop_to_patches = True
     return transformers.InternVLProcessor(image_processor=images, tokenizer=tok, video_processor=None,

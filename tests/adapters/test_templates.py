@@ -72,6 +72,28 @@ def test_known_prompts_of_the_real_templates(vlms):
     assert llava.adapter.prompt_text(sys) == "Be brief. USER: q ASSISTANT:"
 
 
+def test_known_prompts_of_the_newer_families(vlms):
+    """Known answers from the templates' sources (SOURCES.md): llava-hf OneVision's prompt as transformers'
+    ``test_chat_template`` expects it from llava-hf/llava-onevision-qwen2-7b-ov-hf; InternVL3-hf's ``<IMG_CONTEXT>``
+    line; Qwen3-VL-Instruct's (no default system turn). A checkpoint without a template falls back to its family's."""
+    s = Sample("What is shown in this image?", [make_image(56, 56)])
+    assert vlms["llava_onevision"].adapter.prompt_text(s) == (
+        "<|im_start|>user <image>\nWhat is shown in this image?<|im_end|><|im_start|>assistant\n")
+    assert vlms["internvl"].adapter.prompt_text(s) == (
+        "<|im_start|>user\n<IMG_CONTEXT>\nWhat is shown in this image?<|im_end|>\n<|im_start|>assistant\n")
+    assert vlms["qwen3_vl"].adapter.prompt_text(s) == (
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What is shown in this image?<|im_end|>\n"
+        "<|im_start|>assistant\n")
+    assert vlms["qwen3_vl"].adapter.prompt_text(Sample("q", system="Be brief.")).startswith(
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nq")
+    for fam in ("qwen3_vl", "llava_onevision", "internvl"):
+        a = vlms[fam].adapter
+        assert a.chat_template == shipped_template(fam) == shipped_template(a.fallback_template)
+    ov = vlms["llava_onevision"]
+    assert ov.tokenizer.decode(ov.adapter.followup_ids("why?")) == (
+        "<|im_start|>user \nwhy?<|im_end|><|im_start|>assistant\n")
+
+
 def test_checkpoint_template_lookup_order(tmp_path, vlms):
     """Processor-level files win over the tokenizer's template, as HF's processor reads them; none -> None."""
     tok = vlms["qwen2_vl"].tokenizer

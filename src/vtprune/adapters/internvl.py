@@ -1,8 +1,9 @@
 """Adapter for InternVL 3/3.5 in the HF layout (``InternVLForConditionalGeneration``): InternViT, pixel shuffle,
 an MLP projector, a Qwen2 LLM.
 
-- **Prompt**: ``<|im_start|>user\\n<img>{tokens}</img>\\n{question}<|im_end|>\\n<|im_start|>assistant\\n`` (the
-  processor's expansion of ``<image>``); positions are 1-D (``[1, B, L]``).
+- **Prompt**: the checkpoint's chat template (InternVL3-hf's:
+  ``<|im_start|>user\\n<IMG_CONTEXT>\\n{question}<|im_end|>\\n<|im_start|>assistant\\n``), each ``<IMG_CONTEXT>``
+  expanded to ``<img>{tokens}</img>`` as HF's processor does; positions are 1-D (``[1, B, L]``).
 - **Tiles + thumbnail**: the image processor cuts each image into a ``rows x cols`` grid of square tiles (the grid
   whose aspect is closest to the image's, between ``min_patches`` and ``max_patches`` tiles) and, when there is more
   than one tile, appends a thumbnail (the whole image at one tile's size). Every tile becomes ``s x s`` tokens
@@ -162,6 +163,7 @@ def _bench_config(shape: Shape, tok: Any, layers: int, vit_layers: int) -> Any:
 register_family(FamilySpec(
     name="internvl", model_class="InternVLForConditionalGeneration", random_config=_random_config,
     image_processor=image_processor, tokens=("<img>", "</img>", "<IMG_CONTEXT>"), chat_template=CHAT_TEMPLATE,
+    named_tokens={"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>"},
     bench_config=_bench_config, shapes=(
         # https://huggingface.co/OpenGVLab/InternVL3-8B-hf/blob/main/config.json (InternViT-300M-448px-V2.5 +
         # Qwen2.5-7B; 448 px tiles of 14 px patches, pixel-shuffled to 256 tokens a tile)

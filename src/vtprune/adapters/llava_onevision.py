@@ -1,7 +1,9 @@
 """Adapter for LLaVA-OneVision (``LlavaOnevisionForConditionalGeneration``): SigLIP tower, anyres crops, Qwen2 LLM.
 
-- **Prompt**: the checkpoint's chat template (llava-hf's: ``<|im_start|>user <image>\\n{question}<|im_end|><|im_start|>assistant\\n``), each ``<image>``
-  expanded to the image's features as HF's processor counts them. Positions are 1-D (``[1, B, L]``).
+- **Prompt**: the checkpoint's chat template (llava-hf's:
+  ``<|im_start|>user <image>\\n{question}<|im_end|><|im_start|>assistant\\n``), each ``<image>`` expanded to the
+  image's features as HF's processor counts them, the whole prompt tokenized in one call. Positions are 1-D
+  (``[1, B, L]``).
 - **Anyres**: a sample with one image gets the base view (the whole image resized to the tower's square input,
   ``s x s`` tokens) and then the high-resolution view: the image cut into tiles of the best grid
   (``image_grid_pinpoints``), their features laid side by side, the padding removed, and (above 9 tiles' worth,
@@ -235,7 +237,9 @@ def _bench_config(shape: Shape, tok: Any, layers: int, vit_layers: int) -> Any:
 
 register_family(FamilySpec(
     name="llava_onevision", model_class="LlavaOnevisionForConditionalGeneration", random_config=_random_config,
-    image_processor=image_processor, tokens=("<video>",), chat_template=CHAT_TEMPLATE, bench_config=_bench_config,
+    image_processor=image_processor, tokens=("<video>",),
+    named_tokens={"image_token": "<image>", "video_token": "<video>"},
+    chat_template=CHAT_TEMPLATE, bench_config=_bench_config,
     shapes=(
         # https://huggingface.co/llava-hf/llava-onevision-qwen2-7b-ov-hf/blob/main/config.json (Qwen2-7B LLM,
         # SigLIP-so400m/14-384 tower, 27 x 27 = 729 tokens per view, anyres_max_9 over 384 px tiles)

@@ -10,8 +10,8 @@ DeepStack, over a hybrid LLM of linear-attention (Gated DeltaNet) and full-atten
   saw (a sum over the sequence, not per-token keys), so a token cannot be removed from it the way one is removed
   from a KV cache; the layers after the cut would decode from a state that still holds the pruned tokens. Such cuts
   (FastV, PDrop, GlimpsePrune, any method with an ``llm`` stage) are refused with that reason.
-- **Prompt**: Qwen3-VL-Instruct's layout (:data:`vtprune.adapters.qwen3_vl.CHAT_TEMPLATE`); the real Qwen3.5
-  template (thinking turns) was not available offline.
+- **Prompt**: Qwen3-VL-Instruct's real template (:data:`vtprune.adapters.qwen3_vl.CHAT_TEMPLATE`); the real
+  Qwen3.5 template (thinking turns) was not available offline.
 """
 
 from __future__ import annotations
