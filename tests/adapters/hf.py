@@ -7,8 +7,9 @@ from typing import Any
 
 
 def qwen_processor(vlm: Any, monkeypatch: Any, video_processor: Any = None) -> Any:
-    """HF's Qwen2/2.5-VL processor built from parts: its video processor needs torchvision, so the constructor is
-    let through with none or a stand-in (ENV.md); text and images go through HF's own code."""
+    """HF's Qwen2/2.5/3-VL processor (Qwen3.5's is Qwen3-VL's) built from parts: its video processor needs
+    torchvision, so the constructor is let through with none or a stand-in (ENV.md); text and images go through HF's
+    own code."""
     import transformers
     from transformers.processing_utils import ProcessorMixin
 
@@ -16,7 +17,7 @@ def qwen_processor(vlm: Any, monkeypatch: Any, video_processor: Any = None) -> A
     monkeypatch.setattr(ProcessorMixin, "check_argument_for_proper_class", lambda self, name, arg: (
         None if arg is None or name == "video_processor" else check(self, name, arg)))
     cls = {"qwen2_5_vl": transformers.Qwen2_5_VLProcessor, "qwen2_vl": transformers.Qwen2VLProcessor,
-           "qwen3_vl": transformers.Qwen3VLProcessor}
+           "qwen3_vl": transformers.Qwen3VLProcessor, "qwen3_5": transformers.Qwen3VLProcessor}  # as AutoProcessor maps
     return cls[vlm.model.config.model_type](image_processor=vlm.image_processor, tokenizer=vlm.tokenizer,
                                             video_processor=video_processor, chat_template=vlm.adapter.template)
 

@@ -95,3 +95,20 @@ def test_cuts_inside_the_llm_are_refused_with_the_reason(q35, name):
         q35.generate(SAMPLES()[:1], vtprune.pruner(name, keep=0.25), max_new_tokens=1)
     with pytest.raises(UnsupportedModelError, match="'llm' site"):
         q35.generate(SAMPLES()[:1], vtprune.pruner("random", keep=0.25, layer=1), max_new_tokens=1)
+
+
+@pytest.mark.parametrize("name", ["one image", "two images", "system", "second turn", "text only"])
+def test_prompt_ids_and_keep_all_equal_hf_processor(q35, monkeypatch, name):
+    """Qwen3.5 is not in the shared fixture set: its prompt ids (with the template it carries, Qwen3-VL-Instruct's)
+    equal HF's processor's (``Qwen3VLProcessor``, as AutoProcessor maps ``qwen3_5``), and keep-all greedy equals
+    ``model.generate`` on that processor's output."""
+    from tests.adapters.hf import hf_processor
+    from tests.adapters.test_templates import CONVERSATIONS
+
+    s = CONVERSATIONS[name]
+    proc = hf_processor(q35, monkeypatch)
+    ref = proc(text=[proc.apply_chat_template(s.messages(), add_generation_prompt=True)], images=s.images or None,
+               return_tensors="pt")
+    assert q35.adapter.encode([s]).input_ids.tolist() == ref["input_ids"].tolist()
+    out = q35.model.generate(**ref, do_sample=False, max_new_tokens=5)[0, ref["input_ids"].shape[1]:].tolist()
+    assert q35.generate([s], do_sample=False, max_new_tokens=5)[0].tokens == out
