@@ -125,19 +125,26 @@ def test_keep_all_is_the_documented_hf_usage_newer_families(vlms, family, case, 
     assert vlm.generate([sample], "none", do_sample=False, max_new_tokens=6)[0].tokens == ref
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "transformers 5.23's Qwen3VLProcessor replaces only <|video_pad|>, so the template's own <|vision_start|> and "
-    "<|vision_end|> stay around the per-frame '<t seconds><|vision_start|>...<|vision_end|>' blocks (two extra "
-    "tokens); transformers 4.57, which Qwen3-VL was released with, replaced the whole "
-    "'<|vision_start|><|video_pad|><|vision_end|>', as vtprune does"))
-def test_qwen3_vl_video_against_hf_processor_known_difference(vlms, monkeypatch):
-    """Pinned so that a transformers release that restores the triple replacement (or a vtprune change) shows."""
+def test_qwen3_vl_video_against_hf_processor(vlms, monkeypatch):
+    """HF's ``Qwen3VLProcessor`` replaces only ``<|video_pad|>``, so the template's ``<|vision_start|>`` /
+    ``<|vision_end|>`` stay around the per-frame ``<t seconds><|vision_start|>...<|vision_end|>`` blocks; the
+    adapter writes the same ids, token types and M-RoPE positions."""
     vlm = vlms["qwen3_vl"]
     sample = CASES["video"]()
     proc = qwen_processor(vlm, monkeypatch, _VideoStandIn(vlm.adapter))
     inputs = proc(text=[proc.apply_chat_template(sample.messages(), add_generation_prompt=True)],
                   videos=[sample.video], return_tensors="pt")
-    assert vlm.adapter.encode([sample]).input_ids.tolist() == inputs["input_ids"].tolist()
+    batch = vlm.adapter.encode([sample])
+    assert batch.input_ids.tolist() == inputs["input_ids"].tolist()
+    assert batch.model_inputs["mm_token_type_ids"].tolist() == inputs["mm_token_type_ids"].tolist()
+    assert torch.equal(batch.visual_mask, inputs["input_ids"] == vlm.model.config.video_token_id)
+    ref_pos, _ = vlm.model.model.get_rope_index(
+        inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"], video_grid_thw=inputs["video_grid_thw"],
+        attention_mask=inputs["attention_mask"])
+    ours = vlm.adapter.positions(batch.input_ids, batch.attention_mask, batch.model_inputs)
+    assert torch.equal(ours[1:], ref_pos)  # row 0 is the text position, rows 1-3 M-RoPE t/h/w
+    ref = hf_usage(vlm, "qwen3_vl", sample, monkeypatch, do_sample=False, max_new_tokens=6)
+    assert vlm.generate([sample], do_sample=False, max_new_tokens=6)[0].tokens == ref
 
 
 def test_checkpoint_settings_are_the_defaults_and_overrides_win(real):

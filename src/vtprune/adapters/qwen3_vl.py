@@ -5,6 +5,9 @@
 - **Video**: every temporal patch (two frames) is preceded by its timestamp as text, ``<1.5 seconds>``, then
   ``<|vision_start|>`` + its ``h*w`` tokens + ``<|vision_end|>``, as HF's processor writes it. The timestamp of a
   patch is the mean time of its two frames at ``Sample.fps`` (2 fps, the processor's sampling rate, without one).
+  The per-patch blocks sit inside the template's own ``<|vision_start|>`` ... ``<|vision_end|>``: HF's
+  ``Qwen3VLProcessor`` (transformers 5.x, the pinned range) replaces only the inner ``<|video_pad|>`` and keeps that
+  wrapper (vLLM aligns to the same, vllm-project/vllm#46817); the two wrapper tokens are text, not visual tokens.
 - **DeepStack**: the vision tower also emits features from a few intermediate blocks
   (``deepstack_visual_indexes``); the stock text model adds level ``i`` to the visual tokens' hidden states right
   after decoder layer ``i``. Here they are :attr:`Embedded.injections`, added by the runtime to the visual tokens
@@ -78,8 +81,9 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
                                  min_pixels=lo, max_pixels=hi)
 
     def _expand_videos(self, text: str, grids: list[torch.Tensor], fps: float | None) -> str:
-        """Each ``<|vision_start|><|video_pad|><|vision_end|>`` the template placed becomes, per temporal patch, its
-        timestamp then its tokens (HF's ``Qwen3VLProcessor``)."""
+        """The ``<|video_pad|>`` of each ``<|vision_start|><|video_pad|><|vision_end|>`` the template placed becomes,
+        per temporal patch, its timestamp then its tokens; the template's wrapper stays around them, as HF's
+        ``Qwen3VLProcessor`` keeps it (see the module docstring)."""
         from vtprune.data.chat import replace_each
 
         tp, rate, m = self._temporal_patch, fps or DEFAULT_FPS, self.merge
@@ -87,8 +91,9 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
         for g in grids:
             t, n = int(g[0, 0]), int(g[0, 1]) * int(g[0, 2]) // (m * m)
             stamps = [(k * tp + (k * tp + tp - 1)) / 2 / rate for k in range(t)]  # HF's _calculate_timestamps
-            texts.append("".join(f"<{s:.1f} seconds><|vision_start|>" + "<|video_pad|>" * n + "<|vision_end|>"
-                                 for s in stamps))
+            texts.append("<|vision_start|>" + "".join(
+                f"<{s:.1f} seconds><|vision_start|>" + "<|video_pad|>" * n + "<|vision_end|>" for s in stamps)
+                + "<|vision_end|>")
         return replace_each(text, "<|vision_start|><|video_pad|><|vision_end|>", texts, "video")
 
     def vision_plan(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> VisionPlan:
