@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.plus.helpers import stub_server
+from tests.training.plus.helpers import stub_server
 from vtprune.errors import ConfigError
 from vtprune.training.rewards import (JudgeClient, JudgeError, box_iou, box_reward, choice_letter, first_number,
                                       get_reward, numeric_match, parse_score, reward_for, single_choice)

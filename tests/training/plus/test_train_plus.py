@@ -15,10 +15,10 @@ from safetensors.torch import load_file
 
 from tests.conftest import make_image
 from tests.methods.glimpse.helpers import small_pruner
-from tests.plus.helpers import image_set, stub_server
+from tests.training.plus.helpers import image_set, stub_server
 from vtprune.training.plus import PlusConfig, train_plus
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+SRC = Path(__file__).resolve().parents[3] / "src"
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.methods.glimpse.helpers import small_pruner
-from tests.plus.helpers import image_set
+from tests.training.plus.helpers import image_set
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _free_port() -> int:
