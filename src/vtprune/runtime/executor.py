@@ -345,17 +345,15 @@ class PrefillSession:
             idx = self.last_index.to(cos_sin[0].device)
             cos_sin = (ops.gather_seq(cos_sin[0], idx, 1), ops.gather_seq(cos_sin[1], idx, 1))
         self.last_index = None
-        if seq.blocks is not None:  # the family's bidirectional blocks among the tokens still in the sequence
-            mask = create_causal_mask(config=adapter.text_config, inputs_embeds=seq.hidden, attention_mask=seq.mask,
-                                      past_key_values=None, position_ids=adapter.layer_position_ids(seq.positions),
-                                      block_sequence_ids=seq.blocks, allow_is_causal_skip=False)
-        elif not seq.padded:  # known on the host: plain causal attention, found without reading the mask
+        if seq.blocks is None and not seq.padded:  # known on the host: plain causal, found without reading the mask
             mask = create_causal_mask(config=adapter.text_config, inputs_embeds=seq.hidden, attention_mask=None,
                                       past_key_values=None, position_ids=None)
-        else:  # padding: the causal shortcut cannot apply, so transformers need not read the mask to check it
+        else:  # padding or the family's bidirectional blocks (among the tokens still in the sequence): the causal
+            # shortcut cannot apply, so transformers need not read the mask to check it
+            blocks = {} if seq.blocks is None else {"block_sequence_ids": seq.blocks}
             mask = create_causal_mask(config=adapter.text_config, inputs_embeds=seq.hidden, attention_mask=seq.mask,
                                       past_key_values=None, position_ids=adapter.layer_position_ids(seq.positions),
-                                      allow_is_causal_skip=False)
+                                      allow_is_causal_skip=False, **blocks)
         return cos_sin, self.policy.layer_mask(self, mask)
 
     def run_layers(self) -> None:
