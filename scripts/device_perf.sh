@@ -14,9 +14,7 @@ cd "$(dirname "$0")/.."
 budget=${1:-540}
 t_end=$(( $(date +%s) + budget ))
 source scripts/device_env.sh
-export PYTHONUNBUFFERED=1
 mkdir -p "$OUT/bench"
-VT=("$PY" -c 'import sys; from vtprune.cli import main; sys.exit(main(sys.argv[1:]))')
 left() { local s=$(( t_end - $(date +%s) - 10 )); echo $(( s > 1 ? s : 1 )); }
 
 s7=qwen2_5_vl-7b

@@ -12,9 +12,7 @@ cd "$(dirname "$0")/.."
 budget=${1:-560}
 t_end=$(( $(date +%s) + budget ))
 source scripts/device_env.sh
-export PYTHONUNBUFFERED=1
 mkdir -p "$OUT/bench"
-VT=("$PY" -c 'import sys; from vtprune.cli import main; sys.exit(main(sys.argv[1:]))')
 
 if [ -n "${DRY:-}" ]; then
   small=(--layers 1 --vit-layers 4 --repeat 1 --warmup 0 --new-tokens 2)
