@@ -44,15 +44,18 @@ def test_splits_are_disjoint(tmp_path):
     assert not {digest(r.images[0]) for r in train} & {digest(r.images[0]) for r in val}
 
 
-def test_fresh_draw_is_disjoint_from_every_other_image_set(tmp_path):
-    """``image-fresh`` (RL data no zoo model saw) has its own set seed and shares no scene with val/test/train."""
+@pytest.mark.parametrize("name", ["image-fresh", "image-dev"])
+def test_later_draws_are_disjoint_from_every_other_image_set(tmp_path, name):
+    """``image-fresh`` (RL data no zoo model saw) and ``image-dev`` (selection for what is trained on it) have their
+    own set seeds and share no scene with each other or with train/val/test."""
     seeds = [s.seed for s in sets.SETS.values()]
     assert len(seeds) == len(set(seeds))  # every set its own seed, so sample seeds "<modality>:<seed>:<i>" never meet
-    fresh = read_jsonl(sets.write_set("image-fresh", tmp_path / "f", n=10))
-    seen = {digest(r.images[0]) for r in fresh}
-    for name in ("image-train", "image-val", "image-test"):
-        other = read_jsonl(sets.write_set(name, tmp_path / name, n=10))
-        assert not seen & {digest(r.images[0]) for r in other}
+    mine = read_jsonl(sets.write_set(name, tmp_path / name, n=10))
+    seen = {digest(r.images[0]) for r in mine}
+    for other_name in ("image-train", "image-val", "image-test", "image-fresh", "image-dev"):
+        if other_name != name:
+            other = read_jsonl(sets.write_set(other_name, tmp_path / other_name, n=10))
+            assert not seen & {digest(r.images[0]) for r in other}
 
 
 def test_video_set_records_load(tmp_path):
