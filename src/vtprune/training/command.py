@@ -190,8 +190,12 @@ def plus(
     lora_r: int = typer.Option(32, "--lora-r"),
     lora_alpha: int = typer.Option(64, "--lora-alpha"),
     lora_dropout: float = typer.Option(0.05, "--lora-dropout"),
-    reward: str = typer.Option("exact", "--reward", help="exact | vqa | anls | numeric | choice | iou | judge "
-                               "(a record's 'reward' key overrides it)."),
+    reward: str = typer.Option("exact", "--reward", help="exact | vqa | anls | nls | numeric | choice | iou | "
+                               "judge (a record's 'reward' key, then --type-reward, overrides it). nls: partial "
+                               "credit, 1 - edit distance / longer length (ANLS without its 0.5 cut-off)."),
+    type_reward: list[str] = typer.Option([], "--type-reward", help="TYPE=NAME (repeatable): the reward of "
+                                          "records whose 'type' is TYPE, e.g. document=nls; a record's own "
+                                          "'reward' key still wins."),
     judge_url: Optional[str] = typer.Option(None, "--judge-url", help="OpenAI-compatible API root for the judge "
                                             "reward, e.g. http://127.0.0.1:8000/v1."),
     judge_model: str = typer.Option("judge", "--judge-model"),
@@ -213,12 +217,14 @@ def plus(
 ) -> None:
     """GlimpsePrune+: GRPO on a LoRA adapter with the pruner active (stage 1), then retrain the pruner (stage 2)."""
     from vtprune.training.plus import PlusConfig, train_plus
+    from vtprune.training.rewards import parse_type_rewards
 
     _progress_to_stderr()
     cfg = PlusConfig(model=model, pruner=pruner, data=list(data), out=out, stage=stage, steps=steps,
                      batch_size=batch_size, group=group, temperature=temperature, max_new_tokens=max_new_tokens,
                      kl_weight=kl_weight, lr=lr, warmup=warmup, lora_r=lora_r, lora_alpha=lora_alpha,
-                     lora_dropout=lora_dropout, reward=reward, judge_url=judge_url, judge_model=judge_model,
+                     lora_dropout=lora_dropout, reward=reward,
+                     type_rewards=parse_type_rewards(list(type_reward)), judge_url=judge_url, judge_model=judge_model,
                      judge_timeout=judge_timeout, seed=seed, save_steps=save_steps, log_steps=log_steps,
                      resume=resume, stop_after=stop_after, adapter=adapter, stage2_steps=stage2_steps,
                      stage2_lr=stage2_lr, stage2_batch_size=stage2_batch_size, stage2_mode=stage2_mode,

@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,8 @@ class PlusConfig:
     lora_dropout: float = 0.05
     reward: str = "exact"
     """Default reward (a record's ``reward`` key overrides it): one of :data:`vtprune.training.rewards.NAMES`."""
+    type_rewards: dict[str, str] = field(default_factory=dict)
+    """Reward per task type (a record's ``type``), between its ``reward`` key and ``reward``: ``{"document": "nls"}``."""
     judge_url: str | None = None
     judge_model: str = "judge"
     judge_timeout: float = 30.0
@@ -129,6 +131,9 @@ class PlusConfig:
             raise ConfigError("--lora-dropout and --warmup must be in [0, 1)")
         if self.reward not in REWARD_NAMES:
             raise ConfigError(f"--reward must be one of {', '.join(REWARD_NAMES)}, got {self.reward!r}")
+        bad = {k: v for k, v in self.type_rewards.items() if v not in REWARD_NAMES}
+        if bad:
+            raise ConfigError(f"--type-reward names must be in {', '.join(REWARD_NAMES)}, got {bad}")
         if self.stop_after is not None and self.stop_after < 1:
             raise ConfigError(f"--stop-after must be >= 1, got {self.stop_after}")
         if self.stage == "2" and self.adapter is None:
@@ -328,7 +333,8 @@ def train_stage1(cfg: PlusConfig, vlm: Any, method: Any, records: Any, accelerat
         with accelerator.autocast():  # the launch config's mixed precision (bf16 in configs/accelerate/ddp.yaml)
             ro = rollout(vlm, method, samples, cfg.group, cfg.temperature, cfg.max_new_tokens, seeds)
         t_roll = time.perf_counter() - t0
-        rewards = torch.tensor([reward_for(recs[j // cfg.group], cfg.reward, judge)(ro.texts[j], recs[j // cfg.group])
+        fns = [reward_for(r, cfg.reward, judge, cfg.type_rewards) for r in recs]
+        rewards = torch.tensor([fns[j // cfg.group](ro.texts[j], recs[j // cfg.group])
                                 for j in range(len(ro.texts))])
         adv = grpo.group_advantages(rewards, cfg.group)
         flat = grpo.flat_groups(rewards, cfg.group)  # [N] bool

@@ -3,11 +3,14 @@
 Each reward is ``fn(completion, record) -> float``; ``record`` is the training sample (a
 :class:`vtprune.data.dataset.Record` or anything with ``answers``, ``type``, ``boxes``, ``extra``). The official recipe
 picks the reward per dataset entry; here :func:`reward_for` does the same from the record's ``reward`` key (an extra
-JSONL key), else from ``--reward``.
+JSONL key), else from its task type (``--type-reward TYPE=NAME``), else from ``--reward``.
 
 - ``exact``: normalised exact match (:func:`vtprune.eval.metrics.exact_match`).
 - ``vqa``: VQA accuracy, ``min(1, #matching answers / 3)`` (:func:`vtprune.eval.metrics.vqa_accuracy`).
 - ``anls``: ANLS with threshold 0.5 (:func:`vtprune.eval.metrics.anls`).
+- ``nls``: partial credit by edit distance, ``1 - Levenshtein / longer length`` on normalised strings (ANLS without
+  its 0.5 cut-off, :func:`nls`): a two-character answer with one character wrong scores 0.5, where exact match and
+  ANLS give 0, so short answers read nearly right (a table's "57" for "58") still separate a group's completions.
 - ``numeric``: 1 when the first number in the completion lies within ``rel_tol`` (relative, default 1%) or
   ``abs_tol`` of an answer's number, else 0.
 - ``choice``: single choice; the completion's option letter (``"B"``, ``"(B)"``, ``"B. cat"``, ``"Answer: B"``)
@@ -83,6 +86,12 @@ def single_choice(completion: str, answers: list[str]) -> float:
         if want is None and exact_match(completion, [a]):
             return 1.0
     return 0.0
+
+
+def nls(prediction: str, answers: list[str]) -> float:
+    """Normalised Levenshtein similarity: max over answers of ``1 - distance / longer length`` on
+    :func:`~vtprune.eval.metrics.normalize`d strings (ANLS with no cut-off; 1.0 exactly when exact match is 1)."""
+    return anls(normalize(prediction), [normalize(a) for a in answers], threshold=1.0)
 
 
 def box_iou(a: list[float], b: list[float]) -> float:
@@ -195,6 +204,7 @@ REWARDS: dict[str, Reward] = {
     "exact": lambda c, r: exact_match(c, r.answers),
     "vqa": lambda c, r: vqa_accuracy(c, r.answers),
     "anls": lambda c, r: anls(c, r.answers),
+    "nls": lambda c, r: nls(c, r.answers),
     "numeric": lambda c, r: numeric_match(c, r.answers),
     "choice": lambda c, r: single_choice(c, r.answers),
     "iou": lambda c, r: box_reward(c, list(getattr(r, "boxes", []) or [])),
@@ -202,10 +212,24 @@ REWARDS: dict[str, Reward] = {
 NAMES = (*REWARDS, "judge")
 
 
-def reward_for(record: Any, default: str, judge: JudgeClient | None = None) -> Reward:
-    """The reward of one record: its ``reward`` key (a JSONL extra) if it has one, else ``default``."""
-    name = (getattr(record, "extra", None) or {}).get("reward", default)
+def reward_for(record: Any, default: str, judge: JudgeClient | None = None,
+               by_type: dict[str, str] | None = None) -> Reward:
+    """The reward of one record: its ``reward`` key (a JSONL extra) if it has one, else ``by_type[record.type]``
+    if its task type is there, else ``default``."""
+    fallback = (by_type or {}).get(getattr(record, "type", None) or "", default)
+    name = (getattr(record, "extra", None) or {}).get("reward", fallback)
     return get_reward(str(name), judge)
+
+
+def parse_type_rewards(items: list[str]) -> dict[str, str]:
+    """``["document=nls", "attribute=exact"]`` -> ``{"document": "nls", ...}``; a bad item raises ConfigError."""
+    out: dict[str, str] = {}
+    for item in items:
+        kind, sep, name = item.partition("=")
+        if not sep or not kind.strip() or name.strip() not in NAMES:
+            raise ConfigError(f"--type-reward takes TYPE=NAME with NAME one of {', '.join(NAMES)}, got {item!r}")
+        out[kind.strip()] = name.strip()
+    return out
 
 
 def get_reward(name: str, judge: JudgeClient | None = None) -> Reward:

@@ -10,11 +10,12 @@ import pytest
 from tests.training.plus.helpers import stub_server
 from vtprune.errors import ConfigError
 from vtprune.training.rewards import (JudgeClient, JudgeError, box_iou, box_reward, choice_letter, first_number,
-                                      get_reward, numeric_match, parse_score, reward_for, single_choice)
+                                      get_reward, numeric_match, parse_score, parse_type_rewards, reward_for,
+                                      single_choice)
 
 
-def rec(*answers: str, boxes=(), reward=None, question="q?"):
-    return SimpleNamespace(question=question, answers=list(answers), boxes=list(boxes),
+def rec(*answers: str, boxes=(), reward=None, question="q?", type=None):
+    return SimpleNamespace(question=question, answers=list(answers), boxes=list(boxes), type=type,
                            extra={"reward": reward} if reward else {})
 
 
@@ -26,6 +27,30 @@ def test_exact_vqa_anls_by_name():
     # ANLS: "hello" vs "hallo" -> 1 edit / 5 = 0.2 < 0.5 -> 0.8
     assert get_reward("anls")("hello", rec("hallo")) == pytest.approx(0.8)
     assert get_reward("anls")("xyz", rec("hallo")) == 0.0
+
+
+def test_nls_partial_credit():
+    nls = get_reward("nls")
+    assert nls("58", rec("57")) == pytest.approx(0.5)  # one of two characters wrong: ANLS and exact give 0
+    assert get_reward("anls")("58", rec("57")) == 0.0
+    assert nls("The 57.", rec("57")) == 1.0  # normalised as exact match is: 1.0 exactly when exact match is 1
+    assert nls("down", rec("16")) == 0.0
+    assert nls("123", rec("124", "923")) == pytest.approx(2 / 3)  # the best answer counts
+    assert nls("", rec("57")) == 0.0
+    assert nls("blue", rec("blue!")) == 1.0
+
+
+def test_reward_by_task_type():
+    by_type = {"document": "nls"}
+    assert reward_for(rec("57", type="document"), "exact", by_type=by_type)("58", rec("57")) == pytest.approx(0.5)
+    assert reward_for(rec("57", type="counting"), "exact", by_type=by_type)("58", rec("57")) == 0.0
+    assert reward_for(rec("57"), "exact", by_type=by_type)("58", rec("57")) == 0.0  # no type: the default
+    # a record's own reward key wins over its type's
+    assert reward_for(rec("5", type="document", reward="numeric"), "exact", by_type=by_type)("5.01", rec("5")) == 1.0
+    assert parse_type_rewards(["document=nls", " attribute = exact "]) == {"document": "nls", "attribute": "exact"}
+    for bad in ("document", "=nls", "document=bleu"):
+        with pytest.raises(ConfigError, match="--type-reward"):
+            parse_type_rewards([bad])
 
 
 def test_numeric_tolerance():

@@ -147,6 +147,7 @@ def test_sharded_launches_are_refused():
 
 @pytest.mark.parametrize("args,match", [(["--group", "1"], "--group must be >= 2"),
                                         (["--reward", "bleu"], "--reward must be one of"),
+                                        (["--type-reward", "document=bleu"], "--type-reward takes TYPE=NAME"),
                                         (["--temperature", "0"], "--temperature must be > 0"),
                                         (["--stage", "2"], "--stage 2 needs --adapter"),
                                         (["--stage", "3"], "--stage must be one of")])
