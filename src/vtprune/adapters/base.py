@@ -388,10 +388,13 @@ class Adapter:
         those hidden states recorded."""
         raise self.unsupported("per-token vision features")
 
-    def record_token_features(self, batch: EncodedBatch, hidden_states: Sequence[int]
+    def record_token_features(self, batch: EncodedBatch, hidden_states: Sequence[int],
+                              reduce: Callable[[int, torch.Tensor], torch.Tensor] | None = None
                               ) -> contextlib.AbstractContextManager[dict[int, torch.Tensor]]:
         """Around :meth:`embed`: yields a dict that holds, once the block exits, what :meth:`vision_token_features`
-        returns for ``hidden_states`` (nothing for a batch without images)."""
+        returns for ``hidden_states`` (nothing for a batch without images), each level passed through
+        ``reduce(index, features [N, Dv] float32)`` (a per-token map) as soon as it is recorded, so that only its
+        result is held while the tower goes on."""
         raise self.unsupported("per-token vision features recorded while the tower runs")
 
     def check_images(self, samples: list[Sample]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
@@ -343,18 +343,21 @@ class Qwen2VLAdapter(Adapter):
         if "video" in vision:
             raise self.unsupported("per-token vision features of video")
         hs = vision["image"].hidden_states
-        means = {i: self._unit_means(hs[i]) for i in hidden_states if 0 <= i < len(hs) and hs[i] is not None}
+        means = {i: self._unit_means(hs[i]).float() for i in hidden_states
+                 if 0 <= i < len(hs) and hs[i] is not None}
         return self._per_token(batch, means)  # indices not recorded: absent
 
     records_token_features = True
 
     @contextlib.contextmanager
-    def record_token_features(self, batch: EncodedBatch, hidden_states: Sequence[int]
+    def record_token_features(self, batch: EncodedBatch, hidden_states: Sequence[int],
+                              reduce: Callable[[int, torch.Tensor], torch.Tensor] | None = None
                               ) -> Iterator[dict[int, torch.Tensor]]:
         """Hooks on the tower's blocks keep only each level's merge-group means (``hidden_states[i]``: the input of
         block ``i``, the output of block ``i - 1``): a unit's ``merge**2`` rows are contiguous in the blocks' order,
         so the mean is taken as the block finishes and the per-patch state is never held (at 2048 tokens a
-        Qwen2.5-VL level is 8192 x 1280 per patch, 4x its means). Images only."""
+        Qwen2.5-VL level is 8192 x 1280 per patch, 4x its means), and ``reduce`` (per unit, so before the window
+        order is undone) keeps only what it returns. Images only."""
         if "pixel_values_videos" in batch.model_inputs:
             raise self.unsupported("per-token vision features of video")
         blocks = self.vision_tower.blocks
@@ -363,7 +366,8 @@ class Qwen2VLAdapter(Adapter):
         def keep(i: int) -> Any:
             def hook(module: Any, args: Any, kwargs: Any, *output: Any) -> None:
                 h = output[0] if output else (args[0] if args else kwargs["hidden_states"])
-                means[i] = self._unit_means(h[0] if isinstance(h, tuple) else h)
+                m = self._unit_means(h[0] if isinstance(h, tuple) else h).float()
+                means[i] = m if reduce is None else reduce(i, m)
 
             return hook
 
@@ -383,7 +387,7 @@ class Qwen2VLAdapter(Adapter):
         return h.reshape(-1, self.merge * self.merge, h.shape[-1]).mean(dim=1)
 
     def _per_token(self, batch: EncodedBatch, means: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-        """Per-unit means in the tower's order -> ``[B, Nv0, Dv]`` float32 in each sample's visual-token order."""
+        """Per-unit rows in the tower's order -> ``[B, Nv0, ...]`` in each sample's visual-token order."""
         from vtprune.adapters.vit_attention import per_sample
 
         if not means:
@@ -403,7 +407,7 @@ class Qwen2VLAdapter(Adapter):
         out = {}
         for i, h in means.items():
             h = h if back is None else h[back.to(h.device)]
-            out[i] = per_sample(batch, {"image": list(h.float().split(sizes))}, kinds)
+            out[i] = per_sample(batch, {"image": list(h.split(sizes))}, kinds)
         return out
 
     def rope(self, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,8 @@ A method declares
   adapter's per-token ViT features of the hidden states :meth:`Pruner.vision_hidden_states` names, in
   ``Context.vision["token_features"]`` (recorded while the tower runs where the adapter can, else read from the
   recorded hidden states; either way the tower's own outputs are not kept unless ``"vision_outputs"`` is
-  required); ``"keys"``: the stage layer's cached keys);
+  required, and each level is kept as :meth:`Pruner.token_features` reduces it); ``"keys"``: the stage layer's
+  cached keys);
 - ``merges``: whether it also rewrites the hidden states of the tokens it keeps (token merging, :meth:`Pruner.merge`);
 - ``trainable`` and ``modalities``, for listings.
 """
@@ -345,6 +346,15 @@ class Pruner:
         features); every block's output of a large image or video is a tensor the size of the ViT's activations,
         33 of them on Qwen2.5-VL."""
         return None
+
+    def token_features(self, level: int, feats: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """With ``"vision_features"`` required: what the runtime keeps of ViT level ``level`` (an index of
+        :meth:`vision_hidden_states`), given its per-token features ``[..., Dv]`` float32 as soon as the level is
+        recorded; ``dtype`` is the model's (the LLM hidden states'). The result is what
+        ``Context.vision["token_features"][level]`` holds until the method's last stage. It must treat each token on
+        its own (a per-token map), so that it commutes with laying tokens out per sample. Default: the features as
+        they are. GlimpsePrune keeps its VIP's projection of the level (narrower than the ViT)."""
+        return feats
 
     def vit_bias_blocks(self) -> int:
         """At the ``vit`` site: vision blocks after the cut that still run on every patch because the decision's

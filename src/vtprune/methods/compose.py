@@ -98,6 +98,12 @@ class Compose(Pruner):
         owner = self._extra_owner()
         return owner.before_layer(layer, extra) if owner is not None else extra
 
+    def token_features(self, level: int, feats: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        readers = [m for m in self.methods if "vision_features" in m.requires]
+        if len(readers) > 1:
+            raise ConfigError("compose: at most one member may read per-token ViT features")
+        return readers[0].token_features(level, feats, dtype) if readers else feats
+
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.name, "methods": [m.to_dict() for m in self.methods]}
 

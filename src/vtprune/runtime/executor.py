@@ -264,9 +264,15 @@ class PrefillSession:
             wanted = method.vision_hidden_states()  # None: a method that cannot say (a composition): all of them
             levels = sorted(wanted) if wanted is not None else list(range(adapter.vision_geometry().depth + 1))
         hooked = levels is not None and adapter.records_token_features
+        dtype = adapter.model.get_input_embeddings().weight.dtype  # the LLM hidden states'
+
+        def reduce(level: int, feats: torch.Tensor) -> torch.Tensor:  # what the method keeps of a recorded level
+            return method.token_features(level, feats, dtype)
+
         vit = vision.vit_stage(self.stages)
         vit_keep = None
-        with (adapter.record_token_features(batch, levels) if hooked else contextlib.nullcontext({})) as recorded:
+        with (adapter.record_token_features(batch, levels, reduce) if hooked else contextlib.nullcontext({})
+              ) as recorded:
             if vit is not None:
                 emb, vit_keep, _ = vision.embed_with_vit(adapter, batch, method, vit, vision_outputs=want_vision)
             else:
@@ -274,7 +280,8 @@ class PrefillSession:
         if "vision_attention" in requires and emb.vision:
             emb.vision.update(adapter.vision_token_stats(batch, emb.vision))
         if levels is not None and (recorded or emb.vision):
-            features = recorded if hooked else adapter.vision_token_features(batch, emb.vision, levels)
+            features = recorded if hooked else {
+                i: reduce(i, f) for i, f in adapter.vision_token_features(batch, emb.vision, levels).items()}
             if not requires & {"vision_outputs", "vision_attention"}:  # recorded for the features only
                 emb.vision.clear()
             emb.vision["token_features"] = features

@@ -147,3 +147,27 @@ def test_cond_attention_unmasked_fast_path_equals_the_attention_it_replaces():
         out = att(x, c, signed, part)
         torch.testing.assert_close(out[0], ref[0], rtol=1e-5, atol=1e-5)
         assert not torch.allclose(out[1], ref[1])
+
+
+def test_vip_on_conditioned_levels_equals_the_vip_on_raw_levels():
+    """The runtime hands the VIP each level already conditioned (``VIP.condition``, applied as the level is
+    recorded): the logits equal those from the raw levels exactly, with and without conditioning width."""
+    mods = _mods()
+    attn, conds, pos, valid = _inputs()
+    with torch.no_grad():
+        ref = mods.vip(attn, conds, pos, valid)
+        out = mods.vip(attn, [mods.vip.condition(i, c) for i, c in enumerate(conds)], pos, valid, conditioned=True)
+        assert torch.equal(out, ref)
+        bare = GlimpseModules(GlimpseConfig(**{**CFG.to_dict(), "cond_size": 0, "vip_size": 16})).eval()
+        kept = [bare.vip.condition(i, c) for i, c in enumerate(conds)]
+        assert [k.shape[-1] for k in kept] == [0, 0]  # nothing to hold without conditioning
+        assert torch.equal(bare.vip(attn, kept, pos, valid, conditioned=True), bare.vip(attn, conds, pos, valid))
+
+
+def test_vision_blocks_must_be_distinct():
+    import pytest
+
+    from vtprune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="distinct"):
+        GlimpseConfig(**{**CFG.to_dict(), "vision_blocks": [1, 1]})

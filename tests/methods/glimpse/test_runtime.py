@@ -212,3 +212,56 @@ def test_vit_levels_recorded_as_means_equal_the_per_patch_states_merged(vlms, th
     assert sorted(means) == sorted(ref) == levels
     for i in levels:
         assert means[i].shape == ref[i].shape and torch.equal(means[i], ref[i])
+
+
+@pytest.mark.parametrize("fam", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl"])
+def test_vit_levels_conditioned_as_recorded_equal_the_conditioning_of_the_recorded_means(vlms, three_samples, fam):
+    """GlimpsePrune keeps each ViT level as its VIP's conditioning (``token_features``, applied by the adapter's hook
+    as the level is recorded, in the tower's order): on every visual token it equals the conditioning of the
+    recorded means laid out per sample, exactly; padding rows hold zeros; a level the VIP does not read keeps
+    nothing."""
+    vlm = vlms[fam]
+    adapter, m = vlm.adapter, small_pruner(vlm, keep=0.5)
+    batch = adapter.encode(three_samples + [vtprune.Sample("two", [make_image(56, 84, 4), make_image(84, 56, 5)])])
+    read = list(m.vision_hidden_states())
+    levels = sorted({0, *read})
+    C = m.config.cond_size
+    with torch.no_grad():
+        with adapter.record_token_features(batch, levels, lambda i, f: m.token_features(i, f, torch.float32)) as kept:
+            adapter.embed(batch)
+        with adapter.record_token_features(batch, levels) as means:
+            adapter.embed(batch)
+    counts = batch.visual_mask.sum(1).tolist()
+    for i in levels:
+        if i not in read:
+            assert kept[i].shape[-1] == 0
+            continue
+        ref = m.token_features(i, means[i], torch.float32)
+        assert kept[i].shape == (*means[i].shape[:2], C)
+        for b, n in enumerate(counts):
+            assert torch.equal(kept[i][b, :n], ref[b, :n])
+            assert not kept[i][b, n:].any()
+
+
+def test_the_prune_step_holds_the_conditioned_levels_only(vlms):
+    """What the glimpse stage receives (and what was held since the tower ran): C-wide rows per level it reads,
+    not the ViT's Dv-wide means; the logits equal the VIP's on the unconditioned levels (tested exactly above)."""
+    from vtprune.methods.glimpse import method as gm
+
+    vlm = vlms["qwen2_5_vl"]
+    m = small_pruner(vlm, keep=0.5)
+    widths = []
+    real = gm.GlimpsePruner._packed_logits
+
+    def spy(self, ctx):
+        widths.append({i: f.shape[-1] for i, f in ctx.vision["token_features"].items()})
+        return real(self, ctx)
+
+    gm.GlimpsePruner._packed_logits = spy
+    try:
+        with torch.no_grad():
+            vlm.prefill([vtprune.Sample("what is left of the square?", [make_image(112, 84, 5)])], m)
+    finally:
+        gm.GlimpsePruner._packed_logits = real
+    assert m.config.cond_size < m.config.vision_hidden_size
+    assert widths == [{i: m.config.cond_size for i in m.vision_hidden_states()}]

@@ -87,6 +87,8 @@ class GlimpseConfig:
             raise ConfigError(f"le_layers must contain 0 and lie in 0..{self.num_layers - 1}, got {self.le_layers}")
         if not self.vision_blocks:
             raise ConfigError("vision_blocks must name at least one ViT block")
+        if len(set(self.vision_blocks)) != len(self.vision_blocks):  # each level is conditioned once, as recorded
+            raise ConfigError(f"vision_blocks must be distinct, got {self.vision_blocks}")
         qk = self.vip_size + self.cond_size
         if qk % self.vip_heads or (qk // self.vip_heads) % 4:
             raise ConfigError(f"(vip_size + cond_size) / vip_heads must be a multiple of 4, got {qk}/{self.vip_heads}")

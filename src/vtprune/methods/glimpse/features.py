@@ -1,8 +1,9 @@
 """GlimpsePrune's inputs and its selection rule, as pure functions of the runtime's :class:`Context`.
 
 - :func:`glimpse_attention`: the glimpse query's per-head scores on each visual token ``[B, Nv, H]``.
-- :func:`vision_levels`: multi-level ViT features aligned with the context's visual tokens ``[B, Nv, Dv]`` (the
-  adapter's per-token features: :meth:`vtprune.adapters.base.Adapter.vision_token_features`).
+- :func:`vision_levels`: the VIP's conditioning of multi-level ViT features, aligned with the context's visual tokens
+  ``[B, Nv, C]`` (the adapter's per-token features, :meth:`vtprune.adapters.base.Adapter.vision_token_features`,
+  projected as they are recorded).
 - :class:`Groups`: packs a sample's tokens per image into ``[G, M]`` rows (the VIP attends within one image).
 - :func:`select_tokens`: threshold / cap / floor / fixed-ratio selection per image.
 """
@@ -34,8 +35,10 @@ def glimpse_attention(ctx: Context, use_logits: bool) -> torch.Tensor:
 
 
 def vision_levels(ctx: Context, cfg: GlimpseConfig) -> list[torch.Tensor]:
-    """One ``[B, Nv, Dv]`` float32 tensor per entry of ``cfg.vision_blocks``, aligned with ``ctx.visual_ids``: the
-    adapter's per-token ViT features (``ctx.vision["token_features"]``, the ``"vision_features"`` requirement)."""
+    """One ``[B, Nv, C]`` tensor per entry of ``cfg.vision_blocks``, aligned with ``ctx.visual_ids``: the VIP's
+    conditioning of the adapter's per-token ViT features, kept as each level was recorded
+    (``ctx.vision["token_features"]``, the ``"vision_features"`` requirement, reduced by
+    :meth:`GlimpsePruner.token_features`); zeros on padding entries."""
     if "video" in ctx.vision:
         raise InputError("glimpse prunes image tokens only; this batch has a video")
     feats = ctx.vision.get("token_features")
@@ -48,9 +51,6 @@ def vision_levels(ctx: Context, cfg: GlimpseConfig) -> list[torch.Tensor]:
         if f is None:
             raise ConfigError(f"this glimpse pruner (for a {cfg.family} model) reads ViT block {blk}, which this "
                               "model's ViT does not have")
-        if f.shape[-1] != cfg.vision_hidden_size:
-            raise ConfigError(f"this glimpse pruner was trained for a {cfg.family} model with a "
-                              f"{cfg.vision_hidden_size}-wide ViT; it does not fit this model")
         if ids is None:  # every level has the same tokens
             ids = ctx.visual_ids.clamp(0, max(f.shape[1] - 1, 0)).to(f.device).unsqueeze(-1)
         rows = f.gather(1, ids.expand(-1, -1, f.shape[-1]))

@@ -202,6 +202,22 @@ class GlimpsePruner(LearnedPruner):
             return None
         return tuple(sorted({b + 1 for b in self.config.vision_blocks}))
 
+    def token_features(self, level: int, feats: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The VIP's conditioning of ViT level ``level``, ``[..., Dv]`` -> ``[..., C]`` (:meth:`VIP.condition`, a
+        per-token linear map), taken as the level is recorded: until the cut the runtime holds C floats per token
+        and level instead of Dv (512 instead of 1280 on Qwen2.5-VL). A level the VIP does not read keeps nothing.
+        A half-precision model runs it in its precision at inference, as the rest of the VIP (autocast)."""
+        cfg = self._cfg
+        blocks = [b + 1 for b in cfg.vision_blocks]
+        if level not in blocks:
+            return feats[..., :0]
+        if feats.shape[-1] != cfg.vision_hidden_size:
+            raise ConfigError(f"this glimpse pruner was trained for a {cfg.family} model with a "
+                              f"{cfg.vision_hidden_size}-wide ViT; it does not fit this model")
+        half = dtype in (torch.float16, torch.bfloat16) and not torch.is_grad_enabled()
+        with torch.autocast(feats.device.type, dtype=dtype, enabled=half):
+            return self._mods(feats.device).vip.condition(blocks.index(level), feats)
+
     # --- internals ------------------------------------------------------------------------------
     @property
     def _cfg(self) -> GlimpseConfig:
@@ -227,12 +243,12 @@ class GlimpsePruner(LearnedPruner):
         if groups.G == 0:
             return torch.zeros(0, 0, device=ctx.hidden.device), groups
         attn = groups.pack(glimpse_attention(ctx, cfg.use_attention_logits))
-        conds = [groups.pack(c) for c in vision_levels(ctx, cfg)]
+        conds = [groups.pack(c) for c in vision_levels(ctx, cfg)]  # conditioned as recorded (token_features)
         pos = groups.pack(ctx.coords[..., 2:4].to(ctx.hidden.device).clamp(min=0))
         # inference on a half-precision model runs the VIP's matmuls in the model's precision (autocast: the fp32
         # weights stay as they are); in fp32 they took several times the model's own per-token time on bf16 hardware
         dt = ctx.hidden.dtype
         half = dt in (torch.float16, torch.bfloat16) and not torch.is_grad_enabled()
         with torch.autocast(ctx.hidden.device.type, dtype=dt, enabled=half):
-            logits = mods.vip(attn, conds, pos, groups.valid, dense=groups.dense)
+            logits = mods.vip(attn, conds, pos, groups.valid, dense=groups.dense, conditioned=True)
         return logits.float(), groups

@@ -161,13 +161,19 @@ class VIP(nn.Module):
         self.rope = Rope2D(cfg.head_dim, cfg.rope_theta)
         self.window = cfg.vip_window
 
+    def condition(self, i: int, level: torch.Tensor) -> torch.Tensor:
+        """Block ``i``'s conditioning from its ViT level: ``[..., Dv]`` -> ``[..., C]`` (``C`` may be 0). A per-token
+        linear map, so it can be applied as soon as the level is recorded (the runtime then holds C-wide rows)."""
+        return self.cond_in_projs[i](level) if len(self.cond_in_projs) else level[..., :0]
+
     def forward(self, attn: torch.Tensor, conds: list[torch.Tensor], pos: torch.Tensor, valid: torch.Tensor,
-                dense: bool | None = None) -> torch.Tensor:
+                dense: bool | None = None, conditioned: bool = False) -> torch.Tensor:
         """Keep logits per token.
 
         Args:
             attn: ``[G, M, H]`` glimpse attention features.
-            conds: one ``[G, M, Dv]`` per VIP block (ViT levels, deepest first).
+            conds: one ``[G, M, Dv]`` per VIP block (ViT levels, deepest first); with ``conditioned``, their
+                :meth:`condition` ``[G, M, C]`` instead.
             pos: ``[G, M, 2]`` long (row, col) on the group's token grid.
             valid: ``[G, M]`` bool, False on padding.
             dense: whether every entry is valid, where the caller knows it without reading the device.
@@ -183,8 +189,8 @@ class VIP(nn.Module):
             mask = valid
             dense = bool(valid.all()) if dense is None else dense  # once, not in every block
         for i, layer in enumerate(self.layers):
-            c = self.cond_in_projs[i](conds[i]) if len(self.cond_in_projs) else None
-            x = layer(x, c, rope, mask, dense)
+            c = conds[i] if conditioned else self.condition(i, conds[i])
+            x = layer(x, c if c.shape[-1] else None, rope, mask, dense)
         return self.out_proj(x).squeeze(-1)
 
 
