@@ -25,6 +25,7 @@ from vtprune.errors import ConfigError, ModelLoadError
 from vtprune.methods.base import Context, Stage, check_layer, hf_model
 from vtprune.methods.learned import CONFIG_NAME, LearnedPruner, pruner_dir
 from vtprune.methods.registry import register_method
+from vtprune.methods.glimpse.compiled import CompiledVIP, check_compile
 from vtprune.methods.glimpse.config import GlimpseConfig, check_selection
 from vtprune.methods.glimpse.features import Groups, glimpse_attention, select_tokens, vision_levels
 from vtprune.methods.glimpse.modules import GlimpseModules
@@ -59,6 +60,9 @@ class GlimpsePruner(LearnedPruner):
     :mod:`vtprune.methods.glimpse.plus`."""
     adapter: str | None = None
     """The LoRA adapter this pruner goes with (default: the pruner's folder, when it holds ``adapter_config.json``)."""
+    compile: str = "off"
+    """Run the VIP through ``torch.compile`` at inference: ``off`` (eager), ``auto`` (a CUDA graph on CUDA, inductor
+    elsewhere) or a ``torch.compile`` mode; see :mod:`vtprune.methods.glimpse.compiled`. Not saved with the weights."""
     config: GlimpseConfig | None = field(default=None, repr=False, compare=False)
     modules: GlimpseModules | None = field(default=None, repr=False, compare=False)
 
@@ -75,6 +79,8 @@ class GlimpsePruner(LearnedPruner):
         if self.modules is None:
             self.modules = GlimpseModules(self.config)
         self.modules.eval()
+        check_compile(self.compile)
+        self._vip: Any = self.modules.vip if self.compile == "off" else CompiledVIP(self.modules.vip, self.compile)
 
     # --- construction and persistence -----------------------------------------------------------
     @classmethod
@@ -133,6 +139,7 @@ class GlimpsePruner(LearnedPruner):
     def settings(self) -> dict[str, Any]:
         d = super().settings()
         d.pop("adapter", None)  # found beside the weights when loaded, not a saved setting
+        d.pop("compile", None)  # how this run executes the VIP, not part of the pruner
         return d
 
     def trained_adapter(self) -> tuple[str, str] | None:
@@ -140,7 +147,7 @@ class GlimpsePruner(LearnedPruner):
 
     def to_dict(self) -> dict[str, Any]:
         keys = ("keep", "layer", "weights", "threshold", "max_remain_ratio", "min_remain", "fixed_remain_ratio",
-                "adapter_mode", "adapter")
+                "adapter_mode", "adapter", "compile")
         return {"method": self.name, **{k: getattr(self, k) for k in keys}}
 
     # --- runtime hooks --------------------------------------------------------------------------
@@ -239,7 +246,7 @@ class GlimpsePruner(LearnedPruner):
             raise ConfigError("glimpse needs its glimpse token, which this run did not append "
                               "(a wrapper that does not forward prompt_tokens/before_layer?)")
         groups = Groups.of(ctx)
-        mods = self._mods(ctx.hidden.device)
+        self._mods(ctx.hidden.device)  # the modules on the context's device
         if groups.G == 0:
             return torch.zeros(0, 0, device=ctx.hidden.device), groups
         attn = groups.pack(glimpse_attention(ctx, cfg.use_attention_logits))
@@ -250,5 +257,5 @@ class GlimpsePruner(LearnedPruner):
         dt = ctx.hidden.dtype
         half = dt in (torch.float16, torch.bfloat16) and not torch.is_grad_enabled()
         with torch.autocast(ctx.hidden.device.type, dtype=dt, enabled=half):
-            logits = mods.vip(attn, conds, pos, groups.valid, dense=groups.dense, conditioned=True)
+            logits = self._vip(attn, conds, pos, groups.valid, dense=groups.dense, conditioned=True)
         return logits.float(), groups

@@ -1,0 +1,109 @@
+"""The VIP through ``torch.compile``, opt in (``GlimpsePruner(compile="auto")``, ``vtprune bench --compile auto``).
+
+Eager, the VIP is four pre-norm blocks of about 37 small kernels each: on a GPU the prune step costs launches, not
+arithmetic. Inductor fuses each block's pointwise work (norms, rotation, residuals, the gate) into a few generated
+kernels beside the matmuls and the attention; on CUDA, ``reduce-overhead`` also records the forward as a CUDA graph,
+replayed as one launch.
+
+- **Shapes**: compiled with ``dynamic=True``. The VIP's input is ``[G, M, ...]``: one row per image, ``M`` its token
+  count, which differs with every image size under dynamic resolution. Per-shape compiles would cost a full compile
+  (tens of seconds) for each new size and, past dynamo's recompile limit (8), fall back to eager without a word; one
+  symbolic-shape compile serves every size (a size of 1 is specialised, so ``G = 1`` then ``G > 1`` compiles twice).
+  Under ``reduce-overhead`` a CUDA graph is still recorded per distinct shape (cheap next to a compile, but each holds
+  its buffers): for an evaluation over many image sizes ``default`` is the leaner mode.
+- **Inference only**: with autograd on (training) the eager VIP runs.
+- **Under a TorchDispatchMode** (the bench's op counter, a FLOP counter) the eager VIP runs: torch.compile does not run
+  under one, and dynamo would mark the forward's code to be skipped for the rest of the process.
+- **Fallback**: if compiling or running the compiled forward raises (no C++ compiler, no triton, a Python dynamo does
+  not support), one warning, and the eager VIP from then on; an error of the inputs themselves is raised again by the
+  eager forward.
+- On a CPU the generated kernels are compiled with ``cpp.enable_kernel_profile``, so torch.profiler sees each launch
+  (as it sees eager ops), which :mod:`vtprune.bench.profile` counts; with no profiler on it costs a flag check.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from vtprune.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+COMPILE_MODES = ("off", "auto", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
+"""``off``: eager; ``auto``: ``reduce-overhead`` (a CUDA graph) on CUDA, ``default`` elsewhere; else a
+``torch.compile`` mode."""
+
+
+def check_compile(mode: str) -> None:
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}", argument="compile")
+
+
+def _dispatch_mode_active() -> bool:
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    return bool(_get_current_dispatch_mode_stack())
+
+
+class CompiledVIP:
+    """Calls ``vip`` compiled (``mode`` from :data:`COMPILE_MODES`, not ``off``), one compiled callable per device
+    type; eager where compiling does not apply or failed (see the module docstring). ``backend``: torch.compile's
+    (another than inductor takes no inductor options; the tests use ``aot_eager``, which skips code generation)."""
+
+    def __init__(self, vip: nn.Module, mode: str, backend: str = "inductor") -> None:
+        check_compile(mode)
+        if mode == "off":
+            raise ValueError("CompiledVIP needs a compile mode, not 'off'")
+        self.vip = vip
+        self.mode = mode
+        self.backend = backend
+        self.failed = False
+        self.first_call_s: float | None = None
+        """Wall seconds of the first compiled call (the compile, plus one run)."""
+        self._fns: dict[str, Any] = {}
+
+    def torch_mode(self, device_type: str) -> str:
+        if self.mode == "auto":
+            return "reduce-overhead" if device_type == "cuda" else "default"
+        return self.mode
+
+    def _fn(self, device_type: str) -> Any:
+        fn = self._fns.get(device_type)
+        if fn is None:
+            from torch._inductor import list_mode_options
+
+            mode = self.torch_mode(device_type)
+            if self.backend != "inductor":
+                fn = torch.compile(self.vip, backend=self.backend, dynamic=True)
+            else:  # a mode's options, and on a CPU the generated kernels visible to the profiler
+                options = dict(list_mode_options(mode), **({"cpp.enable_kernel_profile": True}
+                                                           if device_type == "cpu" else {}))
+                fn = torch.compile(self.vip, dynamic=True, options=options)
+            self._fns[device_type] = fn
+        return fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.failed or torch.is_grad_enabled() or _dispatch_mode_active():
+            return self.vip(*args, **kwargs)
+        device_type = args[0].device.type
+        graphs = self.backend == "inductor" and self.torch_mode(device_type) == "reduce-overhead" and device_type == "cuda"
+        try:
+            fn = self._fn(device_type)
+            t0 = time.perf_counter()
+            if graphs:  # each call is a new step: the previous replay's output buffers may be reused
+                torch.compiler.cudagraph_mark_step_begin()
+            out = fn(*args, **kwargs)
+            if self.first_call_s is None:
+                self.first_call_s = time.perf_counter() - t0
+        except Exception as e:  # noqa: BLE001 - any failure of the compiler: eager instead (below)
+            self.failed = True
+            log.warning("glimpse: compiling the VIP failed (%s: %s); running it eagerly",
+                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            return self.vip(*args, **kwargs)
+        # a CUDA graph's output lives in its pool and is overwritten by the next replay: the caller gets its own copy
+        return out.clone() if graphs else out
