@@ -63,6 +63,8 @@ def test_tiny_json_run(capsys: pytest.CaptureFixture[str]) -> None:
         (["--shape", "qwen2_5_vl-3b", "--image-size", "12x", "--method", "random"], "--image-size"),
         ([*TINY[1:], "--method", "random", "--dtype", "int8"], "--dtype"),
         ([*TINY[1:], "--method", "random", "--vit-attention", "flash"], "--vit-attention"),
+        ([*TINY[1:], "--method", "glimpse", "--compile", "fast"], "--compile"),
+        ([*TINY[1:], "--method", "random", "--keep", "0.5", "--compile", "auto"], "no compiled path"),
         (["--shape", "llava-1.5-7b", "--layers", "1", "--vit-layers", "1", "--visual-tokens", "576", "--method",
           "random", "--vit-attention", "packed"], "Qwen"),
     ],
@@ -197,6 +199,7 @@ def test_batch_sweep_with_memory_budget_and_prune_step(tmp_path, capsys: pytest.
     assert tp["pruned"]["generate_samples_per_s"] < tp["pruned"]["prefill_samples_per_s"]
     ov = r1["overhead"]
     assert ov["prune_step_syncs"] >= 1 and ov["prune_step_ops"] > 0 and ov["layer_ops"] > 0
+    assert ov["prune_step_launches"] > 0 and ov["layer_launches"] > 0 and "profiler" in ov["launches_counted"]
     assert ov["prune_step_layers"] is not None
     mb = rep["memory_budget"]
     assert mb["baseline"]["max_batch"] >= 1 and [m["batch"] for m in mb["pruned"]["measured"]] == [1, 2]

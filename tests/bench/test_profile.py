@@ -42,3 +42,32 @@ def test_glimpse_step_is_profiled(vlms, three_samples) -> None:
         assert sum(prof["prune_step_sync_sites"].values()) == 1
         assert prof["layer_ops"] > 10 and prof["prune_step_ops"] > 0
         assert prof["cut_layers"] == [m.stages(vlm.adapter.num_layers)[0].after]
+
+
+def test_launch_counter_counts_kernels_not_views_composites_or_allocations() -> None:
+    from torch.autograd.profiler import record_function
+    from torch.profiler import profile
+
+    from vtprune.bench.profile import count_launches
+
+    x, w = torch.randn(4, 3), torch.randn(5, 3)
+    with profile() as prof:
+        with record_function("window"):
+            y = torch.nn.functional.linear(x, w)  # composite: t (a view) + mm: one launch
+            y.view(20).transpose(0, 0)  # views: none
+            torch.empty(3)  # an allocation: none
+            (y * 2).float()  # one kernel; .float() of a float tensor: none
+            y.to(torch.float64)  # one copy
+    events = prof.events()
+    window = next(e for e in events if e.name == "window")
+    assert count_launches(events, window, cuda=False) == 3
+
+
+def test_glimpse_step_launches(vlms, three_samples) -> None:
+    """Eager, the launch count is the op count less the ops that launch nothing but are not tagged views."""
+    vlm = vlms["qwen2_5_vl"]
+    m = small_pruner(vlm, fixed_remain_ratio=0.5)
+    prof = profile_step(vlm.adapter, vlm.adapter.encode(three_samples[:1]), m)
+    assert 0 < prof["layer_launches"] <= prof["layer_ops"]
+    quiet = sum(prof["prune_step_top_ops"].get(k, 0) for k in ("_unsafe_view", "empty", "empty_like"))
+    assert prof["prune_step_ops"] - quiet - 10 <= prof["prune_step_launches"] <= prof["prune_step_ops"]

@@ -66,6 +66,7 @@ class _Plan:
     weights: str | None
     sweep_key: str | None
     sweep_values: list[Any]
+    compile: str = "off"
 
 
 UNTRAINED_NOTE = ("untrained {name} weights (no --weights): the selection is arbitrary but the compute is that of a "
@@ -84,14 +85,20 @@ def _make_method(plan: _Plan, keep: float | None, model: Any = None) -> Any:
     """The method under test, built and range-checked against the LLM depth actually run (the eval harness's
     builder; training-free methods refuse ``--weights``). A learned method without ``--weights`` is built untrained
     for ``model`` (its ``untrained`` constructor); with ``model`` None it is only validated and None returned."""
+    import dataclasses
+
     from vtprune.methods import get_method
     from vtprune.methods.base import check_keep, check_layer, check_stages
     from vtprune.methods.factory import build_method
 
-    if not _is_untrained(plan):
-        return build_method(plan.method, keep=keep, layer=plan.layer, weights=plan.weights, num_layers=plan.layers)
-    check_keep(keep)
     cls = get_method(plan.method)
+    extra = {} if plan.compile == "off" else {"compile": plan.compile}
+    if extra and "compile" not in {f.name for f in dataclasses.fields(cls)}:
+        raise ConfigError(f"--compile: {plan.method} has no compiled path (glimpse has: its VIP)", argument="compile")
+    if not _is_untrained(plan):
+        return build_method(plan.method, keep=keep, layer=plan.layer, weights=plan.weights, num_layers=plan.layers,
+                            **extra)
+    check_keep(keep)
     if plan.layer is not None:  # checked before the model is built, as build_method does for the rest
         if "llm" not in cls.sites:
             raise ConfigError(f"{plan.method} prunes inside the vision encoder; it takes no --layer")
@@ -99,6 +106,8 @@ def _make_method(plan: _Plan, keep: float | None, model: Any = None) -> Any:
     if model is None:
         return None
     m = cls.untrained(model, keep=keep, layer=plan.layer)
+    if extra:
+        m = dataclasses.replace(m, **extra)
     check_stages(m.stages(plan.layers), plan.layers)
     return m
 
@@ -267,7 +276,8 @@ def run_bench(cfg: BenchSettings, progress: Any = None) -> tuple[Any, list[dict[
         torch.set_num_threads(threads)
     sweep_key, sweep_values = cfg.sweep_points()
     keep = cfg.keep
-    plan = _Plan(s, n_layers, n_vit, dtype, device, cfg.method, keep, cfg.layer, cfg.weights, sweep_key, sweep_values)
+    plan = _Plan(s, n_layers, n_vit, dtype, device, cfg.method, keep, cfg.layer, cfg.weights, sweep_key, sweep_values,
+                 cfg.compile)
 
     # validate every point of the run before building anything
     points: list[tuple[Any, Any, VisualSpec]] = [

@@ -14,6 +14,15 @@ any device, in one untimed prefill of the pruned arm, next to one decoder layer'
   a tensor on the model's device; a TorchFunctionMode, since on a CPU run they dispatch nothing). On a CPU run a
   ``.cpu()`` of a tensor that would have been host-side on a GPU counts too: the count errs high, never low.
 
+- **launches**: kernels launched, from torch.profiler's events in a second untimed prefill (no dispatch mode: code
+  compiled by ``torch.compile`` runs only without one, and the op count above sees its eager twin; see
+  :mod:`vtprune.methods.glimpse.compiled`). On CUDA: the CUDA runtime's launch calls (``cudaLaunchKernel``,
+  ``cuLaunchKernel[Ex]``, ``cudaGraphLaunch`` (a whole CUDA graph: one), ``cudaMemcpyAsync``, ``cudaMemsetAsync``).
+  On a CPU, what would be one: each outermost aten op that is neither a view nor a composite (whose parts are counted
+  instead) nor a bare allocation (``empty*``), and each kernel inductor generated (``cpp_fused_*``, visible through
+  ``cpp.enable_kernel_profile``, which the compiled VIP sets). Eager, it agrees with the op count up to the ops that
+  launch nothing but are not tagged views (``_unsafe_view``, ``resolve_conj``, allocations).
+
 The windows: one decoder layer is layer 0's forward (its pre to its post hook); the prune step is everything between
 the end of a cut layer ``K`` (a method's ``llm`` stage) and the start of layer ``K + 1`` (or the end of the prefill):
 the glimpse attention row, the context, ``select`` (VIP + selection), the sequence cut, the KV-cache cut, and the
@@ -119,44 +128,147 @@ class OpCounter:
             m.__exit__(*exc)
 
 
+_NO_KERNEL = {"_unsafe_view", "_reshape_alias", "alias", "detach", "lift_fresh", "resolve_conj", "resolve_neg",
+              "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"}
+_CUDA_LAUNCHES = {"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch",
+                  "cudaLaunchCooperativeKernel", "cudaMemcpyAsync", "cudaMemsetAsync", "cudaMemcpy"}
+_KINDS: dict[str, str] = {}
+
+
+def _aten_kind(op: str) -> str:
+    """``none`` (launches nothing), ``composite`` (its parts launch) or ``kernel``, for the aten op ``op``."""
+    if op not in _KINDS:
+        kind = "kernel"
+        packet = getattr(torch.ops.aten, op, None)
+        if op in _NO_KERNEL:
+            kind = "none"
+        elif packet is not None:
+            for name in packet.overloads():  # the first with a dispatcher entry (aten.add.default is Python's)
+                overload = getattr(packet, name)
+                try:
+                    composite = torch._C._dispatch_has_kernel_for_dispatch_key(overload._name,
+                                                                              "CompositeImplicitAutograd")
+                except RuntimeError:
+                    continue
+                kind = "composite" if composite else "none" if overload.is_view else "kernel"
+                break
+        _KINDS[op] = kind
+    return _KINDS[op]
+
+
+def _cpu_launches(event: Any) -> int:
+    name = event.name
+    if name.startswith("aten::"):
+        kind = _aten_kind(name[len("aten::"):])
+        if kind != "composite":
+            return int(kind == "kernel")
+    elif "cpp_fused" in name:  # a kernel inductor generated (``graph_<n>_cpp_fused_<ops>_<i>``)
+        return 1
+    return sum(_cpu_launches(c) for c in event.cpu_children)  # a composite op, a compiled region's wrappers
+
+
+def count_launches(events: Any, window: Any, cuda: bool) -> int:
+    """Kernel launches inside the profiler event ``window`` (see the module docstring)."""
+    if not cuda:
+        return sum(_cpu_launches(c) for c in window.cpu_children)
+    t0, t1 = window.time_range.start, window.time_range.end
+    return sum(1 for e in events if e.name in _CUDA_LAUNCHES and e.thread == window.thread
+               and t0 <= e.time_range.start and e.time_range.end <= t1)
+
+
 def cut_layers(method: Pruner, num_layers: int) -> list[int]:
     """The decoder layers after which ``method`` cuts (its ``llm`` stages)."""
     return sorted({s.after for s in method.stages(num_layers) if s.site == "llm"})
 
 
-def profile_step(adapter: Adapter, batch: EncodedBatch, method: Pruner) -> dict[str, Any]:
-    """One untimed prefill of ``method`` with the counters on: ops of one decoder layer (layer 0) and ops and syncs
-    of the prune step(s) (after each cut layer, up to the next layer's start). Empty for methods with no ``llm``
-    stage (their work is outside the LLM's layer loop)."""
-    from vtprune.runtime.executor import prefill
-
-    cuts = cut_layers(method, adapter.num_layers)
-    if not cuts:
-        return {}
-    layer_c, step_c = OpCounter(adapter.device), OpCounter(adapter.device)
-    handles = []
-
+def _windows(adapter: Adapter, cuts: list[int], on_layer: Any, on_step: Any) -> list[Any]:
+    """Forward hooks calling ``on_layer(True/False)`` as decoder layer 0 starts and ends and ``on_step(True/False)``
+    as a prune step (the end of a cut layer to the next layer's start, or the final norm's) starts and ends; the
+    handles, to remove."""
     def pre(i: int) -> Any:
         def hook(*_: Any) -> None:
-            step_c.active = False
-            layer_c.active = i == 0
+            on_step(False)
+            on_layer(i == 0)
 
         return hook
 
     def post(i: int) -> Any:
         def hook(*_: Any) -> None:
-            layer_c.active = False
-            step_c.active = i in cuts
+            on_layer(False)
+            on_step(i in cuts)
 
         return hook
 
+    handles = []
+    for i, layer in enumerate(adapter.layers):
+        handles.append(layer.register_forward_pre_hook(pre(i)))
+        handles.append(layer.register_forward_hook(post(i)))
+    # a cut after the last layer: its window ends where the final norm starts (the head and the state's
+    # bookkeeping are not the step)
+    handles.append(adapter.text_model.norm.register_forward_pre_hook(pre(-1)))
+    return handles
+
+
+def profile_launches(adapter: Adapter, batch: EncodedBatch, method: Pruner) -> dict[str, Any]:
+    """One untimed prefill under torch.profiler: kernel launches of decoder layer 0 and of the prune step(s). Run it
+    after the method has run once at this shape (the bench does: after its timed rounds), or it counts a compile."""
+    from torch.autograd.profiler import record_function
+    from torch.profiler import ProfilerActivity, profile
+
+    from vtprune.runtime.executor import prefill
+
+    cuts = cut_layers(method, adapter.num_layers)
+    cuda = adapter.device.type == "cuda"
+    open_: dict[str, Any] = {}
+
+    def toggle(name: str) -> Any:
+        def on(start: bool) -> None:
+            if start and name not in open_:
+                open_[name] = record_function(name).__enter__()
+            elif not start and name in open_:
+                open_.pop(name).__exit__(None, None, None)
+
+        return on
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    handles = _windows(adapter, cuts, toggle("vtprune::layer"), toggle("vtprune::prune_step"))
     try:
-        for i, layer in enumerate(adapter.layers):
-            handles.append(layer.register_forward_pre_hook(pre(i)))
-            handles.append(layer.register_forward_hook(post(i)))
-        # a cut after the last layer: its window ends where the final norm starts (the head and the state's
-        # bookkeeping are not the step)
-        handles.append(adapter.text_model.norm.register_forward_pre_hook(pre(-1)))
+        with profile(activities=activities) as prof, torch.no_grad():
+            prefill(adapter, batch, method)
+            for name in list(open_):
+                toggle(name)(False)
+    finally:
+        for h in handles:
+            h.remove()
+    events = prof.events()
+    wins = [e for e in events if e.name in ("vtprune::layer", "vtprune::prune_step")]
+    layer = [count_launches(events, e, cuda) for e in wins if e.name == "vtprune::layer"]
+    step = [count_launches(events, e, cuda) for e in wins if e.name == "vtprune::prune_step"]
+    return {"layer_launches": layer[0] if layer else 0, "prune_step_launches": sum(step),
+            "launches_counted": "CUDA runtime launch calls" if cuda else "profiler events: outermost non-view aten "
+                                "kernels and inductor-generated kernels"}
+
+
+def profile_step(adapter: Adapter, batch: EncodedBatch, method: Pruner) -> dict[str, Any]:
+    """Two untimed prefills of ``method``: kernel launches (:func:`profile_launches`), then with the counters on, ops
+    of one decoder layer (layer 0) and ops and syncs of the prune step(s) (after each cut layer, up to the next
+    layer's start). Empty for methods with no ``llm`` stage (their work is outside the LLM's layer loop)."""
+    from vtprune.runtime.executor import prefill
+
+    cuts = cut_layers(method, adapter.num_layers)
+    if not cuts:
+        return {}
+    launches = profile_launches(adapter, batch, method)
+    layer_c, step_c = OpCounter(adapter.device), OpCounter(adapter.device)
+
+    def active(c: OpCounter) -> Any:
+        def on(start: bool) -> None:
+            c.active = start
+
+        return on
+
+    handles = _windows(adapter, cuts, active(layer_c), active(step_c))
+    try:
         with layer_c, step_c, torch.no_grad():
             prefill(adapter, batch, method)
             step_c.active = False
@@ -170,4 +282,5 @@ def profile_step(adapter: Adapter, batch: EncodedBatch, method: Pruner) -> dict[
         "prune_step_sync_sites": dict(step_c.sync_sites),
         "prune_step_top_ops": dict(step_c.names.most_common(12)),
         "cut_layers": cuts,
+        **launches,
     }

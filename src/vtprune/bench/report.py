@@ -273,8 +273,12 @@ def prune_step(base: dict[str, Any], pruned: dict[str, Any], clock: str, profile
         "prune_step_s": step,
         "prune_step_layers": _ratio(step, layer),
         **{k: profile[k] for k in ("prune_step_ops", "layer_ops", "prune_step_syncs", "prune_step_sync_sites",
-                                   "prune_step_top_ops")},
+                                   "prune_step_top_ops", "prune_step_launches", "layer_launches", "launches_counted")
+           if k in profile},
         "prune_step_ops_per_layer_ops": _ratio(profile["prune_step_ops"], profile["layer_ops"]),
+        **({"prune_step_launches_per_layer_launches": _ratio(profile["prune_step_launches"],
+                                                             profile["layer_launches"])}
+           if "prune_step_launches" in profile else {}),
     }
 
 
@@ -386,7 +390,8 @@ def print_report(rep: dict[str, Any]) -> None:
               f"{_fmt_s(ov['prune_overhead_s'])}; kept {p['kept_visual_tokens']}/{p['visual_tokens']} visual tokens")
     if "prune_step_ops" in ov:
         con.print(f"prune step: {_fmt_r(ov['prune_step_layers'])} decoder layers of time, {ov['prune_step_ops']} aten "
-                  f"ops (one layer: {ov['layer_ops']}), {ov['prune_step_syncs']} device-to-host syncs")
+                  f"ops (one layer: {ov['layer_ops']}), {ov.get('prune_step_launches', '?')} kernel launches (one "
+                  f"layer: {ov.get('layer_launches', '?')}), {ov['prune_step_syncs']} device-to-host syncs")
     tp = rep["throughput"]
     con.print(f"throughput (batch {tp['batch_size']}, {head}): prefill {tp['baseline']['prefill_samples_per_s']:.3g} -> "
               f"{tp['pruned']['prefill_samples_per_s']:.3g} samples/s, prefill + {b['decode_forwards']} decode steps "

@@ -80,6 +80,9 @@ class BenchSettings:
     vit_attention: str = "stock"
     """Qwen vision attention in both arms: stock (HF sdpa, one call per window or frame) | packed (one call per
     block: vtprune.runtime.packed_attention)."""
+    compile: str = "off"
+    """glimpse: run its VIP through torch.compile: off | auto (a CUDA graph on CUDA, inductor on CPU) | default |
+    reduce-overhead | max-autotune-no-cudagraphs; the compile happens in the first (warm-up) round."""
 
     def __post_init__(self) -> None:
         from vtprune.methods.base import check_keep
@@ -106,6 +109,9 @@ class BenchSettings:
         check_choice("dtype", self.dtype, ("auto", *DTYPES, *DTYPE_NAMES))
         self.dtype = DTYPE_NAMES.get(self.dtype, self.dtype)
         check_choice("vit_attention", self.vit_attention, VIT_ATTENTION)
+        from vtprune.methods.glimpse.compiled import COMPILE_MODES
+
+        check_choice("compile", self.compile, COMPILE_MODES)
         if self.vit_attention == "packed" and s.vit_kind == "clip":
             raise ConfigError(f"vit_attention packed serves the Qwen vision towers; {s.name} takes stock",
                               argument="vit_attention")
