@@ -5,6 +5,9 @@
 #   2. STTS at 16-128 frames with packed vision attention in both arms (goal: prefill end to end <= 0.62 at 64).
 #   3. The batch sweep (batch=1..16) with a memory budget, GlimpsePrune at 7B, one image each.
 #   4. One training step of train stts (LoRA on the LLM's attention) against the unpruned step, 16/32/64 frames.
+#   1b. (after 1) The check command again with the compiled VIP (--compile auto: inductor + a CUDA graph), whose
+#      overhead.prune_step_launches (CUDA launch calls; a graph replay is one) is the ops bar's GPU reading; the
+#      compile (about a minute) happens in the warm-up round.
 # Usage (device tool): command 'bash scripts/device_perf.sh 540', carry ['.whl'], timeout_s 590.
 # Dry run on a CPU (tiny shapes, about 3 minutes):
 #   VTPRUNE_PY=/work/main/.venv/bin/python OUT=/tmp/o DRY=1 bash scripts/device_perf.sh 400
@@ -22,12 +25,12 @@ if [ -n "${DRY:-}" ]; then  # the 3B width stands in for the 7B one (its weights
   s7=qwen2_5_vl-3b
   run=(--repeat 1 --warmup 0 --new-tokens 2); deep=(--layers 2 --vit-layers 4); tokens=64
   frames="frames=2,4"; fsize=112x112; batches="batch=1,2"; check=(--layers 2 --vit-layers 4 --visual-tokens 64)
-  tframes="frames=2,4"
+  tframes="frames=2,4"; run_c=(--repeat 1 --warmup 1 --new-tokens 2)  # the warm-up round compiles
 else
   run=(--repeat 3 --warmup 1); deep=(); tokens=2048
   frames="frames=16,32,64,128"; fsize=448x448; batches="batch=1,2,4,8,16"
   check=(--layers 4 --vit-layers 4 --visual-tokens 2048)
-  tframes="frames=16,32,64"
+  tframes="frames=16,32,64"; run_c=("${run[@]}")
 fi
 {
   echo "== glimpse 7B, full depth: prune step, LLM prefill vs bound, peak memory ($(date +%T))"
@@ -36,6 +39,9 @@ fi
   echo "== the CPU check command, on the GPU ($(date +%T))"
   timeout "$(left)" "${VT[@]}" bench --shape $s7 "${check[@]}" "${run[@]}" --method glimpse --keep 0.11 \
     --out "$OUT/bench/glimpse-7b-check"
+  echo "== the CPU check command, compiled VIP (--compile auto), on the GPU ($(date +%T))"
+  timeout "$(left)" "${VT[@]}" bench --shape $s7 "${check[@]}" "${run_c[@]}" --method glimpse --keep 0.11 \
+    --compile auto --out "$OUT/bench/glimpse-7b-check-compiled"
   echo "== STTS 3B, packed attention in both arms ($(date +%T))"
   timeout "$(left)" "${VT[@]}" bench --shape qwen2_5_vl-3b "${deep[@]}" "${run[@]}" --sweep "$frames" \
     --vit-attention packed --frame-size $fsize --method stts --keep 0.5 --out "$OUT/bench/stts-3b-packed"
