@@ -185,8 +185,8 @@ def _strict_exit(strict: bool, errors: int) -> None:
 
 
 @app.command()
-@settings_options(ModelSettings, "settings", exclude=(*MODEL_FROM_CLI, "method", "keep", "weights"), flags=FLAGS,
-                  types=MODEL_TYPES)
+@settings_options(ModelSettings, "settings", exclude=(*MODEL_FROM_CLI, "method", "keep", "weights", "compile"),
+                  flags=FLAGS, types=MODEL_TYPES)
 def compare(
     settings: dict[str, Any],
     data: str = setting(EvalSettings, "data"),

@@ -33,6 +33,7 @@ from vtprune.eval.settings import EvalSettings, ModelSettings, parse_device_map
         (EvalSettings, dict(device_map='{"": [1]}'), "device_map"),
         (EvalSettings, dict(device_map="cpu", device="cpu"), "device_map"),
         (EvalSettings, dict(adapter_mode="unmerged"), "adapter_mode"),
+        (EvalSettings, dict(compile="fast"), "compile"),
         (EvalSettings, dict(layer=-1), "layer"),
         (EvalSettings, dict(keep=0), "keep"),
         (BenchSettings, dict(keep=1.5), "keep"),
@@ -45,6 +46,7 @@ from vtprune.eval.settings import EvalSettings, ModelSettings, parse_device_map
         (BenchSettings, dict(clock="sundial"), "clock"),
         (BenchSettings, dict(device="tpu"), "device"),
         (BenchSettings, dict(sweep="depth=1,2"), "sweep"),
+        (BenchSettings, dict(compile="yes"), "compile"),
     ],
 )
 def test_a_bad_field_is_refused_by_name(cls, kwargs, argument):

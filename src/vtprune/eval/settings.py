@@ -60,6 +60,9 @@ class ModelSettings:
     adapter_mode: str | None = None
     """GlimpsePrune+ weights (a LoRA adapter beside the pruner): merged (the default: adapter merged into the LLM),
     base_mask (keep mask from the base LLM, answer with the adapter) or off (adapter not loaded)."""
+    compile: str = "off"
+    """glimpse: run its VIP through torch.compile: off | auto (a CUDA graph on CUDA, inductor on CPU) | default |
+    reduce-overhead | max-autotune-no-cudagraphs (the first batch pays the compile)."""
 
     def __post_init__(self) -> None:
         from vtprune.api import VIT_ATTENTION
@@ -85,6 +88,9 @@ class ModelSettings:
             raise ConfigError("device_map and device are exclusive: give one", argument="device_map")
         if self.adapter_mode is not None:
             check_choice("adapter_mode", self.adapter_mode, ADAPTER_MODES)
+        from vtprune.methods.glimpse.compiled import COMPILE_MODES
+
+        check_choice("compile", self.compile, COMPILE_MODES)
 
     def plus_adapter(self) -> str | None:
         """The GlimpsePrune+ adapter folder that ``weights`` brings, else None; checks ``adapter_mode`` against it."""
@@ -118,6 +124,8 @@ class ModelSettings:
 
         self.plus_adapter()  # adapter_mode without a GlimpsePrune+ folder is refused here too
         extra = {} if self.adapter_mode is None else {"adapter_mode": self.adapter_mode}
+        if self.compile != "off":
+            extra["compile"] = self.compile
         m = build_method(self.method, keep=self.keep, layer=self.layer, weights=self.weights, num_layers=num_layers,
                          **extra)
         warn_unpaired_tuning(self.weights, self.lora, self.model)

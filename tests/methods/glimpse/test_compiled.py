@@ -52,6 +52,7 @@ def test_bad_values_are_refused(vlms):
     auto = GlimpsePruner(config=m.config, modules=m.modules, compile="auto")
     assert auto.to_dict()["compile"] == "auto" and "compile" not in auto.settings()  # a run's choice, not saved
     assert isinstance(auto._vip, CompiledVIP) and m._vip is m.modules.vip
+    assert "compile" not in m.to_dict()  # recorded only when set: earlier evaluations' predictions still resume
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -128,3 +129,15 @@ def test_eager_under_autograd_and_dispatch_modes_and_after_a_failure(vlms, monke
     assert cv.failed
     assert [r.getMessage() for r in caplog.records if r.name.startswith("vtprune")] == [
         "glimpse: compiling the VIP failed (RuntimeError: no C++ compiler); running it eagerly"]
+
+
+def test_model_settings_pass_compile_to_glimpse_only(vlms, tmp_path):
+    from vtprune.eval.settings import ModelSettings
+
+    m = one_block_pruner(vlms["qwen2_5_vl"])
+    m.save_pretrained(tmp_path)
+    built = ModelSettings(model="random:qwen2_5_vl", method="glimpse", weights=str(tmp_path),
+                          compile="auto").build_method(m.config.num_layers)
+    assert isinstance(built._vip, CompiledVIP) and built.to_dict()["compile"] == "auto"
+    with pytest.raises(ConfigError, match="compile"):
+        ModelSettings(model="random:qwen2_5_vl", method="random", keep=0.5, compile="auto").build_method(4)

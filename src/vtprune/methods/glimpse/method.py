@@ -147,8 +147,11 @@ class GlimpsePruner(LearnedPruner):
 
     def to_dict(self) -> dict[str, Any]:
         keys = ("keep", "layer", "weights", "threshold", "max_remain_ratio", "min_remain", "fixed_remain_ratio",
-                "adapter_mode", "adapter", "compile")
-        return {"method": self.name, **{k: getattr(self, k) for k in keys}}
+                "adapter_mode", "adapter")
+        d = {"method": self.name, **{k: getattr(self, k) for k in keys}}
+        if self.compile != "off":  # recorded only when set: earlier evaluations' predictions still resume
+            d["compile"] = self.compile
+        return d
 
     # --- runtime hooks --------------------------------------------------------------------------
     def stages(self, num_layers: int) -> list[Stage]:
