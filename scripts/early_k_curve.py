@@ -7,7 +7,7 @@ The reports sit in one folder, named by what they measured (numbers are never ty
     K<k>-free.json            the same pruner uncapped (threshold 0.5), where it prunes by itself
     <label>-K<k>-cap.json     another pruner at layer k (e.g. ``g7-K5-cap.json``), drawn as its own points
 
-Each row: K, arm (cap/free), accuracy with its binomial standard error sqrt(p (1 - p) / n), mean retention, the LLM
+The CSV's rows (also printed as a Markdown table): K, arm (cap/free), accuracy with its binomial standard error sqrt(p (1 - p) / n), mean retention, the LLM
 prefill token-layer bound (``prefill_retention_mean``) and per-task accuracy.
 
     python scripts/early_k_curve.py docs/bench/perf27/early-k [--title "..."]
@@ -85,7 +85,7 @@ def plot(data: list[dict], none: dict | None, path: Path, title: str) -> None:
     ax2.axvline(0.5, color="red", lw=0.8, ls=":", label="bound 0.5")
     for a in (ax, ax2):
         a.grid(alpha=0.3)
-        a.legend(fontsize=7, loc="lower right")
+        a.legend(fontsize=7, loc="best")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -104,8 +104,13 @@ def main() -> None:
         for r in ([none] if none else []) + data:
             w.writerow(r)
     plot(data, none, a.folder / "curve.png", a.title)
+    print("| pruner | K | arm | accuracy (SE) | retention | token-layer bound | " + " | ".join(TYPES) + " | report |")
+    print("|---" * (7 + len(TYPES)) + "|")
     for r in ([none] if none else []) + data:
-        print(",".join(str(r.get(k, "")) for k in fields))
+        cells = " | ".join(f"{r[t]:.2f}" if t in r else "" for t in TYPES)
+        print(f"| {r['label'] or ('none' if r['arm'] == 'none' else 'box')} | {r['K']} | {r['arm']} | "
+              f"{r['accuracy']:.3f} ({r['se']:.3f}) | {r['retention']:.3f} | {r['token_layer_bound']:.3f} | {cells} | "
+              f"`{r['report']}` |")
 
 
 if __name__ == "__main__":
