@@ -213,6 +213,15 @@ def plus(
     stage2_mode: str = typer.Option("auto", "--stage2-mode", help="box | boxfree | auto (see train glimpse)."),
     skip_flat: bool = typer.Option(False, "--skip-flat-groups", help="Leave groups whose completions all got the "
                                    "same reward out of the loss pass (DAPO's filter; off: the official recipe)."),
+    rollout_masks: str = typer.Option("vip", "--rollout-masks", help="What keeps visual tokens in the stage-1 "
+                                      "rollouts and their log-probability passes: vip (the pruner) | boxes (the "
+                                      "record's evidence 'boxes', every token cell a box touches, cut after the "
+                                      "same layer K: the official recipe's original use_ref_masks). A prompt "
+                                      "without usable boxes (none, several images, outside the image) falls "
+                                      "back to the VIP; log.jsonl's box_prompts is the share pruned by boxes."),
+    vip_mask_ratio: float = typer.Option(0.0, "--vip-mask-ratio", help="With --rollout-masks boxes: the share of "
+                                         "prompts pruned by the VIP instead (a seeded draw per prompt; the "
+                                         "official gen_mask_usage_ratio): 0 = boxes only, 1 = VIP only."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads per process."),
 ) -> None:
     """GlimpsePrune+: GRPO on a LoRA adapter with the pruner active (stage 1), then retrain the pruner (stage 2)."""
@@ -228,6 +237,7 @@ def plus(
                      judge_timeout=judge_timeout, seed=seed, save_steps=save_steps, log_steps=log_steps,
                      resume=resume, stop_after=stop_after, adapter=adapter, stage2_steps=stage2_steps,
                      stage2_lr=stage2_lr, stage2_batch_size=stage2_batch_size, stage2_mode=stage2_mode,
-                     threads=threads, skip_flat=skip_flat)
+                     threads=threads, skip_flat=skip_flat, rollout_masks=rollout_masks,
+                     vip_mask_ratio=vip_mask_ratio)
     meta = train_plus(cfg)
     typer.echo(json.dumps(meta))

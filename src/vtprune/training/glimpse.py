@@ -134,14 +134,22 @@ class Collator:
         for b, it in enumerate(its):
             if not it.boxes or not batch.grids[b]:
                 continue
-            _, gh, gw = batch.grids[b][0]
-            n0 = int((batch.coords[b][:, 0] == 0).sum())
-            img = it.images[0]
-            size = img.size if isinstance(img, Image.Image) else (img.shape[1], img.shape[0])
-            m = box_token_mask(it.boxes, self.adapter.image_frame(size), (gh, gw)).flatten()
-            idx = torch.arange(n0 - gh * gw, n0)  # a CLS token (LLaVA 'full') comes first and is no target
+            idx, m = box_targets(self.adapter, batch, b, it.images[0], it.boxes)
             targets.append((b, idx, m.float()))
         return {"batch": batch, "first_token": first, "targets": targets}
+
+
+def box_targets(adapter: Any, batch: Any, b: int, image: Any, boxes: list[list[float]]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample ``b``'s first-image grid tokens and the box mask over them: ``(idx [n] long, mask [n] bool)``, ``idx``
+    the tokens' indices among the sample's visual tokens, ``mask`` True on every cell a box touches
+    (:func:`box_token_mask`). ``image`` is that image (PIL or ``[H, W, C]`` array), ``batch`` the encoded batch."""
+    _, gh, gw = batch.grids[b][0]
+    n0 = int((batch.coords[b][:, 0] == 0).sum())
+    size = image.size if isinstance(image, Image.Image) else (image.shape[1], image.shape[0])
+    m = box_token_mask(boxes, adapter.image_frame(size), (gh, gw)).flatten()
+    idx = torch.arange(n0 - gh * gw, n0)  # a CLS token (LLaVA 'full') comes first and is no target
+    return idx, m
 
 
 # --- the loss of one batch ----------------------------------------------------------------------------------------

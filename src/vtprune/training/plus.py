@@ -9,6 +9,12 @@ normalised within the group, and the log-probabilities of the sampled tokens are
 *same* pruned sequence (:func:`completion_logprobs`: the kept visual tokens of the rollout are kept again, so the
 policy is scored exactly where it sampled). The KL penalty (k3, weight 0.04) is to the base model, which is the
 same network with the adapter disabled (``PeftModel.disable_adapter``), under the same pruning.
+What decides the keep set in the rollouts (``rollout_masks``): the pruner's VIP (``vip``, default), or, as the
+official recipe's original config does (``use_ref_masks``, ``gen_mask_usage_ratio`` 0), the record's evidence
+``boxes`` (``boxes``: every token cell a box touches is kept, the rest cut after the same layer K, the glimpse path
+unchanged); ``vip_mask_ratio`` sends that share of the prompts (a seeded draw per prompt) to the VIP instead
+(the official ``gen_mask_usage_ratio``). A prompt whose boxes cannot say what to keep (no boxes, more than one image,
+or boxes outside the image) is pruned by the VIP. The log-probability passes replay whichever keep set the rollout used.
 Stage 2: the adapter is merged into the in-memory weights and the glimpse token + VIP train again on that model
 through the GlimpsePrune trainer (:func:`vtprune.training.glimpse.train_glimpse`).
 
@@ -34,7 +40,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +48,7 @@ import torch
 
 from vtprune.errors import ConfigError
 from vtprune.methods.base import Pruner
+from vtprune.methods.glimpse.method import GlimpsePruner
 from vtprune.methods.glimpse.plus import KeepGiven
 from vtprune.runtime.executor import HardCut, PrefillState, prefill
 from vtprune.runtime.generation import decode
@@ -52,6 +59,7 @@ from vtprune.training.rewards import JudgeClient, reward_for
 log = logging.getLogger("vtprune.training.plus")
 
 STAGES = ("1", "2", "both")
+ROLLOUT_MASKS = ("vip", "boxes")
 
 
 @dataclass
@@ -92,6 +100,12 @@ class PlusConfig:
     judge_model: str = "judge"
     judge_timeout: float = 30.0
     max_grad_norm: float = 1.0
+    rollout_masks: str = "vip"
+    """What keeps visual tokens in the stage-1 rollouts: ``vip`` (the pruner) or ``boxes`` (the record's evidence
+    boxes, the official recipe's original ``use_ref_masks``; prompts without usable boxes fall back to the VIP)."""
+    vip_mask_ratio: float = 0.0
+    """With ``rollout_masks="boxes"``: the share of prompts pruned by the VIP instead of their boxes (a seeded draw
+    per prompt; the official ``gen_mask_usage_ratio``): 0 = boxes only, 1 = the VIP only."""
     skip_flat: bool = False
     """Leave groups whose completions all got the same reward (advantage 0) out of the loss pass, as DAPO's filter
     does (Yu et al., arXiv 2503.14476; without refilling the batch): the loss averages over the groups that carry a
@@ -136,6 +150,12 @@ class PlusConfig:
             raise ConfigError(f"--type-reward names must be in {', '.join(REWARD_NAMES)}, got {bad}")
         if self.stop_after is not None and self.stop_after < 1:
             raise ConfigError(f"--stop-after must be >= 1, got {self.stop_after}")
+        if self.rollout_masks not in ROLLOUT_MASKS:
+            raise ConfigError(f"--rollout-masks must be one of {', '.join(ROLLOUT_MASKS)}, got {self.rollout_masks!r}")
+        if not 0.0 <= self.vip_mask_ratio <= 1.0:
+            raise ConfigError(f"--vip-mask-ratio must be in [0, 1], got {self.vip_mask_ratio}")
+        if self.rollout_masks == "vip" and self.vip_mask_ratio != 0.0:
+            raise ConfigError("--vip-mask-ratio needs --rollout-masks boxes (with vip every prompt is pruned by the VIP)")
         if self.stage == "2" and self.adapter is None:
             raise ConfigError("--stage 2 needs --adapter (the stage-1 output folder)")
 
@@ -165,6 +185,8 @@ class Rollout:
     samples: list[Any]
     """The prompts' samples, one per prompt."""
     group: int = 1
+    by_boxes: list[bool] = field(default_factory=list)
+    """Per prompt: whether its evidence boxes, not the VIP, chose its kept tokens."""
 
     def select(self, prompts: list[int], adapter: Any) -> "Rollout":
         """The rollout of ``prompts`` (indices into :attr:`samples`) and their groups only; the prompts are encoded
@@ -174,7 +196,8 @@ class Rollout:
         samples = [self.samples[i] for i in prompts]
         return Rollout(batch=adapter.encode(samples), tokens=self.tokens[idx], mask=self.mask[idx],
                        kept=[self.kept[i] for i in rows], layer=self.layer, texts=[self.texts[i] for i in rows],
-                       retention=[self.retention[i] for i in rows], samples=samples, group=self.group)
+                       retention=[self.retention[i] for i in rows], samples=samples, group=self.group,
+                       by_boxes=[self.by_boxes[i] for i in prompts] if self.by_boxes else [])
 
 
 def completion_mask(tokens: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
@@ -208,14 +231,61 @@ def repeat_rows(state: PrefillState, group: int) -> PrefillState:
                    extra_logits=None)
 
 
+@dataclass
+class BoxesOrVIP(GlimpsePruner):
+    """A GlimpsePrune pruner whose keep set is given for some prompts (their box cells): ``given[b]`` the original
+    visual indices sample ``b`` keeps, or None where the VIP decides. The glimpse path runs as usual (the cut after
+    layer K). Not registered: built by :func:`rollout` only."""
+
+    given: list[torch.Tensor | None] = field(default_factory=list)
+
+    def select(self, ctx: Any) -> torch.Tensor:
+        out = super().select(ctx)
+        kept = [torch.zeros(0, dtype=torch.long) if k is None else k for k in self.given]
+        boxes = KeepGiven(kept=kept).select(ctx)
+        use = torch.tensor([k is not None for k in self.given], device=out.device)[:, None]  # [B, 1]
+        return torch.where(use, boxes, out)
+
+
+def box_keep(adapter: Any, batch: Any, samples: list[Any], boxes: list[list[list[float]] | None]
+             ) -> list[torch.Tensor | None]:
+    """Per sample, the original visual indices its ``boxes`` touch (the box targets of ``train glimpse --mode
+    box``, :func:`vtprune.training.glimpse.box_targets`), or None where the boxes cannot say: no boxes, not exactly
+    one image, or no cell touched."""
+    from vtprune.training.glimpse import box_targets
+
+    out: list[torch.Tensor | None] = []
+    for b, (s, bx) in enumerate(zip(samples, boxes)):
+        if not bx or len(s.images) != 1 or len(batch.grids[b]) != 1:
+            out.append(None)
+            continue
+        idx, m = box_targets(adapter, batch, b, s.images[0], bx)
+        out.append(idx[m] if bool(m.any()) else None)
+    return out
+
+
+def vip_prompts(seed: int, step: int, first: int, n: int, ratio: float) -> list[bool]:
+    """Which of ``n`` prompts (global indices ``first..first+n-1`` of ``step``) the VIP prunes under
+    ``vip_mask_ratio = ratio``: one seeded draw per prompt, independent of batch and process split."""
+    return [torch.rand(1, generator=torch.Generator().manual_seed(row_seed(seed + 1, step, first + i))).item() < ratio
+            for i in range(n)]
+
+
 @torch.no_grad()
 def rollout(vlm: Any, method: Pruner, samples: list[Any], group: int, temperature: float, max_new_tokens: int,
-            seeds: list[int]) -> Rollout:
+            seeds: list[int], boxes: list[list[list[float]] | None] | None = None) -> Rollout:
     """Sample ``group`` completions per sample with ``method`` pruning (one prefill per prompt, then decoding of
     all rows in one batch); ``seeds`` has one seed per completion row. ``method`` must cut deterministically (a
-    GlimpsePrune pruner does): a group's completions continue one prefill."""
+    GlimpsePrune pruner does): a group's completions continue one prefill. ``boxes`` (per sample, or None): keep the
+    cells these evidence boxes touch instead of the VIP's choice (:func:`box_keep`; a sample without usable boxes
+    keeps the VIP's); ``method`` must then be a :class:`GlimpsePruner`."""
     adapter = vlm.adapter
     batch = adapter.encode(list(samples))
+    given = box_keep(adapter, batch, list(samples), boxes) if boxes is not None else []
+    if any(k is not None for k in given):
+        if not isinstance(method, GlimpsePruner):
+            raise ConfigError("box rollouts need a GlimpsePrune pruner (the cut after its layer K)")
+        method = BoxesOrVIP(**{f.name: getattr(method, f.name) for f in fields(method) if f.init}, given=given)
     state = repeat_rows(prefill(adapter, batch, method), group)
     cfg = vlm.generation_config(max_new_tokens=max_new_tokens, temperature=temperature, do_sample=temperature > 0)
     eos = [int(e) for e in (cfg.eos_token_id if isinstance(cfg.eos_token_id, list) else [cfg.eos_token_id])]
@@ -223,7 +293,8 @@ def rollout(vlm: Any, method: Pruner, samples: list[Any], group: int, temperatur
     layer = next(s.after for s in method.stages(adapter.num_layers) if s.site == "llm")
     return Rollout(batch=batch, tokens=tokens, mask=completion_mask(tokens, eos), kept=state.kept_visual, layer=layer,
                    texts=[t.strip() for t in vlm.tokenizer.batch_decode(tokens.cpu(), skip_special_tokens=True)],
-                   retention=state.retention(), samples=list(samples), group=group)
+                   retention=state.retention(), samples=list(samples), group=group,
+                   by_boxes=[k is not None for k in given] if given else [False] * len(samples))
 
 
 def completion_logprobs(vlm: Any, ro: Rollout, temperature: float = 1.0, grad: bool = True) -> torch.Tensor:
@@ -329,9 +400,13 @@ def train_stage1(cfg: PlusConfig, vlm: Any, method: Any, records: Any, accelerat
         samples = [Sample(r.question, [_image(p) for p in r.images]) for r in recs]
         first_row = (rank * cfg.batch_size) * cfg.group
         seeds = [row_seed(cfg.seed, step, first_row + j) for j in range(len(samples) * cfg.group)]
+        boxes = None
+        if cfg.rollout_masks == "boxes":
+            vip = vip_prompts(cfg.seed, step, rank * cfg.batch_size, len(recs), cfg.vip_mask_ratio)
+            boxes = [None if v else (getattr(r, "boxes", None) or None) for r, v in zip(recs, vip)]
         set_dropout_training(peft_model, False)
         with accelerator.autocast():  # the launch config's mixed precision (bf16 in configs/accelerate/ddp.yaml)
-            ro = rollout(vlm, method, samples, cfg.group, cfg.temperature, cfg.max_new_tokens, seeds)
+            ro = rollout(vlm, method, samples, cfg.group, cfg.temperature, cfg.max_new_tokens, seeds, boxes)
         t_roll = time.perf_counter() - t0
         fns = [reward_for(r, cfg.reward, judge, cfg.type_rewards) for r in recs]
         rewards = torch.tensor([fns[j // cfg.group](ro.texts[j], recs[j // cfg.group])
@@ -365,14 +440,14 @@ def train_stage1(cfg: PlusConfig, vlm: Any, method: Any, records: Any, accelerat
         rollouts_done += len(ro.texts) * world
         stats = torch.tensor([float(rewards.mean()), parts["loss"], parts.get("kl", 0.0),
                               sum(ro.retention) / len(ro.retention), float(ro.mask.sum(1).float().mean()),
-                              float(flat.float().mean())])
+                              float(flat.float().mean()), sum(ro.by_boxes) / len(ro.by_boxes)])
         stats = accelerator.reduce(stats.to(accelerator.device), reduction="mean").cpu()
         dt = time.perf_counter() - t0
         if (step + 1) % cfg.log_steps == 0 or step + 1 == end:
             runlog.write({"stage": 1, "step": step + 1, "reward": round(float(stats[0]), 5),
                           "loss": round(float(stats[1]), 6), "kl": round(float(stats[2]), 6),
                           "retention": round(float(stats[3]), 5), "completion_tokens": round(float(stats[4]), 2),
-                          "flat_groups": round(float(stats[5]), 4),
+                          "flat_groups": round(float(stats[5]), 4), "box_prompts": round(float(stats[6]), 4),
                           "grad_norm": round(float(gnorm), 5), "lr": lr_now,
                           "step_s": round(dt, 3), "rollout_s": round(t_roll, 3),
                           "rollouts_per_s": round(len(ro.texts) * world / max(t_roll, 1e-9), 3)})
@@ -413,8 +488,6 @@ def train_plus(cfg: PlusConfig) -> dict[str, Any]:
 
     from vtprune.api import load, merge_lora, quiet_peft
     from vtprune.data.stream import open_records
-    from vtprune.methods.glimpse import GlimpsePruner
-
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
