@@ -155,7 +155,7 @@ class PlusConfig:
         if not 0.0 <= self.vip_mask_ratio <= 1.0:
             raise ConfigError(f"--vip-mask-ratio must be in [0, 1], got {self.vip_mask_ratio}")
         if self.rollout_masks == "vip" and self.vip_mask_ratio != 0.0:
-            raise ConfigError("--vip-mask-ratio needs --rollout-masks boxes (with vip every prompt is pruned by the VIP)")
+            raise ConfigError("--vip-mask-ratio needs --rollout-masks boxes (with vip the VIP prunes every prompt)")
         if self.stage == "2" and self.adapter is None:
             raise ConfigError("--stage 2 needs --adapter (the stage-1 output folder)")
 

@@ -150,7 +150,11 @@ def test_sharded_launches_are_refused():
                                         (["--type-reward", "document=bleu"], "--type-reward takes TYPE=NAME"),
                                         (["--temperature", "0"], "--temperature must be > 0"),
                                         (["--stage", "2"], "--stage 2 needs --adapter"),
-                                        (["--stage", "3"], "--stage must be one of")])
+                                        (["--stage", "3"], "--stage must be one of"),
+                                        (["--rollout-masks", "gt"], "--rollout-masks must be one of"),
+                                        (["--rollout-masks", "boxes", "--vip-mask-ratio", "1.5"],
+                                         "--vip-mask-ratio must be in [0, 1]"),
+                                        (["--vip-mask-ratio", "0.5"], "needs --rollout-masks boxes")])
 def test_bad_settings_are_one_error_line(args, match, capsys, tmp_path):
     from vtprune.cli import main
 
