@@ -14,10 +14,12 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import vtprune
+from tests.conftest import make_image
 from tests.methods.glimpse.helpers import SMALL
 from vtprune.errors import ConfigError
 from vtprune.methods.glimpse import GlimpsePruner
-from vtprune.methods.glimpse.compiled import CompiledVIP
+from vtprune.methods.glimpse.compiled import Compiled
 from vtprune.runtime.executor import prefill
 
 BACKENDS = ["aot_eager"] + (["inductor"] if os.environ.get("VTPRUNE_INDUCTOR_TESTS") == "1" else [])
@@ -32,7 +34,7 @@ def one_block_pruner(vlm, **settings) -> GlimpsePruner:
 
 
 def spy(m: GlimpsePruner) -> list[torch.Tensor]:
-    """Record every VIP output of ``m`` (``m._vip``: the eager VIP or its :class:`CompiledVIP`)."""
+    """Record every VIP output of ``m`` (``m._vip``: the eager VIP or its :class:`Compiled`)."""
     seen: list[torch.Tensor] = []
     vip = m._vip
 
@@ -51,30 +53,35 @@ def test_bad_values_are_refused(vlms):
             GlimpsePruner(config=m.config, modules=m.modules, compile=bad)
     auto = GlimpsePruner(config=m.config, modules=m.modules, compile="auto")
     assert auto.to_dict()["compile"] == "auto" and "compile" not in auto.settings()  # a run's choice, not saved
-    assert isinstance(auto._vip, CompiledVIP) and m._vip is m.modules.vip
+    assert isinstance(auto._vip, Compiled) and m._vip is m.modules.vip
     assert "compile" not in m.to_dict()  # recorded only when set: earlier evaluations' predictions still resume
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_compiled_vip_equals_eager(vlms, three_samples, backend):
-    """Three samples of different sizes (padded rows: the masked attention path), then one (the dense path)."""
+def test_compiled_equals_eager(vlms, three_samples, backend):
+    """Three samples of different sizes (padded rows, one image each: select's work compiled whole), then one sample
+    with two images of one size (dense rows, the VIP alone compiled): the same kept tokens and prompt logits, and
+    the VIP's logits allclose."""
     vlm = vlms["qwen2_5_vl"]
     eager = one_block_pruner(vlm, threshold=0.5)
     compiled = GlimpsePruner(config=eager.config, modules=eager.modules, threshold=0.5, compile="default")
-    cv = compiled._vip = CompiledVIP(eager.modules.vip, "default", backend=backend)
+    vip_c = compiled._vip = Compiled(eager.modules.vip, "default", backend=backend)
+    keep_c = compiled._keep_fn = Compiled(compiled._keep, "default", backend=backend)
+    two = vtprune.Sample("two images", [make_image(56, 84, 4), make_image(84, 56, 5)])
     seen_e, seen_c = spy(eager), spy(compiled)
     with torch.no_grad(), torch._inductor.config.patch(compile_threads=1):
-        for samples in (three_samples, three_samples[1:2]):
+        for samples in (three_samples, [two]):
             batch = vlm.adapter.encode(samples)
             ref = prefill(vlm.adapter, batch, eager)
             got = prefill(vlm.adapter, batch, compiled)
-            torch.testing.assert_close(seen_c[-1], seen_e[-1], rtol=1e-4, atol=1e-5)
-            assert got.kept_tokens == ref.kept_tokens
-            assert 0 < sum(ref.kept_tokens) < sum(ref.visual_tokens) or len(samples) == 1  # 4 tokens: all kept
+            assert got.kept_tokens == ref.kept_tokens and 0 < sum(ref.kept_tokens) < sum(ref.visual_tokens)
             for a, b in zip(got.kept_coords, ref.kept_coords):
                 assert torch.equal(a, b)
             torch.testing.assert_close(got.logits, ref.logits, rtol=1e-4, atol=1e-4)
-    assert not cv.failed and cv.first_call_s is not None  # the compiled forward ran
+    assert len(seen_c) == 1  # the two-image sample's VIP call; the three samples' ran inside the whole function
+    torch.testing.assert_close(seen_c[0], seen_e[-1], rtol=1e-4, atol=1e-5)
+    for c in (vip_c, keep_c):
+        assert not c.failed and c.first_call_s is not None  # both compiled forms ran
 
 
 class _Count(TorchDispatchMode):
@@ -103,7 +110,7 @@ def test_eager_under_autograd_and_dispatch_modes_and_after_a_failure(vlms, monke
         return real_compile(*a, **k)
 
     monkeypatch.setattr(torch, "compile", counting_compile)
-    cv = CompiledVIP(vip, "auto", backend="aot_eager")
+    cv = Compiled(vip, "auto", backend="aot_eager")
     torch.testing.assert_close(cv(*args, dense=True), ref)  # autograd on (training): eager, nothing compiled
     assert compiled == []
     with torch.no_grad():
@@ -122,7 +129,7 @@ def test_eager_under_autograd_and_dispatch_modes_and_after_a_failure(vlms, monke
         return fail
 
     monkeypatch.setattr(torch, "compile", broken)
-    cv = CompiledVIP(vip, "default")
+    cv = Compiled(vip, "default")
     with torch.no_grad(), caplog.at_level(logging.WARNING, logger="vtprune.methods.glimpse.compiled"):
         for _ in range(2):
             torch.testing.assert_close(cv(*args, dense=True), ref)
@@ -138,6 +145,6 @@ def test_model_settings_pass_compile_to_glimpse_only(vlms, tmp_path):
     m.save_pretrained(tmp_path)
     built = ModelSettings(model="random:qwen2_5_vl", method="glimpse", weights=str(tmp_path),
                           compile="auto").build_method(m.config.num_layers)
-    assert isinstance(built._vip, CompiledVIP) and built.to_dict()["compile"] == "auto"
+    assert isinstance(built._vip, Compiled) and built.to_dict()["compile"] == "auto"
     with pytest.raises(ConfigError, match="compile"):
         ModelSettings(model="random:qwen2_5_vl", method="random", keep=0.5, compile="auto").build_method(4)

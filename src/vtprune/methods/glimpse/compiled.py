@@ -1,9 +1,11 @@
-"""The VIP through ``torch.compile``, opt in (``GlimpsePruner(compile="auto")``, ``vtprune bench --compile auto``).
+"""GlimpsePrune's scoring through ``torch.compile``, opt in (``GlimpsePruner(compile="auto")``, ``--compile auto``).
 
 Eager, the VIP is four pre-norm blocks of about 37 small kernels each: on a GPU the prune step costs launches, not
 arithmetic. Inductor fuses each block's pointwise work (norms, rotation, residuals, the gate) into a few generated
 kernels beside the matmuls and the attention; on CUDA, ``reduce-overhead`` also records the forward as a CUDA graph,
-replayed as one launch.
+replayed as one launch. With one image per sample (the groups are the identity) the whole of ``select``'s device
+work is compiled as one function: the glimpse scores, the levels' gathers, the VIP and the selection rule, up to
+the runtime's one sync; otherwise the VIP alone.
 
 - **Shapes**: compiled with ``dynamic=True``. The VIP's input is ``[G, M, ...]``: one row per image, ``M`` its token
   count, which differs with every image size under dynamic resolution. Per-shape compiles would cost a full compile
@@ -25,10 +27,9 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
-from torch import nn
 
 from vtprune.errors import ConfigError
 
@@ -50,16 +51,17 @@ def _dispatch_mode_active() -> bool:
     return bool(_get_current_dispatch_mode_stack())
 
 
-class CompiledVIP:
-    """Calls ``vip`` compiled (``mode`` from :data:`COMPILE_MODES`, not ``off``), one compiled callable per device
-    type; eager where compiling does not apply or failed (see the module docstring). ``backend``: torch.compile's
+class Compiled:
+    """Calls ``fn`` (the VIP, or the pruner's whole scoring and selection) compiled (``mode`` from
+    :data:`COMPILE_MODES`, not ``off``), one compiled callable per device type (that of the first tensor argument);
+    eager where compiling does not apply or failed (see the module docstring). ``backend``: torch.compile's
     (another than inductor takes no inductor options; the tests use ``aot_eager``, which skips code generation)."""
 
-    def __init__(self, vip: nn.Module, mode: str, backend: str = "inductor") -> None:
+    def __init__(self, fn: Callable[..., torch.Tensor], mode: str, backend: str = "inductor") -> None:
         check_compile(mode)
         if mode == "off":
-            raise ValueError("CompiledVIP needs a compile mode, not 'off'")
-        self.vip = vip
+            raise ValueError("Compiled needs a compile mode, not 'off'")
+        self.fn = fn
         self.mode = mode
         self.backend = backend
         self.failed = False
@@ -79,18 +81,18 @@ class CompiledVIP:
 
             mode = self.torch_mode(device_type)
             if self.backend != "inductor":
-                fn = torch.compile(self.vip, backend=self.backend, dynamic=True)
+                fn = torch.compile(self.fn, backend=self.backend, dynamic=True)
             else:  # a mode's options, and on a CPU the generated kernels visible to the profiler
                 options = dict(list_mode_options(mode), **({"cpp.enable_kernel_profile": True}
                                                            if device_type == "cpu" else {}))
-                fn = torch.compile(self.vip, dynamic=True, options=options)
+                fn = torch.compile(self.fn, dynamic=True, options=options)
             self._fns[device_type] = fn
         return fn
 
     def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.failed or torch.is_grad_enabled() or _dispatch_mode_active():
-            return self.vip(*args, **kwargs)
-        device_type = args[0].device.type
+            return self.fn(*args, **kwargs)
+        device_type = next(a.device.type for a in args if isinstance(a, torch.Tensor))
         graphs = self.backend == "inductor" and self.torch_mode(device_type) == "reduce-overhead" and device_type == "cuda"
         try:
             fn = self._fn(device_type)
@@ -104,6 +106,6 @@ class CompiledVIP:
             self.failed = True
             log.warning("glimpse: compiling the VIP failed (%s: %s); running it eagerly",
                         type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-            return self.vip(*args, **kwargs)
+            return self.fn(*args, **kwargs)
         # a CUDA graph's output lives in its pool and is overwritten by the next replay: the caller gets its own copy
         return out.clone() if graphs else out

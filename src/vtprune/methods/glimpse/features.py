@@ -1,9 +1,11 @@
-"""GlimpsePrune's inputs and its selection rule, as pure functions of the runtime's :class:`Context`.
+"""GlimpsePrune's inputs and its selection rule, as pure functions of tensors and host-side flags (so that compiled
+code is not specialised on the context's Python values) and of the runtime's :class:`Context` where only the host
+reads it.
 
-- :func:`glimpse_attention`: the glimpse query's per-head scores on each visual token ``[B, Nv, H]``.
-- :func:`vision_levels`: the VIP's conditioning of multi-level ViT features, aligned with the context's visual tokens
-  ``[B, Nv, C]`` (the adapter's per-token features, :meth:`vtprune.adapters.base.Adapter.vision_token_features`,
-  projected as they are recorded).
+- :func:`glimpse_scores`: the glimpse query's per-head scores on each visual token ``[B, Nv, H]``.
+- :func:`level_features` (host) and :func:`gather_levels`: the VIP's conditioning of multi-level ViT features,
+  aligned with the context's visual tokens ``[B, Nv, C]`` (the adapter's per-token features,
+  :meth:`vtprune.adapters.base.Adapter.vision_token_features`, projected as they are recorded).
 - :class:`Groups`: packs a sample's tokens per image into ``[G, M]`` rows (the VIP attends within one image).
 - :func:`select_tokens`: threshold / cap / floor / fixed-ratio selection per image.
 """
@@ -20,42 +22,48 @@ from vtprune.methods.base import Context, topk_mask
 from vtprune.methods.glimpse.config import GlimpseConfig
 
 
-def glimpse_attention(ctx: Context, use_logits: bool) -> torch.Tensor:
-    """``[B, Nv, H]`` float32: raw logits or (``use_logits=False``) log-softmax over all keys at the visual columns; 0
-    on padding entries."""
-    att = ctx.attention
-    if att is None:
-        raise RuntimeError("glimpse needs the 'last_query_attention' context")
-    att = att.float()
+def glimpse_scores(attention: torch.Tensor, visual_index: torch.Tensor, visual_valid: torch.Tensor, full: bool,
+                   use_logits: bool) -> torch.Tensor:
+    """``[B, Nv, H]`` float32: the glimpse query's raw logits or (``use_logits=False``) log-softmax over all keys at
+    the visual columns ``visual_index``; 0 on padding entries unless ``full`` (no padding, known on the host)."""
+    att = attention.float()
     if not use_logits:
         att = att.log_softmax(-1)
     H = att.shape[1]
-    out = att.gather(2, ctx.visual_index.unsqueeze(1).expand(-1, H, -1)).transpose(1, 2)
-    return out if ctx.visual_full else out.masked_fill(~ctx.visual_valid.unsqueeze(-1), 0.0)
+    out = att.gather(2, visual_index.unsqueeze(1).expand(-1, H, -1)).transpose(1, 2)
+    return out if full else out.masked_fill(~visual_valid.unsqueeze(-1), 0.0)
 
 
-def vision_levels(ctx: Context, cfg: GlimpseConfig) -> list[torch.Tensor]:
-    """One ``[B, Nv, C]`` tensor per entry of ``cfg.vision_blocks``, aligned with ``ctx.visual_ids``: the VIP's
-    conditioning of the adapter's per-token ViT features, kept as each level was recorded
-    (``ctx.vision["token_features"]``, the ``"vision_features"`` requirement, reduced by
-    :meth:`GlimpsePruner.token_features`); zeros on padding entries."""
+def level_features(ctx: Context, cfg: GlimpseConfig) -> list[torch.Tensor]:
+    """The recorded levels ``[B, Nv0, C]`` the VIP reads, deepest first: the VIP's conditioning of the adapter's
+    per-token ViT features, kept as each level was recorded (``ctx.vision["token_features"]``, the
+    ``"vision_features"`` requirement, reduced by :meth:`GlimpsePruner.token_features`)."""
     if "video" in ctx.vision:
         raise InputError("glimpse prunes image tokens only; this batch has a video")
     feats = ctx.vision.get("token_features")
     if feats is None:
         raise RuntimeError("glimpse needs the per-token ViT features ('vision_features')")
     levels: list[torch.Tensor] = []
-    ids: torch.Tensor | None = None
     for blk in cfg.vision_blocks:
         f = feats.get(blk + 1)  # hidden_states[j + 1] is the output of block j
         if f is None:
             raise ConfigError(f"this glimpse pruner (for a {cfg.family} model) reads ViT block {blk}, which this "
                               "model's ViT does not have")
-        if ids is None:  # every level has the same tokens
-            ids = ctx.visual_ids.clamp(0, max(f.shape[1] - 1, 0)).to(f.device).unsqueeze(-1)
-        rows = f.gather(1, ids.expand(-1, -1, f.shape[-1]))
-        levels.append(rows if ctx.visual_full else rows * ctx.visual_valid.unsqueeze(-1).to(rows.dtype))
+        levels.append(f)
     return levels
+
+
+def gather_levels(levels: list[torch.Tensor], visual_ids: torch.Tensor, visual_valid: torch.Tensor,
+                  full: bool) -> list[torch.Tensor]:
+    """Each level's rows at ``visual_ids`` ``[B, Nv]``, zeros on padding entries unless ``full``."""
+    out: list[torch.Tensor] = []
+    ids: torch.Tensor | None = None
+    for f in levels:
+        if ids is None:  # every level has the same tokens
+            ids = visual_ids.clamp(0, max(f.shape[1] - 1, 0)).to(f.device).unsqueeze(-1)
+        rows = f.gather(1, ids.expand(-1, -1, f.shape[-1]))
+        out.append(rows if full else rows * visual_valid.unsqueeze(-1).to(rows.dtype))
+    return out
 
 
 @dataclass

@@ -25,9 +25,9 @@ from vtprune.errors import ConfigError, ModelLoadError
 from vtprune.methods.base import Context, Stage, check_layer, hf_model
 from vtprune.methods.learned import CONFIG_NAME, LearnedPruner, pruner_dir
 from vtprune.methods.registry import register_method
-from vtprune.methods.glimpse.compiled import CompiledVIP, check_compile
+from vtprune.methods.glimpse.compiled import Compiled, check_compile
 from vtprune.methods.glimpse.config import GlimpseConfig, check_selection
-from vtprune.methods.glimpse.features import Groups, glimpse_attention, select_tokens, vision_levels
+from vtprune.methods.glimpse.features import Groups, gather_levels, glimpse_scores, level_features, select_tokens
 from vtprune.methods.glimpse.modules import GlimpseModules
 from vtprune.methods.glimpse.plus import ADAPTER_MODES, plus_adapter
 
@@ -80,7 +80,9 @@ class GlimpsePruner(LearnedPruner):
             self.modules = GlimpseModules(self.config)
         self.modules.eval()
         check_compile(self.compile)
-        self._vip: Any = self.modules.vip if self.compile == "off" else CompiledVIP(self.modules.vip, self.compile)
+        off = self.compile == "off"
+        self._vip: Any = self.modules.vip if off else Compiled(self.modules.vip, self.compile)
+        self._keep_fn: Compiled | None = None if off else Compiled(self._keep, self.compile)
 
     # --- construction and persistence -----------------------------------------------------------
     @classmethod
@@ -192,19 +194,13 @@ class GlimpsePruner(LearnedPruner):
         return self._cfg.threshold if self.threshold is None else float(self.threshold)
 
     def select(self, ctx: Context) -> torch.Tensor:
-        cfg = self._cfg
-        logits, groups = self._packed_logits(ctx)
-        cap = self.max_remain_ratio if self.max_remain_ratio is not None else cfg.max_remain_ratio
-        if self.keep < 1.0:
-            cap = self.keep if cap is None else min(cap, self.keep)
-        keep = select_tokens(
-            logits, groups.valid,
-            threshold=self.keep_threshold,
-            max_remain_ratio=cap,
-            min_remain=cfg.min_remain if self.min_remain is None else int(self.min_remain),
-            fixed_remain_ratio=self.fixed_remain_ratio if self.fixed_remain_ratio is not None else cfg.fixed_remain_ratio,
-        )
-        return groups.unpack(keep, fill=False)
+        if self._keep_fn is None:
+            return self._rule(*self._packed_logits(ctx))
+        groups, args = self._prepare(ctx)
+        if groups.G and groups.mask is not None and groups.dense is not None:
+            # one image per sample, its padding known on the host: scores, VIP and rule compiled as one function
+            return self._keep_fn(groups, *args)
+        return self._rule(self._group_logits(groups, args), groups)
 
     def vision_hidden_states(self) -> tuple[int, ...] | None:
         """The ViT levels the VIP reads (``vision_blocks``; hidden state ``b + 1`` is block ``b``'s output)."""
@@ -241,6 +237,18 @@ class GlimpsePruner(LearnedPruner):
         return self.modules
 
     def _packed_logits(self, ctx: Context) -> tuple[torch.Tensor, Groups]:
+        groups, args = self._prepare(ctx)
+        return self._group_logits(groups, args), groups
+
+    def _group_logits(self, groups: Groups, args: tuple[Any, ...]) -> torch.Tensor:
+        if groups.G == 0:
+            return torch.zeros(0, 0, device=args[2].device)
+        return self._logits(groups, *args, vip=self._vip)
+
+    def _prepare(self, ctx: Context) -> tuple[Groups, tuple[Any, ...]]:
+        """The host-side part of scoring: checks, the grouping, the modules' device; and the arguments of
+        :meth:`_logits` (tensors and host flags only, so that compiled code is not specialised on the context's
+        Python values, such as the token counts)."""
         cfg = self._cfg
         if ctx.attention is not None and ctx.attention.shape[1] != cfg.num_heads:
             raise ConfigError(f"this glimpse pruner was trained for {cfg.num_heads} attention heads; "
@@ -250,15 +258,43 @@ class GlimpsePruner(LearnedPruner):
                               "(a wrapper that does not forward prompt_tokens/before_layer?)")
         groups = Groups.of(ctx)
         self._mods(ctx.hidden.device)  # the modules on the context's device
-        if groups.G == 0:
-            return torch.zeros(0, 0, device=ctx.hidden.device), groups
-        attn = groups.pack(glimpse_attention(ctx, cfg.use_attention_logits))
-        conds = [groups.pack(c) for c in vision_levels(ctx, cfg)]  # conditioned as recorded (token_features)
-        pos = groups.pack(ctx.coords[..., 2:4].to(ctx.hidden.device).clamp(min=0))
+        if groups.G and ctx.attention is None:
+            raise RuntimeError("glimpse needs the 'last_query_attention' context")
+        levels = level_features(ctx, cfg) if groups.G else []  # conditioned as recorded (token_features)
+        coords = ctx.coords.to(ctx.hidden.device)
+        return groups, (ctx.attention, ctx.visual_index, ctx.visual_valid, ctx.visual_ids, levels, coords,
+                        ctx.visual_full, ctx.hidden.dtype)
+
+    def _logits(self, groups: Groups, attention: torch.Tensor, visual_index: torch.Tensor, visual_valid: torch.Tensor,
+                visual_ids: torch.Tensor, levels: list[torch.Tensor], coords: torch.Tensor, full: bool,
+                dtype: torch.dtype, vip: Any = None) -> torch.Tensor:
+        """``[G, M]`` float32 keep logits (``groups.G > 0``); ``vip``: the VIP to call (default: the module)."""
+        cfg = self._cfg
+        attn = groups.pack(glimpse_scores(attention, visual_index, visual_valid, full, cfg.use_attention_logits))
+        conds = [groups.pack(c) for c in gather_levels(levels, visual_ids, visual_valid, full)]
+        pos = groups.pack(coords[..., 2:4].clamp(min=0))
         # inference on a half-precision model runs the VIP's matmuls in the model's precision (autocast: the fp32
         # weights stay as they are); in fp32 they took several times the model's own per-token time on bf16 hardware
-        dt = ctx.hidden.dtype
-        half = dt in (torch.float16, torch.bfloat16) and not torch.is_grad_enabled()
-        with torch.autocast(ctx.hidden.device.type, dtype=dt, enabled=half):
-            logits = self._vip(attn, conds, pos, groups.valid, dense=groups.dense, conditioned=True)
-        return logits.float(), groups
+        half = dtype in (torch.float16, torch.bfloat16) and not torch.is_grad_enabled()
+        with torch.autocast(coords.device.type, dtype=dtype, enabled=half):
+            logits = (vip or self.modules.vip)(attn, conds, pos, groups.valid, dense=groups.dense, conditioned=True)
+        return logits.float()
+
+    def _keep(self, groups: Groups, *args: Any) -> torch.Tensor:
+        """:meth:`_logits` and the selection rule: what ``compile`` compiles whole for one image per sample."""
+        return self._rule(self._logits(groups, *args), groups)
+
+    def _rule(self, logits: torch.Tensor, groups: Groups) -> torch.Tensor:
+        """``[B, Nv]`` bool keep mask from the ``[G, M]`` logits: the selection rule, per image."""
+        cfg = self._cfg
+        cap = self.max_remain_ratio if self.max_remain_ratio is not None else cfg.max_remain_ratio
+        if self.keep < 1.0:
+            cap = self.keep if cap is None else min(cap, self.keep)
+        keep = select_tokens(
+            logits, groups.valid,
+            threshold=self.keep_threshold,
+            max_remain_ratio=cap,
+            min_remain=cfg.min_remain if self.min_remain is None else int(self.min_remain),
+            fixed_remain_ratio=self.fixed_remain_ratio if self.fixed_remain_ratio is not None else cfg.fixed_remain_ratio,
+        )
+        return groups.unpack(keep, fill=False)
