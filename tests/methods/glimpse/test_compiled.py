@@ -135,7 +135,7 @@ def test_eager_under_autograd_and_dispatch_modes_and_after_a_failure(vlms, monke
             torch.testing.assert_close(cv(*args, dense=True), ref)
     assert cv.failed
     assert [r.getMessage() for r in caplog.records if r.name.startswith("vtprune")] == [
-        "glimpse: compiling the VIP failed (RuntimeError: no C++ compiler); running it eagerly"]
+        "glimpse: torch.compile failed (RuntimeError: no C++ compiler); running eagerly"]
 
 
 def test_model_settings_pass_compile_to_glimpse_only(vlms, tmp_path):

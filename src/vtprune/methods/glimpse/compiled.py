@@ -13,12 +13,12 @@ the runtime's one sync; otherwise the VIP alone.
   symbolic-shape compile serves every size (a size of 1 is specialised, so ``G = 1`` then ``G > 1`` compiles twice).
   Under ``reduce-overhead`` a CUDA graph is still recorded per distinct shape (cheap next to a compile, but each holds
   its buffers): for an evaluation over many image sizes ``default`` is the leaner mode.
-- **Inference only**: with autograd on (training) the eager VIP runs.
-- **Under a TorchDispatchMode** (the bench's op counter, a FLOP counter) the eager VIP runs: torch.compile does not run
-  under one, and dynamo would mark the forward's code to be skipped for the rest of the process.
+- **Inference only**: with autograd on (training) it runs eagerly.
+- **Under a TorchDispatchMode** (the bench's op counter, a FLOP counter) it runs eagerly: torch.compile does not run
+  under one, and dynamo would mark the function's code to be skipped for the rest of the process.
 - **Fallback**: if compiling or running the compiled forward raises (no C++ compiler, no triton, a Python dynamo does
-  not support), one warning, and the eager VIP from then on; an error of the inputs themselves is raised again by the
-  eager forward.
+  not support), one warning, and eager from then on; an error of the inputs themselves is raised again by the eager
+  call.
 - On a CPU the generated kernels are compiled with ``cpp.enable_kernel_profile``, so torch.profiler sees each launch
   (as it sees eager ops), which :mod:`vtprune.bench.profile` counts; with no profiler on it costs a flag check.
 """
@@ -104,7 +104,7 @@ class Compiled:
                 self.first_call_s = time.perf_counter() - t0
         except Exception as e:  # noqa: BLE001 - any failure of the compiler: eager instead (below)
             self.failed = True
-            log.warning("glimpse: compiling the VIP failed (%s: %s); running it eagerly",
+            log.warning("glimpse: torch.compile failed (%s: %s); running eagerly",
                         type(e).__name__, str(e).splitlines()[0] if str(e) else "")
             return self.fn(*args, **kwargs)
         # a CUDA graph's output lives in its pool and is overwritten by the next replay: the caller gets its own copy
